@@ -1,0 +1,132 @@
+"""ONNX export of the score network's two entry points (DESIGN section 5).
+
+`encode` and `denoise` become two graphs with the dynamic axes G, N, S, L, H, exported with the
+dynamo exporter (opset 18: native LayerNormalization). Each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from dil._atomic import atomic_path
+from dil.runtime.manifest import DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS
+from dil.train.model import ScoreNet
+
+OPSET = 18
+
+
+class EncodeGraph(nn.Module):
+    """ctx [G, L, Fc] -> k_ctx, v_ctx [layers, G, L, D]."""
+
+    def __init__(self, model: ScoreNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ctx):
+        return self.model.encode(ctx)
+
+
+class DenoiseGraph(nn.Module):
+    """The denoise entry point with named arguments (torch.export needs them)."""
+
+    def __init__(self, model: ScoreNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
+        return self.model.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
+
+
+def example_inputs(model: ScoreNet, G: int = 2, N: int = 3, S: int | None = None, seed: int = 0):
+    """Random example inputs for both graphs (float32; pos_sub int64).
+
+    Returns (ctx [G, L, Fc], denoise_args tuple in DENOISE_INPUTS order). L and H are the
+    configured maxima; S defaults to H - 1 so that it differs from H during tracing.
+    """
+    cfg = model.config
+    L, H, D, layers = cfg.context_length, cfg.horizon, cfg.d_model, cfg.num_layers
+    S = max(1, H - 1) if S is None else S
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randn(G, L, cfg.context_features, generator=g)
+    with torch.no_grad():
+        k_ctx, v_ctx = model.encode(ctx)
+    args = (
+        torch.randn(G, N, S, cfg.horizon_features, generator=g),
+        torch.randint(0, H, (G, N, S), generator=g),
+        torch.randn(G, N, cfg.time_embed_dim, generator=g),
+        k_ctx,
+        v_ctx,
+        torch.randn(cfg.num_layers, G, N, H, D, generator=g),
+        torch.randn(layers, G, N, H, D, generator=g),
+        (torch.rand(G, N, H, generator=g) > 0.5).float(),
+    )
+    return ctx, args
+
+
+def _dims(model: ScoreNet):
+    cfg = model.config
+    G, N, S = Dim("G", min=1), Dim("N", min=1), Dim("S", min=1)
+    L = Dim("L", min=1, max=cfg.context_length)
+    H = Dim("H", min=1, max=cfg.horizon)
+    encode = ({0: G, 1: L},)
+    denoise = (
+        {0: G, 1: N, 2: S},
+        {0: G, 1: N, 2: S},
+        {0: G, 1: N},
+        {1: G, 2: L},
+        {1: G, 2: L},
+        {1: G, 2: N, 3: H},
+        {1: G, 2: N, 3: H},
+        {0: G, 1: N, 2: H},
+    )
+    return encode, denoise
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress lines and warnings; keep the CLI output ours."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_graph(module: nn.Module, args: tuple, dynamic_shapes, input_names, output_names, path) -> None:
+    """Export one graph to `path` atomically (dynamo exporter, opset 18, weights inside the file)."""
+    with _quiet(), atomic_path(Path(path)) as tmp:
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=OPSET,
+            external_data=False,
+        )
+        program.save(str(tmp))
+
+
+def export_onnx(model: ScoreNet, out_dir, name: str) -> dict[str, Path]:
+    """Write NAME.encode.onnx and NAME.denoise.onnx into out_dir; returns {graph: path}."""
+    model = model.eval()
+    out_dir = Path(out_dir)
+    ctx, den_args = example_inputs(model)
+    enc_dims, den_dims = _dims(model)
+    paths = {"encode": out_dir / f"{name}.encode.onnx", "denoise": out_dir / f"{name}.denoise.onnx"}
+    export_graph(EncodeGraph(model), (ctx,), enc_dims, ENCODE_INPUTS, ENCODE_OUTPUTS, paths["encode"])
+    export_graph(DenoiseGraph(model), den_args, den_dims, DENOISE_INPUTS, DENOISE_OUTPUTS, paths["denoise"])
+    return paths

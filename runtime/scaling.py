@@ -1,0 +1,63 @@
+"""Per-window scaling and the context input features (DESIGN section 3).
+
+One source of truth for training and the runtime. A window's location and scale come from the
+observed values of its context only; missing values (NaN) are excluded, never treated as zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# scale = max(std, MIN_SCALE_REL * mean |x|, MIN_SCALE_ABS): keeps near-constant contexts finite.
+MIN_SCALE_REL = 1e-3
+MIN_SCALE_ABS = 1e-8
+
+
+class ScalingError(ValueError):
+    """A window cannot be scaled (no observed value in its context)."""
+
+
+def context_scale(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Location and scale per window from the observed context values.
+
+    context: float [..., L] on the original scale, NaN = missing.
+    Returns (loc, scale), float64 [...]. Raises ScalingError if a window has no observed value.
+    """
+    x = np.asarray(context, dtype=np.float64)
+    observed = ~np.isnan(x)
+    count = observed.sum(axis=-1)
+    if np.any(count == 0):
+        bad = np.argwhere(count == 0)
+        raise ScalingError(f"context has no observed value (window index {tuple(bad[0])})")
+    xz = np.where(observed, x, 0.0)
+    loc = xz.sum(axis=-1) / count
+    var = (np.where(observed, x - loc[..., None], 0.0) ** 2).sum(axis=-1) / count
+    mean_abs = np.abs(xz).sum(axis=-1) / count
+    scale = np.maximum(np.maximum(np.sqrt(var), MIN_SCALE_REL * mean_abs), MIN_SCALE_ABS)
+    return loc, scale
+
+
+def standardise(x: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(x - loc) / scale with loc, scale broadcast over the last axis. NaN stays NaN."""
+    return (np.asarray(x, dtype=np.float64) - loc[..., None]) / scale[..., None]
+
+
+def unstandardise(z: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Inverse of standardise; loc/scale [G] broadcast over every trailing axis of z [G, ...]."""
+    z = np.asarray(z, dtype=np.float64)
+    shape = loc.shape + (1,) * (z.ndim - loc.ndim)
+    return z * scale.reshape(shape) + loc.reshape(shape)
+
+
+CONTEXT_FEATURES = ("value", "observed")
+
+
+def context_features(z: np.ndarray) -> np.ndarray:
+    """Network input for the context: float32 [..., L, 2] = (value, observed mask).
+
+    z: standardised context [..., L], NaN = missing. A missing step has value 0 and mask 0, so the
+    network can tell it from an observed 0.
+    """
+    observed = ~np.isnan(z)
+    value = np.where(observed, z, 0.0)
+    return np.stack([value, observed.astype(np.float64)], axis=-1).astype(np.float32)

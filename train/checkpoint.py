@@ -1,0 +1,102 @@
+"""Checkpoints: safetensors weights + a JSON config, written atomically (never pickle).
+
+A run folder runs/NAME/ holds
+    config.json        {"format_version", "model", "schedule", "data", "training"}
+    model.safetensors  the EMA weights of the ScoreNet (what export and inference use)
+    state.safetensors  + state.json: raw weights, optimizer and progress, for --resume
+    log.jsonl          one line per epoch
+config.json is written last, so a folder with config.json holds a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dil._atomic import atomic_path, write_text
+from dil.runtime.config import ModelConfig
+from dil.runtime.schedule import NoiseSchedule
+from dil.train.model import ScoreNet
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, or does not match the expected model."""
+
+
+@dataclass
+class Checkpoint:
+    model: ScoreNet
+    config: ModelConfig
+    schedule: NoiseSchedule
+    data: dict = field(default_factory=dict)  # dataset name, sha256, columns, freq, splits, scaling
+    training: dict = field(default_factory=dict)  # epochs, lr, seed, best val loss, ...
+    path: Path | None = None
+
+
+def save_tensors(path, tensors: dict) -> None:
+    """safetensors file written atomically. Tensors are made contiguous CPU copies."""
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp))
+
+
+def save_checkpoint(run_dir, model: ScoreNet, schedule: NoiseSchedule, data: dict, training: dict) -> None:
+    """Write model.safetensors then config.json (last) into run_dir (created if missing)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_tensors(run_dir / "model.safetensors", model.state_dict())
+    cfg = {
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "schedule": schedule.to_dict(),
+        "data": data,
+        "training": training,
+    }
+    write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
+
+
+def read_config(run_dir) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint in {run_dir} (missing config.json)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported format_version {cfg.get('format_version')!r}")
+    return cfg
+
+
+def load_checkpoint(run_dir, expect: ModelConfig | None = None) -> Checkpoint:
+    """Load a run folder into an eval-mode ScoreNet (EMA weights, float32, CPU).
+
+    expect: if given, the checkpoint's model config must equal it (else CheckpointError).
+    """
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    try:
+        config = ModelConfig.from_dict(cfg["model"])
+        schedule = NoiseSchedule.from_dict(cfg["schedule"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir}/config.json: invalid model config: {exc}") from None
+    if expect is not None and config != expect:
+        raise CheckpointError(f"checkpoint {run_dir} has model config {config}, expected {expect}")
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"no weights in {run_dir} (missing model.safetensors)")
+    model = ScoreNet(config)
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"weights in {weights} do not match the model config: {first}") from None
+    model.eval()
+    return Checkpoint(model, config, schedule, cfg.get("data", {}), cfg.get("training", {}), run_dir)

@@ -1,0 +1,161 @@
+"""The score network: a pre-LayerNorm transformer with two entry points (DESIGN section 5).
+
+Tokens are time steps. Block attention rule: context tokens attend to context tokens only; horizon
+tokens attend to every token. So the context's per-layer keys/values do not depend on the noisy
+horizon and are computed once per forecast by `encode`, then reused by every `denoise` call.
+
+`denoise` computes a subset of S horizon tokens per row. Each computed token attends to
+  (a) its context's keys (one batched matmul per (G, head) over all N*S queries: never copied per
+      sample),
+  (b) the cached keys of its row's other horizon tokens where hor_valid = 1,
+  (c) the fresh keys of the tokens computed in the same call (except padding entries).
+pos_sub = H (one past the last horizon position) marks a padding entry: its fresh key is masked out
+for every other token and its outputs are meaningless (the caller discards them). This keeps rows
+with fewer selected tokens independent of the common S of the call.
+
+Training runs exactly `encode` and `denoise` (a full step: S = H, hor_valid = 0), so the exported
+graphs are the trained computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dil.runtime.config import ModelConfig
+
+# Additive attention mask. Finite (not -inf) and within FP16 range so FP16 graphs stay NaN-free.
+MASK_VALUE = -1.0e4
+
+
+class Block(nn.Module):
+    """One pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, d_model: int, ffn_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d_model))
+
+
+class ScoreNet(nn.Module):
+    """Epsilon-prediction network over (context, horizon) tokens.
+
+    encode(ctx [G, L, Fc]) -> k_ctx, v_ctx [layers, G, L, D]
+    denoise(x_sub [G, N, S, Fh], pos_sub i64 [G, N, S], t_feat [G, N, E],
+            k_ctx, v_ctx [layers, G, L, D], k_hor, v_hor [layers, G, N, H, D], hor_valid [G, N, H])
+        -> eps_sub [G, N, S, 1], k_sub, v_sub [layers, G, N, S, D]
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        D = config.d_model
+        self.num_heads = config.num_heads
+        self.head_dim = D // config.num_heads
+        self.ctx_in = nn.Linear(config.context_features, D)
+        self.hor_in = nn.Linear(config.horizon_features, D)
+        self.ctx_pos = nn.Embedding(config.context_length, D)
+        self.hor_pos = nn.Embedding(config.horizon, D)
+        self.time_mlp = nn.Sequential(nn.Linear(config.time_embed_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.blocks = nn.ModuleList(Block(D, config.ffn_dim) for _ in range(config.num_layers))
+        self.norm_out = nn.LayerNorm(D)
+        self.head = nn.Linear(D, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        for emb in (self.ctx_pos, self.hor_pos):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    # ------------------------------------------------------------------------------------------
+    def encode(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context keys/values of every layer. ctx: [G, L, Fc] -> ([layers, G, L, D], same)."""
+        G, L = ctx.shape[0], ctx.shape[1]
+        Hh, dh = self.num_heads, self.head_dim
+        # The last context step always uses the last position embedding: shorter contexts use the
+        # tail of the table, so position = distance to the forecast origin.
+        pos = torch.arange(L, device=ctx.device) + (self.config.context_length - L)
+        h = self.ctx_in(ctx) + self.ctx_pos(pos)
+        keys, values = [], []
+        for i, blk in enumerate(self.blocks):
+            q, k, v = blk.qkv(blk.norm1(h)).chunk(3, dim=-1)  # [G, L, D] each
+            keys.append(k)
+            values.append(v)
+            if i == len(self.blocks) - 1:
+                break  # the last block's context output is never used, only its keys/values
+            qh = q.reshape(G, L, Hh, dh).transpose(1, 2)  # [G, Hh, L, dh]
+            kh = k.reshape(G, L, Hh, dh).permute(0, 2, 3, 1)  # [G, Hh, dh, L]
+            vh = v.reshape(G, L, Hh, dh).transpose(1, 2)
+            p = torch.softmax((qh @ kh) * (1.0 / math.sqrt(dh)), dim=-1)
+            o = (p @ vh).transpose(1, 2).reshape(G, L, Hh * dh)
+            h = h + blk.proj(o)
+            h = h + blk.mlp(blk.norm2(h))
+        return torch.stack(keys), torch.stack(values)
+
+    # ------------------------------------------------------------------------------------------
+    def denoise(
+        self,
+        x_sub: torch.Tensor,
+        pos_sub: torch.Tensor,
+        t_feat: torch.Tensor,
+        k_ctx: torch.Tensor,
+        v_ctx: torch.Tensor,
+        k_hor: torch.Tensor,
+        v_hor: torch.Tensor,
+        hor_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noise prediction and fresh keys/values of the S computed horizon tokens (shapes above)."""
+        G, N, S = x_sub.shape[0], x_sub.shape[1], x_sub.shape[2]
+        L, H = k_ctx.shape[2], k_hor.shape[3]
+        Hh, dh = self.num_heads, self.head_dim
+        scale = 1.0 / math.sqrt(dh)
+
+        sub_valid = (pos_sub < H).to(x_sub.dtype)  # 0 for padding entries (pos_sub == H)
+        pos = torch.clamp(pos_sub, 0, H - 1)
+        h = self.hor_in(x_sub) + self.hor_pos(pos) + self.time_mlp(t_feat).unsqueeze(2)
+        mask_hor = ((1.0 - hor_valid) * MASK_VALUE)[:, :, None, None, :]  # [G, N, 1, 1, H]
+        mask_sub = ((1.0 - sub_valid) * MASK_VALUE)[:, :, None, None, :]  # [G, N, 1, 1, S]
+
+        keys, values = [], []
+        for i, blk in enumerate(self.blocks):
+            q, k, v = blk.qkv(blk.norm1(h)).chunk(3, dim=-1)  # [G, N, S, D] each
+            keys.append(k)
+            values.append(v)
+            qn = q.reshape(G, N, S, Hh, dh).transpose(2, 3)  # [G, N, Hh, S, dh]
+            # (a) context: one matmul per (G, head) over all N*S queries.
+            q_ctx = qn.permute(0, 2, 1, 3, 4).reshape(G, Hh, N * S, dh)
+            k_c = k_ctx[i].reshape(G, L, Hh, dh).permute(0, 2, 3, 1)  # [G, Hh, dh, L]
+            v_c = v_ctx[i].reshape(G, L, Hh, dh).transpose(1, 2)  # [G, Hh, L, dh]
+            s_ctx = (q_ctx @ k_c).reshape(G, Hh, N, S, L).permute(0, 2, 1, 3, 4) * scale
+            # (b) cached horizon tokens of the same row, (c) tokens computed now.
+            k_h = k_hor[i].reshape(G, N, H, Hh, dh).permute(0, 1, 3, 4, 2)  # [G, N, Hh, dh, H]
+            v_h = v_hor[i].reshape(G, N, H, Hh, dh).transpose(2, 3)  # [G, N, Hh, H, dh]
+            k_s = k.reshape(G, N, S, Hh, dh).permute(0, 1, 3, 4, 2)  # [G, N, Hh, dh, S]
+            v_s = v.reshape(G, N, S, Hh, dh).transpose(2, 3)  # [G, N, Hh, S, dh]
+            s_hor = (qn @ k_h) * scale + mask_hor
+            s_sub = (qn @ k_s) * scale + mask_sub
+            p = torch.softmax(torch.cat([s_ctx, s_hor, s_sub], dim=-1), dim=-1)
+            p_ctx, p_hor, p_sub = p[..., :L], p[..., L : L + H], p[..., L + H :]
+            o_ctx = (p_ctx.permute(0, 2, 1, 3, 4).reshape(G, Hh, N * S, L) @ v_c).reshape(G, Hh, N, S, dh)
+            o = o_ctx.permute(0, 2, 1, 3, 4) + p_hor @ v_h + p_sub @ v_s  # [G, N, Hh, S, dh]
+            h = h + blk.proj(o.transpose(2, 3).reshape(G, N, S, Hh * dh))
+            h = h + blk.mlp(blk.norm2(h))
+        eps = self.head(self.norm_out(h))
+        return eps, torch.stack(keys), torch.stack(values)
+
+    # ------------------------------------------------------------------------------------------
+    def full_step(self, ctx: torch.Tensor, x: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
+        """Every horizon token at once (training and the plain reference): eps [G, N, H, 1].
+
+        ctx: [G, L, Fc]; x: noisy horizon [G, N, H, Fh]; t_feat: [G, N, E].
+        """
+        G, N, H = x.shape[0], x.shape[1], x.shape[2]
+        k_ctx, v_ctx = self.encode(ctx)
+        layers, D = k_ctx.shape[0], k_ctx.shape[3]
+        pos = torch.arange(H, device=x.device).expand(G, N, H)
+        empty = x.new_zeros(layers, G, N, H, D)
+        eps, _, _ = self.denoise(x, pos, t_feat, k_ctx, v_ctx, empty, empty, x.new_zeros(G, N, H))
+        return eps
