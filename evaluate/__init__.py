@@ -1,0 +1,50 @@
+"""Metrics and the evaluation harness (DESIGN section 11). Torch-free.
+
+    from dil.evaluate import evaluate, crps_quantile
+    report = evaluate(forecast_fn, table, spec, context=168, horizon=24)   # JSON-ready dict
+
+`forecast_fn(contexts [B, L], ids) -> samples [B, N, H]` is any forecaster; `evaluate_engine` wires
+an exported artifact (dil.runtime.Forecaster) into it. The CLI is `dil-eval`.
+"""
+
+from dil.evaluate.harness import (
+    EvalWindows,
+    Evaluation,
+    EvaluationError,
+    evaluate,
+    evaluate_engine,
+    forecaster_fn,
+    run_evaluation,
+)
+from dil.evaluate.metrics import (
+    coverage,
+    crps_pointwise,
+    crps_quantile,
+    crps_sample,
+    crps_sum,
+    mae,
+    median_forecast,
+    mse,
+    seasonal_naive,
+    weighted_quantile_loss,
+)
+
+__all__ = [
+    "EvalWindows",
+    "Evaluation",
+    "EvaluationError",
+    "coverage",
+    "crps_pointwise",
+    "crps_quantile",
+    "crps_sample",
+    "crps_sum",
+    "evaluate",
+    "evaluate_engine",
+    "forecaster_fn",
+    "mae",
+    "median_forecast",
+    "mse",
+    "run_evaluation",
+    "seasonal_naive",
+    "weighted_quantile_loss",
+]

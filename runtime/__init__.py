@@ -1,0 +1,29 @@
+"""The dil runtime: NumPy + ONNX Runtime, never torch (DESIGN sections 2 and 6).
+
+    from dil.runtime import Forecaster
+    forecast = Forecaster.load("engines/metro-traffic.onnx").predict(history, num_samples=100)
+
+onnxruntime is imported when an engine is loaded and pandas only where a DataFrame is read or
+written, so importing this package stays quick.
+"""
+
+from dil.runtime.engine import EngineError, EngineStats, OnnxEngine
+from dil.runtime.forecaster import Forecast, ForecastError, Forecaster
+from dil.runtime.manifest import Manifest, ManifestError, load_manifest
+from dil.runtime.quantiles import QUANTILE_LEVELS
+from dil.runtime.sampler import SamplerConfig, SamplerStats
+
+__all__ = [
+    "EngineError",
+    "EngineStats",
+    "Forecast",
+    "ForecastError",
+    "Forecaster",
+    "Manifest",
+    "ManifestError",
+    "OnnxEngine",
+    "QUANTILE_LEVELS",
+    "SamplerConfig",
+    "SamplerStats",
+    "load_manifest",
+]

@@ -1,0 +1,189 @@
+"""Probabilistic forecast metrics (DESIGN section 11), float64 NumPy, vectorised.
+
+Shapes: a target `y` is float [..., H]; a forecast is either samples [..., N, H] (N draws per
+window) or quantiles [..., Q, H]. The leading axes (windows, series) are arbitrary and matched
+between target and forecast.
+
+Missing targets: a target step is missing where `y` is NaN or where the optional boolean `mask`
+(same shape as `y`, True = observed) is False. Missing steps are excluded from the numerator AND
+the denominator of every metric. A metric with no observed step (or, for the normalised ones,
+sum |y| == 0) is NaN.
+
+Normalisation (GluonTS convention): the CRPS figures are sums over observed steps divided by the
+sum of |y| over the same steps, so they are scale-free and comparable across datasets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dil.runtime.quantiles import QUANTILE_LEVELS, sample_quantiles
+
+
+def observed_mask(y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Boolean [..., H]: True where the target is observed (not NaN and not masked out)."""
+    obs = ~np.isnan(np.asarray(y, dtype=np.float64))
+    if mask is not None:
+        obs &= np.broadcast_to(np.asarray(mask, dtype=bool), obs.shape)
+    return obs
+
+
+def _target(y, mask):
+    """(y with missing steps set to 0, observed mask): zeros keep NaN out of every sum."""
+    y = np.asarray(y, dtype=np.float64)
+    obs = observed_mask(y, mask)
+    return np.where(obs, y, 0.0), obs
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def weighted_quantile_loss(y, q_pred, levels=QUANTILE_LEVELS, mask=None) -> float:
+    """GluonTS "mean_wQuantileLoss": the CRPS estimate from a quantile forecast.
+
+    y: target [..., H]. q_pred: quantiles [..., Q, H] at `levels` (Q,).
+    For each level a: 2 * sum |(y - q_a) * (1{y < q_a} - a)| / sum |y| over observed steps;
+    returns the mean over the levels (a point forecast repeated at every level of a symmetric grid
+    gives sum |y - q| / sum |y|, the normalised MAE).
+    """
+    yz, obs = _target(y, mask)
+    q = np.asarray(q_pred, dtype=np.float64)
+    levels = np.asarray(levels, dtype=np.float64)
+    if q.shape[-2] != levels.size or q.shape[:-2] + q.shape[-1:] != yz.shape:
+        raise ValueError(f"quantiles {q.shape} do not match target {yz.shape} and {levels.size} levels")
+    yq, oq = yz[..., None, :], obs[..., None, :]
+    lev = levels[:, None]
+    # NaN quantiles at missing steps must not leak into the sums: select, do not multiply.
+    pinball = np.where(oq, np.abs((yq - q) * ((yq < q) - lev)), 0.0)
+    per_level = 2.0 * pinball.reshape(-1, levels.size, yz.shape[-1]).sum(axis=(0, 2))
+    den = np.abs(yz).sum()
+    return _ratio(per_level.mean(), den)
+
+
+def _samples(samples, y_shape) -> np.ndarray:
+    s = np.asarray(samples, dtype=np.float64)
+    if s.ndim != len(y_shape) + 1 or s.shape[:-2] + s.shape[-1:] != tuple(y_shape):
+        raise ValueError(f"samples {s.shape} do not match target {tuple(y_shape)} (expected [..., N, H])")
+    return s
+
+
+def crps_quantile(y, samples, levels=QUANTILE_LEVELS, mask=None) -> float:
+    """THE project CRPS: weighted quantile loss of the empirical quantiles of `samples`.
+
+    samples: [..., N, H]. Quantiles come from dil.runtime.quantiles.sample_quantiles (linear
+    interpolation) on the grid `levels` (default: the 19 levels 0.05..0.95).
+    """
+    s = _samples(samples, np.shape(y))
+    q = np.moveaxis(sample_quantiles(s, axis=-2, levels=levels), 0, -2)  # [..., Q, H]
+    return weighted_quantile_loss(y, q, levels, mask)
+
+
+def crps_pointwise(y, samples) -> np.ndarray:
+    """Exact CRPS of the empirical distribution of `samples` at each target step: float64 [..., H].
+
+    CRPS = E|X - y| - 0.5 E|X - X'| with both expectations over the N samples (the X = X' pairs
+    included, i.e. the CRPS of the empirical CDF). The pair term uses the sorted-samples identity
+    sum_{i,j} |x_i - x_j| = 2 * sum_i (2i - N - 1) x_(i), i = 1..N: O(N log N) instead of O(N^2).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    s = np.sort(_samples(samples, y.shape), axis=-2)
+    n = s.shape[-2]
+    abs_err = np.abs(s - y[..., None, :]).mean(axis=-2)
+    weights = (2.0 * np.arange(1, n + 1) - n - 1.0)[:, None]
+    spread = (weights * s).sum(axis=-2) / (n * n)  # = 0.5 * E|X - X'|
+    return abs_err - spread
+
+
+def crps_sample(y, samples, mask=None) -> float:
+    """Exact sample CRPS (crps_pointwise) summed over observed steps / sum |y| (same normalisation)."""
+    yz, obs = _target(y, mask)
+    point = crps_pointwise(np.where(obs, yz, 0.0), samples)
+    return _ratio(np.where(obs, point, 0.0).sum(), np.abs(yz).sum())
+
+
+def crps_sum(y, samples, levels=QUANTILE_LEVELS, mask=None) -> float:
+    """CRPS-sum (GluonTS multivariate convention): crps_quantile of the sum over series.
+
+    y: [W, C, H] (windows sharing an origin, C series); samples: [W, C, N, H].
+    A step of the aggregate is observed only where every series is observed (as GluonTS, whose sum
+    of a NaN is NaN and then masked): a partial sum would not be the quantity being forecast.
+    """
+    yz, obs = _target(y, mask)
+    s = _samples(samples, yz.shape)
+    if yz.ndim != 3:
+        raise ValueError(f"crps_sum needs targets [W, C, H], got {yz.shape}")
+    obs_sum = obs.all(axis=1)  # [W, H]
+    s_sum = np.where(obs[:, :, None, :], s, 0.0).sum(axis=1)  # [W, N, H]
+    return crps_quantile(yz.sum(axis=1), s_sum, levels, obs_sum)
+
+
+def mae(y, point, mask=None) -> float:
+    """Mean absolute error of a point forecast [..., H] (e.g. the median) over observed steps,
+    in the units of y."""
+    yz, obs = _target(y, mask)
+    err = np.where(obs, np.abs(yz - np.asarray(point, dtype=np.float64)), 0.0)
+    return _ratio(err.sum(), obs.sum())
+
+
+def mse(y, point, mask=None) -> float:
+    """Mean squared error of a point forecast [..., H] over observed steps, in units of y squared."""
+    yz, obs = _target(y, mask)
+    err = np.where(obs, (yz - np.asarray(point, dtype=np.float64)) ** 2, 0.0)
+    return _ratio(err.sum(), obs.sum())
+
+
+def median_forecast(samples) -> np.ndarray:
+    """The median over the sample axis: [..., N, H] -> [..., H] (numpy linear interpolation)."""
+    return np.median(np.asarray(samples, dtype=np.float64), axis=-2)
+
+
+def coverage(y, samples, width: float, mask=None) -> float:
+    """Fraction of observed target steps inside the central `width` interval of the samples.
+
+    width in (0, 1), e.g. 0.5 or 0.9: the interval is [q_{(1-w)/2}, q_{(1+w)/2}] of the empirical
+    quantiles (linear interpolation), bounds included. A calibrated forecast gives ~width.
+    """
+    return coverages(y, samples, [width], mask)[0]
+
+
+def coverages(y, samples, widths, mask=None) -> list[float]:
+    """coverage() for several interval widths from one quantile computation (a calibration curve)."""
+    widths = np.asarray(widths, dtype=np.float64).reshape(-1)
+    if np.any((widths <= 0.0) | (widths >= 1.0)):
+        raise ValueError(f"interval widths must be in (0, 1), got {widths.tolist()}")
+    yz, obs = _target(y, mask)
+    s = _samples(samples, yz.shape)
+    levels = np.concatenate([(1 - widths) / 2, (1 + widths) / 2])
+    q = sample_quantiles(s, axis=-2, levels=levels)  # [2K, ..., H]
+    k = widths.size
+    inside = obs & (yz >= q[:k]) & (yz <= q[k:])  # [K, ..., H]
+    n = obs.sum()
+    return [_ratio(c, n) for c in inside.reshape(k, -1).sum(axis=1)]
+
+
+def seasonal_naive(history, season: int, horizon: int) -> np.ndarray:
+    """Seasonal-naive point forecast: the value one season before each horizon step.
+
+    history: float [..., L] ending right before the horizon, NaN = missing, L >= season.
+    Returns float64 [..., horizon]: step h repeats history[L - season + (h mod season)].
+    A missing lag value is taken from the same phase one or more seasons earlier (within the
+    history); if that phase is never observed, from the last observed value of the history
+    (NaN only for a history with no observed value).
+    """
+    x = np.asarray(history, dtype=np.float64)
+    length = x.shape[-1]
+    if season < 1 or season > length:
+        raise ValueError(f"seasonal naive needs 1 <= season <= history length, got season {season}, length {length}")
+    k = length // season
+    # [..., k, season]: row -1 is the latest season; fill each phase from the latest observed row.
+    seasons = x[..., length - k * season :].reshape(x.shape[:-1] + (k, season))
+    obs = ~np.isnan(seasons)
+    latest = k - 1 - np.argmax(obs[..., ::-1, :], axis=-2)  # index of latest observed row per phase
+    phase = np.take_along_axis(seasons, latest[..., None, :], axis=-2)[..., 0, :]
+    # Fallback: last observed value of the whole history (forward fill to the end).
+    idx = np.where(~np.isnan(x), np.arange(length), -1).max(axis=-1)
+    last = np.take_along_axis(x, np.maximum(idx, 0)[..., None], axis=-1)[..., 0]
+    last = np.where(idx >= 0, last, np.nan)
+    phase = np.where(np.isnan(phase), last[..., None], phase)
+    return phase[..., np.arange(horizon) % season]

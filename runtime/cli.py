@@ -1,0 +1,150 @@
+"""`dil-run`: probabilistic forecasts from an exported artifact (NumPy + ONNX Runtime, no torch)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+DEFAULT_ENGINE = "engines/metro-traffic.onnx"
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+
+def _output_kind(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in TABLE_SUFFIXES:
+        if name.endswith(suffix):
+            return "parquet" if suffix == ".parquet" else "csv"
+    raise click.ClickException(f"--out {path}: unsupported file type (use {', '.join(TABLE_SUFFIXES)})")
+
+
+def _check_outputs(out: Path | None, plot: Path | None) -> None:
+    """Fail before any work when an output cannot be written (so nothing is half done)."""
+    from dil._deps import require
+    from dil.runtime.plot import FORMATS
+
+    for opt, path in (("--out", out), ("--plot", plot)):
+        if path is not None and not path.parent.is_dir():
+            raise click.ClickException(f"{opt} {path}: directory {path.parent} does not exist")
+    if out is not None and _output_kind(out) == "parquet":
+        require("pyarrow", "parquet")
+    if plot is not None:
+        if plot.suffix.lower().lstrip(".") not in FORMATS:
+            raise click.ClickException(f"--plot {plot}: unsupported image type (use .{', .'.join(FORMATS)})")
+        require("matplotlib", "plot")
+
+
+def _write_table(frame, path: Path, kind: str) -> None:
+    from dil._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        if kind == "parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, compression="gzip" if path.name.lower().endswith(".gz") else None)
+
+
+def _to_stdout(frame) -> None:
+    try:
+        frame.to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `dil-run ... | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _summary(table, forecast, steps: int, solver_order: int, wall: float, out, plot) -> str:
+    G, N, H = forecast.samples.shape
+    where = f" -> {out}" if out else ""
+    text = (
+        f"forecast {G} series x {H} steps from {table.source} ({N} samples, {steps} steps of "
+        f"DPM-Solver++ order {solver_order}) in {wall:.2f} s{where}"
+    )
+    return text + (f"\nfan chart -> {plot}" if plot else "")
+
+
+def _stats_text(stats) -> str:
+    d = stats.to_dict()
+    lines = [f"  {k:16s} {v:.4f}" if isinstance(v, float) else f"  {k:16s} {v}" for k, v in d.items()]
+    return "sampler stats:\n" + "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--engine", default=DEFAULT_ENGINE, show_default=True, metavar="PATH",
+              help="Exported artifact: NAME.onnx, NAME.json or any sibling file of it.")
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Table to forecast (.csv, .csv.gz, .txt, .parquet): rows are time steps, columns are series. "
+                   "The last context_length rows of each series are used; empty cells are missing values.")
+@click.option("--date-column", default=None, metavar="C", help="Name of the timestamp column (gives dated forecasts).")
+@click.option("--columns", default=None, metavar="A,B", help="Series to forecast (default: every numeric column).")
+@click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
+@click.option("--steps", default=20, show_default=True, type=int, help="Solver steps (network evaluations).")
+@click.option("--solver-order", default=2, show_default=True, type=int, help="DPM-Solver++ multistep order (1-3).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same forecast).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="Write the forecast table here (.csv, .csv.gz or .parquet); default: CSV on stdout.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="Also draw a fan chart of the first few series (.png, .pdf, .svg; needs the 'plot' extra).")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--batch-series", default=16, show_default=True, type=int,
+              help="Series per engine batch (memory only: results do not depend on it).")
+@click.option("--stats", "show_stats", is_flag=True, help="Print the sampler's statistics (engine calls, tokens, time).")
+def main(engine, input_path, date_column, columns, samples, steps, solver_order, seed, out, plot, threads,
+         batch_series, show_stats):
+    """Forecast every series of a table with an exported diffusion model.
+
+    Output: one row per series and future step with the columns series, timestamp (or step
+    1..H when the table has no date column), mean, median and the 19 quantiles q05, q10, ..., q95.
+
+    \b
+    Example:
+      dil-run --engine engines/metro-traffic.onnx --input traffic.csv --date-column date_time \\
+              --out forecast.csv --plot forecast.png
+    """
+    from dil._deps import MissingDependency
+    from dil.data import DataError, load_table
+    from dil.runtime.engine import EngineError
+    from dil.runtime.forecaster import ForecastError, Forecaster
+    from dil.runtime.manifest import ManifestError
+
+    start = time.perf_counter()
+    try:
+        _check_outputs(out, plot)
+        cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+        table = load_table(input_path, date_column=date_column, columns=cols)
+        forecaster = Forecaster.load(engine, threads=threads)
+        forecast = forecaster.predict(
+            table.values, num_samples=samples, steps=steps, seed=seed, series_ids=table.names,
+            timestamps=table.timestamps, freq=table.freq, batch_series=batch_series,
+            solver_order=solver_order, progress=True,
+        )
+        frame = forecast.to_frame()
+        image = None
+        if plot is not None:  # rendered before anything is written: all outputs or none
+            from dil.runtime.plot import fan_chart, render
+
+            fig = fan_chart(table.values, forecast, history_timestamps=table.timestamps)
+            image = render(fig, plot.suffix.lower().lstrip("."))
+        if out is not None:
+            _write_table(frame, out, _output_kind(out))
+        else:
+            _to_stdout(frame)
+        if image is not None:
+            from dil._atomic import write_bytes
+
+            write_bytes(plot, image)
+    except (DataError, ManifestError, EngineError, ForecastError, MissingDependency, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    wall = time.perf_counter() - start
+    echo = (lambda s: click.echo(s, err=True)) if out is None else click.echo
+    echo(_summary(table, forecast, steps, solver_order, wall, out, plot))
+    if show_stats:
+        echo(_stats_text(forecast.stats))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

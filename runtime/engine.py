@@ -1,0 +1,214 @@
+"""ONNX Runtime sessions for the two graphs of an artifact (DESIGN section 5).
+
+    engine = OnnxEngine.load("engines/metro-traffic.onnx", providers=["CPUExecutionProvider"], threads=2)
+    k_ctx, v_ctx = engine.encode(ctx)
+    eps_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
+
+The engine checks on load that each graph's input/output names, element types and fixed dimensions
+match the manifest contract (`dil.runtime.manifest`), and it accumulates the time spent inside
+`session.run` so that the sampler can report engine time apart from its own control time.
+onnxruntime is imported on first use, which keeps `import dil.runtime` quick.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dil.runtime.config import ModelConfig
+from dil.runtime.manifest import (
+    DENOISE_INPUTS,
+    DENOISE_OUTPUTS,
+    ENCODE_INPUTS,
+    ENCODE_OUTPUTS,
+    Manifest,
+    load_manifest,
+)
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+class EngineError(ValueError):
+    """A graph cannot be loaded or run, or does not match the manifest. The message is one line."""
+
+
+@dataclass
+class EngineStats:
+    """Calls and seconds spent inside session.run since creation (or the last reset())."""
+
+    encode_calls: int = 0
+    denoise_calls: int = 0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        self.encode_calls = self.denoise_calls = 0
+        self.seconds = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _contract(cfg: ModelConfig) -> dict:
+    """Expected (element type, shape) of every graph input/output; a str dim is dynamic."""
+    layers, D, E = cfg.num_layers, cfg.d_model, cfg.time_embed_dim
+    f32, i64 = "tensor(float)", "tensor(int64)"
+    kv_ctx = (f32, (layers, "G", "L", D))
+    kv_hor = (f32, (layers, "G", "N", "H", D))
+    kv_sub = (f32, (layers, "G", "N", "S", D))
+    return {
+        "encode": (
+            {"ctx": (f32, ("G", "L", cfg.context_features))},
+            {"k_ctx": kv_ctx, "v_ctx": kv_ctx},
+        ),
+        "denoise": (
+            {
+                "x_sub": (f32, ("G", "N", "S", cfg.horizon_features)),
+                "pos_sub": (i64, ("G", "N", "S")),
+                "t_feat": (f32, ("G", "N", E)),
+                "k_ctx": kv_ctx,
+                "v_ctx": kv_ctx,
+                "k_hor": kv_hor,
+                "v_hor": kv_hor,
+                "hor_valid": (f32, ("G", "N", "H")),
+            },
+            {"eps_sub": (f32, ("G", "N", "S", 1)), "k_sub": kv_sub, "v_sub": kv_sub},
+        ),
+    }
+
+
+def _check_io(graph: str, path: Path, session, cfg: ModelConfig) -> None:
+    """Raise EngineError unless the session's I/O matches the manifest contract."""
+    want_in, want_out = _contract(cfg)[graph]
+    names = {"encode": (ENCODE_INPUTS, ENCODE_OUTPUTS), "denoise": (DENOISE_INPUTS, DENOISE_OUTPUTS)}[graph]
+    for kind, args, want, expected_names in (
+        ("input", session.get_inputs(), want_in, names[0]),
+        ("output", session.get_outputs(), want_out, names[1]),
+    ):
+        got = [a.name for a in args]
+        if sorted(got) != sorted(expected_names):
+            raise EngineError(
+                f"graph {path.name} does not match its manifest: {kind}s {got}, expected {list(expected_names)}"
+            )
+        for a in args:
+            dtype, shape = want[a.name]
+            if a.type != dtype:
+                raise EngineError(f"graph {path.name} does not match its manifest: {kind} {a.name} is {a.type}, expected {dtype}")
+            dims = list(a.shape)
+            bad = len(dims) != len(shape) or any(
+                isinstance(w, int) and isinstance(d, int) and d != w for d, w in zip(dims, shape)
+            )
+            if bad:
+                raise EngineError(
+                    f"graph {path.name} does not match its manifest: {kind} {a.name} has shape {dims}, "
+                    f"expected {list(shape)} for the manifest's model config"
+                )
+
+
+def _providers(providers) -> list[str]:
+    import onnxruntime as ort
+
+    if providers is None:
+        providers = list(DEFAULT_PROVIDERS)
+    elif isinstance(providers, str):
+        providers = [providers]
+    else:
+        providers = list(providers)
+    available = ort.get_available_providers()
+    for p in providers:
+        name = p[0] if isinstance(p, tuple) else p  # (name, options) pairs as in ONNX Runtime
+        if name not in available:
+            raise EngineError(f"execution provider {name!r} is not available (available: {', '.join(available)})")
+    return providers
+
+
+def _session(path: Path, providers: list, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: warnings would clutter the CLI output
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises several pybind types; report one line
+        text = str(exc).strip().splitlines()
+        detail = text[0][:200] if text else type(exc).__name__
+        raise EngineError(f"{path} is not a loadable ONNX model ({detail})") from None
+
+
+class OnnxEngine:
+    """The encode and denoise graphs of one artifact on ONNX Runtime.
+
+    manifest: the artifact's Manifest (its graph files are loaded). providers: an ONNX Runtime
+    provider name or list (default ["CPUExecutionProvider"]); threads: intra-op threads (None: ONNX
+    Runtime's default, one per physical core). `stats` accumulates calls and seconds in session.run.
+    """
+
+    def __init__(self, manifest: Manifest, providers=None, threads: int | None = None):
+        if threads is not None and int(threads) < 1:
+            raise EngineError(f"threads must be >= 1, got {threads}")
+        self.manifest = manifest
+        self.config: ModelConfig = manifest.model
+        self.stats = EngineStats()
+        provider_list = _providers(providers)
+        self._sessions = {}
+        for graph in ("encode", "denoise"):
+            path = manifest.graph_path(graph)
+            session = _session(path, provider_list, threads)
+            _check_io(graph, path, session, self.config)
+            self._sessions[graph] = session
+
+    @classmethod
+    def load(cls, engine, providers=None, threads: int | None = None, verify_hashes: bool = True) -> "OnnxEngine":
+        """Engine for any path naming the artifact (NAME.onnx, NAME.json, ...; see dil.runtime.manifest).
+
+        Raises ManifestError or EngineError with a one-line message.
+        """
+        return cls(load_manifest(engine, verify_hashes=verify_hashes), providers=providers, threads=threads)
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the denoise session actually runs on, in priority order."""
+        return self._sessions["denoise"].get_providers()
+
+    def _run(self, graph: str, outputs, feeds: dict) -> list[np.ndarray]:
+        start = time.perf_counter()
+        try:
+            result = self._sessions[graph].run(list(outputs), feeds)
+        except Exception as exc:  # noqa: BLE001 - shape errors etc. from ORT: one line
+            text = str(exc).strip().splitlines()
+            raise EngineError(f"{graph} failed: {text[0][:300] if text else type(exc).__name__}") from None
+        finally:
+            self.stats.seconds += time.perf_counter() - start
+        return result
+
+    def encode(self, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ctx f32 [G, L, F] -> (k_ctx, v_ctx) f32 [layers, G, L, D]."""
+        self.stats.encode_calls += 1
+        k, v = self._run("encode", ENCODE_OUTPUTS, {"ctx": np.ascontiguousarray(ctx, dtype=np.float32)})
+        return k, v
+
+    def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
+        """One network evaluation of S horizon tokens per row (shapes in DESIGN section 5).
+
+        x_sub f32 [G, N, S, 1], pos_sub i64 [G, N, S] (H = padding), t_feat f32 [G, N, E],
+        k_ctx/v_ctx f32 [layers, G, L, D], k_hor/v_hor f32 [layers, G, N, H, D], hor_valid f32 [G, N, H]
+        -> eps_sub f32 [G, N, S, 1], k_sub/v_sub f32 [layers, G, N, S, D].
+        """
+        self.stats.denoise_calls += 1
+        f32 = np.float32
+        feeds = {
+            "x_sub": np.ascontiguousarray(x_sub, dtype=f32),
+            "pos_sub": np.ascontiguousarray(pos_sub, dtype=np.int64),
+            "t_feat": np.ascontiguousarray(t_feat, dtype=f32),
+            "k_ctx": np.ascontiguousarray(k_ctx, dtype=f32),
+            "v_ctx": np.ascontiguousarray(v_ctx, dtype=f32),
+            "k_hor": np.ascontiguousarray(k_hor, dtype=f32),
+            "v_hor": np.ascontiguousarray(v_hor, dtype=f32),
+            "hor_valid": np.ascontiguousarray(hor_valid, dtype=f32),
+        }
+        eps, k, v = self._run("denoise", DENOISE_OUTPUTS, feeds)
+        return eps, k, v

@@ -1,0 +1,270 @@
+"""The library entry point: `Forecaster.load(path).predict(history)` (DESIGN sections 3 and 6).
+
+    from dil.runtime import Forecaster
+    fc = Forecaster.load("engines/metro-traffic.onnx")
+    forecast = fc.predict(frame, num_samples=100, steps=20, seed=0)   # DataFrame: rows = time steps
+    forecast.quantiles            # [G, 19, H] at QUANTILE_LEVELS, original scale
+    forecast.to_frame()           # long table: series, timestamp (or step), mean, median, q05..q95
+
+Each series is forecast from its last `context_length` observations, scaled per window, with its
+own noise stream keyed by its name (dil.runtime.rng), so its forecast is the same whatever other
+series share the call, in whatever order, and whatever `batch_series` is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dil.runtime.engine import OnnxEngine
+from dil.runtime.quantiles import QUANTILE_LEVELS, quantile_column, sample_quantiles
+from dil.runtime.rng import initial_noise, series_key
+from dil.runtime.sampler import SamplerConfig, SamplerStats, _check_int, sample
+from dil.runtime.scaling import ScalingError, context_features, context_scale, standardise
+
+DEFAULT_BATCH_SERIES = 16
+
+
+class ForecastError(ValueError):
+    """The history cannot be forecast (too short, Inf values, an all-missing context, ...)."""
+
+
+@dataclass
+class Forecast:
+    """Forecast of G series over H future steps from N samples each.
+
+    samples: float64 [G, N, H], original scale. quantiles: float64 [G, Q, H] at `levels`
+    (QUANTILE_LEVELS, 0.05..0.95). mean, median: float64 [G, H]. timestamps: datetime64[ns] [H] of the
+    future steps, or None when the history had no regular DatetimeIndex. series: the G series names.
+    loc, scale: float64 [G], the per-window scaling (standardised = (samples - loc) / scale).
+    """
+
+    samples: np.ndarray
+    quantiles: np.ndarray
+    mean: np.ndarray
+    median: np.ndarray
+    timestamps: np.ndarray | None
+    series: list
+    loc: np.ndarray
+    scale: np.ndarray
+    levels: np.ndarray = field(default_factory=lambda: QUANTILE_LEVELS.copy())
+    stats: SamplerStats = field(default_factory=SamplerStats)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.samples.shape[2])
+
+    def standardised(self) -> np.ndarray:
+        """The samples on the standardised (network) scale, float64 [G, N, H]."""
+        return (self.samples - self.loc[:, None, None]) / self.scale[:, None, None]
+
+    def to_frame(self):
+        """Long pandas DataFrame, one row per (series, future step), columns
+        `series`, `timestamp` (or `step` = 1..H without timestamps), `mean`, `median`, `q05` .. `q95`."""
+        import pandas as pd
+
+        G, H = self.mean.shape
+        data = {"series": np.repeat(np.asarray(self.series, dtype=object), H)}
+        if self.timestamps is not None:
+            data["timestamp"] = np.tile(np.asarray(self.timestamps, dtype="datetime64[ns]"), G)
+        else:
+            data["step"] = np.tile(np.arange(1, H + 1), G)
+        data["mean"] = self.mean.reshape(-1)
+        data["median"] = self.median.reshape(-1)
+        for q, level in enumerate(self.levels):
+            data[quantile_column(level)] = self.quantiles[:, q, :].reshape(-1)
+        return pd.DataFrame(data)
+
+
+def _as_table(history, series_ids, timestamps, freq):
+    """(values float64 [T, C], names, history timestamps or None, freq or None) from any accepted input."""
+    names = None
+    if hasattr(history, "columns") and hasattr(history, "to_numpy"):  # pandas DataFrame
+        import pandas as pd
+
+        for c in history.columns:
+            if not (pd.api.types.is_numeric_dtype(history[c]) or history[c].isna().all()):
+                raise ForecastError(f"column {c!r} is not numeric")
+        names = list(history.columns)
+        values = history.to_numpy(dtype=np.float64, na_value=np.nan)
+        if isinstance(history.index, pd.DatetimeIndex) and timestamps is None:
+            timestamps, freq = history.index, freq or history.index.freqstr
+    elif hasattr(history, "to_numpy") and hasattr(history, "name"):  # pandas Series
+        import pandas as pd
+
+        if not pd.api.types.is_numeric_dtype(history):
+            raise ForecastError(f"series {history.name!r} is not numeric")
+        names = [history.name if history.name is not None else 0]
+        values = history.to_numpy(dtype=np.float64, na_value=np.nan)[:, None]
+        if isinstance(history.index, pd.DatetimeIndex) and timestamps is None:
+            timestamps, freq = history.index, freq or history.index.freqstr
+    else:
+        try:
+            values = np.asarray(history, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ForecastError("history is not numeric (expected a float array or a DataFrame)") from None
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.ndim != 2:
+            raise ForecastError(f"history must be 1-D [T] or 2-D [T, C], got shape {values.shape}")
+    if series_ids is not None:
+        names = list(series_ids)
+        if len(names) != values.shape[1]:
+            raise ForecastError(f"series_ids has {len(names)} names for {values.shape[1]} series")
+    if names is None:
+        names = list(range(values.shape[1]))
+    return values, names, timestamps, freq
+
+
+def _future_timestamps(timestamps, freq, horizon: int):
+    """datetime64[ns] [H] after the last history timestamp, or None without a known step."""
+    if timestamps is None:
+        return None
+    import pandas as pd
+
+    index = pd.DatetimeIndex(timestamps)
+    if freq is None and len(index) >= 3:
+        freq = pd.infer_freq(index)
+    if freq is None or len(index) == 0:
+        return None
+    future = pd.date_range(index[-1], periods=horizon + 1, freq=freq)[1:]
+    return future.to_numpy(dtype="datetime64[ns]")
+
+
+def _check_finite(values: np.ndarray, names, where: str) -> None:
+    """values: [rows, C]; raise ForecastError naming the first Inf's series and row."""
+    inf = np.isinf(values)
+    if inf.any():
+        row, col = np.argwhere(inf)[0]
+        raise ForecastError(f"series {names[col]!r} has an infinite value at row {row + 1} of {where}")
+
+
+class Forecaster:
+    """A loaded artifact plus the sampler. Create with `Forecaster.load(path)`."""
+
+    def __init__(self, engine: OnnxEngine):
+        self.engine = engine
+        self.manifest = engine.manifest
+        self.config = engine.config
+        self.schedule = engine.manifest.schedule
+
+    @classmethod
+    def load(cls, engine_path, providers=None, threads: int | None = None) -> "Forecaster":
+        """Load NAME.{json,encode.onnx,denoise.onnx} (any of the names resolves; see dil.runtime.manifest).
+
+        providers: ONNX Runtime provider(s), default CPU; threads: intra-op threads (None: ORT's default).
+        Raises ManifestError or EngineError with a one-line message.
+        """
+        return cls(OnnxEngine.load(engine_path, providers=providers, threads=threads))
+
+    @property
+    def context_length(self) -> int:
+        return self.config.context_length
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    def predict(self, history, num_samples: int = 100, steps: int = 20, seed: int = 0, series_ids=None,
+                timestamps=None, freq: str | None = None, batch_series: int = DEFAULT_BATCH_SERIES,
+                solver_order: int = 2, progress: bool = False) -> Forecast:
+        """Forecast the next `horizon` steps of every series in `history`.
+
+        history: float array [T] (one series) or [T, C] (rows = time steps, columns = series), or a
+        pandas DataFrame (columns = series; a DatetimeIndex gives future timestamps) or Series.
+        NaN = missing. The last `context_length` rows are used; fewer rows is an error.
+        series_ids: C names overriding the column names; they also key the noise streams (default:
+        DataFrame column names, integer column indices for arrays). timestamps, freq: history times
+        [T] and their pandas frequency alias for array input (freq is inferred when omitted).
+        batch_series: series per engine batch (memory; the result does not depend on it).
+        """
+        values, names, times, freq = _as_table(history, series_ids, timestamps, freq)
+        L = self.context_length
+        if values.shape[0] < L:
+            raise ForecastError(f"history has {values.shape[0]} rows, the model needs at least {L} (context_length)")
+        if times is not None and len(times) != values.shape[0]:
+            raise ForecastError(f"timestamps has {len(times)} entries for {values.shape[0]} history rows")
+        _check_finite(values, names, "the history")
+        contexts = values[-L:].T  # [C, L]
+        forecast = self.predict_windows(
+            contexts, num_samples, steps, seed, series_keys=[_key(n) for n in names],
+            batch_series=batch_series, solver_order=solver_order, progress=progress, names=names,
+        )
+        forecast.timestamps = _future_timestamps(times, freq, self.horizon)
+        return forecast
+
+    def predict_windows(self, contexts, num_samples: int = 100, steps: int = 20, seed: int = 0,
+                        series_keys=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int = 2,
+                        progress: bool = False, names=None) -> Forecast:
+        """Forecast from G context windows at once (the evaluation harness's entry point).
+
+        contexts: float [G, L'] with L' >= context_length (the last context_length values are used),
+        NaN = missing. series_keys: G non-negative ints keying the noise streams (default 0..G-1; give
+        each window a distinct key, e.g. series * n_origins + origin, for independent noise).
+        names: G labels for Forecast.series (default: the keys).
+        """
+        _check_int("num_samples", num_samples, 1, 100_000)
+        _check_int("seed", seed, 0, 2**63 - 1)
+        _check_int("batch_series", batch_series, 1, 1_000_000)
+        config = SamplerConfig(steps=steps, solver_order=solver_order)
+        ctx = np.asarray(contexts, dtype=np.float64)
+        L, H = self.context_length, self.horizon
+        if ctx.ndim != 2 or ctx.shape[1] < L:
+            raise ForecastError(f"contexts must be [G, L>={L}], got shape {ctx.shape}")
+        # C-contiguous rows: numpy's reductions (the scaling's sums) then add in the same order
+        # whatever the batch's layout, which keeps a series' result bit-identical across batches.
+        ctx = np.ascontiguousarray(ctx[:, -L:])
+        G = ctx.shape[0]
+        keys = list(range(G)) if series_keys is None else [series_key(k) for k in series_keys]
+        names = list(keys) if names is None else list(names)
+        if len(keys) != G or len(names) != G:
+            raise ForecastError(f"got {len(keys)} series keys and {len(names)} names for {G} windows")
+        _check_finite(ctx.T, names, "its context window")
+        empty = np.isnan(ctx).all(axis=1)
+        if empty.any():
+            raise ForecastError(f"series {names[int(np.argmax(empty))]!r} has no observed value in its last {L} rows")
+        try:
+            loc, scale = context_scale(ctx)
+        except ScalingError as exc:  # unreachable after the check above; kept as one-line safety
+            raise ForecastError(str(exc)) from None
+        z = standardise(ctx, loc, scale)
+
+        bar = _progress_bar(progress, G, batch_series, steps)
+        x0 = np.empty((G, num_samples, H))
+        stats = SamplerStats()
+        try:
+            for start in range(0, G, batch_series):
+                part = slice(start, min(G, start + batch_series))
+                x_T = initial_noise(seed, keys[part], num_samples, H)
+                result = sample(self.engine, self.schedule, context_features(z[part]), x_T, config,
+                                progress=bar.update if bar is not None else None)
+                x0[part] = result.x0
+                stats = stats.merge(result.stats) if stats.series else result.stats
+        finally:
+            if bar is not None:
+                bar.close()
+
+        samples = x0 * scale[:, None, None] + loc[:, None, None]
+        quantiles = np.moveaxis(sample_quantiles(samples, axis=1), 0, 1)  # [G, Q, H]
+        return Forecast(
+            samples=samples, quantiles=quantiles, mean=samples.mean(axis=1), median=np.median(samples, axis=1),
+            timestamps=None, series=names, loc=loc, scale=scale, stats=stats,
+        )
+
+
+def _key(name) -> int:
+    try:
+        return series_key(name)
+    except ValueError:  # a negative integer name: key its text instead
+        return series_key(str(name))
+
+
+def _progress_bar(progress: bool, G: int, batch_series: int, steps: int):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    chunks = -(-G // batch_series)
+    # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
+    return tqdm(total=chunks * steps, desc="sampling", unit="step", disable=None, leave=False)

@@ -1,0 +1,265 @@
+"""The evaluation harness on a tiny synthetic table with NumPy forecasters (seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dil.data import DatasetSpec, SeriesTable, Splits, split_bounds
+from dil.data import test_origins as origins_of
+from dil.evaluate import harness as Hn
+from dil.evaluate import metrics as M
+
+SEASON, L, H = 24, 48, 12
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """Two daily-periodic series (400 rows) with noise and a few missing values."""
+    rng = np.random.default_rng(0)
+    t = np.arange(400)
+    base = 10.0 + 3.0 * np.sin(2 * np.pi * t / SEASON)
+    values = np.stack([base + rng.normal(0, 0.5, t.size), 2 * base + rng.normal(0, 1.0, t.size)], axis=1)
+    values[305, 0] = values[331, 1] = np.nan  # missing targets / context steps
+    table = SeriesTable(values=values, names=["a", "b"], source="synthetic")
+    spec = DatasetSpec(
+        name="synthetic", file="synthetic.csv", date_column=None, columns=None, freq=None,
+        season=SEASON, context_length=L, horizon=H, splits=Splits(0.5, 0.2, 0.3), bundled=False,
+    )
+    return table, spec
+
+
+def _origin(window_id: str) -> int:
+    return int(window_id.rsplit("@", 1)[1])
+
+
+def oracle(table, noise=0.05, n=50):
+    """The true future plus small noise, seeded per window id (batch-independent)."""
+    col = {name: i for i, name in enumerate(table.names)}
+
+    def fn(ctx, ids):
+        out = np.empty((len(ids), n, H))
+        for i, wid in enumerate(ids):
+            name, o = wid.rsplit("@", 1)
+            truth = np.nan_to_num(table.values[int(o) : int(o) + H, col[name]], nan=10.0)
+            rng = np.random.default_rng([int(o), col[name]])
+            out[i] = truth + noise * rng.standard_normal((n, H))
+        return out
+
+    return fn
+
+
+def naive_fn(ctx, ids, n=20):
+    return np.repeat(M.seasonal_naive(ctx, SEASON, H)[:, None, :], n, axis=1)
+
+
+def test_gather_hand_example():
+    v = np.arange(10.0).reshape(5, 2)  # rows r: (2r, 2r+1)
+    g = Hn.gather(v, np.array([1, 4]), 2, 1)
+    # origin 1: rows -1 (outside -> NaN), 0, 1; origin 4: rows 2, 3, 4; per column.
+    np.testing.assert_array_equal(g[0], [[np.nan, 0, 2], [np.nan, 1, 3]])
+    np.testing.assert_array_equal(g[1], [[4, 6, 8], [5, 7, 9]])
+
+
+def test_oracle_beats_seasonal_naive(synthetic):
+    table, spec = synthetic
+    r = Hn.evaluate(oracle(table), table, spec, L, H, samples=50, progress=False)
+    model, naive = r["model"], r["baselines"]["seasonal_naive"]
+    assert model["crps"] < 0.2 * naive["crps"]
+    assert model["mae"] < 0.2 * naive["mae"]
+    assert model["crps_sum"] < 0.2 * naive["crps_sum"]
+    for k in ("crps", "crps_sample", "crps_sum", "mae", "mse", "coverage_50", "coverage_90"):
+        assert np.isfinite(model[k]), k
+    p = r["protocol"]
+    origins = origins_of(spec, 400, L, H)
+    assert p["windows"] == origins.size and p["series"] == 2
+    assert p["series_windows"] + p["skipped_windows"] == 2 * origins.size
+    assert p["season"] == SEASON and p["samples"] == 50 and len(p["quantile_levels"]) == 19
+    a, b = split_bounds(spec, 400)["test"]
+    assert p["split"]["test_rows"] == [a, b] and origins[0] >= a and origins[-1] + H <= b
+
+
+def test_seasonal_naive_baseline_against_independent_loop(synthetic):
+    table, spec = synthetic
+    r = Hn.evaluate(naive_fn, table, spec, L, H, samples=20, progress=False)
+    # Independent: |y[o+h] - y[o+h-24]| over the test origins, observed pairs only (no NaN fills
+    # are needed here: the two missing values are target/context steps whose lags are observed,
+    # except where the lag itself is missing, which the loop handles like seasonal_naive).
+    errs, absy = [], []
+    for o in origins_of(spec, 400, L, H):
+        for c in range(2):
+            hist = table.values[o - L : o, c]
+            for h in range(H):
+                y = table.values[o + h, c]
+                lag = hist[L - SEASON + h % SEASON]
+                if np.isnan(lag):
+                    lag = hist[L - 2 * SEASON + h % SEASON]
+                if not np.isnan(y):
+                    errs.append(abs(y - lag))
+                    absy.append(abs(y))
+    naive = r["baselines"]["seasonal_naive"]
+    assert naive["mae"] == pytest.approx(np.mean(errs), rel=1e-12)
+    assert naive["crps"] == pytest.approx(np.sum(errs) / np.sum(absy), rel=1e-12)
+    # A model that IS the seasonal naive forecast ties the baseline exactly.
+    for k in ("crps", "crps_sample", "crps_sum", "mae", "mse"):
+        assert r["model"][k] == pytest.approx(naive[k], rel=1e-12), k
+
+
+def test_batch_size_and_window_count_do_not_change_results(synthetic):
+    table, spec = synthetic
+    fn = oracle(table, noise=1.0)
+    r1 = Hn.evaluate(fn, table, spec, L, H, samples=50, batch_size=3, progress=False)
+    r2 = Hn.evaluate(fn, table, spec, L, H, samples=50, batch_size=64, progress=False)
+    assert r1 == r2
+    r3 = Hn.evaluate(fn, table, spec, L, H, n_windows=3, samples=50, progress=False)
+    assert r3["protocol"]["windows"] == 3
+    # An extra probabilistic baseline is scored like the model on the same windows.
+    r4 = Hn.evaluate(fn, table, spec, L, H, samples=50, progress=False, baselines={"same": fn})
+    assert r4["baselines"]["same"] == r1["model"]
+    assert r4["baselines"]["seasonal_naive"] == r1["baselines"]["seasonal_naive"]
+
+
+def test_all_missing_context_windows_are_skipped(synthetic):
+    table, spec = synthetic
+    origins = origins_of(spec, 400, L, H)
+    values = table.values.copy()
+    values[origins[1] - L : origins[1], 1] = np.nan  # series b, second origin: nothing to condition on
+    t2 = SeriesTable(values=values, names=table.names, source="synthetic")
+    seen = []
+
+    def fn(ctx, ids):
+        assert not np.all(np.isnan(ctx), axis=-1).any()
+        seen.extend(ids)
+        return naive_fn(ctx, ids)
+
+    ev = Hn.run_evaluation(fn, t2, spec, L, H, samples=20, progress=False)
+    # Skipped: b at origin 1 (all-missing context) and b at origin 0, whose whole target
+    # (the last H rows of that context, stride H < L) is missing: nothing to score.
+    assert ev.report["protocol"]["skipped_windows"] == 2
+    assert len(seen) == 2 * origins.size - 2
+    assert f"b@{origins[0]}" not in seen and f"b@{origins[1]}" not in seen and f"a@{origins[1]}" in seen
+    assert not ev.windows.valid[:2, 1].any() and np.isnan(ev.windows.samples[:2, 1]).all()
+    assert np.isfinite(ev.report["model"]["crps_sum"])
+
+
+def test_bad_forecaster_output_and_season_errors(synthetic):
+    table, spec = synthetic
+    with pytest.raises(Hn.EvaluationError, match="shape"):
+        Hn.evaluate(lambda c, i: np.zeros((len(i), 5, H)), table, spec, L, H, samples=20, progress=False)
+    with pytest.raises(Hn.EvaluationError, match="non-finite"):
+        Hn.evaluate(lambda c, i: np.full((len(i), 20, H), np.nan), table, spec, L, H, samples=20, progress=False)
+    from dataclasses import replace
+
+    with pytest.raises(Hn.EvaluationError, match="--season"):
+        Hn.resolve_season(replace(spec, season=1))
+    assert Hn.resolve_season(replace(spec, season=1), season=7) == 7
+
+
+def test_report_table_and_plots(synthetic, tmp_path):
+    pytest.importorskip("matplotlib")
+    from dil.evaluate.cli import format_report
+    from dil.evaluate.plots import calibration_plot, fan_charts
+
+    table, spec = synthetic
+    ev = Hn.run_evaluation(oracle(table, noise=0.5), table, spec, L, H, samples=50, progress=False)
+    text = format_report(ev.report)
+    naive = ev.report["baselines"]["seasonal_naive"]
+    ratio = ev.report["model"]["crps"] / naive["crps"]
+    assert f"{ratio:.4f}" in text.splitlines()[2] and "synthetic" in text
+    cal = ev.report["calibration"]
+    assert cal["observed"][4] == ev.report["model"]["coverage_50"]
+    assert cal["observed"][8] == ev.report["model"]["coverage_90"]
+    for path in (fan_charts(ev.windows, tmp_path, count=3), calibration_plot(cal, tmp_path)):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.png", "fan_charts.png"]
+
+
+# --- the real runtime: the tiny exported artifact (trained "on etth1", context 16, horizon 8) ---
+
+
+def _cli(args):
+    from click.testing import CliRunner
+
+    from dil.evaluate.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_dil_eval_cli_end_to_end(tiny_artifact, tmp_path):
+    import json
+
+    from dil.data import load_dataset
+    from dil.runtime import Forecaster
+
+    out, plots = tmp_path / "eval.json", tmp_path / "plots"
+    args = ["--engine", tiny_artifact, "--windows", 2, "--samples", 8, "--steps", 4, "--seed", 3]
+    res = _cli(args + ["--json", out, "--plots", plots, "--batch-size", 5])
+    assert res.exit_code == 0, res.output
+    assert "seasonal naive" in res.output
+    report = json.loads(out.read_text())
+    p = report["protocol"]
+    assert (p["dataset"], p["context"], p["horizon"], p["windows"], p["samples"], p["steps"]) == ("etth1", 16, 8, 2, 8, 4)
+    assert p["series"] == 7 and p["series_windows"] == 14
+    assert sorted(f.name for f in plots.iterdir()) == ["calibration.png", "fan_charts.png"]
+
+    # Independently: the same windows through Forecaster.predict in one batch give the same CRPS.
+    table = load_dataset("etth1")
+    fc = Forecaster.load(tiny_artifact)
+    origins = origins_of("etth1", table.n_steps, 16, 8, 2)
+    ctx = np.concatenate([table.values[o - 16 : o].T for o in origins])
+    tgt = np.concatenate([table.values[o : o + 8].T for o in origins])
+    ids = [f"{n}@{o}" for o in origins for n in table.names]
+    s = fc.predict_windows(ctx, num_samples=8, steps=4, seed=3, series_keys=ids).samples
+    assert report["model"]["crps"] == pytest.approx(M.crps_quantile(tgt, s), rel=1e-9)
+    assert report["model"]["mae"] == pytest.approx(M.mae(tgt, np.median(s, axis=1)), rel=1e-9)
+
+    # Batch composition does not change a window's forecast; no output requested -> nothing written.
+    res2 = _cli(args + ["--batch-size", 64])
+    assert res2.exit_code == 0, res2.output
+    assert res2.output.splitlines()[:9] == res.output.splitlines()[:9]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "nope"], "unknown dataset"),
+        (["--dataset", "etth1", "--data", "x.csv"], "not both"),
+        (["--json", "missing-dir/out.json"], "does not exist"),
+        (["--data", "no-such-file.csv"], "no-such-file.csv"),
+    ],
+)
+def test_dil_eval_cli_bad_input(tiny_artifact, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    res = _cli(["--engine", tiny_artifact, "--windows", 1, "--samples", 2, "--steps", 2] + extra)
+    assert res.exit_code != 0
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dil_eval_cli_missing_engine(tmp_path):
+    res = _cli(["--engine", tmp_path / "none.onnx"])
+    assert res.exit_code != 0 and res.output.startswith("Error:") and "none.json" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_dil_eval_cli_on_a_user_file(tiny_artifact, tmp_path):
+    import json
+
+    rng = np.random.default_rng(0)
+    t = np.arange(200)
+    csv = tmp_path / "mine.csv"
+    lines = ["x,y"] + [f"{10 + np.sin(i / 4):.4f},{5 + rng.normal():.4f}" for i in t]
+    csv.write_text("\n".join(lines) + "\n")
+    base = ["--engine", tiny_artifact, "--data", csv, "--samples", 4, "--steps", 2]
+    # No timestamps, so no frequency to take a season from: the user must give it.
+    res = _cli(base)
+    assert res.exit_code != 0 and "--season" in res.output and len(res.output.strip().splitlines()) == 1
+    out = tmp_path / "r.json"
+    res = _cli(base + ["--season", 12, "--columns", "y", "--json", out])
+    assert res.exit_code == 0, res.output
+    p = json.loads(out.read_text())["protocol"]
+    # 70/10/20 split of 200 rows: test rows 160..199, stride = horizon 8 -> origins 160..192.
+    assert (p["dataset"], p["series"], p["season"], p["windows"]) == ("mine.csv", 1, 12, 5)
+    assert p["split"]["test_rows"] == [160, 200] and p["split"]["first_origin"] == 160
