@@ -1,43 +1,202 @@
 """Export a checkpoint to a complete artifact: ONNX graphs + manifest (DESIGN section 10).
 
-Minimal first version by the lead: the EXPORT helper extends it with validation, error handling
-and the CLI. The manifest is written last, so its presence means the artifact is complete.
+    export_artifact("runs/NAME", "engines")  ->  engines/NAME.encode.onnx, NAME.denoise.onnx, NAME.json
+
+Order: load the checkpoint, export both graphs into a temporary folder inside the output folder,
+validate them against the PyTorch module (`dil.export.validate`), and only then move them into
+place and write the manifest last. A failure at any point leaves nothing behind and never touches
+a previous artifact of the same name; a successful export replaces it (its old manifest is removed
+first, so a reader never pairs an old manifest with new graphs).
+
+Output folder rule: a missing output folder is created when its parent exists (and removed again
+if the export fails); a deeper missing path is an error, as it is most likely a typo.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from dil._atomic import write_text
-from dil.export.onnx_export import OPSET, export_onnx
+from dil.export.onnx_export import OPSET, dynamic_axes, export_onnx
+from dil.export.real_data import training_windows
+from dil.export.validate import FP32_TOLERANCE, REAL_WINDOWS, SUBSET_TOLERANCE, failures, validate_graphs
 from dil.runtime.manifest import Manifest, sha256_file
 from dil.train.checkpoint import load_checkpoint
 
+PRECISION = "fp32"
 
-def export_artifact(run_dir, out_dir, name: str | None = None) -> Manifest:
-    """Export run_dir's EMA model to out_dir/NAME.{encode,denoise}.onnx and NAME.json."""
+
+class ExportError(RuntimeError):
+    """The export failed (bad output path or name, exporter error, validation beyond tolerance).
+
+    The message is one line. `report` holds the validation section when validation failed.
+    """
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+def _check_name(name: str) -> str:
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
+        raise ExportError(f"invalid artifact name {name!r}: use a plain file name such as 'metro-traffic'")
+    return name
+
+
+def prepare_out_dir(out_dir) -> bool:
+    """Make sure out_dir exists (see the module docstring's rule). Returns True when created here."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        return False
+    if out_dir.exists():
+        raise ExportError(f"output path {out_dir} exists and is not a folder")
+    if not out_dir.parent.is_dir():
+        raise ExportError(f"output folder {out_dir} does not exist, nor does its parent {out_dir.parent}")
+    out_dir.mkdir()
+    return True
+
+
+def graph_io(path) -> dict:
+    """Inputs and outputs of an ONNX file: {"inputs": [{"name", "dtype", "shape"}], "outputs": ...}.
+
+    A shape lists ints for fixed axes and axis names (G, N, S, L, H) for dynamic ones.
+    """
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": tensor_dtype_to_np_dtype(t.elem_type).name, "shape": shape})
+        return out
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def _graph_entry(path: Path, axes: dict) -> dict:
+    io = graph_io(path)
+    used = {a for v in io["inputs"] + io["outputs"] for a in v["shape"] if isinstance(a, str)}
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        **io,
+        "dynamic_axes": {a: r for a, r in axes.items() if a in used},
+    }
+
+
+def _versions() -> dict:
     import onnx
     import onnxruntime
+    import onnxscript
     import torch
 
+    import dil
+
+    return {
+        "dil": dil.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxscript": onnxscript.__version__,
+        "opset": OPSET,
+    }
+
+
+def _data_record(data: dict, config) -> dict:
+    """The manifest's data section: the checkpoint's record, with the window and scaling always set."""
+    record = dict(data)
+    record.setdefault("context_length", config.context_length)
+    record.setdefault("horizon", config.horizon)
+    record.setdefault("scaling", "context-mean-std")
+    return record
+
+
+def export_artifact(
+    run_dir,
+    out_dir,
+    name: str | None = None,
+    *,
+    validate: bool = True,
+    tolerance: float = FP32_TOLERANCE,
+    subset_tolerance: float = SUBSET_TOLERANCE,
+    seed: int = 0,
+    data_path=None,
+    progress=None,
+) -> Manifest:
+    """Export run_dir's EMA model to out_dir/NAME.{encode,denoise}.onnx + NAME.json; returns the manifest.
+
+    name: artifact name (default: the run folder's name). validate: compare ONNX Runtime with the
+    PyTorch module (see dil.export.validate) and refuse the artifact beyond `tolerance` (max abs
+    error, standardised scale) or `subset_tolerance` (subset equivalence). seed: of the validation
+    inputs. data_path: the training table, for checkpoints trained on a user file (bundled datasets
+    are found by name); without it real-input validation is skipped and the manifest says why.
+    progress: optional callable taking a one-line stage message.
+    Raises CheckpointError (bad checkpoint) or ExportError (anything else); nothing is written then.
+    """
+    say = progress or (lambda message: None)
+    run_dir = Path(run_dir)
+    say(f"loading checkpoint {run_dir}")
     ckpt = load_checkpoint(run_dir)
+    name = _check_name(name or run_dir.resolve().name)
     out_dir = Path(out_dir)
-    name = name or Path(run_dir).name
-    paths = export_onnx(ckpt.model, out_dir, name)
-    graphs = {g: {"file": p.name, "sha256": sha256_file(p)} for g, p in paths.items()}
-    manifest = Manifest(
-        name=name,
-        model=ckpt.config,
-        schedule=ckpt.schedule,
-        data=ckpt.data,
-        graphs=graphs,
-        versions={
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "opset": OPSET,
-        },
-        path=out_dir / f"{name}.json",
-    )
+    created = prepare_out_dir(out_dir)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
+    ok = False
+    try:
+        try:
+            tmp_paths = export_onnx(ckpt.model, work, name, progress=lambda g: say(f"exporting the {g} graph"))
+        except Exception as exc:  # the exporter's errors are long; keep their first line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportError(f"ONNX export failed: {first}") from exc
+        if validate:
+            say("validating against PyTorch (ONNX Runtime, CPU)")
+            cfg = ckpt.config
+            windows, info = training_windows(ckpt.data, cfg.context_length, cfg.horizon, REAL_WINDOWS, data_path)
+            report = validate_graphs(
+                ckpt.model, tmp_paths, ckpt.schedule, windows, tolerance=tolerance,
+                subset_tolerance=subset_tolerance, seed=seed, real_info=info,
+            )
+            if not report["passed"]:
+                raise ExportError("validation failed: " + "; ".join(failures(report)) + " (nothing written)", report)
+        else:
+            report = {"skipped": True, "passed": None}
+        axes = dynamic_axes(ckpt.config)
+        manifest = Manifest(
+            name=name,
+            model=ckpt.config,
+            schedule=ckpt.schedule,
+            data=_data_record(ckpt.data, ckpt.config),
+            graphs={g: _graph_entry(p, axes) for g, p in tmp_paths.items()},
+            precision=PRECISION,
+            validation=report,
+            versions=_versions(),
+            extra={"dynamic_axes": axes, "checkpoint": {"run": run_dir.resolve().name, "training": ckpt.training}},
+            path=out_dir / f"{name}.json",
+        )
+        say(f"writing {manifest.path}")
+        _publish(tmp_paths, out_dir, manifest)
+        ok = True
+        return manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not ok and created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+
+
+def _publish(tmp_paths: dict, out_dir: Path, manifest: Manifest) -> None:
+    """Move the validated graphs into place and write the manifest last."""
+    with contextlib.suppress(FileNotFoundError):
+        manifest.path.unlink()  # the old graphs are about to be replaced
+    for tmp in tmp_paths.values():
+        os.replace(tmp, out_dir / tmp.name)
     write_text(manifest.path, manifest.to_json())
-    return manifest

@@ -120,13 +120,33 @@ def export_graph(module: nn.Module, args: tuple, dynamic_shapes, input_names, ou
         program.save(str(tmp))
 
 
-def export_onnx(model: ScoreNet, out_dir, name: str) -> dict[str, Path]:
-    """Write NAME.encode.onnx and NAME.denoise.onnx into out_dir; returns {graph: path}."""
+def export_onnx(model: ScoreNet, out_dir, name: str, progress=None) -> dict[str, Path]:
+    """Write NAME.encode.onnx and NAME.denoise.onnx into out_dir; returns {graph: path}.
+
+    progress: optional callable, called with the graph's name before each export (~10 s each).
+    """
     model = model.eval()
     out_dir = Path(out_dir)
     ctx, den_args = example_inputs(model)
     enc_dims, den_dims = _dims(model)
     paths = {"encode": out_dir / f"{name}.encode.onnx", "denoise": out_dir / f"{name}.denoise.onnx"}
-    export_graph(EncodeGraph(model), (ctx,), enc_dims, ENCODE_INPUTS, ENCODE_OUTPUTS, paths["encode"])
-    export_graph(DenoiseGraph(model), den_args, den_dims, DENOISE_INPUTS, DENOISE_OUTPUTS, paths["denoise"])
+    jobs = {
+        "encode": (EncodeGraph(model), (ctx,), enc_dims, ENCODE_INPUTS, ENCODE_OUTPUTS),
+        "denoise": (DenoiseGraph(model), den_args, den_dims, DENOISE_INPUTS, DENOISE_OUTPUTS),
+    }
+    for graph, job in jobs.items():
+        if progress is not None:
+            progress(graph)
+        export_graph(*job, paths[graph])
     return paths
+
+
+def dynamic_axes(config) -> dict:
+    """The graphs' dynamic axes and their ranges (None: unbounded), as the manifest records them."""
+    return {
+        "G": {"min": 1, "max": None},
+        "N": {"min": 1, "max": None},
+        "S": {"min": 1, "max": None},
+        "L": {"min": 1, "max": config.context_length},
+        "H": {"min": 1, "max": config.horizon},
+    }

@@ -96,7 +96,9 @@ def load_checkpoint(run_dir, expect: ModelConfig | None = None) -> Checkpoint:
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # torch's first line is only "Error(s) in loading state_dict for ScoreNet:"; the cause follows.
+        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
         raise CheckpointError(f"weights in {weights} do not match the model config: {first}") from None
     model.eval()
     return Checkpoint(model, config, schedule, cfg.get("data", {}), cfg.get("training", {}), run_dir)

@@ -1,0 +1,327 @@
+"""Numerical validation of exported graphs against the PyTorch module (DESIGN sections 5 and 9).
+
+For each graph, ONNX Runtime (CPU provider) and the PyTorch module get identical inputs and their
+outputs are compared: max abs error and max rel error, on random inputs and on real inputs (context
+windows of the checkpoint's training data, noisy horizons at a few diffusion times of the schedule),
+at several shapes: S < H, S = H, G = N = 1, L < context_length, H < horizon and padding entries
+(pos_sub == H). Then the subset equivalence: `denoise` on a subset of tokens, with the other tokens'
+cache fresh from a full step and valid, reproduces the full step's rows (each engine on its own).
+
+Errors are on the standardised scale the network works on (eps and keys/values). The relative error
+of an element is |out - ref| / max(|ref|, REL_FLOOR): elements near zero are judged absolutely, so
+one tiny reference value cannot make the number meaningless. The gate is the absolute error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from dil.runtime.config import ModelConfig
+from dil.runtime.manifest import DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS
+from dil.runtime.scaling import context_features, context_scale, standardise
+from dil.runtime.schedule import NoiseSchedule, diffusion_time_features
+from dil.train.model import ScoreNet
+
+FP32_TOLERANCE = 1e-4  # max abs error of a float32 graph vs torch (standardised scale)
+SUBSET_TOLERANCE = 1e-5  # max abs error of a subset step vs the full step's rows (float32)
+REL_FLOOR = 1e-2  # denominator floor of the relative error
+PROVIDER = "CPUExecutionProvider"
+REAL_WINDOWS = 4  # distinct real context windows (G of the largest real shape)
+REAL_TIMES = 5  # diffusion times of the real noisy horizons (from the sampling grid)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One validation shape: G contexts, N rows each, S computed tokens, context L, horizon H.
+
+    pad: some rows carry padding entries (pos_sub == H) in place of their last tokens.
+    """
+
+    G: int
+    N: int
+    S: int
+    L: int
+    H: int
+    pad: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validation_shapes(config: ModelConfig) -> list[Shape]:
+    """The shapes every export is checked at (distinct; all within the graphs' dynamic ranges)."""
+    L, H = config.context_length, config.horizon
+    half_h, half_l = max(1, H // 2), max(1, L // 2)
+    shapes = [
+        Shape(2, 3, half_h, L, H, pad=True),  # S < H with padding
+        Shape(2, 2, H, L, H),  # S = H: a full step
+        Shape(1, 1, 1, L, H),  # G = N = S = 1
+        Shape(3, 2, max(1, H // 3), half_l, H),  # L < context_length
+        Shape(2, 2, max(1, half_h // 2), L, half_h, pad=True),  # H < horizon, padding
+    ]
+    return list(dict.fromkeys(shapes))
+
+
+# ---------------------------------------------------------------------------------------------
+# The two engines behind one NumPy interface.
+class OrtGraphs:
+    """The exported graphs in ONNX Runtime (CPU provider). Arrays in, arrays out."""
+
+    def __init__(self, paths: dict):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sessions = {
+            g: ort.InferenceSession(str(paths[g]), opts, providers=[PROVIDER]) for g in ("encode", "denoise")
+        }
+
+    def encode(self, ctx):
+        return tuple(self.sessions["encode"].run(list(ENCODE_OUTPUTS), {ENCODE_INPUTS[0]: ctx}))
+
+    def denoise(self, *args):
+        return tuple(self.sessions["denoise"].run(list(DENOISE_OUTPUTS), dict(zip(DENOISE_INPUTS, args))))
+
+
+class TorchGraphs:
+    """The PyTorch module with the same interface as OrtGraphs (float32 CPU, no grad)."""
+
+    def __init__(self, model: ScoreNet):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def encode(self, ctx):
+        return tuple(t.numpy() for t in self.model.encode(torch.from_numpy(ctx)))
+
+    @torch.no_grad()
+    def denoise(self, *args):
+        return tuple(t.numpy() for t in self.model.denoise(*(torch.from_numpy(a) for a in args)))
+
+
+def errors(outputs, references) -> tuple[float, float]:
+    """(max abs error, max rel error) over every element of paired output arrays."""
+    abs_err, rel_err = 0.0, 0.0
+    for out, ref in zip(outputs, references):
+        out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+        if out.shape != ref.shape:
+            raise ValueError(f"output shape {out.shape} differs from the reference's {ref.shape}")
+        diff = np.abs(out - ref)
+        if diff.size:
+            abs_err = max(abs_err, float(diff.max()))
+            rel_err = max(rel_err, float((diff / np.maximum(np.abs(ref), REL_FLOOR)).max()))
+    return abs_err, rel_err
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs.
+@dataclass
+class Case:
+    """The inputs of one check: ctx f32 [G, L, Fc] (network features); x the noisy horizon f32
+    [G, N, H, 1]; t_feat f32 [G, N, E]. kind: "random" or "real"."""
+
+    ctx: np.ndarray
+    x: np.ndarray
+    t_feat: np.ndarray
+    shape: Shape
+    kind: str
+
+
+def subset_positions(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+    """Distinct ascending horizon positions per row, int64 [G, N, S]; with shape.pad, rows keep a
+    random count 1..S of them and the rest are padding entries (== H). Needs S <= H."""
+    G, N, S, H = shape.G, shape.N, shape.S, shape.H
+    pos = np.sort(np.argsort(rng.random((G, N, H)), axis=-1)[..., :S], axis=-1)
+    if shape.pad:
+        keep = rng.integers(1, S + 1, size=(G, N, 1))
+        keep[0, 0, 0] = max(1, S - 1)  # at least one padded entry whenever S > 1
+        pos = np.where(np.arange(S) < keep, pos, H)
+    return pos.astype(np.int64)
+
+
+def _time_features(kappa: np.ndarray, dim: int) -> np.ndarray:
+    return diffusion_time_features(kappa, dim).astype(np.float32)
+
+
+def random_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, rng: np.random.Generator) -> Case:
+    """Standard-normal context values (random observed mask) and noisy horizon; random times."""
+    G, N, L, H = shape.G, shape.N, shape.L, shape.H
+    z = rng.standard_normal((G, L))
+    z[rng.random((G, L)) < 0.1] = np.nan  # missing context values, as in real data
+    z[:, -1] = rng.standard_normal(G)  # keep every window scalable
+    x = rng.standard_normal((G, N, H, config.horizon_features)).astype(np.float32)
+    kappa = rng.uniform(0.0, schedule.num_steps - 1, size=(G, N))
+    return Case(context_features(z), x, _time_features(kappa, config.time_embed_dim), shape, "random")
+
+
+def real_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, windows, rng: np.random.Generator) -> Case:
+    """Real context windows (their last shape.L steps, standardised as the runtime does) and their
+    real targets noised at REAL_TIMES times of the sampling grid, one time per row (cycled).
+
+    windows: (ctx float64 [W, Lmax], target float64 [W, Hmax]) on the original scale, NaN = missing.
+    """
+    ctx_all, tgt_all = windows
+    G, N, L, H = shape.G, shape.N, shape.L, shape.H
+    pick = np.arange(G) % ctx_all.shape[0]
+    ctx, tgt = ctx_all[pick, -L:], tgt_all[pick, :H]
+    loc, scale = context_scale(ctx)
+    x0 = np.nan_to_num(standardise(tgt, loc, scale), nan=0.0)  # a missing target: clean value 0
+    grid = schedule.sampling_grid(REAL_TIMES)
+    kappa = grid[np.arange(G * N).reshape(G, N) % grid.size]
+    alpha, sigma = schedule.alpha(kappa)[..., None], schedule.sigma(kappa)[..., None]
+    x = alpha * x0[:, None, :] + sigma * rng.standard_normal((G, N, H))
+    feats = context_features(standardise(ctx, loc, scale))
+    return Case(feats, x[..., None].astype(np.float32), _time_features(kappa, config.time_embed_dim), shape, "real")
+
+
+def _full_step_args(case: Case, k_ctx, v_ctx, layers: int, D: int):
+    G, N, H = case.shape.G, case.shape.N, case.shape.H
+    pos = np.broadcast_to(np.arange(H, dtype=np.int64), (G, N, H)).copy()
+    empty = np.zeros((layers, G, N, H, D), np.float32)
+    return (case.x, pos, case.t_feat, k_ctx, v_ctx, empty, empty, np.zeros((G, N, H), np.float32))
+
+
+def _gather_tokens(a: np.ndarray, pos: np.ndarray, layered: bool) -> np.ndarray:
+    """Per-row tokens `pos` [G, N, S] of a [..., G, N, H, F] (layered: a leading layer axis);
+    padding entries (pos == H) take position H - 1."""
+    idx = np.minimum(pos, a.shape[-2] - 1)[..., None]
+    return np.take_along_axis(a, idx[None] if layered else idx, axis=-2)
+
+
+def _subset_args(case: Case, pos, k_ctx, v_ctx, k_hor, v_hor, rng: np.random.Generator, drop: float):
+    """denoise inputs for the tokens `pos`: the cache is valid except at the computed positions and,
+    with probability `drop`, elsewhere (never computed)."""
+    G, N, H = case.shape.G, case.shape.N, case.shape.H
+    computed = np.zeros((G, N, H + 1), bool)
+    np.put_along_axis(computed, pos, True, axis=-1)
+    valid = (~computed[..., :H] & (rng.random((G, N, H)) >= drop)).astype(np.float32)
+    x_sub = _gather_tokens(case.x, pos, layered=False)
+    return (x_sub, pos, case.t_feat, k_ctx, v_ctx, k_hor, v_hor, valid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks.
+def compare_case(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelConfig, rng) -> dict:
+    """ONNX vs torch on one case: {"encode": (abs, rel), "denoise": (abs, rel)}.
+
+    Both engines get the same denoise inputs, built from torch's encode output. The cache is random
+    (random case) or torch's own full step on the same inputs (real case: realistic keys/values).
+    """
+    shape, layers, D = case.shape, config.num_layers, config.d_model
+    k_ctx, v_ctx = ref.encode(case.ctx)
+    enc = errors(onnx.encode(case.ctx), (k_ctx, v_ctx))
+    if case.kind == "random":
+        k_hor = rng.standard_normal((layers, shape.G, shape.N, shape.H, D)).astype(np.float32)
+        v_hor = rng.standard_normal(k_hor.shape).astype(np.float32)
+    else:
+        _, k_hor, v_hor = ref.denoise(*_full_step_args(case, k_ctx, v_ctx, layers, D))
+    if shape.S == shape.H and not shape.pad:
+        args = _full_step_args(case, k_ctx, v_ctx, layers, D)
+    else:
+        args = _subset_args(case, subset_positions(rng, shape), k_ctx, v_ctx, k_hor, v_hor, rng, drop=0.2)
+    den = errors(onnx.denoise(*args), ref.denoise(*args))
+    return {"encode": enc, "denoise": den}
+
+
+def subset_equivalence(engine, case: Case, config: ModelConfig, rng) -> float:
+    """Max abs difference between `denoise` on a token subset (cache = the full step's keys/values,
+    valid elsewhere) and the full step's rows at those tokens (eps, k, v); padding excluded."""
+    shape, layers, D = case.shape, config.num_layers, config.d_model
+    k_ctx, v_ctx = engine.encode(case.ctx)
+    eps, k_full, v_full = engine.denoise(*_full_step_args(case, k_ctx, v_ctx, layers, D))
+    pos = subset_positions(rng, shape)
+    args = _subset_args(case, pos, k_ctx, v_ctx, k_full, v_full, rng, drop=0.0)
+    out = engine.denoise(*args)
+    real = pos < shape.H  # [G, N, S]
+    refs = (_gather_tokens(eps, pos, False), _gather_tokens(k_full, pos, True), _gather_tokens(v_full, pos, True))
+    err = 0.0
+    for o, r in zip(out, refs):
+        mask = np.broadcast_to(real[..., None] if o.ndim == 4 else real[None, ..., None], o.shape)
+        if mask.any():
+            err = max(err, float(np.abs(o - r)[mask].max()))
+    return err
+
+
+def _summary(errs: list[tuple[float, float]]) -> dict:
+    if not errs:
+        return {"max_abs_err": None, "max_rel_err": None}
+    return {"max_abs_err": max(e[0] for e in errs), "max_rel_err": max(e[1] for e in errs)}
+
+
+def validate_graphs(
+    model: ScoreNet,
+    paths: dict,
+    schedule: NoiseSchedule,
+    real_windows=None,
+    *,
+    tolerance: float = FP32_TOLERANCE,
+    subset_tolerance: float = SUBSET_TOLERANCE,
+    seed: int = 0,
+    real_info: dict | None = None,
+) -> dict:
+    """The manifest's `validation` section for the graph files `paths` ({graph: path}).
+
+    real_windows: (ctx [W, Lmax], target [W, Hmax]) float64 on the original scale, or None (real
+    inputs unavailable; real_info says why). Returns a dict whose "passed" is True only when every
+    error is within its tolerance.
+    """
+    config = model.config
+    onnx, ref = OrtGraphs(paths), TorchGraphs(model)
+    rng = np.random.default_rng(seed)
+    shapes = validation_shapes(config)
+    kinds = ["random"] + (["real"] if real_windows is not None else [])
+    found = {g: {k: [] for k in kinds} for g in ("encode", "denoise")}
+    subset = {"onnx": [], "torch": []}
+    for shape in shapes:
+        for kind in kinds:
+            if kind == "random":
+                case = random_case(config, schedule, shape, rng)
+            else:
+                case = real_case(config, schedule, shape, real_windows, rng)
+            for g, e in compare_case(onnx, ref, case, config, rng).items():
+                found[g][kind].append(e)
+            if shape.S < shape.H or shape.pad:
+                seed_sub = int(rng.integers(2**31))
+                for name, engine in (("onnx", onnx), ("torch", ref)):
+                    sub_rng = np.random.default_rng(seed_sub)  # the same subset for both engines
+                    subset[name].append(subset_equivalence(engine, case, config, sub_rng))
+
+    report = {"provider": PROVIDER, "seed": seed, "scale": "standardised", "rel_floor": REL_FLOOR,
+              "tolerance": tolerance, "graphs": {}}
+    for g, by_kind in found.items():
+        entry = {kind: _summary(errs) for kind, errs in by_kind.items()}
+        entry.update(_summary([e for errs in by_kind.values() for e in errs]))
+        if g == "denoise":
+            entry["shapes"] = [s.to_dict() for s in shapes]
+        else:
+            entry["shapes"] = [{"G": G, "L": L} for G, L in dict.fromkeys((s.G, s.L) for s in shapes)]
+        entry["tolerance"] = tolerance
+        entry["passed"] = bool(entry["max_abs_err"] <= tolerance)
+        report["graphs"][g] = entry
+    sub = {k: max(v) if v else None for k, v in subset.items()}
+    report["subset_equivalence"] = {
+        "max_abs_err": sub,
+        "tolerance": subset_tolerance,
+        "shapes": [s.to_dict() for s in shapes if s.S < s.H or s.pad],
+        "inputs": kinds,
+        "passed": all(v is not None and v <= subset_tolerance for v in sub.values()),
+    }
+    report["real_data"] = real_info or ({"used": real_windows is not None})
+    report["passed"] = all(e["passed"] for e in report["graphs"].values()) and report["subset_equivalence"]["passed"]
+    return report
+
+
+def failures(report: dict) -> list[str]:
+    """One phrase per check of a validation report that exceeded its tolerance."""
+    out = [
+        f"{g}: max abs error {e['max_abs_err']:.3g} > tolerance {e['tolerance']:.3g}"
+        for g, e in report.get("graphs", {}).items()
+        if not e["passed"]
+    ]
+    sub = report.get("subset_equivalence", {})
+    if sub and not sub["passed"]:
+        errs = ", ".join(f"{k} {v:.3g}" for k, v in sub["max_abs_err"].items() if v is not None)
+        out.append(f"subset equivalence: max abs error {errs} > tolerance {sub['tolerance']:.3g}")
+    return out
