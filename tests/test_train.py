@@ -1,0 +1,194 @@
+"""dil.train: window batches, noise draws, schedule, and dil-train end to end on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from click.testing import CliRunner  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+
+from dil.data import get_spec  # noqa: E402
+from dil.runtime.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
+from dil.train.checkpoint import load_checkpoint  # noqa: E402
+from dil.train.cli import main  # noqa: E402
+from dil.train.dataset import WindowSet, draw_noise  # noqa: E402
+from dil.train.model import ScoreNet  # noqa: E402
+from dil.train.trainer import TrainConfig, init_time_embeddings, lr_at  # noqa: E402
+
+nan = np.nan
+TINY = ["--context", "16", "--horizon", "8", "--d-model", "16", "--heads", "2", "--layers", "2",
+        "--ffn-dim", "32", "--steps-per-epoch", "3", "--batch-size", "8", "--noise-draws", "2", "--quiet"]
+
+
+# -- windows and noise ------------------------------------------------------------------------------
+def test_window_set_skips_unusable_windows_and_scales_like_float64():
+    # One series, L=4, H=2. Rows 4..7 missing: windows whose context is < half observed or whose
+    # target is all missing are skipped.
+    v = np.array([1.0, 2.0, 4.0, 7.0, nan, nan, nan, nan, 3.0, 5.0, 6.0, 2.0, 8.0])[:, None]
+    ws = WindowSet(v, 4, 2, 0, 13, min_observed=0.5)
+    # origins 4..11; contexts observed counts: o=4:4, 5:3, 6:2, 7:1, 8:0, 9:1, 10:2, 11:3
+    # targets observed: o=4:0, 5:0, 6:0, 7:1, 8:2, 9:2, 10:2, 11:2
+    np.testing.assert_array_equal(ws.origins, [10, 11])
+    b = ws.batch(np.array([0, 1]))
+    ctx = np.array([[nan, nan, 3.0, 5.0], [nan, 3.0, 5.0, 6.0]])
+    tgt = np.array([[6.0, 2.0], [2.0, 8.0]])
+    for i in range(2):
+        obs = ctx[i][~np.isnan(ctx[i])]
+        loc, scale = obs.mean(), obs.std()
+        assert b.loc[i] == pytest.approx(loc, rel=1e-15) and b.scale[i] == pytest.approx(scale, rel=1e-15)
+        np.testing.assert_allclose(b.target[i], (tgt[i] - loc) / scale, rtol=1e-6)
+        np.testing.assert_allclose(b.ctx[i, :, 0], np.nan_to_num((ctx[i] - loc) / scale), rtol=1e-6)
+        np.testing.assert_array_equal(b.ctx[i, :, 1], ~np.isnan(ctx[i]))
+    np.testing.assert_array_equal(b.mask, 1.0)
+
+
+def test_missing_target_steps_are_masked_not_zero():
+    v = np.array([1.0, 2.0, 3.0, 4.0, nan, 6.0])[:, None]
+    b = WindowSet(v, 4, 2, 0, 6).batch(np.array([0]))
+    np.testing.assert_array_equal(b.mask, [[0.0, 1.0]])
+    assert b.target[0, 0] == 0.0  # placeholder; weight 0 in the loss
+
+
+def test_noise_draw_follows_schedule():
+    sch = NoiseSchedule()
+    y = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
+    d = draw_noise(np.random.default_rng(2), sch, y, 4, 8)
+    assert d.k.shape == (3, 4) and d.eps.shape == d.x.shape == (3, 4, 5) and d.t_feat.shape == (3, 4, 8)
+    alpha = np.sqrt(sch.alphas_cumprod[d.k])[..., None]
+    sigma = np.sqrt(1.0 - sch.alphas_cumprod[d.k])[..., None]
+    np.testing.assert_allclose(d.x, alpha * y[:, None, :] + sigma * d.eps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(d.t_feat, diffusion_time_features(d.k, 8).astype(np.float32))
+
+
+def test_lr_warmup_then_cosine():
+    cfg = TrainConfig(lr=1e-3, warmup=0.1, min_lr_ratio=0.1)
+    assert lr_at(0, 100, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, 100, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, 100, cfg) == pytest.approx(1e-4)
+    mid = 10 + 45  # half-way through the cosine part
+    assert lr_at(mid, 100, cfg) == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_time_embeddings_share_the_seasonal_phase(tiny_config):
+    model = ScoreNet(tiny_config)  # L=16, H=8
+    season = 4
+    init_time_embeddings(model, season)
+    ctx, hor = model.ctx_pos.weight.detach().numpy(), model.hor_pos.weight.detach().numpy()
+    # Harmonic columns: 1/4 and 2/4 cycles per step -> sin in columns 0..1, cos in columns 8..9
+    # (d_model 16: 8 frequencies, 2 harmonics). Context step p sits at time p - 16, horizon j at j.
+    for cols in ([0, 1], [8, 9]):
+        np.testing.assert_allclose(ctx[16 - season + np.arange(4)][:, cols], hor[:4][:, cols], atol=1e-6)
+    np.testing.assert_allclose(hor[0, 8:16], 1.0)  # cos(0) for every frequency at time 0
+
+
+# -- dil-train end to end ---------------------------------------------------------------------------
+def _run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "tiny"
+    res = _run(TINY + ["--epochs", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_cli_trains_a_loadable_checkpoint(tiny_run):
+    from dil.runtime.config import ModelConfig
+
+    out, output = tiny_run
+    assert "checkpoint:" in output and "best val loss" in output
+    expect = ModelConfig(context_length=16, horizon=8, d_model=16, num_heads=2, num_layers=2, ffn_dim=32)
+    ck = load_checkpoint(out, expect=expect)
+    spec = get_spec("metro-traffic")
+    assert ck.data["dataset"] == "metro-traffic" and ck.data["columns"] == ["traffic_volume"]
+    assert ck.data["sha256"] == "07d3c0566e342648f11db21f0b12c362e6fee9e3b6aa292917cb25d3cb981d69"
+    assert ck.data["season"] == spec.season and ck.data["context_length"] == 16 and ck.data["horizon"] == 8
+    assert ck.data["splits"] == {"train": [0, 36786], "val": [36786, 42041], "test": [42041, 52551]}
+    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logs] == [1, 2]
+    assert all(np.isfinite([r["train_loss"], r["val_loss"], r["lr"]]).all() for r in logs)
+    # The checkpoint holds the EMA weights of the best epoch; the raw weights differ from them.
+    state = load_file(str(out / "state.safetensors"))
+    weights = load_file(str(out / "model.safetensors"))
+    best = max(r["epoch"] for r in logs if r["best"])
+    name = "blocks.0.qkv.weight"
+    if best == 2:
+        np.testing.assert_array_equal(weights[name], state[f"ema.{name}"])
+    assert np.abs(state[f"ema.{name}"] - state[f"model.{name}"]).max() > 1e-6
+
+
+def test_same_seed_same_weights(tiny_run, tmp_path):
+    out, _ = tiny_run
+    res = _run(TINY + ["--epochs", "2", "--out", str(tmp_path / "again")])
+    assert res.exit_code == 0, res.output
+    a = load_file(str(out / "state.safetensors"))
+    b = load_file(str(tmp_path / "again" / "state.safetensors"))
+    for k in ("model.head.weight", "ema.blocks.1.mlp.0.weight", "optim.3.exp_avg"):
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_resume_continues_and_refuses_other_model(tiny_run, tmp_path):
+    import shutil
+
+    src, _ = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    before = (out / "log.jsonl").read_text().splitlines()
+    res = _run(["--out", str(out), "--resume", "--epochs", "3", "--quiet"])  # options from the run
+    assert res.exit_code == 0, res.output
+    after = (out / "log.jsonl").read_text().splitlines()
+    assert after[:2] == before and json.loads(after[2])["epoch"] == 3
+    assert json.loads((out / "state.json").read_text())["epoch"] == 3
+
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = CliRunner().invoke(main, ["--out", str(out), "--resume", "--epochs", "4", "--d-model", "32"])
+    assert res.exit_code != 0
+    assert res.output.startswith("Error: cannot resume") and res.output.count("\n") == 1
+    assert "d_model 16 (run) vs 32" in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{tmp}/missing/run"], "parent directory"),
+        (["--context", "60000", "--out", "{tmp}/run"], "rows, but one window needs"),
+        (["--data", "{tmp}/absent.csv", "--out", "{tmp}/run"], "data file not found"),
+        (["--columns", "nope", "--out", "{tmp}/run"], "unknown column 'nope'"),
+        (["--dataset", "etth1", "--date-column", "date", "--out", "{tmp}/run"], "--date-column applies"),
+        (["--resume", "--out", "{tmp}/run"], "cannot resume"),
+        (["--heads", "3", "--out", "{tmp}/run"], "divisible"),
+    ],
+)
+def test_bad_input_one_line_nothing_written(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = CliRunner().invoke(main, TINY + ["--epochs", "1"] + args)
+    assert res.exit_code != 0
+    assert res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    assert message in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_existing_run_needs_resume(tiny_run):
+    out, _ = tiny_run
+    res = CliRunner().invoke(main, TINY + ["--out", str(out)])
+    assert res.exit_code != 0 and "already holds a run" in res.output
+
+
+def test_missing_torch_is_one_line():
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.argv = ['dil-train', '--help'];"
+        "from dil.train.cli import main; main()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "Error: torch is not installed: pip install 'dil[train]'"
