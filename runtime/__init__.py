@@ -7,6 +7,7 @@ onnxruntime is imported when an engine is loaded and pandas only where a DataFra
 written, so importing this package stays quick.
 """
 
+from dil.runtime.controller import FastController
 from dil.runtime.engine import EngineError, EngineStats, OnnxEngine
 from dil.runtime.forecaster import Forecast, ForecastError, Forecaster
 from dil.runtime.manifest import Manifest, ManifestError, load_manifest
@@ -16,6 +17,7 @@ from dil.runtime.sampler import SamplerConfig, SamplerStats
 __all__ = [
     "EngineError",
     "EngineStats",
+    "FastController",
     "Forecast",
     "ForecastError",
     "Forecaster",

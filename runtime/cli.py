@@ -56,20 +56,60 @@ def _to_stdout(frame) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _summary(table, forecast, steps: int, solver_order: int, wall: float, out, plot) -> str:
+def _summary(table, forecast, config, wall: float, out, plot) -> str:
     G, N, H = forecast.samples.shape
     where = f" -> {out}" if out else ""
+    if config.plain:
+        how = f"DPM-Solver++ order {config.solver_order}"
+    else:
+        parts = [p for p, on in (("lattice", config.lattice), ("token cache", config.cache)) if on]
+        how = f"the fast sampler ({' + '.join(parts)}, {forecast.stats.token_fraction:.0%} of tokens computed)"
     text = (
-        f"forecast {G} series x {H} steps from {table.source} ({N} samples, {steps} steps of "
-        f"DPM-Solver++ order {solver_order}) in {wall:.2f} s{where}"
+        f"forecast {G} series x {H} steps from {table.source} ({N} samples, {config.steps} steps of "
+        f"{how}) in {wall:.2f} s{where}"
     )
     return text + (f"\nfan chart -> {plot}" if plot else "")
 
 
 def _stats_text(stats) -> str:
     d = stats.to_dict()
-    lines = [f"  {k:16s} {v:.4f}" if isinstance(v, float) else f"  {k:16s} {v}" for k, v in d.items()]
+    lines = [f"  {k:18s} {v:.4f}" if isinstance(v, float) else f"  {k:18s} {v}" for k, v in d.items()]
     return "sampler stats:\n" + "\n".join(lines)
+
+
+# dil-run option -> SamplerConfig field, for the sampler settings (docs/sampler.md section 1).
+SAMPLER_OPTIONS = [
+    ("--num-diffusion-steps", "num_diffusion_steps", int, "Training steps T of the model (a check)."),
+    ("--max-scales", "max_scales", int, "Lattice levels."),
+    ("--entropy-budget", "entropy_budget", float, "Share of lattice nodes given top refresh priority, 0..1."),
+    ("--temperature", "temperature", float, "Selection temperature: logits = temperature * entropy."),
+    ("--max-solver-order", "max_solver_order", int, "Highest solver order the lattice may choose, 1..3."),
+    ("--stability-threshold-low", "stability_threshold_low", float, "Instability below it: order 3."),
+    ("--stability-threshold-high", "stability_threshold_high", float, "Instability at or above it: order 1."),
+    ("--K", "K", int, "Always-recomputed core tokens."),
+    ("--tau-0", "tau_0", float, "Initial change threshold of the token cache."),
+    ("--R", "R", int, "A full step every R steps."),
+    ("--tau-warn", "tau_warn", float, "Event intensity above which the next step is full."),
+    ("--random-probe-ratio", "random_probe_ratio", float, "Share of cached tokens probed per step, 0..1."),
+    ("--max-age", "max_age", int, "Staleness bound: most consecutive steps a token is reused."),
+    ("--warmup-steps", "warmup_steps", int, "First steps computed in full."),
+    ("--bucket", "bucket", int, "Computed-token count rounded up to a multiple of it."),
+]
+
+
+def _sampler_options(func):
+    """Add one click option per sampler setting (default None = the SamplerConfig default)."""
+    from dil.runtime.sampler_config import SamplerConfig
+
+    defaults = SamplerConfig()
+    for flag, name, kind, text in reversed(SAMPLER_OPTIONS):
+        func = click.option(flag, name, type=kind, default=None, help=f"{text} [default: {getattr(defaults, name)}]")(func)
+    return func
+
+
+def _settings(kwargs: dict) -> dict:
+    names = {name for _, name, _, _ in SAMPLER_OPTIONS}
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in names and kwargs[k] is not None}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -81,8 +121,15 @@ def _stats_text(stats) -> str:
 @click.option("--date-column", default=None, metavar="C", help="Name of the timestamp column (gives dated forecasts).")
 @click.option("--columns", default=None, metavar="A,B", help="Series to forecast (default: every numeric column).")
 @click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
-@click.option("--steps", default=20, show_default=True, type=int, help="Solver steps (network evaluations).")
-@click.option("--solver-order", default=2, show_default=True, type=int, help="DPM-Solver++ multistep order (1-3).")
+@click.option("--steps", "--inference-steps", "steps", default=20, show_default=True, type=int,
+              help="Solver steps (network evaluations).")
+@click.option("--solver-order", default=2, show_default=True, type=int,
+              help="DPM-Solver++ multistep order (1-3) of the plain sampler (used when the lattice is off).")
+@click.option("--lattice/--no-lattice", default=True, show_default=True,
+              help="Lattice controller: per-token solver orders and refresh priorities.")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="E2-CRF token cache: recompute only the tokens that need it. --no-lattice --no-cache is "
+                   "the plain DPM-Solver++ sampler, exactly.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same forecast).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, metavar="PATH",
               help="Write the forecast table here (.csv, .csv.gz or .parquet); default: CSV on stdout.")
@@ -91,9 +138,12 @@ def _stats_text(stats) -> str:
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: one per core).")
 @click.option("--batch-series", default=16, show_default=True, type=int,
               help="Series per engine batch (memory only: results do not depend on it).")
-@click.option("--stats", "show_stats", is_flag=True, help="Print the sampler's statistics (engine calls, tokens, time).")
-def main(engine, input_path, date_column, columns, samples, steps, solver_order, seed, out, plot, threads,
-         batch_series, show_stats):
+@click.option("--stats", "show_stats", is_flag=True,
+              help="Print the sampler's statistics (engine calls, tokens computed, cache reuse, full steps, "
+                   "order histogram, refinements/merges, engine and control time).")
+@_sampler_options
+def main(engine, input_path, date_column, columns, samples, steps, solver_order, lattice, cache, seed, out, plot,
+         threads, batch_series, show_stats, **sampler_settings):
     """Forecast every series of a table with an exported diffusion model.
 
     Output: one row per series and future step with the columns series, timestamp (or step
@@ -103,6 +153,9 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
     Example:
       dil-run --engine engines/metro-traffic.onnx --input traffic.csv --date-column date_time \\
               --out forecast.csv --plot forecast.png
+      dil-run --input traffic.csv --no-lattice --no-cache --stats     # the plain sampler, for comparison
+
+    The sampler settings (lattice and cache options below) are described in docs/sampler.md.
     """
     from dil._deps import MissingDependency
     from dil.data import DataError, load_table
@@ -110,16 +163,20 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
     from dil.runtime.forecaster import ForecastError, Forecaster
     from dil.runtime.manifest import ManifestError
 
+    from dil.runtime.forecaster import sampler_config
+
     start = time.perf_counter()
     try:
+        config = sampler_config(None, steps, solver_order, {"lattice": lattice, "cache": cache,
+                                                           **_settings(sampler_settings)})
         _check_outputs(out, plot)
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         table = load_table(input_path, date_column=date_column, columns=cols)
         forecaster = Forecaster.load(engine, threads=threads)
         forecast = forecaster.predict(
-            table.values, num_samples=samples, steps=steps, seed=seed, series_ids=table.names,
+            table.values, num_samples=samples, seed=seed, series_ids=table.names,
             timestamps=table.timestamps, freq=table.freq, batch_series=batch_series,
-            solver_order=solver_order, progress=True,
+            progress=True, config=config,
         )
         frame = forecast.to_frame()
         image = None
@@ -141,7 +198,7 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
 
     wall = time.perf_counter() - start
     echo = (lambda s: click.echo(s, err=True)) if out is None else click.echo
-    echo(_summary(table, forecast, steps, solver_order, wall, out, plot))
+    echo(_summary(table, forecast, config, wall, out, plot))
     if show_stats:
         echo(_stats_text(forecast.stats))
 

@@ -13,7 +13,7 @@ series share the call, in whatever order, and whatever `batch_series` is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -153,10 +153,14 @@ class Forecaster:
     def load(cls, engine_path, providers=None, threads: int | None = None) -> "Forecaster":
         """Load NAME.{json,encode.onnx,denoise.onnx} (any of the names resolves; see dil.runtime.manifest).
 
-        providers: ONNX Runtime provider(s), default CPU; threads: intra-op threads (None: ORT's default).
-        Raises ManifestError or EngineError with a one-line message.
+        A NAME.plan path runs the TensorRT engines (dil.runtime.backends); anything else ONNX Runtime.
+        providers: ONNX Runtime provider(s), default CUDA with onnxruntime-gpu and a GPU, else CPU;
+        threads: intra-op threads (None: ORT's default).
+        Raises ManifestError, EngineError or MissingDependency with a one-line message.
         """
-        return cls(OnnxEngine.load(engine_path, providers=providers, threads=threads))
+        from dil.runtime.backends import load_engine
+
+        return cls(load_engine(engine_path, providers=providers, threads=threads))
 
     @property
     def context_length(self) -> int:
@@ -166,9 +170,10 @@ class Forecaster:
     def horizon(self) -> int:
         return self.config.horizon
 
-    def predict(self, history, num_samples: int = 100, steps: int = 20, seed: int = 0, series_ids=None,
+    def predict(self, history, num_samples: int = 100, steps: int | None = None, seed: int = 0, series_ids=None,
                 timestamps=None, freq: str | None = None, batch_series: int = DEFAULT_BATCH_SERIES,
-                solver_order: int = 2, progress: bool = False) -> Forecast:
+                solver_order: int | None = None, progress: bool = False, config: SamplerConfig | None = None,
+                **settings) -> Forecast:
         """Forecast the next `horizon` steps of every series in `history`.
 
         history: float array [T] (one series) or [T, C] (rows = time steps, columns = series), or a
@@ -178,7 +183,12 @@ class Forecaster:
         DataFrame column names, integer column indices for arrays). timestamps, freq: history times
         [T] and their pandas frequency alias for array input (freq is inferred when omitted).
         batch_series: series per engine batch (memory; the result does not depend on it).
+        config: a SamplerConfig (default: the documented defaults, fast sampler on); steps,
+        solver_order and any other SamplerConfig field given by name (e.g. lattice=False,
+        cache=False, K=3, entropy_budget=0.1) override it. Bad settings raise ValueError naming
+        the setting and its valid range before any engine call.
         """
+        sampler_config(config, steps, solver_order, settings)  # reject bad settings before any work
         values, names, times, freq = _as_table(history, series_ids, timestamps, freq)
         L = self.context_length
         if values.shape[0] < L:
@@ -190,24 +200,33 @@ class Forecaster:
         forecast = self.predict_windows(
             contexts, num_samples, steps, seed, series_keys=[_key(n) for n in names],
             batch_series=batch_series, solver_order=solver_order, progress=progress, names=names,
+            config=config, **settings,
         )
         forecast.timestamps = _future_timestamps(times, freq, self.horizon)
         return forecast
 
-    def predict_windows(self, contexts, num_samples: int = 100, steps: int = 20, seed: int = 0,
-                        series_keys=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int = 2,
-                        progress: bool = False, names=None) -> Forecast:
+    def predict_windows(self, contexts, num_samples: int = 100, steps: int | None = None, seed: int = 0,
+                        series_keys=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int | None = None,
+                        progress: bool = False, names=None, config: SamplerConfig | None = None,
+                        **settings) -> Forecast:
         """Forecast from G context windows at once (the evaluation harness's entry point).
 
         contexts: float [G, L'] with L' >= context_length (the last context_length values are used),
         NaN = missing. series_keys: G non-negative ints keying the noise streams (default 0..G-1; give
         each window a distinct key, e.g. series * n_origins + origin, for independent noise).
-        names: G labels for Forecast.series (default: the keys).
+        names: G labels for Forecast.series (default: the keys). config, steps, solver_order,
+        settings: the sampler's settings, as in predict.
         """
         _check_int("num_samples", num_samples, 1, 100_000)
         _check_int("seed", seed, 0, 2**63 - 1)
         _check_int("batch_series", batch_series, 1, 1_000_000)
-        config = SamplerConfig(steps=steps, solver_order=solver_order)
+        # A TensorRT engine takes at most its profile's G per call; results do not depend on batching.
+        batch_series = min(batch_series, getattr(self.engine, "max_batch", None) or batch_series)
+        config = sampler_config(config, steps, solver_order, settings)
+        if config.num_diffusion_steps != self.schedule.num_steps:
+            raise ValueError(f"num_diffusion_steps must equal the model's training steps ({self.schedule.num_steps}), "
+                             f"got {config.num_diffusion_steps}")
+        steps = config.steps
         ctx = np.asarray(contexts, dtype=np.float64)
         L, H = self.context_length, self.horizon
         if ctx.ndim != 2 or ctx.shape[1] < L:
@@ -238,7 +257,7 @@ class Forecaster:
                 part = slice(start, min(G, start + batch_series))
                 x_T = initial_noise(seed, keys[part], num_samples, H)
                 result = sample(self.engine, self.schedule, context_features(z[part]), x_T, config,
-                                progress=bar.update if bar is not None else None)
+                                progress=bar.update if bar is not None else None, seed=seed, keys=keys[part])
                 x0[part] = result.x0
                 stats = stats.merge(result.stats) if stats.series else result.stats
         finally:
@@ -251,6 +270,27 @@ class Forecaster:
             samples=samples, quantiles=quantiles, mean=samples.mean(axis=1), median=np.median(samples, axis=1),
             timestamps=None, series=names, loc=loc, scale=scale, stats=stats,
         )
+
+
+SETTING_NAMES = frozenset(f.name for f in fields(SamplerConfig)) | {"steps"}
+
+
+def sampler_config(config: SamplerConfig | None = None, steps: int | None = None, solver_order: int | None = None,
+                   settings: dict | None = None) -> SamplerConfig:
+    """The SamplerConfig of a call: `config` (default SamplerConfig()) with steps, solver_order and
+    the named settings replaced. Raises ValueError naming an unknown or out-of-range setting."""
+    overrides = dict(settings or {})
+    unknown = sorted(set(overrides) - SETTING_NAMES)
+    if unknown:
+        raise ValueError(f"unknown sampler setting {unknown[0]!r} (valid: {', '.join(sorted(SETTING_NAMES))})")
+    if "steps" in overrides:
+        overrides["inference_steps"] = overrides.pop("steps")
+    if steps is not None:
+        overrides["inference_steps"] = steps
+    if solver_order is not None:
+        overrides["solver_order"] = solver_order
+    base = config if config is not None else SamplerConfig()
+    return replace(base, **overrides) if overrides else base
 
 
 def _key(name) -> int:

@@ -5,11 +5,21 @@ same NumPy streams as the runtime (dil.runtime.rng) and takes the schedule, time
 from dil.runtime (one source of truth). The DPM-Solver++ update is written here again, independently
 of dil.runtime.solver, in torch float64 and in the paper's own form, so that the runtime is checked
 against a second implementation rather than against itself.
+
+Two samplers live here:
+- `reference_sample` / `reference_forecast`: the plain sampler (every token, every step, one order),
+  through the module's `full_step`.
+- `ReferenceSampler`: the whole fast sampler (DESIGN 6-8) through `encode` / `denoise` with the same
+  subset, cache and padding semantics as the runtime, driven by a controller from
+  `dil.train.reference_controller`. It records every step's decisions (`StepDecision`: tokens
+  computed, per-token solver order, full steps) so that `dil-validate` can compare them with the
+  runtime's. It can be advanced one step at a time (`step()`), which lets the validation feed the
+  runtime the very network outputs the reference computed (the controller check).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -88,11 +98,14 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
 
 
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
-                       seed: int = 0, series_keys=None, solver_order: int = 2) -> ReferenceForecast:
+                       seed: int = 0, series_keys=None, solver_order: int = 2, config=None) -> ReferenceForecast:
     """Forecast G context windows with the torch module and the torch solver.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used);
-    series_keys: G series names/keys for the noise streams (default 0..G-1), as in the runtime.
+    series_keys: G series names/keys for the noise and control streams (default 0..G-1), as in the
+    runtime. config: None for the plain sampler (every token, `solver_order`), or sampler settings
+    (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole fast sampler
+    through ReferenceSampler and dil.train.reference_controller; its steps override `steps`.
     """
     L = model.config.context_length
     ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -L:])
@@ -101,5 +114,215 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     loc, scale = context_scale(ctx)
     z = standardise(ctx, loc, scale)
     x_T = initial_noise(seed, keys, num_samples, model.config.horizon)
-    x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order)
+    if config is None:
+        x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order)
+    else:
+        from dil.train.reference_controller import ReferenceController
+
+        controller = ReferenceController(config, seed=seed, keys=keys)
+        x0 = ReferenceSampler(model, schedule, context_features(z), x_T, config.steps, controller,
+                              bucket=getattr(config, "bucket", 1)).run()
     return ReferenceForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole sampler through encode/denoise: token subsets, the token cache, per-token orders.
+@dataclass
+class StepDecision:
+    """What a controller decided at one step (NumPy, for comparison with the runtime's).
+
+    computed: bool [G, N, H], tokens the network computed. order: int64 [G, N, H], the solver order
+    each token's update used (after the history cap; 1 on the last step). full: bool [G], the
+    series' step was computed in full. margins: name -> float64 array, the distance of the quantity
+    behind a decision from its threshold (reference only; see dil.train.reference_controller).
+    """
+
+    computed: np.ndarray
+    order: np.ndarray
+    full: np.ndarray
+    margins: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReferencePlan:
+    """A reference controller's plan for one step (torch).
+
+    computed: bool [G, N, H]; order: int64 [G, N, H] (requested; the sampler caps it by the
+    history); full: bool [G]; margins: as in StepDecision (NumPy arrays).
+    """
+
+    computed: torch.Tensor
+    order: torch.Tensor
+    full: torch.Tensor
+    margins: dict = field(default_factory=dict)
+
+
+class ReferenceFullController:
+    """Every token at every step with one order: the plain DPM-Solver++ sampler."""
+
+    def __init__(self, solver_order: int = 2):
+        self.solver_order = int(solver_order)
+
+    def start(self, sampler: "ReferenceSampler") -> None:
+        pass
+
+    def plan(self, i: int, sampler: "ReferenceSampler") -> ReferencePlan:
+        G, N, H = sampler.shape
+        return ReferencePlan(
+            computed=torch.ones((G, N, H), dtype=torch.bool),
+            order=torch.full((G, N, H), self.solver_order, dtype=torch.int64),
+            full=torch.ones(G, dtype=torch.bool),
+        )
+
+    def observe(self, i: int, sampler: "ReferenceSampler") -> None:
+        pass
+
+
+class ReferenceCache:
+    """Per row (g, n) and horizon token h, what was last computed for it (torch).
+
+    k, v: float32 [layers, G, N, H, D]; x0_hat, eps, x_in: float64 [G, N, H] (data prediction,
+    noise prediction and the noisy input it came from); age: int64 [G, N, H], steps since it was
+    computed; valid: bool [G, N, H], computed at least once.
+    """
+
+    def __init__(self, layers: int, G: int, N: int, H: int, D: int):
+        self.k = torch.zeros((layers, G, N, H, D), dtype=torch.float32)
+        self.v = torch.zeros_like(self.k)
+        self.x0_hat = torch.zeros((G, N, H), dtype=torch.float64)
+        self.eps = torch.zeros_like(self.x0_hat)
+        self.x_in = torch.zeros_like(self.x0_hat)
+        self.age = torch.zeros((G, N, H), dtype=torch.int64)
+        self.valid = torch.zeros((G, N, H), dtype=torch.bool)
+
+    def store(self, computed, pos_sub, x, eps_sub, k_sub, v_sub, alpha, sigma) -> None:
+        """Scatter one denoise call's outputs to their horizon positions (padding entries, pos == H,
+        land in a dropped extra column) and refresh x0_hat = (x - sigma eps) / alpha there."""
+        layers, G, N, H, D = self.k.shape
+        idx = pos_sub[None, ..., None].expand(layers, G, N, pos_sub.shape[-1], D)
+        for name, new in (("k", k_sub), ("v", v_sub)):
+            full = torch.zeros((layers, G, N, H + 1, D), dtype=new.dtype).scatter(3, idx, new)[:, :, :, :H]
+            setattr(self, name, torch.where(computed[None, ..., None], full, getattr(self, name)))
+        eps = torch.zeros((G, N, H + 1), dtype=torch.float64).scatter(2, pos_sub, eps_sub[..., 0].double())[..., :H]
+        self.eps = torch.where(computed, eps, self.eps)
+        self.x0_hat = torch.where(computed, (x - sigma * self.eps) / alpha, self.x0_hat)
+        self.x_in = torch.where(computed, x, self.x_in)
+        self.age = torch.where(computed, torch.zeros_like(self.age), self.age + 1)
+        self.valid = self.valid | computed
+
+
+def subset_positions(computed: torch.Tensor, bucket: int = 1) -> torch.Tensor:
+    """pos_sub int64 [G, N, S]: each row's computed positions, ascending, then padding entries (H).
+
+    S = the largest row count rounded up to a multiple of `bucket` (at most H), at least 1.
+    """
+    G, N, H = computed.shape
+    need = max(1, int(computed.sum(-1).max()))
+    S = min(H, -(-need // bucket) * bucket)
+    key = torch.where(computed, torch.arange(H), torch.full_like(computed, H, dtype=torch.int64))
+    return torch.sort(key, dim=-1).values[..., :S].contiguous()
+
+
+def multistep_update(x, history, lam_t, lam_hist, alpha_t, sigma_t, sigma_s, order: torch.Tensor):
+    """DPM-Solver++ update with a per-token order (int64 tensor like x, already capped by the
+    history): each order's update on every token, then picked per token."""
+    out = dpm_solver_pp_update(x, history, lam_t, lam_hist, alpha_t, sigma_t, sigma_s, 1)
+    for k in (2, 3):
+        if bool((order == k).any()):
+            out = torch.where(order == k, dpm_solver_pp_update(x, history, lam_t, lam_hist, alpha_t, sigma_t, sigma_s, k), out)
+    return out
+
+
+class ReferenceSampler:
+    """The fast sampler in torch, one step at a time (DESIGN 6-8).
+
+    model: the ScoreNet; ctx: float32 [G, L, F] context features; x_T: float64 [G, N, H];
+    steps: M; controller: a reference controller (start/plan/observe; default: every token with
+    `solver_order`); bucket: S is rounded up to a multiple of it (it changes no result: padding
+    entries are masked). Each step plans, calls `denoise` once on the computed tokens, stores the
+    outputs in the cache, lets the controller adjust reused tokens' x0_hat (if it has `adjust`),
+    updates every token with its order and lets the controller observe.
+    After a step, `last_eps` (float32 [G, N, H]) and `cache.k/v` hold the fresh outputs at the
+    computed positions, and `decisions` its StepDecision.
+    """
+
+    def __init__(self, model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
+                 controller=None, solver_order: int = 2, bucket: int = 1):
+        self.model = model.eval()
+        self.schedule = schedule
+        self.steps = int(steps)
+        self.bucket = int(bucket)
+        self.kappas = schedule.sampling_grid(self.steps)
+        f64 = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64)  # noqa: E731
+        self.alphas, self.sigmas = f64(schedule.alpha(self.kappas)), f64(schedule.sigma(self.kappas))
+        self.lambdas = f64(schedule.lam(self.kappas))
+        cfg = model.config
+        self.t_feats = torch.from_numpy(diffusion_time_features(self.kappas, cfg.time_embed_dim).astype(np.float32))
+        self.ctx = torch.from_numpy(np.ascontiguousarray(ctx, dtype=np.float32))
+        self.x = torch.from_numpy(np.array(x_T, dtype=np.float64))
+        G, N, H = self.x.shape
+        self.shape = (G, N, H)
+        self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model)
+        self.history: list[torch.Tensor] = []  # x0_hat per step, newest first
+        self.lam_hist: list[torch.Tensor] = []
+        self.decisions: list[StepDecision] = []
+        self.step_index = 0
+        self.k_ctx = self.v_ctx = None
+        self.last_eps = None
+        self.last_pos_sub = None
+        self.controller = controller if controller is not None else ReferenceFullController(solver_order)
+        self.controller.start(self)
+
+    @torch.no_grad()
+    def encode(self):
+        """Context keys/values (once per forecast): float32 [layers, G, L, D] each, as NumPy."""
+        if self.k_ctx is None:
+            self.k_ctx, self.v_ctx = self.model.encode(self.ctx)
+        return self.k_ctx.numpy(), self.v_ctx.numpy()
+
+    def max_order(self, i: int) -> int:
+        """The history cap of step i (1 on the last step, to clean data)."""
+        return 1 if i == self.steps - 1 else min(3, i + 1)
+
+    @torch.no_grad()
+    def step(self) -> StepDecision:
+        i = self.step_index
+        if i >= self.steps:
+            raise RuntimeError(f"the reference sampler already took its {self.steps} steps")
+        self.encode()
+        G, N, H = self.shape
+        plan = self.controller.plan(i, self)
+        computed = plan.computed
+        pos_sub = subset_positions(computed, self.bucket)
+        x_pad = torch.cat([self.x, torch.zeros((G, N, 1), dtype=torch.float64)], dim=2)
+        x_sub = torch.gather(x_pad, 2, pos_sub).to(torch.float32)[..., None]
+        t_feat = self.t_feats[i].expand(G, N, -1)
+        hor_valid = (self.cache.valid & ~computed).to(torch.float32)
+        eps_sub, k_sub, v_sub = self.model.denoise(x_sub, pos_sub, t_feat, self.k_ctx, self.v_ctx,
+                                                   self.cache.k, self.cache.v, hor_valid)
+        alpha, sigma = self.alphas[i], self.sigmas[i]
+        self.cache.store(computed, pos_sub, self.x, eps_sub, k_sub, v_sub, alpha, sigma)
+        self.last_eps = self.cache.eps.to(torch.float32)
+        self.last_pos_sub = pos_sub
+        if hasattr(self.controller, "adjust"):  # a controller may move reused tokens' x0_hat
+            self.controller.adjust(i, self, computed)
+
+        order = plan.order.clamp(1, self.max_order(i))
+        m0 = self.cache.x0_hat
+        self.history, self.lam_hist = [m0] + self.history[:2], [self.lambdas[i]] + self.lam_hist[:2]
+        if i == self.steps - 1:
+            self.x = m0.clone()  # the last update, to clean data (alpha = 1, sigma = 0)
+        else:
+            self.x = multistep_update(self.x, self.history, self.lambdas[i + 1], self.lam_hist,
+                                      self.alphas[i + 1], self.sigmas[i + 1], sigma, order)
+        decision = StepDecision(computed.numpy().copy(), order.numpy().copy(), plan.full.numpy().copy(), plan.margins)
+        self.decisions.append(decision)
+        self.controller.observe(i, self)
+        self.step_index = i + 1
+        return decision
+
+    def run(self) -> np.ndarray:
+        """The remaining steps; returns x0: float64 [G, N, H] on the standardised scale."""
+        while self.step_index < self.steps:
+            self.step()
+        return self.x.numpy()

@@ -1,0 +1,165 @@
+"""`SamplerConfig`: every setting of the sampler, its default and its valid range (docs/sampler.md 1).
+
+The table of docs/sampler.md is the user-facing description; the defaults here are the single source.
+Bad values raise ValueError naming the setting and its valid range when the config is built, so a
+wrong setting never reaches an engine call.
+"""
+
+from __future__ import annotations
+
+import math
+import functools
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+MAX_ORDER = 3  # DPM-Solver++ multistep orders 1..3 (runtime/solver.py)
+
+
+def _check_int(name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_float(name: str, value, low: float, high: float, open_low: bool = False) -> None:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(float(value)) and (low < value if open_low else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if open_low else "["
+        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Settings of the sampler (defaults documented in docs/sampler.md, section 1).
+
+    Plain DPM-Solver++: num_diffusion_steps (T of the model, a check), inference_steps (M; `steps`
+    is accepted as an alias in the constructor and as a property), solver_order (used when the
+    lattice is off). Switches: lattice, cache (both off = the plain sampler, bit for bit).
+    Lattice: max_scales, entropy_budget, temperature, max_solver_order, stability_threshold_low/high,
+    refine_threshold, refine_gap, merge_threshold, entropy_weights (score, solver, temporal,
+    spectral, guidance). Cache: K, tau_0, energy_eps, max_age, R, warmup_steps, tau_warn,
+    random_probe_ratio, probe_target, probe_warn, full_fraction, bucket, fill,
+    core_follow, final_full.
+    """
+
+    num_diffusion_steps: int = 1000
+    inference_steps: int = 20
+    solver_order: int = 2
+    lattice: bool = True
+    cache: bool = True
+    # lattice controller (DESIGN 7)
+    max_scales: int = 4
+    entropy_budget: float = 0.2
+    temperature: float = 5.0
+    max_solver_order: int = 3
+    stability_threshold_low: float = 0.1
+    stability_threshold_high: float = 0.5
+    refine_threshold: float = 0.7
+    refine_gap: float = 0.1
+    merge_threshold: float = 0.5
+    entropy_weights: tuple = (0.3, 0.3, 0.2, 0.2, 0.0)
+    # E2-CRF token cache (DESIGN 8)
+    K: int = 5
+    tau_0: float = 0.1
+    energy_eps: float = 0.1
+    max_age: int = 4
+    R: int = 10
+    warmup_steps: int = 1
+    tau_warn: float = 0.5
+    random_probe_ratio: float = 0.05
+    probe_target: float = 0.2
+    probe_warn: float = 1.0
+    full_fraction: float = 0.75
+    bucket: int = 4
+    fill: bool = True
+    core_follow: bool = True
+    final_full: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entropy_weights", tuple(self.entropy_weights))
+        self._validate()
+
+    @property
+    def steps(self) -> int:
+        """Alias of inference_steps (also accepted by the constructor: SamplerConfig(steps=10))."""
+        return self.inference_steps
+
+    def _validate(self) -> None:
+        _check_int("num_diffusion_steps", self.num_diffusion_steps, 1, 100_000)
+        _check_int("inference_steps", self.inference_steps, 1, 1000)
+        _check_int("solver_order", self.solver_order, 1, MAX_ORDER)
+        _check_bool("lattice", self.lattice)
+        _check_bool("cache", self.cache)
+        _check_int("max_scales", self.max_scales, 1, 16)
+        _check_float("entropy_budget", self.entropy_budget, 0.0, 1.0)
+        _check_float("temperature", self.temperature, 0.0, 1000.0)
+        _check_int("max_solver_order", self.max_solver_order, 1, MAX_ORDER)
+        _check_float("stability_threshold_low", self.stability_threshold_low, 0.0, 1.0)
+        _check_float("stability_threshold_high", self.stability_threshold_high, 0.0, 1.0)
+        if self.stability_threshold_low >= self.stability_threshold_high:
+            raise ValueError(
+                f"stability_threshold_low must be below stability_threshold_high, got "
+                f"{self.stability_threshold_low!r} >= {self.stability_threshold_high!r}"
+            )
+        _check_float("refine_threshold", self.refine_threshold, 0.0, 1.0, open_low=True)
+        _check_float("refine_gap", self.refine_gap, 0.0, 1.0)
+        _check_float("merge_threshold", self.merge_threshold, 0.0, 1.0, open_low=True)
+        if self.merge_threshold >= self.refine_threshold:
+            raise ValueError(
+                f"merge_threshold must be below refine_threshold, got {self.merge_threshold!r} >= "
+                f"{self.refine_threshold!r}"
+            )
+        w = self.entropy_weights
+        if len(w) != 5:
+            raise ValueError(f"entropy_weights must be 5 numbers >= 0 (score, solver, temporal, spectral, guidance), got {w!r}")
+        for j, wj in enumerate(w):
+            _check_float(f"entropy_weights[{j}]", wj, 0.0, 1e6)
+        if sum(w) <= 0:
+            raise ValueError(f"entropy_weights must have a positive sum, got {w!r}")
+        _check_int("K", self.K, 0, 100_000)
+        _check_float("tau_0", self.tau_0, 0.0, 1000.0, open_low=True)
+        _check_float("energy_eps", self.energy_eps, 0.0, 1000.0, open_low=True)
+        _check_int("max_age", self.max_age, 0, 1000)
+        _check_int("R", self.R, 1, 100_000)
+        _check_int("warmup_steps", self.warmup_steps, 1, 1000)
+        _check_float("tau_warn", self.tau_warn, 0.0, 1000.0, open_low=True)
+        _check_float("random_probe_ratio", self.random_probe_ratio, 0.0, 1.0)
+        _check_float("probe_target", self.probe_target, 0.0, 1000.0, open_low=True)
+        _check_float("probe_warn", self.probe_warn, 0.0, 1000.0, open_low=True)
+        _check_float("full_fraction", self.full_fraction, 0.0, 1.0, open_low=True)
+        _check_int("bucket", self.bucket, 1, 1024)
+        _check_bool("fill", self.fill)
+        _check_bool("core_follow", self.core_follow)
+        _check_bool("final_full", self.final_full)
+
+    @property
+    def plain(self) -> bool:
+        """True when this is the plain full-recompute DPM-Solver++ sampler (lattice and cache off)."""
+        return not self.lattice and not self.cache
+
+    def settings(self) -> dict:
+        """All settings by name (JSON-friendly)."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v) for f in fields(self)
+                for v in [getattr(self, f.name)]}
+
+
+_dataclass_init = SamplerConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_steps_alias(self, *args, steps=None, **kwargs):
+    # `steps` is not a field (dataclasses.replace and asdict see only inference_steps).
+    if steps is not None:
+        if "inference_steps" in kwargs:
+            raise ValueError("give inference_steps or steps, not both")
+        kwargs["inference_steps"] = steps
+    _dataclass_init(self, *args, **kwargs)
+
+
+SamplerConfig.__init__ = _init_with_steps_alias
