@@ -10,6 +10,11 @@ first, so a reader never pairs an old manifest with new graphs).
 
 Output folder rule: a missing output folder is created when its parent exists (and removed again
 if the export fails); a deeper missing path is an error, as it is most likely a typo.
+
+Variants (docs/tensorrt.md), built and validated in the same temporary folder before anything is
+published: `fp16=True` adds the artifact NAME.fp16 (FP16 graphs, float32 islands and I/O,
+dil.export.fp16); `tensorrt=True` adds TensorRT plans to every artifact written
+(dil.export.trt_artifact), and needs TensorRT and a GPU, checked before any work.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dil.export.onnx_export import OPSET, dynamic_axes, export_onnx
 from dil.export.real_data import training_windows
 from dil.export.validate import FP32_TOLERANCE, REAL_WINDOWS, SUBSET_TOLERANCE, failures, validate_graphs
 from dil.runtime.manifest import Manifest, sha256_file
+from dil.runtime.trt_profile import ProfileError, resolve_profile
 from dil.train.checkpoint import load_checkpoint
 
 PRECISION = "fp32"
@@ -131,8 +137,18 @@ def export_artifact(
     seed: int = 0,
     data_path=None,
     progress=None,
+    fp16: bool = False,
+    tensorrt: bool = False,
+    trt_ranges: dict | None = None,
+    strongly_typed: bool | None = None,
+    timing_cache=None,
 ) -> Manifest:
     """Export run_dir's EMA model to out_dir/NAME.{encode,denoise}.onnx + NAME.json; returns the manifest.
+
+    fp16: also write the FP16 artifact NAME.fp16.* (returned in `manifest.variants`).
+    tensorrt: also build TensorRT plans for each artifact; trt_ranges: {axis: (min, opt, max)}
+    profile overrides; strongly_typed: force the strongly typed FP16 route on TensorRT 10.x;
+    timing_cache: its path (default out_dir/tensorrt.timing.cache).
 
     name: artifact name (default: the run folder's name). validate: compare ONNX Runtime with the
     PyTorch module (see dil.export.validate) and refuse the artifact beyond `tolerance` (max abs
@@ -144,9 +160,22 @@ def export_artifact(
     """
     say = progress or (lambda message: None)
     run_dir = Path(run_dir)
+    trt = gpu = None
+    if tensorrt:  # before any work: no GPU or no TensorRT is a one-line refusal
+        from dil.export.tensorrt import TrtBuildError, require_tensorrt
+
+        try:
+            trt, gpu = require_tensorrt()
+        except TrtBuildError as exc:
+            raise ExportError(str(exc)) from None
     say(f"loading checkpoint {run_dir}")
     ckpt = load_checkpoint(run_dir)
     name = _check_name(name or run_dir.resolve().name)
+    if tensorrt:
+        try:
+            resolve_profile(ckpt.config, **(trt_ranges or {}))
+        except ProfileError as exc:
+            raise ExportError(str(exc)) from None
     out_dir = Path(out_dir)
     created = prepare_out_dir(out_dir)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
@@ -182,8 +211,38 @@ def export_artifact(
             extra={"dynamic_axes": axes, "checkpoint": {"run": run_dir.resolve().name, "training": ckpt.training}},
             path=out_dir / f"{name}.json",
         )
-        say(f"writing {manifest.path}")
-        _publish(tmp_paths, out_dir, manifest)
+        files = {manifest.path: list(tmp_paths.values())}
+        manifests = [manifest]
+        if fp16:
+            m16, paths16 = _fp16_variant(ckpt, tmp_paths, work, out_dir, name, manifest, say, validate=validate,
+                                         windows=windows if validate else None, info=info if validate else None,
+                                         seed=seed)
+            manifests.append(m16)
+            files[m16.path] = list(paths16.values())
+        if tensorrt:
+            from dil.export.tensorrt import TIMING_CACHE, TrtBuildError
+            from dil.export.trt_artifact import add_plans
+
+            sources = {"fp32": tmp_paths, "fp16": paths16 if fp16 else None}
+            # The folder's timing cache is updated in the work folder and moved back on success only.
+            cache = Path(timing_cache) if timing_cache else work / TIMING_CACHE
+            if not timing_cache and (out_dir / TIMING_CACHE).is_file():
+                shutil.copyfile(out_dir / TIMING_CACHE, cache)
+            for m in manifests:
+                try:
+                    files[m.path] += add_plans(m, sources, work, trt_ranges or {}, trt=trt, gpu=gpu,
+                                               strongly_typed=strongly_typed, validate=validate, seed=seed,
+                                               timing_cache_path=cache, progress=say)
+                except TrtBuildError as exc:
+                    raise ExportError(str(exc)) from None
+            for m in manifests:  # the manifest names the folder's cache, where it will be
+                m.extra["tensorrt"]["timing_cache"] = cache.name
+        manifest.variants = manifests[1:]
+        for m in manifests:
+            say(f"writing {m.path}")
+            _publish(files[m.path], out_dir, m)
+        if tensorrt and not timing_cache and (work / TIMING_CACHE).is_file():
+            os.replace(work / TIMING_CACHE, out_dir / TIMING_CACHE)
         ok = True
         return manifest
     finally:
@@ -193,10 +252,38 @@ def export_artifact(
                 out_dir.rmdir()
 
 
-def _publish(tmp_paths: dict, out_dir: Path, manifest: Manifest) -> None:
-    """Move the validated graphs into place and write the manifest last."""
+def _publish(tmp_paths, out_dir: Path, manifest: Manifest) -> None:
+    """Move the validated graphs (and plans) into place and write the manifest last."""
     with contextlib.suppress(FileNotFoundError):
         manifest.path.unlink()  # the old graphs are about to be replaced
-    for tmp in tmp_paths.values():
+    for tmp in tmp_paths:
         os.replace(tmp, out_dir / tmp.name)
     write_text(manifest.path, manifest.to_json())
+
+
+def _fp16_variant(ckpt, tmp_paths: dict, work: Path, out_dir: Path, name: str, fp32: Manifest, say, *,
+                  validate: bool, windows, info, seed: int) -> tuple[Manifest, dict]:
+    """Convert the float32 graphs to FP16, validate them against torch, and build NAME.fp16's manifest."""
+    from dil.export.fp16 import FP16_SUBSET_TOLERANCE, FP16_TOLERANCE, KEEP_FP32_OPS, convert_files, fp16_name
+
+    say("converting the graphs to FP16")
+    paths, conversion = convert_files(tmp_paths, work, name)
+    if validate:
+        say("validating the FP16 graphs against PyTorch (ONNX Runtime, CPU)")
+        report = validate_graphs(ckpt.model, paths, ckpt.schedule, windows, tolerance=FP16_TOLERANCE,
+                                 subset_tolerance=FP16_SUBSET_TOLERANCE, seed=seed, real_info=info)
+        if not report["passed"]:
+            raise ExportError("FP16 validation failed: " + "; ".join(failures(report)) + " (nothing written)", report)
+    else:
+        report = {"skipped": True, "passed": None}
+    axes = dynamic_axes(ckpt.config)
+    variant = fp16_name(name)
+    manifest = Manifest(
+        name=variant, model=ckpt.config, schedule=ckpt.schedule, data=fp32.data,
+        graphs={g: _graph_entry(p, axes) for g, p in paths.items()}, precision="fp16", validation=report,
+        versions=fp32.versions,
+        extra={**fp32.extra, "fp16": {"source_artifact": fp32.path.name, "kept_fp32_ops": sorted(KEEP_FP32_OPS),
+                                      "io": "float32", "conversion": conversion}},
+        path=out_dir / f"{variant}.json",
+    )
+    return manifest, paths

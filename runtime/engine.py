@@ -107,11 +107,45 @@ def _check_io(graph: str, path: Path, session, cfg: ModelConfig) -> None:
                 )
 
 
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime-gpu is installed and a GPU is present, else the CPU provider.
+
+    DESIGN section 10: onnxruntime and onnxruntime-gpu must not be installed together (whichever
+    was installed last owns the module, and the CPU build silently hides the GPU one); that case
+    gets a warning naming the fix.
+    """
+    import onnxruntime as ort
+
+    from dil.runtime.cuda import device_count
+
+    _warn_both_onnxruntimes()
+    if "CUDAExecutionProvider" in ort.get_available_providers() and device_count() > 0:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return list(DEFAULT_PROVIDERS)
+
+
+def _warn_both_onnxruntimes() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            version(dist)
+            found.append(dist)
+        except PackageNotFoundError:
+            pass
+    if len(found) == 2:
+        import warnings
+
+        warnings.warn("onnxruntime and onnxruntime-gpu are both installed; keep one "
+                      "(pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu)", stacklevel=3)
+
+
 def _providers(providers) -> list[str]:
     import onnxruntime as ort
 
-    if providers is None:
-        providers = list(DEFAULT_PROVIDERS)
+    if providers is None or providers == "auto":
+        providers = default_providers()
     elif isinstance(providers, str):
         providers = [providers]
     else:
@@ -143,7 +177,8 @@ class OnnxEngine:
     """The encode and denoise graphs of one artifact on ONNX Runtime.
 
     manifest: the artifact's Manifest (its graph files are loaded). providers: an ONNX Runtime
-    provider name or list (default ["CPUExecutionProvider"]); threads: intra-op threads (None: ONNX
+    provider name or list (default: `default_providers()`, CUDA where onnxruntime-gpu and a GPU
+    are present, else CPU); threads: intra-op threads (None: ONNX
     Runtime's default, one per physical core). `stats` accumulates calls and seconds in session.run.
     """
 

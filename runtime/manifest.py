@@ -4,9 +4,12 @@ An exported model NAME is a folder entry of sibling files:
     NAME.json           this manifest (written last: its presence means the artifact is complete)
     NAME.encode.onnx    the encode graph
     NAME.denoise.onnx   the denoise graph
-    NAME.*.plan         TensorRT engines, where built
+    NAME.*.plan         TensorRT engines, where built (graphs[g]["plan_file"], the "tensorrt" record)
 `--engine` may name any of NAME.onnx, NAME.plan, NAME.json, NAME.encode.onnx, ... : they all resolve
-to NAME.json, and the graph files come from it.
+to NAME.json, and the graph files come from it. The FP16 variant is the artifact NAME.fp16
+(NAME.fp16.json, NAME.fp16.encode.onnx, ...; `--engine engines/NAME.fp16.onnx`), precision "fp16".
+Sections of the JSON not named below (e.g. "tensorrt", "fp16", "dynamic_axes") are kept in
+`Manifest.extra` and written back unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from dil.runtime.schedule import NoiseSchedule
 FORMAT_VERSION = 1
 GRAPHS = ("encode", "denoise")
 # Suffixes a user may point --engine at; stripping one gives NAME.
-_SUFFIXES = (".encode.onnx", ".denoise.onnx", ".encode.plan", ".denoise.plan", ".onnx", ".plan", ".json")
+_SUFFIXES = (".encode.onnx", ".denoise.onnx", ".encode.plan", ".denoise.plan", ".cache_update.plan", ".onnx", ".plan",
+             ".json")
+# Keys of the manifest JSON that Manifest holds as fields; everything else goes to Manifest.extra.
+_FIELDS = ("format_version", "name", "precision", "model", "schedule", "data", "graphs", "io", "validation", "versions")
 
 ENCODE_INPUTS = ("ctx",)
 ENCODE_OUTPUTS = ("k_ctx", "v_ctx")
@@ -66,6 +72,8 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     path: Path | None = None  # where it was read from
+    # Artifacts written by the same export (the FP16 variant); not part of the JSON.
+    variants: list = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         d = {
@@ -119,6 +127,7 @@ def load_manifest(engine, verify_hashes: bool = True) -> Manifest:
             precision=d.get("precision", "fp32"),
             validation=d.get("validation", {}),
             versions=d.get("versions", {}),
+            extra={k: v for k, v in d.items() if k not in _FIELDS},
             path=mpath,
         )
     except (KeyError, TypeError, ValueError) as exc:
