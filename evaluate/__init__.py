@@ -7,13 +7,13 @@
 an exported artifact (dil.runtime.Forecaster) into it. The CLI is `dil-eval`.
 """
 
+from dil.evaluate.engine_eval import evaluate_engine, forecaster_fn
 from dil.evaluate.harness import (
     EvalWindows,
     Evaluation,
     EvaluationError,
     evaluate,
-    evaluate_engine,
-    forecaster_fn,
+    protocol_windows,
     run_evaluation,
 )
 from dil.evaluate.metrics import (
@@ -44,6 +44,7 @@ __all__ = [
     "mae",
     "median_forecast",
     "mse",
+    "protocol_windows",
     "run_evaluation",
     "seasonal_naive",
     "weighted_quantile_loss",

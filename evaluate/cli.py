@@ -33,12 +33,29 @@ def format_report(report: dict) -> str:
         m, b = model.get(k), naive.get(k)
         ratio = m / b if m is not None and b else None
         lines.append(f"{k:<12} {_fmt(m):>12} {_fmt(b):>15} {_fmt(ratio):>7}")
+    for name, ref in report["baselines"].items():
+        if "same_windows" in ref:
+            lines += _subset_lines(name, ref)
     lines.append(
         f"CRPS = mean weighted quantile loss over {len(p['quantile_levels'])} levels"
         f" {p['quantile_levels'][0]:.2f}..{p['quantile_levels'][-1]:.2f}, normalised by sum |y|;"
         f" seasonal naive lag {p['season']}; mae/mse of the median in data units"
     )
     return "\n".join(lines)
+
+
+def _subset_lines(name: str, ref: dict) -> list[str]:
+    """A baseline scored on a subset: its metrics next to the model's on the same windows."""
+    same = ref["same_windows"]["model"]
+    lines = [
+        f"{name} on {ref['series_windows']} of the windows ({ref.get('sampler', '')}), model on the same windows:",
+        f"{'metric':<12} {'model':>12} {name:>18} {'ratio':>7}",
+    ]
+    for k in _ROWS:
+        m, b = same.get(k), ref.get(k)
+        ratio = m / b if m is not None and b else None
+        lines.append(f"{k:<12} {_fmt(m):>12} {_fmt(b):>18} {_fmt(ratio):>7}")
+    return lines
 
 
 def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
@@ -71,22 +88,34 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
               help="Seasonal-naive lag in steps (default: the dataset's, or from the row frequency).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Windows per forecaster call.")
+@click.option("--ddpm-windows", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Also sample this many evenly spaced windows with the same model in PyTorch by 1000-step "
+                   "ancestral DDPM (baseline reference-ddpm1000, the classic diffusion-forecaster cost: "
+                   "1000 network calls per window instead of --steps) and score the model on the same "
+                   "windows. 0 disables. Needs torch (dil[train]) and the checkpoint; by default it is "
+                   "skipped with a note when either is missing.")
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
+              help="Training run folder of the engine (default: runs/NAME, the run named by the manifest).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the full report (metrics, baselines, protocol) to this JSON file.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write fan charts and a calibration plot (PNG) to this folder (needs dil[plot]).")
-def main(engine, dataset, data, date_column, columns, n_windows, samples, steps, seed, season, batch_size,
-         json_path, plots_dir):
+@click.pass_context
+def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, steps, seed, season, batch_size,
+         ddpm_windows, checkpoint, json_path, plots_dir):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
     is scored with CRPS (weighted quantile loss over the 19 levels 0.05..0.95, normalised by sum |y|),
     exact sample CRPS, CRPS-sum, MAE/MSE of the median and 50%/90% interval coverage, next to the
-    seasonal-naive baseline on the same windows.
+    seasonal-naive baseline on the same windows, and the same model sampled by 1000-step ancestral
+    DDPM in PyTorch on a few windows (--ddpm-windows).
     """
     from dil._deps import MissingDependency
     from dil.data.table import DataError
-    from dil.evaluate.harness import EvaluationError, evaluate_engine
+    from dil.evaluate.engine_eval import evaluate_engine
+    from dil.evaluate.harness import EvaluationError
+    from dil.evaluate.reference import ReferenceUnavailable
     from dil.runtime.manifest import ManifestError
 
     _check_out(json_path, "--json")
@@ -99,12 +128,17 @@ def main(engine, dataset, data, date_column, columns, n_windows, samples, steps,
         ev = evaluate_engine(
             engine, dataset=dataset, data=data, date_column=date_column, columns=columns,
             samples=samples, steps=steps, seed=seed, n_windows=n_windows, season=season,
-            batch_size=batch_size, progress=True,
+            batch_size=batch_size, progress=True, ddpm_windows=ddpm_windows, checkpoint=checkpoint,
+            # An explicit --ddpm-windows / --checkpoint must run; the default is skipped with a note.
+            ddpm_optional=_is_default(ctx, "ddpm_windows") and checkpoint is None,
         )
-    except (DataError, ManifestError, EvaluationError, MissingDependency, ValueError, OSError) as exc:
+    except (DataError, ManifestError, EvaluationError, MissingDependency, ReferenceUnavailable, ValueError,
+            OSError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     report = ev.report
     report["protocol"]["engine"] = str(engine)
+    for note in ev.notes:
+        click.echo(note, err=True)
     click.echo(format_report(report))
     if json_path is not None:
         write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
@@ -115,6 +149,10 @@ def main(engine, dataset, data, date_column, columns, n_windows, samples, steps,
         plots_dir.mkdir(exist_ok=True)
         paths = [fan_charts(ev.windows, plots_dir), calibration_plot(report["calibration"], plots_dir)]
         click.echo("plots: " + ", ".join(str(p) for p in paths))
+
+
+def _is_default(ctx, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (click.core.ParameterSource.DEFAULT, None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ stream, so a window's forecast does not depend on the batch it lands in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -61,10 +61,12 @@ class EvalWindows:
 
 @dataclass
 class Evaluation:
-    """`report`: the JSON-ready result of `evaluate`; `windows`: the arrays behind it (for plots)."""
+    """`report`: the JSON-ready result of `evaluate`; `windows`: the arrays behind it (for plots);
+    `notes`: one-line remarks for the user (e.g. a baseline that was skipped, and why)."""
 
     report: dict
     windows: EvalWindows
+    notes: list = field(default_factory=list)
 
 
 def gather(values: np.ndarray, origins: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -160,31 +162,16 @@ def _iso(ts) -> str | None:
     return None if ts is None else str(np.datetime_as_string(ts, unit="s"))
 
 
-def run_evaluation(
-    forecast_fn,
-    table,
-    spec,
-    context: int,
-    horizon: int,
-    n_windows: int | None = None,
-    samples: int = 100,
-    steps: int | None = None,
-    seed: int = 0,
-    season: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = True,
-    baselines: dict | None = None,
-) -> Evaluation:
-    """Forecast every scored test window and score the model and the seasonal-naive baseline.
+def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | None = None,
+                     season: int | None = None, samples: int = 0) -> EvalWindows:
+    """The scored test windows of the protocol, before any forecast.
 
     table: dil.data SeriesTable (values [T, C]); spec: its DatasetSpec (split, season).
     context, horizon: the forecaster's L and H. n_windows: evenly spaced test origins (None: all).
-    samples: N the forecaster draws per window (checked). steps, seed: recorded in the protocol
-    (the forecaster applies them). season: seasonal-naive lag override.
-    baselines: extra probabilistic baselines {name: forecast_fn} (same protocol, same windows, N
-    samples), scored like the model under report["baselines"][name].
+    Windows whose context or target has no observed value are not valid (skipped). `samples` of
+    the result is NaN [O, C, samples, H] (filled by the caller); `baseline` is the seasonal naive.
     """
-    from dil.data.windows import split_bounds, test_origins
+    from dil.data.windows import test_origins
 
     lag = resolve_season(spec, season)
     values = np.asarray(table.values, dtype=np.float64)
@@ -201,25 +188,91 @@ def run_evaluation(
     valid = ~np.all(np.isnan(ctx), axis=-1) & ~np.all(np.isnan(tgt), axis=-1)
     if not valid.any():
         raise EvaluationError(f"{spec.name}: every test window has an all-missing context or target")
-
-    ids = list(np.array(window_ids(table.names, origins), dtype=object)[valid])
-
-    def forecast_all(fn):
-        out = np.full(valid.shape + (samples, horizon), np.nan)
-        out[valid] = run_forecasts(fn, ctx[valid], ids, samples, horizon, batch_size, progress)
-        return out
-
-    sam = forecast_all(forecast_fn)
-    w = EvalWindows(
+    return EvalWindows(
         origins=origins,
         names=list(table.names),
         contexts=ctx,
         targets=tgt,
         valid=valid,
-        samples=sam,
+        samples=np.full(valid.shape + (samples, horizon), np.nan),
         baseline=M.seasonal_naive(hist, lag, horizon),
         timestamps=None if table.timestamps is None else np.asarray(table.timestamps)[origins],
     )
+
+
+def subset(valid: np.ndarray, count: int) -> np.ndarray:
+    """bool [O, C]: `count` of the valid windows, evenly spread over the test period (first and last
+    included; all of them when count >= their number)."""
+    pairs = np.argwhere(valid)
+    take = np.unique(np.round(np.linspace(0, len(pairs) - 1, min(int(count), len(pairs)))).astype(np.int64))
+    out = np.zeros_like(valid, dtype=bool)
+    out[tuple(pairs[take].T)] = True
+    return out
+
+
+def forecast_windows(fn, w: EvalWindows, mask: np.ndarray, samples: int, batch_size: int = DEFAULT_BATCH_SIZE,
+                     progress: bool = True) -> np.ndarray:
+    """Samples float64 [O, C, samples, H] of forecaster `fn` on the windows where mask [O, C] is
+    True (NaN elsewhere), each window keyed by its id."""
+    horizon = w.targets.shape[-1]
+    ids = list(np.array(window_ids(w.names, w.origins), dtype=object)[mask])
+    out = np.full(mask.shape + (samples, horizon), np.nan)
+    out[mask] = run_forecasts(fn, w.contexts[mask], ids, samples, horizon, batch_size, progress)
+    return out
+
+
+def score_subset(w: EvalWindows, mask: np.ndarray, samples: np.ndarray) -> dict:
+    """A baseline run on a subset of the windows (mask [O, C]): its metrics, and those of the model
+    and of seasonal naive on exactly the same windows (a like-for-like comparison)."""
+    on = replace(w, valid=mask)
+    return {
+        **score_model(replace(on, samples=samples)),
+        "series_windows": int(mask.sum()),
+        "window_ids": [str(i) for i in np.array(window_ids(w.names, w.origins), dtype=object)[mask]],
+        "same_windows": {"model": score_model(on), "seasonal_naive": score_point(on, w.baseline)},
+    }
+
+
+def run_evaluation(
+    forecast_fn,
+    table,
+    spec,
+    context: int,
+    horizon: int,
+    n_windows: int | None = None,
+    samples: int = 100,
+    steps: int | None = None,
+    seed: int = 0,
+    season: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    baselines: dict | None = None,
+    subset_baselines: dict | None = None,
+) -> Evaluation:
+    """Forecast every scored test window and score the model and the seasonal-naive baseline.
+
+    table: dil.data SeriesTable (values [T, C]); spec: its DatasetSpec (split, season).
+    context, horizon: the forecaster's L and H. n_windows: evenly spaced test origins (None: all).
+    samples: N the forecaster draws per window (checked). steps, seed: recorded in the protocol
+    (the forecaster applies them). season: seasonal-naive lag override.
+    baselines: extra probabilistic baselines {name: forecast_fn} (same protocol, same windows, N
+    samples), scored like the model under report["baselines"][name].
+    subset_baselines: costly baselines {name: (forecast_fn, count)} run on `count` evenly spaced
+    scored windows only; report["baselines"][name] holds their metrics plus "same_windows": the
+    model's and seasonal naive's metrics on those windows (see score_subset).
+    """
+    from dil.data.windows import split_bounds
+
+    w = protocol_windows(table, spec, context, horizon, n_windows, season, samples)
+    lag = resolve_season(spec, season)
+    origins, valid = w.origins, w.valid
+    w.samples = forecast_windows(forecast_fn, w, valid, samples, batch_size, progress)
+    extra = {name: score_model(replace(w, samples=forecast_windows(fn, w, valid, samples, batch_size, progress)))
+             for name, fn in (baselines or {}).items()}
+    for name, (fn, count) in (subset_baselines or {}).items():
+        mask = subset(valid, count)
+        extra[name] = score_subset(w, mask, forecast_windows(fn, w, mask, samples, batch_size, progress))
+    t = np.asarray(table.values).shape[0]
     bounds = split_bounds(spec, t)
     test_a, test_b = (int(x) for x in bounds["test"])
     first_ts = None if w.timestamps is None else _iso(w.timestamps[0])
@@ -227,10 +280,7 @@ def run_evaluation(
     splits = getattr(spec, "splits", None)
     report = {
         "model": score_model(w),
-        "baselines": {
-            "seasonal_naive": score_point(w, w.baseline),
-            **{name: score_model(replace(w, samples=forecast_all(fn))) for name, fn in (baselines or {}).items()},
-        },
+        "baselines": {"seasonal_naive": score_point(w, w.baseline), **extra},
         "calibration": calibration(w),
         "protocol": {
             "dataset": spec.name,
@@ -280,54 +330,3 @@ def evaluate(forecast_fn, table, spec, context, horizon, n_windows=None, samples
      "calibration": {nominal, observed}, "protocol": {...}}.
     CRPS figures are normalised by sum |y| (GluonTS); mae/mse are in the data's units."""
     return run_evaluation(forecast_fn, table, spec, context, horizon, n_windows, samples, **kw).report
-
-
-def forecaster_fn(forecaster, num_samples: int = 100, steps: int = 20, seed: int = 0):
-    """A forecast_fn for a dil.runtime Forecaster: each window seeded by its id (batch-independent)."""
-
-    def fn(contexts, ids):
-        fc = forecaster.predict_windows(
-            contexts, num_samples=num_samples, steps=steps, seed=seed, series_keys=list(ids), names=list(ids),
-            batch_series=len(ids),
-        )
-        return fc.samples
-
-    return fn
-
-
-def evaluate_engine(
-    engine,
-    dataset: str | None = None,
-    data=None,
-    date_column: str | None = None,
-    columns=None,
-    samples: int = 100,
-    steps: int = 20,
-    seed: int = 0,
-    **kw,
-) -> Evaluation:
-    """run_evaluation for an exported artifact (any path naming it, see dil.runtime.manifest).
-
-    The window (L, H) is the engine's; the data default to the dataset (and series) it was trained
-    on: pass `dataset` (bundled name) or `data` (a file, with date_column / columns) to override.
-    Extra keyword arguments go to run_evaluation (n_windows, season, batch_size, progress).
-    """
-    from dil.data.registry import DATASETS
-    from dil.data.table import DataError, resolve
-    from dil.runtime import Forecaster
-
-    fc = Forecaster.load(engine)
-    model, trained_on = fc.manifest.model, fc.manifest.data or {}
-    if dataset is None and data is None:
-        dataset = trained_on.get("dataset")
-        if dataset not in DATASETS:
-            raise DataError(
-                f"engine {engine} was trained on {dataset!r}, not a bundled dataset: pass --data FILE or --dataset NAME"
-            )
-        if columns is None and trained_on.get("columns"):
-            columns = list(trained_on["columns"])
-    spec, table = resolve(dataset, data, date_column, columns)
-    fn = forecaster_fn(fc, samples, steps, seed)
-    return run_evaluation(
-        fn, table, spec, model.context_length, model.horizon, samples=samples, steps=steps, seed=seed, **kw
-    )

@@ -81,3 +81,64 @@ def calibration_plot(calib: dict, out_dir) -> Path:
     ax.set_ylabel("observed coverage")
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, Path(out_dir) / CALIBRATION_FILE)
+
+
+_STYLE = {"torch-full": ("C3", "s"), "runtime-full": ("C0", "o"), "runtime-dil": ("C2", "D"),
+          "reference-ddpm1000": ("k", "*")}
+
+
+def pareto(points) -> list:
+    """The (latency, crps) points no other point beats on both, by increasing latency."""
+    front, best = [], float("inf")
+    for lat, crps in sorted(points):
+        if crps < best:
+            front.append((lat, crps))
+            best = crps
+    return front
+
+
+def _log_axis(ax, xs) -> None:
+    """Log x axis spanning at least a decade around xs, so that it always carries labelled ticks."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = min(xs), max(xs)
+    mid, half = np.sqrt(lo * hi), max(np.sqrt(hi / lo) * 1.6, np.sqrt(10.0))
+    ax.set_xlim(mid / half, mid * half)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def frontier_plot(report: dict, path) -> Path:
+    """CRPS vs latency per forecast (log scale), one panel per batch shape of a dil-bench report:
+    a line per sampler through its step counts (labelled), the Pareto frontier in grey."""
+    runs = [r for r in report["runs"] if r.get("crps") is not None]
+    shapes = sorted({(r["series"], r["samples"]) for r in runs}) or [(1, 0)]
+    fig = _figure(figsize=(5.2 * len(shapes), 4.2))
+    axes = fig.subplots(1, len(shapes), squeeze=False)[0]
+    for ax, (g, n) in zip(axes, shapes):
+        here = [r for r in runs if (r["series"], r["samples"]) == (g, n)]
+        for name in dict.fromkeys(r["name"] for r in here):
+            rs = sorted((r for r in here if r["name"] == name), key=lambda r: r["steps"])
+            color, marker = _STYLE.get(name, ("C4", "^"))
+            xs, ys = [r["latency_s_median"] for r in rs], [r["crps"] for r in rs]
+            ax.plot(xs, ys, marker=marker, color=color, lw=1.2, ms=7 if marker == "*" else 5, label=name)
+            for r in rs:
+                ax.annotate(str(r["steps"]), (r["latency_s_median"], r["crps"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, 4), color=color)
+        front = pareto([(r["latency_s_median"], r["crps"]) for r in here])
+        if len(front) > 1:
+            ax.step(*zip(*front), where="post", color="0.6", lw=2, alpha=0.5, zorder=0, label="frontier")
+        _log_axis(ax, [r["latency_s_median"] for r in here])
+        ys = [r["crps"] for r in here]
+        if max(ys) - min(ys) < 0.02 * max(ys):  # nearly equal CRPS: show it on a +-1% scale, not as noise
+            mid = 0.5 * (max(ys) + min(ys))
+            ax.set_ylim(mid * 0.99, mid * 1.01)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_xlabel("latency per forecast, s (median)")
+        ax.set_ylabel("CRPS")
+        ax.set_title(f"{g} series x {n} samples", fontsize=10)
+        ax.legend(fontsize=7)
+    p = report.get("protocol", {})
+    fig.suptitle(f"{p.get('dataset', '')}: CRPS on {p.get('crps_windows', '?')} test windows vs latency"
+                 f" ({p.get('threads', '?')} threads; labels = steps)", fontsize=10)
+    return _save(fig, Path(path))

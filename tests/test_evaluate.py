@@ -263,3 +263,56 @@ def test_dil_eval_cli_on_a_user_file(tiny_artifact, tmp_path):
     # 70/10/20 split of 200 rows: test rows 160..199, stride = horizon 8 -> origins 160..192.
     assert (p["dataset"], p["series"], p["season"], p["windows"]) == ("mine.csv", 1, 12, 5)
     assert p["split"]["test_rows"] == [160, 200] and p["split"]["first_origin"] == 160
+
+
+def test_subset_is_evenly_spread_over_valid_windows():
+    valid = np.array([[True, False], [True, True], [False, True], [True, True]])
+    # valid pairs in order: (0,0) (1,0) (1,1) (2,1) (3,0) (3,1); 3 of 6 -> indices 0, 2 (2.5 rounds to 2), 5
+    np.testing.assert_array_equal(Hn.subset(valid, 3), [[1, 0], [0, 1], [0, 0], [0, 1]])
+    np.testing.assert_array_equal(Hn.subset(valid, 99), valid)
+
+
+@pytest.mark.slow
+def test_dil_eval_ddpm_baseline_on_the_same_windows(tiny_artifact, tiny_checkpoint, tmp_path):
+    import json
+
+    from dil.data import load_dataset
+    from dil.runtime import Forecaster
+    from dil.train.ancestral import ancestral_forecast
+    from dil.train.checkpoint import load_checkpoint
+
+    out = tmp_path / "eval.json"
+    args = ["--engine", tiny_artifact, "--windows", 2, "--samples", 4, "--steps", 2, "--ddpm-windows", 2,
+            "--checkpoint", tiny_checkpoint, "--json", out]
+    res = _cli(args)
+    assert res.exit_code == 0, res.output
+    assert "reference-ddpm1000 on 2 of the windows" in res.output
+    ref = json.loads(out.read_text())["baselines"]["reference-ddpm1000"]
+    assert ref["series_windows"] == 2 and ref["checkpoint"] == "tiny" and "1000 steps" in ref["sampler"]
+
+    # Independently: the two windows (first and last scored window, origin-major), both samplers.
+    table = load_dataset("etth1")
+    origins = origins_of("etth1", table.n_steps, 16, 8, 2)
+    pairs = [(origins[0], 0), (origins[-1], len(table.names) - 1)]
+    ids = [f"{table.names[c]}@{o}" for o, c in pairs]
+    assert ref["window_ids"] == ids
+    ctx = np.stack([table.values[o - 16 : o, c] for o, c in pairs])
+    tgt = np.stack([table.values[o : o + 8, c] for o, c in pairs])
+    model = Forecaster.load(tiny_artifact).predict_windows(ctx, num_samples=4, steps=2, seed=0, series_keys=ids)
+    assert ref["same_windows"]["model"]["crps"] == pytest.approx(M.crps_quantile(tgt, model.samples), rel=1e-9)
+    assert ref["same_windows"]["seasonal_naive"]["mae"] is not None
+    ck = load_checkpoint(tiny_checkpoint)
+    ddpm = ancestral_forecast(ck.model, ck.schedule, ctx, 4, seed=0, series_keys=ids)
+    assert ref["crps"] == pytest.approx(M.crps_quantile(tgt, ddpm.samples), rel=1e-6)
+
+
+def test_dil_eval_ddpm_needs_a_checkpoint(tiny_artifact, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/tiny here
+    base = ["--engine", tiny_artifact, "--windows", 1, "--samples", 2, "--steps", 1]
+    res = _cli(base + ["--ddpm-windows", 1])  # asked for explicitly: an error
+    assert res.exit_code != 0 and "--checkpoint" in res.output and len(res.output.strip().splitlines()) == 1
+    res = _cli(base + ["--json", tmp_path / "r.json"])  # the default: skipped with a note
+    assert res.exit_code == 0 and "reference-ddpm1000 skipped" in res.output
+    import json
+
+    assert list(json.loads((tmp_path / "r.json").read_text())["baselines"]) == ["seasonal_naive"]

@@ -1,0 +1,142 @@
+"""`dil-bench`: latency, work, memory and CRPS of the samplers of one model, in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dil._atomic import write_text
+from dil.evaluate.bench_worker import NAMES
+
+
+def _ints(text: str, what: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def _num(v, fmt="{:.4f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def format_runs(report: dict) -> str:
+    """The runs as a text table, then the speed/accuracy ratios."""
+    lines = [
+        f"{'run':<19} {'batch':>8} {'steps':>5} {'latency s (min..max)':>26} {'crps':>8} {'tokens':>10}"
+        f" {'calls':>5} {'control':>7} {'peak MB':>8}"
+    ]
+    for r in report["runs"]:
+        lat = f"{r['latency_s_median']:.4g} ({r['latency_s_min']:.3g}..{r['latency_s_max']:.3g})"
+        lines.append(
+            f"{r['name']:<19} {str(r['series']) + 'x' + str(r['samples']):>8} {r['steps']:>5} {lat:>26}"
+            f" {_num(r['crps']):>8} {r['tokens_computed']:>10} {r['engine_calls']:>5}"
+            f" {_num(r['control_share'], '{:.1%}'):>7} {_num(r['peak_rss_mb'], '{:.0f}'):>8}"
+        )
+    p = report["protocol"]
+    lines.append(
+        f"CRPS on {p['crps_windows']} {p['dataset']} test windows (19-level weighted quantile loss / sum |y|);"
+        f" {p['threads']} threads for torch and ONNX Runtime; import dil.runtime"
+        f" {report['import']['seconds_median']:.3f} s (loads torch: {report['import']['loads_torch']})"
+    )
+    for q in report["ratios"]:
+        change = "" if q["crps_change"] is None else f", CRPS {q['crps_change']:+.2%}"
+        other = q["vs"] + (f" ({q['vs_steps']} steps)" if q["vs_steps"] != q["steps"] else "")
+        lines.append(
+            f"{q['series']}x{p['samples']}, {q['steps']} steps: {q['run']} {q['speedup']:.2f}x faster than {other}{change}"
+        )
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--engine", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Exported artifact: NAME.onnx, NAME.plan or NAME.json.")
+@click.option("--dataset", help="Bundled dataset whose test windows are used (default: the engine's).")
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
+              help="Training run folder of the engine, for torch-full and reference-ddpm1000 "
+                   "(default: runs/NAME named by the manifest; without one those runs are skipped).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the CRPS-vs-latency frontier (PNG, needs dil[plot]) here.")
+@click.option("--steps", "steps", default="5,10,20,50", show_default=True, help="Solver steps for 1-series batches.")
+@click.option("--large-steps", default="20", show_default=True,
+              help="Solver steps for batches of more than one series (full sweep: 5,10,20,50).")
+@click.option("--series", default="1,50", show_default=True, help="Batch shapes: series per forecast.")
+@click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1), help="Samples per series.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Timed forecasts per 1-series configuration (after one warm-up).")
+@click.option("--large-repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Timed forecasts per multi-series configuration.")
+@click.option("--ddpm-repeats", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Timed forecasts of reference-ddpm1000 (1000 network calls each).")
+@click.option("--ddpm-series", default="1", show_default=True,
+              help="Batch shapes reference-ddpm1000 runs on (full sweep: 1,50; 50 series take about 1000x "
+                   "a 1-step 50-series forecast).")
+@click.option("--windows", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Test windows (series-windows) every CRPS is computed on, the same for every run "
+                   "(reference-ddpm1000 costs 1000 network calls per window: the default keeps the run short; "
+                   "compare accuracy on more windows with dil-eval --ddpm-windows).")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="Intra-op threads of torch and ONNX Runtime (default: the cores available).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
+@click.option("--only", help=f"Comma-separated samplers to run (default: all of {', '.join(NAMES)}).")
+@click.option("--in-process", is_flag=True,
+              help="Run every configuration in this process (quicker; no per-configuration peak RSS).")
+def main(engine, dataset, checkpoint, json_path, plot_path, steps, large_steps, series, samples, repeats,
+         large_repeats, ddpm_repeats, ddpm_series, windows, threads, seed, only, in_process):
+    """Benchmark the samplers of an exported model in one run on this machine.
+
+    Per forecast of 1 series x 100 samples and 50 series x 100 samples: torch-full (the PyTorch
+    module, every token recomputed, the runtime's solver and steps), runtime-full (ONNX Runtime,
+    lattice and cache off), runtime-dil (lattice + cache on), each over --steps, and
+    reference-ddpm1000 (the PyTorch module, 1000-step ancestral DDPM). Reports latency (median and
+    min..max over repeats after a warm-up), tokens computed, engine calls, control share, peak RSS
+    (each configuration in a fresh process), `import dil.runtime` time and CRPS on the same test
+    windows, and prints the speed-up and CRPS ratios.
+
+    The defaults take 7-8 minutes on 2 idle cores for the default model (far longer on a busy
+    machine). The full sweep:
+    --large-steps 5,10,20,50 --large-repeats 3 --ddpm-series 1,50 --windows 50 (hours on 2 cores).
+    """
+    from dil._deps import MissingDependency, require
+    from dil.data.table import DataError
+    from dil.evaluate.bench import BenchConfig, BenchError, run_bench
+    from dil.evaluate.cli import _check_out
+    from dil.evaluate.harness import EvaluationError
+    from dil.runtime.manifest import ManifestError
+
+    _check_out(json_path, "--json")
+    _check_out(plot_path, "--plot")
+    try:
+        if plot_path is not None:
+            require("matplotlib", "plot")
+        names = tuple(n.strip() for n in only.split(",") if n.strip()) if only else NAMES
+        cfg = BenchConfig(
+            engine=engine, dataset=dataset, checkpoint=checkpoint, steps=_ints(steps, "--steps"),
+            large_steps=_ints(large_steps, "--large-steps"), series=_ints(series, "--series"), samples=samples,
+            repeats=repeats, large_repeats=large_repeats, ddpm_repeats=ddpm_repeats,
+            ddpm_series=_ints(ddpm_series, "--ddpm-series"), windows=windows, threads=threads, seed=seed,
+            names=names, isolate=not in_process,
+        )
+        report = run_bench(cfg, progress=True, say=lambda line: click.echo(line, err=True))
+    except click.BadParameter as exc:
+        raise click.ClickException(exc.format_message()) from None
+    except (BenchError, DataError, ManifestError, EvaluationError, MissingDependency, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    click.echo(format_runs(report))
+    if json_path is not None:
+        write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        click.echo(f"report: {json_path}")
+    if plot_path is not None:
+        from dil.evaluate.plots import frontier_plot
+
+        click.echo(f"plot: {frontier_plot(report, plot_path)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

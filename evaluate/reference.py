@@ -1,0 +1,140 @@
+"""The PyTorch baselines of an exported model: the same weights, sampled by the torch samplers.
+
+    ref = load_reference("engines/metro-traffic.onnx")            # checkpoint named by the manifest
+    fn = ddpm_forecast_fn(ref, num_samples=100, seed=0)           # a harness forecast_fn
+
+`reference-ddpm1000`: 1000-step ancestral DDPM sampling (dil.train.ancestral), the classic
+diffusion-forecaster cost. `torch-full`: the runtime's solver and steps in PyTorch, every token
+recomputed (dil.train.reference). Both need the training checkpoint (the engine holds ONNX graphs,
+not torch weights): `checkpoint` or the run the manifest names (runs/NAME, looked up from the
+working directory and beside the engine's folder). torch is imported only here, on first use; a
+missing torch gives a one-line MissingDependency naming the `train` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dil._deps import require
+from dil.runtime.manifest import load_manifest, manifest_path
+
+# Max abs difference of the context keys/values between the checkpoint (torch) and the engine (ONNX)
+# on a fixed input: float32 exports agree to ~1e-6; other weights differ by O(0.1).
+SAME_MODEL_TOLERANCE = 1e-3
+
+
+class ReferenceUnavailable(ValueError):
+    """The torch baseline cannot run (no checkpoint, a checkpoint of another model, ...). One line."""
+
+
+@dataclass
+class Reference:
+    """The torch module of an engine. model: ScoreNet (eval, float32, CPU); schedule; run: the folder."""
+
+    model: object
+    schedule: object
+    run: Path
+
+    @property
+    def name(self) -> str:
+        return f"reference-ddpm{self.schedule.num_steps}"
+
+
+def find_checkpoint(engine, checkpoint=None) -> Path:
+    """The run folder of an engine's checkpoint: `checkpoint` if given, else runs/NAME for the run
+    NAME recorded in the manifest (from the working directory, then beside the engine's folder)."""
+    if checkpoint is not None:
+        run = Path(checkpoint)
+        if not (run / "config.json").is_file():
+            raise ReferenceUnavailable(f"--checkpoint {run} is not a training run folder (no config.json)")
+        return run
+    mpath = manifest_path(engine)
+    try:
+        name = (json.loads(mpath.read_text(encoding="utf-8")).get("checkpoint") or {}).get("run")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if not name:
+        raise ReferenceUnavailable(f"manifest {mpath} names no training run: pass --checkpoint runs/NAME")
+    for base in (Path("runs"), mpath.resolve().parent.parent / "runs"):
+        if (base / name / "config.json").is_file():
+            return base / name
+    raise ReferenceUnavailable(
+        f"the checkpoint of {mpath.name} (run {name!r}) is not in runs/{name}: pass --checkpoint runs/NAME"
+    )
+
+
+def load_reference(engine, checkpoint=None, onnx_engine=None) -> Reference:
+    """Load the torch module behind `engine` and check that it is the same model.
+
+    The checkpoint's model config and schedule must equal the manifest's, and its context keys/values
+    must match the engine's on a fixed input (SAME_MODEL_TOLERANCE): a checkpoint trained further
+    after the export, or another run, is refused. onnx_engine: an already loaded OnnxEngine.
+    Raises MissingDependency (no torch) or ReferenceUnavailable.
+    """
+    require("torch", "train")
+    from dil.runtime.engine import OnnxEngine
+    from dil.train.checkpoint import CheckpointError, load_checkpoint
+
+    manifest = load_manifest(engine)
+    run = find_checkpoint(engine, checkpoint)
+    try:
+        ckpt = load_checkpoint(run)
+    except CheckpointError as exc:
+        raise ReferenceUnavailable(str(exc)) from None
+    if ckpt.config != manifest.model or ckpt.schedule != manifest.schedule:
+        raise ReferenceUnavailable(f"checkpoint {run} holds another model than {manifest.path.name} (config or schedule differ)")
+    err = _encode_difference(ckpt.model, onnx_engine or OnnxEngine.load(engine))
+    if not err <= SAME_MODEL_TOLERANCE:
+        raise ReferenceUnavailable(
+            f"checkpoint {run} does not match {manifest.path.name} (context keys differ by {err:.3g}): pass the run it was exported from"
+        )
+    return Reference(model=ckpt.model, schedule=ckpt.schedule, run=run)
+
+
+def _encode_difference(model, onnx_engine) -> float:
+    import torch
+
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    ctx = np.stack([rng.standard_normal((2, cfg.context_length)), np.ones((2, cfg.context_length))], axis=-1)
+    ctx = ctx.astype(np.float32)
+    k_onnx, v_onnx = onnx_engine.encode(ctx)
+    with torch.no_grad():
+        k_t, v_t = model.encode(torch.from_numpy(ctx))
+    return float(max(np.abs(k_onnx - k_t.numpy()).max(), np.abs(v_onnx - v_t.numpy()).max()))
+
+
+def _bar(progress: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=None if progress else True, leave=False)
+
+
+def ddpm_forecast_fn(ref: Reference, num_samples: int = 100, seed: int = 0, progress: bool = True):
+    """A harness forecast_fn: T-step ancestral sampling of the torch module, each window's noise
+    from the runtime stream of its id (the same x_T as the runtime's forecast of that window)."""
+    from dil.train.ancestral import ancestral_forecast
+
+    def fn(contexts, ids):
+        bar = _bar(progress, ref.schedule.num_steps, ref.name)
+        try:
+            out = ancestral_forecast(ref.model, ref.schedule, contexts, num_samples, seed, list(ids), bar.update)
+        finally:
+            bar.close()
+        return out.samples
+
+    return fn
+
+
+def torch_full_forecast_fn(ref: Reference, num_samples: int = 100, steps: int = 20, seed: int = 0):
+    """A harness forecast_fn: the runtime's plain DPM-Solver++ sampler in PyTorch (torch-full)."""
+    from dil.train.reference import reference_forecast
+
+    def fn(contexts, ids):
+        return reference_forecast(ref.model, ref.schedule, contexts, num_samples, steps, seed, list(ids)).samples
+
+    return fn
