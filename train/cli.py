@@ -47,7 +47,7 @@ def _configs(opts: dict, spec, stored: dict):
 @click.option("--columns", default=None, help="Comma-separated series to train on (default: every numeric column).")
 @click.option("--context", type=int, default=None, help="Context length L in steps [dataset default, e.g. 168].")
 @click.option("--horizon", type=int, default=None, help="Forecast horizon H in steps [dataset default, e.g. 24].")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs [12]; with --resume, the new total.")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs [18]; with --resume, the new total.")
 @click.option("--steps-per-epoch", type=int, default=None, help="Optimizer steps per epoch [60].")
 @click.option("--batch-size", type=int, default=None, help="Windows per step [64].")
 @click.option("--noise-draws", type=int, default=None, help="Noise levels per window sharing one context encoding [4].")

@@ -50,7 +50,7 @@ class TrainConfig:
     seed: seeds the initial weights, the batches and the noise. device: "auto" | "cpu" | "cuda".
     """
 
-    epochs: int = 12
+    epochs: int = 18
     steps_per_epoch: int = 60
     batch_size: int = 64
     noise_draws: int = 4
