@@ -25,7 +25,6 @@ from dil.data.table import (
     load_table,
     resolve,
     resolve_table,
-    sha256_of,
 )
 from dil.data.windows import (
     gather_series,
@@ -55,7 +54,6 @@ __all__ = [
     "resolve",
     "resolve_table",
     "season_for_freq",
-    "sha256_of",
     "split_bounds",
     "test_origins",
     "usable_windows",

@@ -9,13 +9,14 @@ become NaN rows. Nothing is ever filled with zeros.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from dil.runtime.manifest import sha256_file
 
 # A regular step must explain at least this share of the gaps between consecutive timestamps, and
 # reindexing may add at most this many rows per existing row; otherwise the timestamps stay as given.
@@ -74,14 +75,6 @@ class SeriesTable:
     def to_frame(self) -> pd.DataFrame:
         index = pd.DatetimeIndex(self.timestamps) if self.timestamps is not None else None
         return pd.DataFrame(self.values, columns=self.names, index=index)
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _kind(path: Path) -> str:
@@ -243,7 +236,7 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         timestamps=timestamps,
         freq=freq,
         source=source,
-        sha256=sha256_of(path),
+        sha256=sha256_file(path),
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from dil.evaluate import bench_worker as W
 from dil.evaluate import machine
-from dil.evaluate.harness import protocol_windows, score_model, subset
+from dil.evaluate.harness import finite_or_none, protocol_windows, score_model, subset
 
 TORCH_NAMES = ("torch-full", "reference-ddpm1000")
 STEPPED_NAMES = ("torch-full", "runtime-full", "runtime-dil")
@@ -255,7 +255,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, say=None) -> dict:
         metrics = crps_of.get(r.pop("_key"))
         r["crps"] = None if metrics is None else metrics["crps"]
         r["metrics"] = metrics
-    return _finite({
+    return finite_or_none({
         "runs": report_runs,
         "ratios": ratios(report_runs),
         "skipped": skipped,
@@ -326,12 +326,3 @@ def ratios(runs: list[dict]) -> list[dict]:
                         "speedup": o["latency_s_median"] / r["latency_s_median"], "crps_change": crps})
     return out
 
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

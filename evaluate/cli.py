@@ -83,6 +83,10 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
               help="Evaluate this many evenly spaced test origins (default: all; stride = horizon).")
 @click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1), help="Samples per window.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampler steps.")
+@click.option("--lattice/--no-lattice", default=True, show_default=True,
+              help="Lattice controller (per-token solver orders, refresh priority).")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="E2-CRF token cache; --no-lattice --no-cache is the plain DPM-Solver++ sampler.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
 @click.option("--season", type=click.IntRange(min=1),
               help="Seasonal-naive lag in steps (default: the dataset's, or from the row frequency).")
@@ -101,8 +105,8 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write fan charts and a calibration plot (PNG) to this folder (needs dil[plot]).")
 @click.pass_context
-def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, steps, seed, season, batch_size,
-         ddpm_windows, checkpoint, json_path, plots_dir):
+def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, steps, lattice, cache, seed, season,
+         batch_size, ddpm_windows, checkpoint, json_path, plots_dir):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
@@ -131,6 +135,7 @@ def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, s
             batch_size=batch_size, progress=True, ddpm_windows=ddpm_windows, checkpoint=checkpoint,
             # An explicit --ddpm-windows / --checkpoint must run; the default is skipped with a note.
             ddpm_optional=_is_default(ctx, "ddpm_windows") and checkpoint is None,
+            sampler={"lattice": lattice, "cache": cache},
         )
     except (DataError, ManifestError, EvaluationError, MissingDependency, ReferenceUnavailable, ValueError,
             OSError) as exc:

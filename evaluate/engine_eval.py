@@ -6,14 +6,16 @@ from __future__ import annotations
 from dil.evaluate.harness import Evaluation, run_evaluation
 
 
-def forecaster_fn(forecaster, num_samples: int = 100, steps: int = 20, seed: int = 0, stats: list | None = None):
+def forecaster_fn(forecaster, num_samples: int = 100, steps: int = 20, seed: int = 0, stats: list | None = None,
+                  **settings):
     """A forecast_fn for a dil.runtime Forecaster: each window seeded by its id (batch-independent).
-    stats: a list that collects each call's SamplerStats (what the forecasts cost)."""
+    stats: a list that collects each call's SamplerStats (what the forecasts cost). settings:
+    SamplerConfig fields (e.g. lattice=False, cache=False for the plain sampler)."""
 
     def fn(contexts, ids):
         fc = forecaster.predict_windows(
             contexts, num_samples=num_samples, steps=steps, seed=seed, series_keys=list(ids), names=list(ids),
-            batch_series=len(ids),
+            batch_series=len(ids), **settings,
         )
         if stats is not None:
             stats.append(fc.stats)
@@ -52,6 +54,7 @@ def evaluate_engine(
     ddpm_windows: int = 0,
     checkpoint=None,
     ddpm_optional: bool = False,
+    sampler: dict | None = None,
     **kw,
 ) -> Evaluation:
     """run_evaluation for an exported artifact (any path naming it, see dil.runtime.manifest).
@@ -63,6 +66,8 @@ def evaluate_engine(
     it needs the checkpoint (`checkpoint` or the run the manifest names). When it cannot run,
     ddpm_optional=True skips it with a line in Evaluation.notes, else the error is raised
     (MissingDependency without torch, ReferenceUnavailable without a matching checkpoint).
+    sampler: SamplerConfig fields for the model's forecasts (default: the documented defaults,
+    lattice + cache on; {"lattice": False, "cache": False} is the plain DPM-Solver++ sampler).
     Extra keyword arguments go to run_evaluation (n_windows, season, batch_size, progress).
     """
     from dil._deps import MissingDependency
@@ -88,7 +93,7 @@ def evaluate_engine(
 
     costs = []
     ev = run_evaluation(
-        forecaster_fn(fc, samples, steps, seed, costs), table, spec, model.context_length, model.horizon,
+        forecaster_fn(fc, samples, steps, seed, costs, **(sampler or {})), table, spec, model.context_length, model.horizon,
         samples=samples, steps=steps, seed=seed, subset_baselines=subset, **kw,
     )
     for name in subset:
@@ -98,6 +103,7 @@ def evaluate_engine(
     tokens, full = sum(c.tokens_computed for c in costs), sum(c.full_tokens for c in costs)
     # The runtime's default sampler (lattice + cache where the build has them): its share of the
     # network work of full recomputation over every forecast of the evaluation.
+    ev.report["protocol"]["sampler"] = {"lattice": True, "cache": True, **(sampler or {})}
     ev.report["protocol"]["tokens_computed"] = int(tokens)
     ev.report["protocol"]["token_fraction"] = tokens / full if full else None
     ev.notes = notes

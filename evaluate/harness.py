@@ -308,16 +308,16 @@ def run_evaluation(
             "season": lag,
         },
     }
-    return Evaluation(report=_finite_or_none(report), windows=w)
+    return Evaluation(report=finite_or_none(report), windows=w)
 
 
-def _finite_or_none(obj):
+def finite_or_none(obj):
     """NaN (a metric with no observed step, e.g. CRPS-sum when no step has every series) -> None,
     so that the report is strict JSON."""
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj

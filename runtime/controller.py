@@ -148,7 +148,7 @@ class FastController:
 
     def _refresh(self, i: int, cache: TokenCache, Hn, series_full, margins):
         """The cache rules (docs/sampler.md 6) -> (computed [G, N, H], series_full [G])."""
-        cfg, (G, N, H) = self.config, self.shape
+        cfg, H = self.config, self.shape[2]
         U1, U2 = self.uniforms[:, i - 1, 0], self.uniforms[:, i - 1, 1]
         change, change_margin = policy.change_trigger(cache.x, cache.x_in, cache.x0_hat, self.tau, cfg.energy_eps)
         selected = self.core_mask | (cache.age >= cfg.max_age) | change

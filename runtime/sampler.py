@@ -137,10 +137,11 @@ class TokenCache:
     (set by the sampler before each plan, so that controllers can read it).
     """
 
-    def __init__(self, layers: int, G: int, N: int, H: int, D: int):
+    def __init__(self, layers: int, G: int, N: int, H: int, D: int, keep_kv: bool = True):
         self.x = np.zeros((G, N, H))
-        self.k = np.zeros((layers, G, N, H, D), dtype=np.float32)
-        self.v = np.zeros_like(self.k)
+        # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None.
+        self.k = np.zeros((layers, G, N, H, D), dtype=np.float32) if keep_kv else None
+        self.v = np.zeros_like(self.k) if keep_kv else None
         self.x0_hat = np.zeros((G, N, H))
         self.eps = np.zeros((G, N, H))
         self.x_in = np.zeros((G, N, H))
@@ -165,18 +166,21 @@ class TokenCache:
         self.age += 1
         if plan.pos_sub.shape[2] == 0:  # nothing computed: every token reused
             return
+        kv = k_sub is not None  # None: the engine scattered them on its device
         if plan.full:  # pos_sub is arange(H) in every row: outputs are already in cache order
-            self.k, self.v = k_sub, v_sub
+            if kv:
+                self.k, self.v = k_sub, v_sub
             self.eps = eps_sub[..., 0].astype(np.float64)
         else:  # flat scatter: entry (g, n, s) -> token (g, n, pos_sub[g, n, s]); padding dropped
             G, N, S = plan.pos_sub.shape
-            H, layers, D = self.horizon, self.k.shape[0], self.k.shape[-1]
+            H = self.horizon
             pos = plan.pos_sub.reshape(G * N, S)
             valid = pos < H
             dense = bool(valid.all())  # no padding entry: every output row lands somewhere
             dst = (np.arange(G * N)[:, None] * H + pos).reshape(-1) if dense else (np.arange(G * N)[:, None] * H + pos)[valid]
             src = slice(None) if dense else np.flatnonzero(valid)
-            for cached, new in ((self.k, k_sub), (self.v, v_sub)):
+            for cached, new in ((self.k, k_sub), (self.v, v_sub)) if kv else ():
+                layers, D = cached.shape[0], cached.shape[-1]
                 cached_rows, new_rows = cached.reshape(layers, G * N * H, D), new.reshape(layers, G * N * S, D)
                 for layer in range(layers):  # row copies along axis 0: numpy's fast path
                     cached_rows[layer][dst] = new_rows[layer][src]
@@ -244,7 +248,10 @@ def sample(engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, co
     controller = controller or make_controller(config, seed, keys)
     solver = DPMSolverPP(schedule, config.steps)
     controller.start(G, N, H, solver)
-    cache = TokenCache(cfg.num_layers, G, N, H, cfg.d_model)
+    # An engine that can keep the token cache's keys/values on its device (TensorRT with a
+    # cache_update plan) does so: no per-step copy of [layers, G, N, H, D] through the host.
+    device_kv = engine.device_cache(G, N, H) if getattr(engine, "has_device_cache", False) else None
+    cache = TokenCache(cfg.num_layers, G, N, H, cfg.d_model, keep_kv=device_kv is None)
     stats = SamplerStats(series=G, samples=N, steps=config.steps, full_tokens=G * N * H * config.steps)
 
     k_ctx, v_ctx = engine.encode(ctx)
@@ -260,9 +267,14 @@ def sample(engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, co
             x_pad[:, :, :H] = x
             x_sub = np.take_along_axis(x_pad, plan.pos_sub, axis=2)[..., None].astype(np.float32)
             t_feat = np.broadcast_to(t_table[i], (G, N, t_table.shape[1]))
-            eps_sub, k_sub, v_sub = engine.denoise(
-                x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, cache.k, cache.v, cache.hor_valid(computed)
-            )
+            if device_kv is not None:  # keys/values stay on the device; only eps comes back
+                eps_sub = engine.denoise_cached(x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, device_kv,
+                                                cache.hor_valid(computed))
+                k_sub = v_sub = None
+            else:
+                eps_sub, k_sub, v_sub = engine.denoise(
+                    x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, cache.k, cache.v, cache.hor_valid(computed)
+                )
             stats.slots_computed += plan.pos_sub.size
         else:
             eps_sub = k_sub = v_sub = None

@@ -292,6 +292,11 @@ class TrtEngine:
         self.stats.denoise_calls += 1
         return result
 
+    @property
+    def has_device_cache(self) -> bool:
+        """True when the plans include cache_update (the sampler then keeps k_hor/v_hor on the GPU)."""
+        return "cache_update" in self._plans
+
     def device_cache(self, G: int, N: int, H: int) -> DeviceTokenCache:
         """A zeroed token cache on the GPU for denoise_cached (needs the cache_update plan)."""
         if "cache_update" not in self._plans:

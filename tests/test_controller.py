@@ -4,8 +4,6 @@ plain sampler exactly, and bad settings are refused before any engine call."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 

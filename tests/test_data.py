@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dil.runtime.manifest import sha256_file
+
 from dil.data import (
     DATASETS,
     DataError,
@@ -20,7 +22,6 @@ from dil.data import (
     load_table,
     observed_counts,
     resolve,
-    sha256_of,
     split_bounds,
     test_origins,
     usable_windows,
@@ -44,7 +45,7 @@ def test_metro_deduplicated_and_missing_hours_are_nan():
     assert len(raw) - raw["t"].nunique() == 7629  # the duplicates the README describes
     np.testing.assert_array_equal(table.values[:, 0], expected)  # NaN where NaN, never 0-filled
     np.testing.assert_array_equal(table.timestamps, full.to_numpy())
-    assert table.sha256 == sha256_of(spec.path) == "07d3c0566e342648f11db21f0b12c362e6fee9e3b6aa292917cb25d3cb981d69"
+    assert table.sha256 == sha256_file(spec.path) == "07d3c0566e342648f11db21f0b12c362e6fee9e3b6aa292917cb25d3cb981d69"
 
 
 def test_weather_sentinels_duplicate_and_gap():

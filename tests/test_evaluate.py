@@ -220,6 +220,32 @@ def test_dil_eval_cli_end_to_end(tiny_artifact, tmp_path):
     assert res2.output.splitlines()[:9] == res.output.splitlines()[:9]
 
 
+def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path):
+    """--no-lattice --no-cache scores the plain DPM-Solver++ sampler: every token computed, and
+    the same CRPS as Forecaster.predict_windows with lattice=False, cache=False."""
+    import json
+
+    from dil.data import load_dataset
+    from dil.runtime import Forecaster
+
+    out = tmp_path / "eval.json"
+    res = _cli(["--engine", tiny_artifact, "--windows", 2, "--samples", 8, "--steps", 5, "--no-lattice",
+                "--no-cache", "--json", out])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["protocol"]["sampler"] == {"lattice": False, "cache": False}
+    assert report["protocol"]["token_fraction"] == 1.0
+
+    table = load_dataset("etth1")
+    origins = origins_of("etth1", table.n_steps, 16, 8, 2)
+    ctx = np.concatenate([table.values[o - 16 : o].T for o in origins])
+    tgt = np.concatenate([table.values[o : o + 8].T for o in origins])
+    ids = [f"{n}@{o}" for o in origins for n in table.names]
+    s = Forecaster.load(tiny_artifact).predict_windows(ctx, num_samples=8, steps=5, seed=0, series_keys=ids,
+                                                       lattice=False, cache=False).samples
+    assert report["model"]["crps"] == pytest.approx(M.crps_quantile(tgt, s), rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

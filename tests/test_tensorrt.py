@@ -191,6 +191,52 @@ def test_cache_update_graph_scatters_like_numpy(tiny_config):
         np.testing.assert_array_equal(v_new, v_ref)
 
 
+class _EngineKeepingKV:
+    """The TrtEngine device-cache protocol (has_device_cache, device_cache, denoise_cached) on
+    ONNX Runtime: the key/value cache lives inside the engine and is updated by the same
+    cache_update graph TensorRT builds; only eps goes back to the sampler."""
+
+    def __init__(self, inner, cfg):
+        import onnxruntime as ort
+
+        from dil.export.tensorrt import cache_update_graph
+
+        self.inner, self.config, self.stats = inner, inner.config, inner.stats
+        self.has_device_cache, self.cached_calls = True, 0
+        self._update = ort.InferenceSession(cache_update_graph(cfg).SerializeToString(),
+                                            providers=["CPUExecutionProvider"])
+
+    def encode(self, ctx):
+        return self.inner.encode(ctx)
+
+    def device_cache(self, G, N, H):
+        shape = (self.config.num_layers, G, N, H, self.config.d_model)
+        return {"k": np.zeros(shape, np.float32), "v": np.zeros(shape, np.float32)}
+
+    def denoise_cached(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, kv, hor_valid):
+        self.cached_calls += 1
+        eps, k_sub, v_sub = self.inner.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx, kv["k"], kv["v"], hor_valid)
+        kv["k"], kv["v"] = self._update.run(["k_new", "v_new"], {"k_hor": kv["k"], "v_hor": kv["v"], "pos_sub": pos_sub,
+                                                                  "k_sub": k_sub, "v_sub": v_sub})
+        return eps
+
+
+@pytest.mark.parametrize("settings", [{}, {"lattice": False, "cache": False}, {"bucket": 8}])
+def test_sampler_keeps_kv_in_the_engine_when_it_can(tiny_artifact, tiny_config, settings):
+    """The sampler's device-cache path (what TensorRT uses) gives the host path's forecast."""
+    pytest.importorskip("onnx")
+    from dil.runtime import Forecaster
+
+    history = np.sin(np.arange(60)[:, None] * 0.3 + np.arange(3)) + 0.1 * np.arange(3)
+    host = Forecaster.load(tiny_artifact).predict(history, num_samples=16, steps=8, seed=5, **settings)
+    fc = Forecaster.load(tiny_artifact)
+    fc.engine = _EngineKeepingKV(fc.engine, tiny_config)
+    dev = fc.predict(history, num_samples=16, steps=8, seed=5, **settings)
+    np.testing.assert_allclose(dev.samples, host.samples, rtol=0, atol=1e-9)
+    assert dev.stats.tokens_computed == host.stats.tokens_computed
+    assert fc.engine.cached_calls == dev.stats.engine_calls > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Machines without a GPU: refusals with what to do, before any engine call or any work.
 def test_import_runtime_does_not_import_tensorrt():

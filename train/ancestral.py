@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dil.runtime.rng import series_key, series_stream
-from dil.runtime.scaling import context_features, context_scale, standardise, unstandardise
+from dil.runtime.rng import series_stream
+from dil.runtime.scaling import context_features, unstandardise
 from dil.runtime.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
+from dil.train.reference import standardised_contexts
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,6 @@ def ancestral_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     contexts: float [G, L'] (NaN = missing; the last context_length values are used).
     series_keys: G names/keys for the noise streams (default 0..G-1), as in the runtime.
     """
-    L = model.config.context_length
-    ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -L:])
-    G = ctx.shape[0]
-    keys = list(range(G)) if series_keys is None else [series_key(k) for k in series_keys]
-    loc, scale = context_scale(ctx)
-    z = standardise(ctx, loc, scale)
+    z, keys, loc, scale = standardised_contexts(model, contexts, series_keys)
     x0 = ancestral_sample(model, schedule, context_features(z), seed, keys, num_samples, progress)
     return AncestralForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)

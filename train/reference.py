@@ -97,6 +97,16 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     return x.numpy()
 
 
+def standardised_contexts(model: ScoreNet, contexts, series_keys=None):
+    """The runtime's preparation of G context windows: (z float64 [G, L] standardised, NaN kept as
+    missing; the G stream keys; loc, scale [G]). contexts: float [G, L'] with L' >= context_length."""
+    L = model.config.context_length
+    ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -L:])
+    keys = list(range(ctx.shape[0])) if series_keys is None else [series_key(k) for k in series_keys]
+    loc, scale = context_scale(ctx)
+    return standardise(ctx, loc, scale), keys, loc, scale
+
+
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
                        seed: int = 0, series_keys=None, solver_order: int = 2, config=None) -> ReferenceForecast:
     """Forecast G context windows with the torch module and the torch solver.
@@ -107,12 +117,7 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole fast sampler
     through ReferenceSampler and dil.train.reference_controller; its steps override `steps`.
     """
-    L = model.config.context_length
-    ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -L:])
-    G = ctx.shape[0]
-    keys = list(range(G)) if series_keys is None else [series_key(k) for k in series_keys]
-    loc, scale = context_scale(ctx)
-    z = standardise(ctx, loc, scale)
+    z, keys, loc, scale = standardised_contexts(model, contexts, series_keys)
     x_T = initial_noise(seed, keys, num_samples, model.config.horizon)
     if config is None:
         x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order)
