@@ -197,6 +197,12 @@ def render(out_dir: Path, page: Path, commands: dict) -> str:
         "  and scores CRPS on 3 windows. The full sweep: `--large-steps 5,10,20,50 --large-repeats 3",
         "  --ddpm-series 1,50 --windows 50` (hours on 2 cores). Accuracy against `reference-ddpm1000` on more",
         "  windows comes from `dil-eval --ddpm-windows` (the tables above the cost tables).",
+        "- The load average at start is a 1-minute average: it still counts a job that ended just before",
+        "  (this page's runs were made one after the other on an otherwise idle machine).",
+        "",
+        "Ablation of the fast sampler (each mechanism off in turn): `docs/results/ablation.md`, made by",
+        "`python benchmarks/ablation.py --windows 30 --markdown docs/results/ablation.md`; what limits the",
+        "speed-up and what would raise it: `docs/sampler.md` section 11.",
         "",
     ]
     for name in DATASETS:
