@@ -118,6 +118,30 @@ def export_graph(module: nn.Module, args: tuple, dynamic_shapes, input_names, ou
             external_data=False,
         )
         program.save(str(tmp))
+        _strip_source_locations(tmp)
+
+
+def _strip_source_locations(path) -> None:
+    """Drop the per-node metadata the exporter records (each node's Python stack trace and name
+    scopes, i.e. file paths of the machine that exported): an artifact must not carry them."""
+    import onnx
+
+    proto = onnx.load(str(path))
+
+    def graphs(graph):
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    yield from graphs(attr.g)
+                for sub in attr.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for g in graphs(proto.graph) for n in g.node] + [n for f in proto.functions for n in f.node]
+    for node in nodes:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(proto, str(path))
 
 
 def export_onnx(model: ScoreNet, out_dir, name: str, progress=None) -> dict[str, Path]:
