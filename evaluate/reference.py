@@ -13,14 +13,13 @@ missing torch gives a one-line MissingDependency naming the `train` extra.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dil._deps import require
-from dil.runtime.manifest import load_manifest, manifest_path
+from dil.runtime.manifest import ManifestError, checkpoint_run, load_manifest
 
 # Max abs difference of the context keys/values between the checkpoint (torch) and the engine (ONNX)
 # on a fixed input: float32 exports agree to ~1e-6; other weights differ by O(0.1).
@@ -44,29 +43,6 @@ class Reference:
         return f"reference-ddpm{self.schedule.num_steps}"
 
 
-def find_checkpoint(engine, checkpoint=None) -> Path:
-    """The run folder of an engine's checkpoint: `checkpoint` if given, else runs/NAME for the run
-    NAME recorded in the manifest (from the working directory, then beside the engine's folder)."""
-    if checkpoint is not None:
-        run = Path(checkpoint)
-        if not (run / "config.json").is_file():
-            raise ReferenceUnavailable(f"--checkpoint {run} is not a training run folder (no config.json)")
-        return run
-    mpath = manifest_path(engine)
-    try:
-        name = (json.loads(mpath.read_text(encoding="utf-8")).get("checkpoint") or {}).get("run")
-    except (OSError, ValueError, AttributeError):
-        name = None
-    if not name:
-        raise ReferenceUnavailable(f"manifest {mpath} names no training run: pass --checkpoint runs/NAME")
-    for base in (Path("runs"), mpath.resolve().parent.parent / "runs"):
-        if (base / name / "config.json").is_file():
-            return base / name
-    raise ReferenceUnavailable(
-        f"the checkpoint of {mpath.name} (run {name!r}) is not in runs/{name}: pass --checkpoint runs/NAME"
-    )
-
-
 def load_reference(engine, checkpoint=None, onnx_engine=None) -> Reference:
     """Load the torch module behind `engine` and check that it is the same model.
 
@@ -80,7 +56,10 @@ def load_reference(engine, checkpoint=None, onnx_engine=None) -> Reference:
     from dil.train.checkpoint import CheckpointError, load_checkpoint
 
     manifest = load_manifest(engine)
-    run = find_checkpoint(engine, checkpoint)
+    try:
+        run = checkpoint_run(manifest, checkpoint)
+    except ManifestError as exc:
+        raise ReferenceUnavailable(str(exc)) from None
     try:
         ckpt = load_checkpoint(run)
     except CheckpointError as exc:

@@ -8,51 +8,23 @@ its validation part as the exporter's real-input validation does (`dil.export.re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from dil.runtime.manifest import ManifestError, checkpoint_run
 
 
 class ValidationInputError(ValueError):
     """Something dil-validate needs is missing or does not match. The message is one line."""
 
 
-def manifest_run_name(manifest) -> str | None:
-    """The checkpoint run the manifest was exported from (its `checkpoint.run`), if recorded."""
-    try:
-        raw = json.loads(Path(manifest.path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return None
-    run = (raw.get("checkpoint") or {}).get("run") if isinstance(raw, dict) else None
-    return run if isinstance(run, str) and run else None
-
-
-def find_checkpoint(manifest, checkpoint=None) -> Path:
-    """The run folder to load: `checkpoint` when given, else the manifest's run under runs/."""
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not (path / "config.json").is_file():
-            raise ValidationInputError(f"--checkpoint {path}: no checkpoint there (missing config.json)")
-        return path
-    run = manifest_run_name(manifest)
-    if run is None:
-        raise ValidationInputError(
-            f"manifest {manifest.path} names no checkpoint run: pass --checkpoint RUN_DIR (the dil-train run it was exported from)"
-        )
-    candidates = [Path("runs") / run, Path(manifest.path).resolve().parent.parent / "runs" / run]
-    for path in candidates:
-        if (path / "config.json").is_file():
-            return path
-    raise ValidationInputError(
-        f"checkpoint run {run!r} of {manifest.path} not found (looked in {', '.join(str(c) for c in dict.fromkeys(candidates))}): "
-        "pass --checkpoint RUN_DIR"
-    )
-
-
 def load_model(manifest, checkpoint=None):
     """(ScoreNet, run folder) for the artifact; its config must equal the manifest's."""
     from dil.train.checkpoint import CheckpointError, load_checkpoint
 
-    path = find_checkpoint(manifest, checkpoint)
+    try:
+        path = checkpoint_run(manifest, checkpoint)
+    except ManifestError as exc:
+        raise ValidationInputError(str(exc)) from None
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:

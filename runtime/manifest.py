@@ -140,3 +140,28 @@ def load_manifest(engine, verify_hashes: bool = True) -> Manifest:
         if verify_hashes and want and sha256_file(p) != want:
             raise ManifestError(f"graph file {p} does not match its manifest {mpath} (sha256 differs): re-export")
     return m
+
+
+def checkpoint_run(manifest: Manifest, checkpoint=None) -> Path:
+    """The dil-train run folder an artifact was exported from (for the PyTorch checks and baselines).
+
+    `checkpoint` when given; else runs/RUN for the run the manifest records (`checkpoint.run`),
+    looked up in the working folder, then beside the artifact's folder. Raises ManifestError (one
+    line, saying to pass --checkpoint) when there is none.
+    """
+    if checkpoint is not None:
+        run = Path(checkpoint)
+        if not (run / "config.json").is_file():
+            raise ManifestError(f"--checkpoint {run} is not a training run folder (no config.json)")
+        return run
+    name = (manifest.extra.get("checkpoint") or {}).get("run")
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"manifest {manifest.path} names no training run: pass --checkpoint runs/NAME")
+    candidates = list(dict.fromkeys([Path("runs") / name, Path(manifest.path).resolve().parent.parent / "runs" / name]))
+    for run in candidates:
+        if (run / "config.json").is_file():
+            return run
+    raise ManifestError(
+        f"checkpoint run {name!r} of {Path(manifest.path).name} not found (looked in "
+        f"{', '.join(str(c) for c in candidates)}): pass --checkpoint runs/NAME"
+    )
