@@ -41,7 +41,7 @@ def run_ablation(engine: str, windows: int, samples: int, steps: int, seed: int,
     from dil.evaluate.engine_eval import engine_data, forecaster_fn
     from dil.evaluate.harness import run_evaluation
     from dil.runtime import Forecaster
-    from dil.runtime.sampler import SamplerStats
+    from dil.runtime.sampling.sampler import SamplerStats
 
     fc = Forecaster.load(engine, threads=threads)
     spec, table = engine_data(engine, fc.manifest)
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
                           args.threads)
     text = markdown(result, shlex.join(["python", "benchmarks/ablation.py"] + (argv or sys.argv[1:])))
     print(text)
-    from dil._atomic import write_text
+    from dil.runtime.files import write_text
 
     if args.json:
         write_text(args.json, json.dumps(result, indent=2) + "\n")

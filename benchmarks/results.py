@@ -251,7 +251,7 @@ def main(argv=None) -> None:
             target = Path(cmd[cmd.index("--json") + 1])
             if args.rerun or not target.is_file():
                 _run(cmd)
-    from dil._atomic import write_text
+    from dil.runtime.files import write_text
 
     write_text(page, render(out_dir, page, commands))
     print(f"wrote {page}")

@@ -18,14 +18,8 @@ from dil.data.registry import (
     season_for_freq,
     with_window,
 )
-from dil.data.table import (
-    DataError,
-    SeriesTable,
-    load_dataset,
-    load_table,
-    resolve,
-    resolve_table,
-)
+from dil.data.datasets import load_dataset, resolve, resolve_table
+from dil.runtime.table import DataError, SeriesTable, load_table
 from dil.data.windows import (
     gather_series,
     gather_windows,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dil.data.table import DataError
+from dil.runtime.table import DataError
 
 FILES_DIR = Path(__file__).resolve().parent / "files"
 

@@ -2,10 +2,10 @@
 
 Samplers (run names):
     torch-full          the PyTorch module, every token recomputed, the runtime's solver and steps
-                        (dil.train.reference, plain DPM-Solver++ 2M)
+                        (dil.evaluate.reference.sampler, plain DPM-Solver++ 2M)
     runtime-full        the runtime (ONNX Runtime), lattice and cache off
     runtime-dil         the runtime with the lattice controller and the token cache on
-    reference-ddpm1000  the PyTorch module sampled by 1000-step ancestral DDPM (dil.train.ancestral)
+    reference-ddpm1000  the PyTorch module sampled by 1000-step ancestral DDPM (dil.evaluate.reference.ancestral)
 
 Each configuration (sampler x steps x batch shape series x samples) is measured in a fresh process
 (dil.evaluate.bench_worker): load, warm up, `repeats` timed forecasts (median and spread), peak RSS
@@ -294,8 +294,8 @@ def _torch_checkpoint(cfg: BenchConfig):
     """
     if not any(n in cfg.names for n in TORCH_NAMES):
         return None, None
-    from dil._deps import MissingDependency
-    from dil.evaluate.reference import ReferenceUnavailable, load_reference
+    from dil.runtime.deps import MissingDependency
+    from dil.evaluate.torch_baselines import ReferenceUnavailable, load_reference
 
     try:
         return load_reference(cfg.engine, cfg.checkpoint).run, None

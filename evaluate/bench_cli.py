@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dil._atomic import write_text
+from dil.runtime.files import write_text
 from dil.evaluate.bench_worker import NAMES
 
 
@@ -103,8 +103,8 @@ def main(engine, dataset, checkpoint, json_path, plot_path, steps, large_steps, 
     machine). The full sweep:
     --large-steps 5,10,20,50 --large-repeats 3 --ddpm-series 1,50 --windows 50 (hours on 2 cores).
     """
-    from dil._deps import MissingDependency, require
-    from dil.data.table import DataError
+    from dil.runtime.deps import MissingDependency, require
+    from dil.runtime.table import DataError
     from dil.evaluate.bench import BenchConfig, BenchError, run_bench
     from dil.evaluate.cli import _check_out
     from dil.evaluate.harness import EvaluationError

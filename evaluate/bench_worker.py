@@ -74,7 +74,7 @@ def _runtime_options(lattice: bool, cache: bool, predict) -> dict:
     Written against SamplerConfig(lattice=..., cache=...): a build whose SamplerConfig has no such
     fields has only the plain full-recompute sampler.
     """
-    from dil.runtime.sampler import SamplerConfig
+    from dil.runtime.sampling.sampler import SamplerConfig
 
     fields = {f.name for f in dataclasses.fields(SamplerConfig)}
     if not {"lattice", "cache"} <= fields:
@@ -91,7 +91,7 @@ def _runtime_options(lattice: bool, cache: bool, predict) -> dict:
 
 def _runtime(spec: dict):
     from dil.runtime import Forecaster
-    from dil.runtime.sampler import SamplerConfig
+    from dil.runtime.sampling.sampler import SamplerConfig
 
     fc = Forecaster.load(spec["engine"], threads=spec["threads"])
     opts = _runtime_options(spec["name"] == "runtime-dil", spec["name"] == "runtime-dil", fc.predict_windows)
@@ -124,9 +124,9 @@ def _torch(spec: dict):
         torch.set_num_interop_threads(1)  # sequential between ops, as ONNX Runtime's default
     except RuntimeError:  # in-process runs: torch has already started its pools
         pass
-    from dil.train.ancestral import ancestral_forecast
+    from dil.evaluate.reference.ancestral import ancestral_forecast
     from dil.train.checkpoint import load_checkpoint
-    from dil.train.reference import reference_forecast
+    from dil.evaluate.reference.sampler import reference_forecast
 
     ckpt = load_checkpoint(spec["checkpoint"])
     model, schedule = ckpt.model, ckpt.schedule

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from dil._atomic import write_text
+from dil.runtime.files import write_text
 
 _ROWS = ("crps", "crps_sample", "crps_sum", "mae", "mse", "coverage_50", "coverage_90")
 
@@ -115,18 +115,18 @@ def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, s
     seasonal-naive baseline on the same windows, and the same model sampled by 1000-step ancestral
     DDPM in PyTorch on a few windows (--ddpm-windows).
     """
-    from dil._deps import MissingDependency
-    from dil.data.table import DataError
+    from dil.runtime.deps import MissingDependency
+    from dil.runtime.table import DataError
     from dil.evaluate.engine_eval import evaluate_engine
     from dil.evaluate.harness import EvaluationError
-    from dil.evaluate.reference import ReferenceUnavailable
+    from dil.evaluate.torch_baselines import ReferenceUnavailable
     from dil.runtime.manifest import ManifestError
 
     _check_out(json_path, "--json")
     _check_out(plots_dir, "--plots", is_dir=True)
     try:
         if plots_dir is not None:
-            from dil._deps import require
+            from dil.runtime.deps import require
 
             require("matplotlib", "plot")
         ev = evaluate_engine(

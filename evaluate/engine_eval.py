@@ -1,5 +1,5 @@
 """The evaluation of an exported artifact: the runtime Forecaster plugged into the harness, plus the
-torch baselines of the same model (dil.evaluate.reference) where a checkpoint is at hand."""
+torch baselines of the same model (dil.evaluate.torch_baselines) where a checkpoint is at hand."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     """(DatasetSpec, SeriesTable) to evaluate an engine on: `dataset` (bundled name) or `data` (a
     file), else the bundled dataset and series the manifest says it was trained on."""
     from dil.data.registry import DATASETS
-    from dil.data.table import DataError, resolve
+    from dil.data.datasets import resolve
+    from dil.runtime.table import DataError
 
     trained_on = manifest.data or {}
     if dataset is None and data is None:
@@ -70,7 +71,7 @@ def evaluate_engine(
     lattice + cache on; {"lattice": False, "cache": False} is the plain DPM-Solver++ sampler).
     Extra keyword arguments go to run_evaluation (n_windows, season, batch_size, progress).
     """
-    from dil._deps import MissingDependency
+    from dil.runtime.deps import MissingDependency
     from dil.runtime import Forecaster
 
     fc = Forecaster.load(engine)
@@ -79,7 +80,7 @@ def evaluate_engine(
 
     notes, subset = [], {}
     if ddpm_windows:
-        from dil.evaluate.reference import ReferenceUnavailable, ddpm_forecast_fn, load_reference
+        from dil.evaluate.torch_baselines import ReferenceUnavailable, ddpm_forecast_fn, load_reference
 
         try:
             ref = load_reference(engine, checkpoint, onnx_engine=fc.engine)

@@ -65,9 +65,9 @@ def machine_info(threads: int) -> dict:
 def versions() -> dict:
     from importlib import metadata
 
-    import dil
+    import dil.runtime
 
-    out = {"dil": dil.__version__, "python": platform.python_version()}
+    out = {"dil": dil.runtime.__version__, "python": platform.python_version()}
     for pkg in ("numpy", "onnxruntime", "torch"):
         try:
             out[pkg] = metadata.version(pkg)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dil._atomic import atomic_path
-from dil._deps import require
+from dil.runtime.files import atomic_path
+from dil.runtime.deps import require
 from dil.runtime.quantiles import sample_quantiles
 
 FAN_FILE = "fan_charts.png"

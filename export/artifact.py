@@ -3,7 +3,7 @@
     export_artifact("runs/NAME", "engines")  ->  engines/NAME.encode.onnx, NAME.denoise.onnx, NAME.json
 
 Order: load the checkpoint, export both graphs into a temporary folder inside the output folder,
-validate them against the PyTorch module (`dil.export.validate`), and only then move them into
+validate them against the PyTorch module (`dil.export.graph_check`), and only then move them into
 place and write the manifest last. A failure at any point leaves nothing behind and never touches
 a previous artifact of the same name; a successful export replaces it (its old manifest is removed
 first, so a reader never pairs an old manifest with new graphs).
@@ -25,12 +25,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dil._atomic import write_text
+from dil.runtime.files import write_text
 from dil.export.onnx_export import OPSET, dynamic_axes, export_onnx
 from dil.export.real_data import training_windows
-from dil.export.validate import FP32_TOLERANCE, REAL_WINDOWS, SUBSET_TOLERANCE, failures, validate_graphs
-from dil.runtime.manifest import Manifest, sha256_file
-from dil.runtime.trt_profile import ProfileError, resolve_profile
+from dil.export.graph_check import FP32_TOLERANCE, REAL_WINDOWS, SUBSET_TOLERANCE, failures, validate_graphs
+from dil.runtime.files import sha256_file
+from dil.runtime.manifest import Manifest
+from dil.runtime.backends.trt_profile import ProfileError, resolve_profile
 from dil.train.checkpoint import load_checkpoint
 
 PRECISION = "fp32"
@@ -105,10 +106,10 @@ def _versions() -> dict:
     import onnxscript
     import torch
 
-    import dil
+    import dil.runtime
 
     return {
-        "dil": dil.__version__,
+        "dil": dil.runtime.__version__,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -151,7 +152,7 @@ def export_artifact(
     timing_cache: its path (default out_dir/tensorrt.timing.cache).
 
     name: artifact name (default: the run folder's name). validate: compare ONNX Runtime with the
-    PyTorch module (see dil.export.validate) and refuse the artifact beyond `tolerance` (max abs
+    PyTorch module (see dil.export.graph_check) and refuse the artifact beyond `tolerance` (max abs
     error, standardised scale) or `subset_tolerance` (subset equivalence). seed: of the validation
     inputs. data_path: the training table, for checkpoints trained on a user file (bundled datasets
     are found by name); without it real-input validation is skipped and the manifest says why.

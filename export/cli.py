@@ -85,7 +85,7 @@ def tensorrt_lines(manifest) -> list[str]:
 
 
 def _trt_ranges(**options) -> dict:
-    from dil.runtime.trt_profile import ProfileError, parse_range
+    from dil.runtime.backends.trt_profile import ProfileError, parse_range
 
     axes = {"trt_batch": "G", "trt_samples": "N", "trt_tokens": "S", "trt_context": "L", "trt_horizon": "H"}
     out = {}
@@ -164,7 +164,7 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
       dil-export --checkpoint runs/metro-traffic --out engines/metro-traffic.plan   # + TensorRT
       dil-export --artifact engines/metro-traffic.fp16.json --tensorrt            # plans on this GPU
     """
-    from dil._deps import MissingDependency, require
+    from dil.runtime.deps import MissingDependency, require
 
     if (checkpoint is None) == (artifact is None):
         raise click.ClickException("give exactly one of --checkpoint (export a trained run) and --artifact "
@@ -217,7 +217,7 @@ def _plans_for_artifact(artifact: Path, tensorrt: bool, ranges: dict, strongly_t
     from dil.export.tensorrt import TrtBuildError
     from dil.export.trt_artifact import tensorrt_for_artifact
     from dil.runtime.manifest import ManifestError
-    from dil.runtime.trt_profile import ProfileError
+    from dil.runtime.backends.trt_profile import ProfileError
 
     say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     try:

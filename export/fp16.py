@@ -16,7 +16,7 @@ does what TensorRT 11's strongly typed builds need: the precision lives in the g
   -1e4, so nothing is clipped in this model; the count is recorded).
 - Casts to float32 inside the float16 region (e.g. the padding mask) are retargeted to float16.
 
-The float16 graph is validated like the float32 one (dil.export.validate) with the looser
+The float16 graph is validated like the float32 one (dil.export.graph_check) with the looser
 FP16_TOLERANCE, against the float32 PyTorch module.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dil._atomic import atomic_path
+from dil.runtime.files import atomic_path
 
 # LayerNorm, softmax and reductions accumulate over many elements: float16 there loses the
 # statistics (variance of large activations overflows, softmax sums saturate).

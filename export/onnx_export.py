@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from dil._atomic import atomic_path
+from dil.runtime.files import atomic_path
 from dil.runtime.manifest import DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS
 from dil.train.model import ScoreNet
 

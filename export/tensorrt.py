@@ -4,7 +4,7 @@
 
 Builds NAME.encode.plan, NAME.denoise.plan and NAME.cache_update.plan (the device-side scatter of
 fresh keys/values into the token cache) from the ONNX graphs, with one optimization profile over
-G, N, S, L, H (dil.runtime.trt_profile) and a timing cache shared by the builds in the folder.
+G, N, S, L, H (dil.runtime.backends.trt_profile) and a timing cache shared by the builds in the folder.
 
 Precision and TensorRT version (`build_mode`):
     fp32                      the float32 ONNX graphs, TF32 off (float32 parity with ONNX Runtime)
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from onnx import TensorProto, helper
 
-from dil._atomic import write_bytes
-from dil.runtime.manifest import sha256_file
-from dil.runtime.trt_profile import input_shapes, plan_key
+from dil.runtime.files import write_bytes
+from dil.runtime.files import sha256_file
+from dil.runtime.backends.trt_profile import input_shapes, plan_key
 
 TIMING_CACHE = "tensorrt.timing.cache"  # in the output folder, shared by every build there
 GRAPHS = ("encode", "denoise", "cache_update")
@@ -39,8 +39,8 @@ class TrtBuildError(RuntimeError):
 
 def require_tensorrt():
     """(tensorrt module, GpuInfo) or TrtBuildError naming what is missing."""
-    from dil._deps import MissingDependency, require
-    from dil.runtime.cuda import gpu_info
+    from dil.runtime.deps import MissingDependency, require
+    from dil.runtime.backends.cuda import gpu_info
 
     gpu = gpu_info()
     if gpu is None:
@@ -175,7 +175,7 @@ def build_plans(manifest, sources: dict, work_dir, profile: dict, *, trt, gpu, s
     """Build the three plans of `manifest` (precision fp32 or fp16) into work_dir.
 
     sources: {"fp32": {graph: path}, "fp16": {graph: path}}: the ONNX graphs to build from (fp16
-    only needed for the strongly typed route). profile: dil.runtime.trt_profile.resolve_profile(...).
+    only needed for the strongly typed route). profile: dil.runtime.backends.trt_profile.resolve_profile(...).
     Returns (record for manifest["tensorrt"], {graph: {"plan_file", "plan_sha256", "plan_bytes",
     "plan_source"}} for the manifest's graphs). Writes the plans and the timing cache atomically.
     """

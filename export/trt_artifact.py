@@ -15,11 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dil._atomic import write_text
+from dil.runtime.files import write_text
 from dil.export.tensorrt import TIMING_CACHE, TrtBuildError, build_plans, require_tensorrt, up_to_date
 from dil.export.trt_validate import tolerance_for, validate_plans
 from dil.runtime.manifest import GRAPHS, Manifest, ManifestError, load_manifest
-from dil.runtime.trt_profile import resolve_profile
+from dil.runtime.backends.trt_profile import resolve_profile
 
 
 def sources_for(manifest: Manifest) -> dict:
@@ -53,7 +53,7 @@ def add_plans(manifest: Manifest, sources: dict, build_dir, ranges: dict, *, trt
     manifest.extra["tensorrt"] = record
     manifest.versions = {**manifest.versions, "tensorrt": trt.__version__}
     if validate:
-        from dil.runtime.trt_engine import TrtEngine
+        from dil.runtime.backends.trt_engine import TrtEngine
 
         say(f"validating the TensorRT {manifest.precision} engines against ONNX Runtime")
         engine = TrtEngine(manifest, plan_dir=build_dir)

@@ -3,7 +3,7 @@
 Three checks, each at shapes taken from the engines' profile (its min and opt corners, plus a
 token subset with padding entries):
 - parity: encode and denoise of the plans against the float32 ONNX graphs on ONNX Runtime, with
-  the dil.export.validate machinery (same inputs, max abs/rel error on the standardised scale);
+  the dil.export.graph_check machinery (same inputs, max abs/rel error on the standardised scale);
 - device cache: two denoise_cached steps (token cache scattered on the GPU by the cache_update
   plan) against denoise with the same cache kept on the host (0 expected);
 - Polygraphy (optional dependency): `Comparator` runs ONNX Runtime and TensorRT on the denoise
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.export.validate import (
+from dil.export.graph_check import (
     FP32_TOLERANCE,
     OrtGraphs,
     Shape,

@@ -7,12 +7,14 @@ onnxruntime is imported when an engine is loaded and pandas only where a DataFra
 written, so importing this package stays quick.
 """
 
-from dil.runtime.controller import FastController
-from dil.runtime.engine import EngineError, EngineStats, OnnxEngine
+__version__ = "0.1.0"
+
+from dil.runtime.sampling.fast_controller import FastController
+from dil.runtime.backends.onnx_engine import EngineError, EngineStats, OnnxEngine
 from dil.runtime.forecaster import Forecast, ForecastError, Forecaster
 from dil.runtime.manifest import Manifest, ManifestError, load_manifest
 from dil.runtime.quantiles import QUANTILE_LEVELS
-from dil.runtime.sampler import SamplerConfig, SamplerStats
+from dil.runtime.sampling.sampler import SamplerConfig, SamplerStats
 
 __all__ = [
     "EngineError",

@@ -22,7 +22,7 @@ def _output_kind(path: Path) -> str:
 
 def _check_outputs(out: Path | None, plot: Path | None) -> None:
     """Fail before any work when an output cannot be written (so nothing is half done)."""
-    from dil._deps import require
+    from dil.runtime.deps import require
     from dil.runtime.plot import FORMATS
 
     for opt, path in (("--out", out), ("--plot", plot)):
@@ -37,7 +37,7 @@ def _check_outputs(out: Path | None, plot: Path | None) -> None:
 
 
 def _write_table(frame, path: Path, kind: str) -> None:
-    from dil._atomic import atomic_path
+    from dil.runtime.files import atomic_path
 
     with atomic_path(path) as tmp:
         if kind == "parquet":
@@ -99,7 +99,7 @@ SAMPLER_OPTIONS = [
 
 def _sampler_options(func):
     """Add one click option per sampler setting (default None = the SamplerConfig default)."""
-    from dil.runtime.sampler_config import SamplerConfig
+    from dil.runtime.sampling.config import SamplerConfig
 
     defaults = SamplerConfig()
     for flag, name, kind, text in reversed(SAMPLER_OPTIONS):
@@ -157,9 +157,9 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
 
     The sampler settings (lattice and cache options below) are described in docs/sampler.md.
     """
-    from dil._deps import MissingDependency
-    from dil.data import DataError, load_table
-    from dil.runtime.engine import EngineError
+    from dil.runtime.deps import MissingDependency
+    from dil.runtime.table import DataError, load_table
+    from dil.runtime.backends.onnx_engine import EngineError
     from dil.runtime.forecaster import ForecastError, Forecaster
     from dil.runtime.manifest import ManifestError
 
@@ -190,7 +190,7 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
         else:
             _to_stdout(frame)
         if image is not None:
-            from dil._atomic import write_bytes
+            from dil.runtime.files import write_bytes
 
             write_bytes(plot, image)
     except (DataError, ManifestError, EngineError, ForecastError, MissingDependency, ValueError, OSError) as exc:

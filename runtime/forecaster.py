@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from dil.runtime.engine import OnnxEngine
+from dil.runtime.backends.onnx_engine import OnnxEngine
 from dil.runtime.quantiles import QUANTILE_LEVELS, quantile_column, sample_quantiles
 from dil.runtime.rng import initial_noise, series_key
-from dil.runtime.sampler import SamplerConfig, SamplerStats, _check_int, sample
+from dil.runtime.sampling.sampler import SamplerConfig, SamplerStats, _check_int, sample
 from dil.runtime.scaling import ScalingError, context_features, context_scale, standardise
 
 DEFAULT_BATCH_SERIES = 16

@@ -14,13 +14,13 @@ Sections of the JSON not named below (e.g. "tensorrt", "fp16", "dynamic_axes") a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dil.runtime.config import ModelConfig
-from dil.runtime.schedule import NoiseSchedule
+from dil.runtime.files import sha256_file
+from dil.runtime.model_config import ModelConfig
+from dil.runtime.sampling.schedule import NoiseSchedule
 
 FORMAT_VERSION = 1
 GRAPHS = ("encode", "denoise")
@@ -38,14 +38,6 @@ DENOISE_OUTPUTS = ("eps_sub", "k_sub", "v_sub")
 
 class ManifestError(ValueError):
     """The artifact is missing, incomplete or inconsistent."""
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_path(engine) -> Path:

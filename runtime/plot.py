@@ -1,6 +1,6 @@
 """Fan chart of a forecast: recent history, median, 50% and 90% central intervals (`dil-run --plot`).
 
-Needs matplotlib (the `plot` extra); a missing one raises dil._deps.MissingDependency naming it.
+Needs matplotlib (the `plot` extra); a missing one raises dil.runtime.deps.MissingDependency naming it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from dil._deps import require
+from dil.runtime.deps import require
 
 MAX_SERIES = 4  # panels in one chart; more series make unreadable thumbnails
 FORMATS = ("png", "pdf", "svg")

@@ -21,7 +21,7 @@ TINY = dict(
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from dil.runtime.config import ModelConfig
+    from dil.runtime.model_config import ModelConfig
 
     return ModelConfig(**TINY)
 
@@ -42,7 +42,7 @@ def tiny_model(tiny_config):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_model, tmp_path_factory):
     """A run folder holding the tiny model (as if trained on the 'etth1' columns)."""
-    from dil.runtime.schedule import NoiseSchedule
+    from dil.runtime.sampling.schedule import NoiseSchedule
     from dil.train.checkpoint import save_checkpoint
 
     run = tmp_path_factory.mktemp("runs") / "tiny"

@@ -1,4 +1,4 @@
-"""The 1000-step ancestral DDPM baseline (dil.train.ancestral) against an independent float64 NumPy
+"""The 1000-step ancestral DDPM baseline (dil.evaluate.reference.ancestral) against an independent float64 NumPy
 implementation, an exact data predictor, and the runtime's noise streams."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from dil.runtime.rng import initial_noise, series_stream  # noqa: E402
 from dil.runtime.scaling import context_features, context_scale, standardise  # noqa: E402
-from dil.runtime.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
-from dil.train.ancestral import ancestral_forecast, ancestral_loop, ancestral_sample  # noqa: E402
+from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
+from dil.evaluate.reference.ancestral import ancestral_forecast, ancestral_loop, ancestral_sample  # noqa: E402
 
 
 def numpy_ddpm(eps_of, T: int, beta_start: float, beta_end: float, seed: int, keys, N: int, H: int):

@@ -29,7 +29,7 @@ def _cli(args):
 
 def _predict(fc, ctx, ids, steps, lattice):
     """The runtime forecast of a bench run, called directly (lattice = cache = `lattice`)."""
-    from dil.runtime.sampler import SamplerConfig
+    from dil.runtime.sampling.sampler import SamplerConfig
 
     cfg = SamplerConfig(inference_steps=steps, lattice=lattice, cache=lattice)
     return fc.predict_windows(ctx, num_samples=N, seed=0, series_keys=ids, batch_series=len(ids), config=cfg)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from dil.runtime import cache as policy
+from dil.runtime.sampling import cache_policy as policy
 
 
 @pytest.mark.parametrize("H,K,expected", [(24, 5, [2, 7, 12, 16, 21]), (8, 2, [2, 6]), (8, 1, [4]), (4, 9, [0, 1, 2, 3]), (8, 0, [])])

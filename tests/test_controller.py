@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from dil.runtime import Forecaster, OnnxEngine, SamplerConfig
-from dil.runtime.cache import core_positions
-from dil.runtime.controller import FastController
-from dil.runtime.lattice import coarsest_scale
+from dil.runtime.sampling.cache_policy import core_positions
+from dil.runtime.sampling.fast_controller import FastController
+from dil.runtime.sampling.lattice import coarsest_scale
 from dil.runtime.rng import initial_noise
-from dil.runtime.sampler import FullController, sample
+from dil.runtime.sampling.sampler import FullController, sample
 from dil.runtime.scaling import context_features
 
 G, N, STEPS = 3, 6, 8

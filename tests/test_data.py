@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dil.runtime.manifest import sha256_file
+from dil.runtime.files import sha256_file
 
 from dil.data import (
     DATASETS,

@@ -304,7 +304,7 @@ def test_dil_eval_ddpm_baseline_on_the_same_windows(tiny_artifact, tiny_checkpoi
 
     from dil.data import load_dataset
     from dil.runtime import Forecaster
-    from dil.train.ancestral import ancestral_forecast
+    from dil.evaluate.reference.ancestral import ancestral_forecast
     from dil.train.checkpoint import load_checkpoint
 
     out = tmp_path / "eval.json"

@@ -25,9 +25,9 @@ from dil.export import artifact as artifact_mod  # noqa: E402
 from dil.export.artifact import ExportError, export_artifact  # noqa: E402
 from dil.export.cli import main as cli  # noqa: E402
 from dil.export.real_data import training_windows  # noqa: E402
-from dil.export.validate import FP32_TOLERANCE, errors, validate_graphs  # noqa: E402
+from dil.export.graph_check import FP32_TOLERANCE, errors, validate_graphs  # noqa: E402
 from dil.runtime.manifest import load_manifest  # noqa: E402
-from dil.runtime.schedule import NoiseSchedule  # noqa: E402
+from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
 
 F32, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 
@@ -346,9 +346,9 @@ def test_cli_exports_into_a_new_folder(tiny_checkpoint, tmp_path):
     assert f"wrote {out / 'cli.denoise.onnx'}" in result.output
     assert "subset equivalence" in result.output and "FAILED" not in result.output
     # The exporter's per-node stack traces (paths of the exporting machine) are not shipped.
-    import dil
+    import dil.runtime
 
-    here = str(Path(dil.__file__).resolve().parent.parent)
+    here = str(Path(dil.runtime.__file__).resolve().parent.parent)
     for graph in ("cli.encode.onnx", "cli.denoise.onnx"):
         data = (out / graph).read_bytes()
         assert here.encode() not in data and b"site-packages" not in data

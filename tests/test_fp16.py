@@ -22,9 +22,9 @@ from dil.export.fp16 import (  # noqa: E402
     convert_to_fp16,
     precision_report,
 )
-from dil.export.validate import validate_graphs  # noqa: E402
+from dil.export.graph_check import validate_graphs  # noqa: E402
 from dil.runtime.manifest import load_manifest  # noqa: E402
-from dil.runtime.schedule import NoiseSchedule  # noqa: E402
+from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from dil.runtime import lattice as lat
+from dil.runtime.sampling import lattice as lat
 
 
 def partition_ok(lvl_row, H: int, s_max: int) -> bool:

@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dil.runtime import Forecaster  # noqa: E402
-from dil.runtime.schedule import NoiseSchedule  # noqa: E402
-from dil.train.reference import dpm_solver_pp_update, reference_forecast  # noqa: E402
+from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
+from dil.evaluate.reference.sampler import dpm_solver_pp_update, reference_forecast  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dil.runtime.sampler import StepPlan  # noqa: E402
+from dil.runtime.sampling.sampler import StepPlan  # noqa: E402
 from dil.runtime.scaling import context_features  # noqa: E402
-from dil.runtime.schedule import NoiseSchedule  # noqa: E402
-from dil.train.reference import (  # noqa: E402
+from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
+from dil.evaluate.reference.sampler import (  # noqa: E402
     ReferenceCache,
     ReferencePlan,
     ReferenceSampler,
@@ -122,9 +122,9 @@ def test_cache_ages_validity_and_x0_hat():
 def test_scripted_subsets_match_the_runtime_with_shared_outputs(tiny_model, tiny_config, inputs):
     """The runtime sampler (cache, per-token orders, padding) and the reference, fed the same network
     outputs: same decisions, samples equal to float64 rounding."""
-    from dil.export.validate import TorchGraphs
-    from dil.export.validation_report import LockstepEngine, RecordingController, compare_decisions
-    from dil.runtime.sampler import SamplerConfig, sample
+    from dil.export.graph_check import TorchGraphs
+    from dil.evaluate.validation_report import LockstepEngine, RecordingController, compare_decisions
+    from dil.runtime.sampling.sampler import SamplerConfig, sample
 
     ctx, x_T = inputs
     masks, orders = scripted(*x_T.shape, STEPS)
@@ -145,7 +145,7 @@ def test_scripted_subsets_free_run_onnx_vs_torch(tiny_artifact, tiny_model, inpu
     """Each with its own network (ONNX Runtime vs torch): the same fixed decisions give samples
     within 1e-4 (standardised scale)."""
     from dil.runtime import OnnxEngine
-    from dil.runtime.sampler import SamplerConfig, sample
+    from dil.runtime.sampling.sampler import SamplerConfig, sample
 
     ctx, x_T = inputs
     masks, orders = scripted(*x_T.shape, STEPS, seed=1)
@@ -157,8 +157,8 @@ def test_scripted_subsets_free_run_onnx_vs_torch(tiny_artifact, tiny_model, inpu
 
 
 # -- the reference controller's own math (docs/sampler.md), hand-worked -----------------------
-from dil.train import reference_lattice as rl  # noqa: E402
-from dil.train.reference_controller import control_uniforms, core_mask, numpy_median  # noqa: E402
+from dil.evaluate.reference import lattice as rl  # noqa: E402
+from dil.evaluate.reference.controller import control_uniforms, core_mask, numpy_median  # noqa: E402
 
 
 class Settings:
@@ -244,7 +244,7 @@ def test_lattice_orders_follow_the_stability_thresholds():
 
 
 def test_core_follow_weights_interpolate_like_numpy():
-    from dil.train.reference_controller import follow_weights
+    from dil.evaluate.reference.controller import follow_weights
 
     for K, H in ((5, 8), (3, 24), (1, 24), (7, 144)):
         core = core_mask(K, H)
@@ -258,8 +258,8 @@ def test_forecaster_fast_sampler_equals_reference_forecast(tiny_artifact, tiny_m
     """The public paths end to end: Forecaster (named series, batches of 2) and reference_forecast
     with the same settings draw the same noise and control streams and agree within 1e-4."""
     from dil.runtime import Forecaster
-    from dil.runtime.sampler import SamplerConfig
-    from dil.train.reference import reference_forecast
+    from dil.runtime.sampling.sampler import SamplerConfig
+    from dil.evaluate.reference.sampler import reference_forecast
 
     rng = np.random.default_rng(11)
     ctx = 5.0 + rng.standard_normal((3, tiny_config.context_length)).cumsum(axis=1)

@@ -13,7 +13,7 @@ import pytest
 
 from dil.runtime import EngineError, ForecastError, Forecaster, ManifestError, OnnxEngine, SamplerConfig
 from dil.runtime.quantiles import QUANTILE_LEVELS, quantile_column
-from dil.runtime.sampler import StepPlan, TokenCache
+from dil.runtime.sampling.sampler import StepPlan, TokenCache
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from dil.runtime.cli import main
-from dil.runtime.manifest import sha256_file
+from dil.runtime.files import sha256_file
 from dil.runtime.quantiles import QUANTILE_LEVELS, quantile_column
 
 QCOLS = [quantile_column(q) for q in QUANTILE_LEVELS]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dil.runtime.schedule import NoiseSchedule, diffusion_time_features
+from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 
 
 def _hand_alphas_cumprod(T=1000, b0=1e-4, b1=2e-2):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dil.runtime.config import ModelConfig
-from dil.runtime.engine import EngineStats
-from dil.runtime.sampler import SamplerConfig, sample
-from dil.runtime.schedule import NoiseSchedule
-from dil.runtime.solver import DPMSolverPP
+from dil.runtime.model_config import ModelConfig
+from dil.runtime.backends.onnx_engine import EngineStats
+from dil.runtime.sampling.sampler import SamplerConfig, sample
+from dil.runtime.sampling.schedule import NoiseSchedule
+from dil.runtime.sampling.solver import DPMSolverPP
 
 SCH = NoiseSchedule()
 S_DATA = 0.5  # std of the Gaussian toy data below

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dil.runtime.cuda import gpu_info
-from dil.runtime.trt_profile import (
+from dil.runtime.backends.cuda import gpu_info
+from dil.runtime.backends.trt_profile import (
     PlanMismatch,
     ProfileError,
     check_plan_record,
@@ -240,7 +240,7 @@ def test_sampler_keeps_kv_in_the_engine_when_it_can(tiny_artifact, tiny_config, 
 # ---------------------------------------------------------------------------------------------
 # Machines without a GPU: refusals with what to do, before any engine call or any work.
 def test_import_runtime_does_not_import_tensorrt():
-    code = "import sys, dil.runtime, dil.runtime.backends, dil.runtime.trt_engine; " \
+    code = "import sys, dil.runtime, dil.runtime.backends, dil.runtime.backends.trt_engine; " \
            "sys.exit(int(any(m in sys.modules for m in ('tensorrt', 'torch'))))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -358,7 +358,7 @@ def test_trt_mismatched_plan_refused_and_rebuild_is_cached(trt_artifact, tmp_pat
 
     from dil.export.trt_artifact import tensorrt_for_artifact
     from dil.runtime import EngineError
-    from dil.runtime.trt_engine import TrtEngine
+    from dil.runtime.backends.trt_engine import TrtEngine
 
     for f in trt_artifact.path.parent.glob("tiny.*"):
         shutil.copy(f, tmp_path / f.name)

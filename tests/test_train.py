@@ -15,7 +15,7 @@ from click.testing import CliRunner  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from dil.data import get_spec  # noqa: E402
-from dil.runtime.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
+from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
 from dil.train.checkpoint import load_checkpoint  # noqa: E402
 from dil.train.cli import main  # noqa: E402
 from dil.train.dataset import WindowSet, draw_noise  # noqa: E402
@@ -102,7 +102,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_cli_trains_a_loadable_checkpoint(tiny_run):
-    from dil.runtime.config import ModelConfig
+    from dil.runtime.model_config import ModelConfig
 
     out, output = tiny_run
     assert "checkpoint:" in output and "best val loss" in output

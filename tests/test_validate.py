@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
 from dil.export.real_data import training_windows  # noqa: E402
-from dil.export.validate_cli import main as cli  # noqa: E402
-from dil.export.validation_report import (  # noqa: E402
+from dil.evaluate.validate_cli import main as cli  # noqa: E402
+from dil.evaluate.validation_report import (  # noqa: E402
     compare_decisions,
     compare_forecasts,
     controller_check,
@@ -22,9 +22,9 @@ from dil.export.validation_report import (  # noqa: E402
     validate_sampler,
 )
 from dil.runtime import OnnxEngine  # noqa: E402
-from dil.runtime.sampler import SamplerConfig  # noqa: E402
-from dil.runtime.schedule import NoiseSchedule  # noqa: E402
-from dil.train.reference import StepDecision  # noqa: E402
+from dil.runtime.sampling.sampler import SamplerConfig  # noqa: E402
+from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
+from dil.evaluate.reference.sampler import StepDecision  # noqa: E402
 
 SAMPLES, STEPS = 16, 10
 
@@ -110,8 +110,8 @@ def test_runtime_and_reference_agree_on_real_windows(engine, tiny_model, tiny_co
 
 def test_controller_check_detects_a_controller_that_differs(tiny_model, tiny_config, monkeypatch):
     """The check can fail: a reference that takes order 1 where the runtime takes order 2."""
-    import dil.export.validation_report as vr
-    from dil.train.reference import ReferenceFullController
+    import dil.evaluate.validation_report as vr
+    from dil.evaluate.reference.sampler import ReferenceFullController
 
     monkeypatch.setattr(vr, "reference_controller", lambda config, keys, seed: ReferenceFullController(1))
     rng = np.random.default_rng(0)
@@ -130,8 +130,8 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
     decisions flip; every first flip comes first in the list and carries the reference's margin."""
     import copy
 
-    from dil.export.validate import TorchGraphs
-    from dil.runtime.engine import EngineStats
+    from dil.export.graph_check import TorchGraphs
+    from dil.runtime.backends.onnx_engine import EngineStats
 
     other = copy.deepcopy(tiny_model)
     gen = torch.Generator().manual_seed(1)

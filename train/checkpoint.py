@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dil._atomic import atomic_path, write_text
-from dil.runtime.config import ModelConfig
-from dil.runtime.schedule import NoiseSchedule
+from dil.runtime.files import atomic_path, write_text
+from dil.runtime.model_config import ModelConfig
+from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.train.model import ScoreNet
 
 FORMAT_VERSION = 1

@@ -26,7 +26,7 @@ def _stored(run_dir: Path) -> dict:
 
 
 def _configs(opts: dict, spec, stored: dict):
-    from dil.runtime.config import ModelConfig
+    from dil.runtime.model_config import ModelConfig
     from dil.train.trainer import TrainConfig
 
     model = dict(stored.get("model") or {})
@@ -74,7 +74,7 @@ def main(**opts) -> None:
       dil-train --data my.csv --date-column date --columns load --context 96 --horizon 24 --out runs/mine
       dil-train --out runs/metro --resume --epochs 20  # continue a run
     """
-    from dil._deps import MissingDependency
+    from dil.runtime.deps import MissingDependency
 
     try:
         _run(opts)
@@ -83,7 +83,8 @@ def main(**opts) -> None:
 
 
 def _run(opts: dict) -> None:
-    from dil.data.table import DataError, resolve
+    from dil.data.datasets import resolve
+    from dil.runtime.table import DataError
     from dil.runtime.scaling import ScalingError
     from dil.train.checkpoint import CheckpointError
     from dil.train.trainer import check_run_dir, train

@@ -98,7 +98,7 @@ class NoiseDraw:
 
 def draw_noise(rng: np.random.Generator, schedule, target: np.ndarray, n_draws: int, time_dim: int) -> NoiseDraw:
     """k ~ U{0..T-1}, eps ~ N(0, I), x_k = alpha_k y + sigma_k eps (float64, cast once at the end)."""
-    from dil.runtime.schedule import diffusion_time_features
+    from dil.runtime.sampling.schedule import diffusion_time_features
 
     B, H = target.shape
     k = rng.integers(0, schedule.num_steps, size=(B, n_draws))

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from dil.runtime.config import ModelConfig
+from dil.runtime.model_config import ModelConfig
 
 # Additive attention mask. Finite (not -inf) and within FP16 range so FP16 graphs stay NaN-free.
 MASK_VALUE = -1.0e4

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from dil._atomic import write_text
+from dil.runtime.files import write_text
 from dil.data.registry import DatasetSpec
-from dil.data.table import DataError, SeriesTable
+from dil.runtime.table import DataError, SeriesTable
 from dil.data.windows import split_bounds
-from dil.runtime.config import ModelConfig
-from dil.runtime.schedule import NoiseSchedule
+from dil.runtime.model_config import ModelConfig
+from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.train.checkpoint import CheckpointError, save_checkpoint, save_tensors
 from dil.train.dataset import WindowSet, draw_noise
 from dil.train.model import ScoreNet

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dil.runtime.config import ModelConfig
+from dil.runtime.model_config import ModelConfig
 from dil.runtime.manifest import (
     DENOISE_INPUTS,
     DENOISE_OUTPUTS,
@@ -116,7 +116,7 @@ def default_providers() -> list[str]:
     """
     import onnxruntime as ort
 
-    from dil.runtime.cuda import device_count
+    from dil.runtime.backends.cuda import device_count
 
     _warn_both_onnxruntimes()
     if "CUDAExecutionProvider" in ort.get_available_providers() and device_count() > 0:

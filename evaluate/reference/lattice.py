@@ -1,6 +1,6 @@
 """PyTorch reference of the lattice controller's math (docs/sampler.md section 5), float64.
 
-Written from the specification, independently of dil.runtime.lattice. The partition of a row is
+Written from the specification, independently of dil.runtime.sampling.lattice. The partition of a row is
 held as `lvl` int64 [G, N, H]: the scale s of the active node that holds each token; node (s, j)
 covers tokens [j 2^s, min((j+1) 2^s, H)), so a token's node starts at (h >> s) << s. Node values
 are kept per token (every token of a node carries its node's value); `heads` marks a node's first

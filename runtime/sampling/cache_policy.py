@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.lattice import ceil_eps
+from dil.runtime.sampling.lattice import ceil_eps
 
 TIGHTEN = 0.7  # tau[g] *= TIGHTEN when the probe error is above target
 RELAX = 1.05  # tau[g] *= RELAX otherwise (slowly)

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dil.runtime.cuda import CudaError, DeviceBuffer, Stream, activate, gpu_info
-from dil.runtime.engine import EngineError, EngineStats
-from dil.runtime.manifest import Manifest, load_manifest, sha256_file
-from dil.runtime.trt_profile import (
+from dil.runtime.backends.cuda import CudaError, DeviceBuffer, Stream, activate, gpu_info
+from dil.runtime.backends.onnx_engine import EngineError, EngineStats
+from dil.runtime.files import sha256_file
+from dil.runtime.manifest import Manifest, load_manifest
+from dil.runtime.backends.trt_profile import (
     INPUT_SHAPES,
     OUTPUT_SHAPES,
     PlanMismatch,
@@ -195,7 +196,7 @@ class TrtEngine:
         record = manifest.extra.get("tensorrt")
         if not record:
             raise EngineError(f"{manifest.path} has no TensorRT engines: build them with {self._rebuild}")
-        from dil._deps import require
+        from dil.runtime.deps import require
 
         trt = require("tensorrt", "trt")
         try:

@@ -3,9 +3,9 @@
     ref = load_reference("engines/metro-traffic.onnx")            # checkpoint named by the manifest
     fn = ddpm_forecast_fn(ref, num_samples=100, seed=0)           # a harness forecast_fn
 
-`reference-ddpm1000`: 1000-step ancestral DDPM sampling (dil.train.ancestral), the classic
+`reference-ddpm1000`: 1000-step ancestral DDPM sampling (dil.evaluate.reference.ancestral), the classic
 diffusion-forecaster cost. `torch-full`: the runtime's solver and steps in PyTorch, every token
-recomputed (dil.train.reference). Both need the training checkpoint (the engine holds ONNX graphs,
+recomputed (dil.evaluate.reference.sampler). Both need the training checkpoint (the engine holds ONNX graphs,
 not torch weights): `checkpoint` or the run the manifest names (runs/NAME, looked up from the
 working directory and beside the engine's folder). torch is imported only here, on first use; a
 missing torch gives a one-line MissingDependency naming the `train` extra.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dil._deps import require
+from dil.runtime.deps import require
 from dil.runtime.manifest import ManifestError, checkpoint_run, load_manifest
 
 # Max abs difference of the context keys/values between the checkpoint (torch) and the engine (ONNX)
@@ -52,7 +52,7 @@ def load_reference(engine, checkpoint=None, onnx_engine=None) -> Reference:
     Raises MissingDependency (no torch) or ReferenceUnavailable.
     """
     require("torch", "train")
-    from dil.runtime.engine import OnnxEngine
+    from dil.runtime.backends.onnx_engine import OnnxEngine
     from dil.train.checkpoint import CheckpointError, load_checkpoint
 
     manifest = load_manifest(engine)
@@ -96,7 +96,7 @@ def _bar(progress: bool, total: int, desc: str):
 def ddpm_forecast_fn(ref: Reference, num_samples: int = 100, seed: int = 0, progress: bool = True):
     """A harness forecast_fn: T-step ancestral sampling of the torch module, each window's noise
     from the runtime stream of its id (the same x_T as the runtime's forecast of that window)."""
-    from dil.train.ancestral import ancestral_forecast
+    from dil.evaluate.reference.ancestral import ancestral_forecast
 
     def fn(contexts, ids):
         bar = _bar(progress, ref.schedule.num_steps, ref.name)
@@ -111,7 +111,7 @@ def ddpm_forecast_fn(ref: Reference, num_samples: int = 100, seed: int = 0, prog
 
 def torch_full_forecast_fn(ref: Reference, num_samples: int = 100, steps: int = 20, seed: int = 0):
     """A harness forecast_fn: the runtime's plain DPM-Solver++ sampler in PyTorch (torch-full)."""
-    from dil.train.reference import reference_forecast
+    from dil.evaluate.reference.sampler import reference_forecast
 
     def fn(contexts, ids):
         return reference_forecast(ref.model, ref.schedule, contexts, num_samples, steps, seed, list(ids)).samples

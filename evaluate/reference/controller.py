@@ -1,8 +1,8 @@
 """PyTorch reference of the fast sampler's controller: lattice + E2-CRF token cache (docs/sampler.md).
 
-Re-implemented from the specification in torch float64, independently of dil.runtime.controller /
+Re-implemented from the specification in torch float64, independently of dil.runtime.sampling.fast_controller /
 lattice / cache (only the settings object, the random streams and the schedule are shared). It
-plugs into `dil.train.reference.ReferenceSampler` through start / plan / observe and reports with
+plugs into `dil.evaluate.reference.sampler.ReferenceSampler` through start / plan / observe and reports with
 every plan the margins of its decisions: how far the quantity behind a decision was from its
 threshold, so that a decision that flips between the runtime and the reference in a free run can be
 told apart from a real disagreement.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from dil.runtime.rng import series_key, series_stream
-from dil.train.reference import ReferencePlan
-from dil.train.reference_lattice import (
+from dil.evaluate.reference.sampler import ReferencePlan
+from dil.evaluate.reference.lattice import (
     adapt,
     ceil_eps,
     lattice_orders,

@@ -27,9 +27,9 @@ import torch
 
 from dil.runtime.rng import series_stream
 from dil.runtime.scaling import context_features, unstandardise
-from dil.runtime.schedule import NoiseSchedule, diffusion_time_features
+from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
-from dil.train.reference import standardised_contexts
+from dil.evaluate.reference.sampler import standardised_contexts
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dil.runtime.engine import EngineError, OnnxEngine
+from dil.runtime.backends.onnx_engine import EngineError, OnnxEngine
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -33,7 +33,7 @@ def load_engine(engine, backend: str | None = None, providers=None, threads: int
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if backend == "tensorrt":
-        from dil.runtime.trt_engine import TrtEngine  # imports tensorrt only when an engine is made
+        from dil.runtime.backends.trt_engine import TrtEngine  # imports tensorrt only when an engine is made
 
         return TrtEngine.load(engine, device=device)
     return OnnxEngine.load(engine, providers=providers, threads=threads)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.schedule import NoiseSchedule
+from dil.runtime.sampling.schedule import NoiseSchedule
 
 MAX_ORDER = 3
 

@@ -3,7 +3,7 @@
 Calls the torch ScoreNet directly (`full_step`: every token, every step), draws its noise from the
 same NumPy streams as the runtime (dil.runtime.rng) and takes the schedule, time features and scaling
 from dil.runtime (one source of truth). The DPM-Solver++ update is written here again, independently
-of dil.runtime.solver, in torch float64 and in the paper's own form, so that the runtime is checked
+of dil.runtime.sampling.solver, in torch float64 and in the paper's own form, so that the runtime is checked
 against a second implementation rather than against itself.
 
 Two samplers live here:
@@ -11,7 +11,7 @@ Two samplers live here:
   through the module's `full_step`.
 - `ReferenceSampler`: the whole fast sampler (DESIGN 6-8) through `encode` / `denoise` with the same
   subset, cache and padding semantics as the runtime, driven by a controller from
-  `dil.train.reference_controller`. It records every step's decisions (`StepDecision`: tokens
+  `dil.evaluate.reference.controller`. It records every step's decisions (`StepDecision`: tokens
   computed, per-token solver order, full steps) so that `dil-validate` can compare them with the
   runtime's. It can be advanced one step at a time (`step()`), which lets the validation feed the
   runtime the very network outputs the reference computed (the controller check).
@@ -26,7 +26,7 @@ import torch
 
 from dil.runtime.rng import initial_noise, series_key
 from dil.runtime.scaling import context_features, context_scale, standardise, unstandardise
-from dil.runtime.schedule import NoiseSchedule, diffusion_time_features
+from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
 
 
@@ -115,14 +115,14 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     series_keys: G series names/keys for the noise and control streams (default 0..G-1), as in the
     runtime. config: None for the plain sampler (every token, `solver_order`), or sampler settings
     (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole fast sampler
-    through ReferenceSampler and dil.train.reference_controller; its steps override `steps`.
+    through ReferenceSampler and dil.evaluate.reference.controller; its steps override `steps`.
     """
     z, keys, loc, scale = standardised_contexts(model, contexts, series_keys)
     x_T = initial_noise(seed, keys, num_samples, model.config.horizon)
     if config is None:
         x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order)
     else:
-        from dil.train.reference_controller import ReferenceController
+        from dil.evaluate.reference.controller import ReferenceController
 
         controller = ReferenceController(config, seed=seed, keys=keys)
         x0 = ReferenceSampler(model, schedule, context_features(z), x_T, config.steps, controller,
@@ -139,7 +139,7 @@ class StepDecision:
     computed: bool [G, N, H], tokens the network computed. order: int64 [G, N, H], the solver order
     each token's update used (after the history cap; 1 on the last step). full: bool [G], the
     series' step was computed in full. margins: name -> float64 array, the distance of the quantity
-    behind a decision from its threshold (reference only; see dil.train.reference_controller).
+    behind a decision from its threshold (reference only; see dil.evaluate.reference.controller).
     """
 
     computed: np.ndarray

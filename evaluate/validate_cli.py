@@ -17,7 +17,7 @@ def parse_settings(pairs) -> dict:
     tuple: comma-separated numbers). Raises click.BadParameter naming the bad pair."""
     from dataclasses import fields
 
-    from dil.runtime.sampler import SamplerConfig
+    from dil.runtime.sampling.sampler import SamplerConfig
 
     kinds = {f.name: type(f.default) for f in fields(SamplerConfig)}
     out = {}
@@ -108,7 +108,7 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     Example:
       dil-validate --engine engines/metro-traffic.onnx --json validation.json
     """
-    from dil._deps import MissingDependency, require
+    from dil.runtime.deps import MissingDependency, require
 
     try:
         for module in VALIDATE_MODULES:
@@ -120,9 +120,9 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
         raise click.ClickException(f"--json {json_path}: directory {json_path.parent} does not exist")
     from tqdm import tqdm
 
-    from dil.export.validation_inputs import ValidationInputError
-    from dil.export.validation_report import run_validation
-    from dil.runtime.engine import EngineError
+    from dil.evaluate.validation_inputs import ValidationInputError
+    from dil.evaluate.validation_report import run_validation
+    from dil.runtime.backends.onnx_engine import EngineError
     from dil.runtime.manifest import ManifestError
 
     bar = tqdm(total=3, file=sys.stderr, disable=True if quiet else None, leave=False,
@@ -140,7 +140,7 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     finally:
         bar.close()
     if json_path is not None:
-        from dil._atomic import write_text
+        from dil.runtime.files import write_text
 
         write_text(json_path, json.dumps(report, indent=2) + "\n")
     for line in summary_lines(report):

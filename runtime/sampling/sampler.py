@@ -13,7 +13,7 @@ Each step:
     controller.observe(i, cache)
 
 Controllers: `FullController` (every token, every step: S = H, hor_valid all zero, one fixed
-order: the plain DPM-Solver++ sampler) and `dil.runtime.controller.FastController` (lattice +
+order: the plain DPM-Solver++ sampler) and `dil.runtime.sampling.fast_controller.FastController` (lattice +
 E2-CRF token cache, specified in docs/sampler.md), chosen by `make_controller(config)`.
 Control math is float64 NumPy, vectorised over series, samples and tokens.
 """
@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from dil.runtime.sampler_config import SamplerConfig, _check_int  # noqa: F401 - re-exported
-from dil.runtime.schedule import NoiseSchedule, diffusion_time_features
-from dil.runtime.solver import DPMSolverPP
+from dil.runtime.sampling.config import SamplerConfig, _check_int  # noqa: F401 - re-exported
+from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
+from dil.runtime.sampling.solver import DPMSolverPP
 
 
 @dataclass
@@ -215,7 +215,7 @@ def make_controller(config: SamplerConfig, seed: int = 0, keys=None):
     FastController (docs/sampler.md) with per-series control streams from (seed, keys)."""
     if config.plain:
         return FullController(config)
-    from dil.runtime.controller import FastController
+    from dil.runtime.sampling.fast_controller import FastController
 
     return FastController(config, seed=seed, keys=keys)
 

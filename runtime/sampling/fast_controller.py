@@ -1,5 +1,5 @@
 """`FastController`: the lattice controller plus the E2-CRF refresh policy, plugged into
-`dil.runtime.sampler.sample` through `start` / `plan` / `observe` (docs/sampler.md).
+`dil.runtime.sampling.sampler.sample` through `start` / `plan` / `observe` (docs/sampler.md).
 
     controller = FastController(config, seed=0, keys=[k_0, ..., k_{G-1}])
     result = sample(engine, schedule, ctx, x_T, config, controller=controller)
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime import cache as policy
-from dil.runtime import lattice as lat
+from dil.runtime.sampling import cache_policy as policy
+from dil.runtime.sampling import lattice as lat
 from dil.runtime.rng import series_key, series_stream
-from dil.runtime.sampler import StepPlan, TokenCache, subset_positions
-from dil.runtime.sampler_config import SamplerConfig
+from dil.runtime.sampling.sampler import StepPlan, TokenCache, subset_positions
+from dil.runtime.sampling.config import SamplerConfig
 
 HISTORY = lat.TEMPORAL_WINDOW + 1  # x0_hat arrays kept: X0[i-1] .. X0[i-4]
 

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from dil.runtime.config import ModelConfig
+from dil.runtime.model_config import ModelConfig
 from dil.runtime.manifest import DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS
 from dil.runtime.scaling import context_features, context_scale, standardise
-from dil.runtime.schedule import NoiseSchedule, diffusion_time_features
+from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
 
 FP32_TOLERANCE = 1e-4  # max abs error of a float32 graph vs torch (standardised scale)

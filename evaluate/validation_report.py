@@ -2,9 +2,9 @@
 
 For one artifact and the PyTorch module it was exported from, on real context windows:
 
-1. Per-graph errors: ONNX Runtime vs torch, each graph (`dil.export.validate.validate_graphs`).
+1. Per-graph errors: ONNX Runtime vs torch, each graph (`dil.export.graph_check.validate_graphs`).
 2. The controller check: the runtime sampler (its controller, cache and solver, in NumPy) and the
-   reference sampler (`dil.train.reference`, in torch) are fed the same network outputs step by step.
+   reference sampler (`dil.evaluate.reference.sampler`, in torch) are fed the same network outputs step by step.
    They run in lockstep: just before the runtime plans step i, the reference takes its step i with
    the torch module, and the runtime's `denoise` call receives the reference's outputs for the tokens
    it asked for (the controller's `adjust` and `observe` hooks are passed through). With
@@ -26,7 +26,7 @@ import numpy as np
 from dil.runtime.quantiles import sample_quantiles
 from dil.runtime.rng import initial_noise
 from dil.runtime.scaling import context_features, context_scale, standardise
-from dil.train.reference import ReferenceSampler, StepDecision
+from dil.evaluate.reference.sampler import ReferenceSampler, StepDecision
 
 # Gates of a passing validation (issue 3), standardised scale.
 AGREEMENT_MIN = 0.99  # free-run decision agreement
@@ -38,15 +38,15 @@ MAX_LISTED_FLIPS = 50
 # ---------------------------------------------------------------------------------------------
 # The two controllers behind one door: built from the same runtime SamplerConfig.
 def runtime_controller(config, keys, seed: int):
-    """The runtime's controller for `config` (a dil.runtime.sampler.SamplerConfig)."""
-    from dil.runtime.sampler import make_controller
+    """The runtime's controller for `config` (a dil.runtime.sampling.sampler.SamplerConfig)."""
+    from dil.runtime.sampling.sampler import make_controller
 
     return make_controller(config, seed=seed, keys=keys)
 
 
 def reference_controller(config, keys, seed: int):
-    """The reference's controller for the same settings (torch, dil.train.reference_controller)."""
-    from dil.train.reference_controller import ReferenceController
+    """The reference's controller for the same settings (torch, dil.evaluate.reference.controller)."""
+    from dil.evaluate.reference.controller import ReferenceController
 
     return ReferenceController(config, seed=seed, keys=keys)
 
@@ -112,7 +112,7 @@ class LockstepEngine:
     """
 
     def __init__(self, reference: ReferenceSampler, torch_graphs, config):
-        from dil.runtime.engine import EngineStats
+        from dil.runtime.backends.onnx_engine import EngineStats
 
         self.reference, self.graphs, self.config = reference, torch_graphs, config
         self.stats = EngineStats()
@@ -153,7 +153,7 @@ class LockstepEngine:
 
 # ---------------------------------------------------------------------------------------------
 # Comparing decisions and forecasts.
-# The reference margins (dil.train.reference_controller) behind each kind of decision.
+# The reference margins (dil.evaluate.reference.controller) behind each kind of decision.
 MARGIN_KEYS = {"computed": ("computed", "change", "selection", "lattice"), "order": ("order", "lattice"), "full": ("full",)}
 
 
@@ -252,8 +252,8 @@ def prepare_inputs(contexts: np.ndarray, context_length: int, horizon: int, samp
 
 def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, keys, seed: int) -> dict:
     """Runtime and reference controllers fed the same (torch) network outputs, in lockstep."""
-    from dil.export.validate import TorchGraphs
-    from dil.runtime.sampler import sample
+    from dil.export.graph_check import TorchGraphs
+    from dil.runtime.sampling.sampler import sample
 
     ref = reference_sampler(model, schedule, ctx, x_T, config, keys, seed)
     engine = LockstepEngine(ref, TorchGraphs(model), model.config)
@@ -270,7 +270,7 @@ def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, 
 
 def free_run(engine, model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, keys, seed: int) -> dict:
     """Each side with its own network: the runtime on `engine` (ONNX Runtime), the reference on torch."""
-    from dil.runtime.sampler import sample
+    from dil.runtime.sampling.sampler import sample
 
     rec = RecordingController(runtime_controller(config, keys, seed))
     result = sample(engine, schedule, ctx, x_T, config, controller=rec)
@@ -349,11 +349,11 @@ def run_validation(engine_path, checkpoint=None, dataset: str | None = None, ser
     callable taking a one-line stage message. Raises ManifestError, EngineError,
     ValidationInputError or ValueError (bad settings) with one-line messages, before any long work.
     """
-    from dil.export.validate import validate_graphs
-    from dil.export.validation_inputs import load_model, validation_windows
-    from dil.runtime.engine import OnnxEngine
+    from dil.export.graph_check import validate_graphs
+    from dil.evaluate.validation_inputs import load_model, validation_windows
+    from dil.runtime.backends.onnx_engine import OnnxEngine
     from dil.runtime.manifest import load_manifest
-    from dil.runtime.sampler import SamplerConfig
+    from dil.runtime.sampling.sampler import SamplerConfig
 
     say = progress or (lambda message: None)
     for name, value, low in (("series", series, 1), ("samples", samples, 1), ("seed", seed, 0)):

@@ -1,4 +1,4 @@
-"""Tables of time series: rows are time steps, columns are series (DESIGN section 3).
+"""Tables of time series: rows are time steps, columns are series (the input of dil-run and dil-train).
 
 `load_table` reads .csv / .csv.gz / .txt / .txt.gz (comma separated; .txt files have no header)
 and .parquet into a `SeriesTable` of float64 values with NaN = missing. With a date column the rows
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dil.runtime.manifest import sha256_file
+from dil.runtime.files import sha256_file
 
 # A regular step must explain at least this share of the gaps between consecutive timestamps, and
 # reindexing may add at most this many rows per existing row; otherwise the timestamps stay as given.
@@ -98,7 +98,7 @@ def _read_frame(path: Path, names) -> pd.DataFrame:
     kind = _kind(path)
     try:
         if kind == "parquet":
-            from dil._deps import require
+            from dil.runtime.deps import require
 
             require("pyarrow", "parquet")
             return pd.read_parquet(path)
@@ -238,46 +238,3 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         source=source,
         sha256=sha256_file(path),
     )
-
-
-def load_dataset(name: str) -> SeriesTable:
-    """The bundled dataset `name` with its documented cleaning (see PROVENANCE.md)."""
-    from dil.data.registry import get_spec
-
-    spec = get_spec(name)
-    table = load_table(
-        spec.path, spec.date_column, spec.columns, names=spec.names, missing_values=spec.missing_values
-    )
-    if spec.freq is not None and table.freq is None:
-        table.freq = spec.freq  # headerless files (exchange rate) carry their frequency in the spec
-    return table
-
-
-def resolve(dataset=None, data=None, date_column=None, columns=None):
-    """(DatasetSpec, SeriesTable) for a CLI: a bundled dataset by name or a user file.
-
-    Exactly one of dataset / data may be given (neither: the default dataset). date_column and
-    columns apply to a user file; for a bundled dataset `columns` may pick a subset of its series.
-    """
-    from dil.data.registry import DEFAULT_DATASET, file_spec, get_spec
-
-    if dataset is not None and data is not None:
-        raise DataError("give either a bundled dataset or a data file, not both")
-    if isinstance(columns, str):
-        columns = [c.strip() for c in columns.split(",") if c.strip()]
-    if data is not None:
-        table = load_table(data, date_column=date_column, columns=columns or None)
-        return file_spec(data, table, date_column=date_column), table
-    if date_column is not None:
-        raise DataError("--date-column applies to a data file (--data), not to a bundled dataset")
-    spec = get_spec(dataset or DEFAULT_DATASET)
-    table = load_dataset(spec.name)
-    if columns:
-        table = table.select(columns)
-        spec = replace(spec, columns=tuple(columns))
-    return spec, table
-
-
-def resolve_table(dataset=None, data=None, date_column=None, columns=None) -> SeriesTable:
-    """The SeriesTable of `resolve` (see there)."""
-    return resolve(dataset, data, date_column, columns)[1]

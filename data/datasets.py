@@ -1,0 +1,47 @@
+"""The bundled datasets by name, and the one place a CLI turns --dataset / --data into a table."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dil.data.registry import DEFAULT_DATASET, file_spec, get_spec
+from dil.runtime.table import DataError, SeriesTable, load_table
+
+
+def load_dataset(name: str) -> SeriesTable:
+    """The bundled dataset `name` with its documented cleaning (see PROVENANCE.md)."""
+    spec = get_spec(name)
+    table = load_table(
+        spec.path, spec.date_column, spec.columns, names=spec.names, missing_values=spec.missing_values
+    )
+    if spec.freq is not None and table.freq is None:
+        table.freq = spec.freq  # headerless files (exchange rate) carry their frequency in the spec
+    return table
+
+
+def resolve(dataset=None, data=None, date_column=None, columns=None):
+    """(DatasetSpec, SeriesTable) for a CLI: a bundled dataset by name or a user file.
+
+    Exactly one of dataset / data may be given (neither: the default dataset). date_column and
+    columns apply to a user file; for a bundled dataset `columns` may pick a subset of its series.
+    """
+    if dataset is not None and data is not None:
+        raise DataError("give either a bundled dataset or a data file, not both")
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
+    if data is not None:
+        table = load_table(data, date_column=date_column, columns=columns or None)
+        return file_spec(data, table, date_column=date_column), table
+    if date_column is not None:
+        raise DataError("--date-column applies to a data file (--data), not to a bundled dataset")
+    spec = get_spec(dataset or DEFAULT_DATASET)
+    table = load_dataset(spec.name)
+    if columns:
+        table = table.select(columns)
+        spec = replace(spec, columns=tuple(columns))
+    return spec, table
+
+
+def resolve_table(dataset=None, data=None, date_column=None, columns=None) -> SeriesTable:
+    """The SeriesTable of `resolve` (see there)."""
+    return resolve(dataset, data, date_column, columns)[1]
