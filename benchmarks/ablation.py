@@ -6,9 +6,11 @@ Run from the repository root (ONNX Runtime CPU, the shipped model by default):
     python benchmarks/ablation.py --engine engines/NAME.onnx --windows 60 --markdown docs/ablation.md
 
 Every variant forecasts exactly the same test windows with the same noise streams (the evaluation
-harness of dil-eval), in batches of --batch-size windows; its cost is the sum over its forecasts of
-the runtime's own SamplerStats (wall, engine and control seconds, tokens computed). Variants run one
-after the other in this process, so compare ratios from one run, not absolute times across runs.
+harness of dil-eval), in batches of --batch-size windows (engine calls of at most
+dil.evaluate.engine_eval.EVAL_MEMORY_BUDGET bytes: 2 windows of 100 samples); its cost is the sum
+over its forecasts of the runtime's own SamplerStats (wall, engine and control seconds, tokens
+computed). Variants run one after the other in this process, so compare ratios from one run, not
+absolute times across runs.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def run_ablation(engine: str, windows: int, samples: int, steps: int, seed: int,
                  threads: int | None = None) -> dict:
     """{variant: {crps, crps_ratio, token_fraction, wall_s, engine_s, control_s, speedup}}."""
     from dil.evaluate.engine_eval import engine_data, forecaster_fn
-    from dil.evaluate.harness import run_evaluation
+    from dil.evaluate.harness import EvalOptions, run_evaluation
     from dil.runtime import Forecaster
-    from dil.runtime.sampling.sampler import SamplerStats
+    from dil.runtime.sampling.stats import SamplerStats
 
     fc = Forecaster.load(engine, threads=threads)
     spec, table = engine_data(engine, fc.manifest)
@@ -52,8 +54,8 @@ def run_ablation(engine: str, windows: int, samples: int, steps: int, seed: int,
         fn(np.repeat(warm, batch_size, axis=0), [f"warm-up {i}" for i in range(batch_size)])
         stats[name].clear()
     first = next(iter(VARIANTS))
-    ev = run_evaluation(fns[first], table, spec, fc.context_length, fc.horizon, n_windows=windows, samples=samples,
-                        steps=steps, seed=seed, batch_size=batch_size, progress=True,
+    options = EvalOptions(n_windows=windows, samples=samples, steps=steps, seed=seed, batch_size=batch_size)
+    ev = run_evaluation(fns[first], table, spec, fc.context_length, fc.horizon, options,
                         baselines={k: v for k, v in fns.items() if k != first})
     crps = {first: ev.report["model"]["crps"], **{k: ev.report["baselines"][k]["crps"] for k in fns if k != first}}
     out = {}

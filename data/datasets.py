@@ -16,24 +16,31 @@ def load_dataset(name: str) -> SeriesTable:
     )
     if spec.freq is not None and table.freq is None:
         table.freq = spec.freq  # headerless files (exchange rate) carry their frequency in the spec
+    table.notes = []  # the bundled cleaning is documented in PROVENANCE.md, not news to the user
     return table
 
 
-def resolve(dataset=None, data=None, date_column=None, columns=None):
+def resolve(dataset=None, data=None, date_column=None, columns=None, *, date_format=None, dayfirst=None):
     """(DatasetSpec, SeriesTable) for a CLI: a bundled dataset by name or a user file.
 
-    Exactly one of dataset / data may be given (neither: the default dataset). date_column and
-    columns apply to a user file; for a bundled dataset `columns` may pick a subset of its series.
+    Exactly one of dataset / data may be given (neither: the default dataset). date_column,
+    date_format (strptime) and dayfirst (True / False / None = decide, see load_table) apply to a
+    user file; for a bundled dataset `columns` may pick a subset of its series. The table's
+    `notes` say what reading a user file repaired (print them).
     """
     if dataset is not None and data is not None:
         raise DataError("give either a bundled dataset or a data file, not both")
     if isinstance(columns, str):
         columns = [c.strip() for c in columns.split(",") if c.strip()]
     if data is not None:
-        table = load_table(data, date_column=date_column, columns=columns or None)
-        return file_spec(data, table, date_column=date_column), table
-    if date_column is not None:
-        raise DataError("--date-column applies to a data file (--data), not to a bundled dataset")
+        table = load_table(data, date_column=date_column, columns=columns or None, date_format=date_format,
+                           dayfirst=dayfirst)
+        spec = file_spec(data, table, date_column=date_column, date_format=date_format, dayfirst=dayfirst)
+        return spec, table
+    for given, option in ((date_column, "--date-column"), (date_format, "--date-format"),
+                          (dayfirst, "--dayfirst/--monthfirst")):
+        if given is not None:
+            raise DataError(f"{option} applies to a data file (--data), not to a bundled dataset")
     spec = get_spec(dataset or DEFAULT_DATASET)
     table = load_dataset(spec.name)
     if columns:
@@ -42,6 +49,6 @@ def resolve(dataset=None, data=None, date_column=None, columns=None):
     return spec, table
 
 
-def resolve_table(dataset=None, data=None, date_column=None, columns=None) -> SeriesTable:
-    """The SeriesTable of `resolve` (see there)."""
-    return resolve(dataset, data, date_column, columns)[1]
+def resolve_table(dataset=None, data=None, date_column=None, columns=None, **dates) -> SeriesTable:
+    """The SeriesTable of `resolve` (see there; `dates`: date_format, dayfirst)."""
+    return resolve(dataset, data, date_column, columns, **dates)[1]

@@ -54,6 +54,7 @@ class DatasetSpec:
     date_column: timestamp column (None: the rows are equally spaced steps without dates).
     columns: target series (None: every numeric column). names: column names for a headerless file.
     missing_values: sentinel values that mean "missing" in the published file (become NaN).
+    date_format, dayfirst: how the date column of a user file is read (see dil.runtime.table.load_table).
     freq: pandas frequency alias of the rows. season: seasonal-naive lag in steps.
     context_length, horizon: default window (steps). splits: chronological train/val/test cut.
     """
@@ -72,6 +73,8 @@ class DatasetSpec:
     names: tuple[str, ...] | None = None
     missing_values: tuple[float, ...] = ()
     bundled: bool = True
+    date_format: str | None = None
+    dayfirst: bool | None = None
 
     @property
     def path(self) -> Path:
@@ -172,10 +175,12 @@ def season_for_freq(freq: str | None) -> int:
     return _SEASON_BY_FREQ.get(freq or "", 1)
 
 
-def file_spec(path, table=None, date_column=None, columns=None, context_length=168, horizon=24) -> DatasetSpec:
+def file_spec(path, table=None, date_column=None, columns=None, context_length=168, horizon=24, date_format=None,
+              dayfirst=None) -> DatasetSpec:
     """A DatasetSpec for a user file: 70/10/20 chronological split, season from the frequency.
 
-    table: the loaded SeriesTable (gives freq and the selected columns), optional.
+    table: the loaded SeriesTable (gives freq and the selected columns), optional. date_format,
+    dayfirst: how its dates were read (load_table's arguments).
     """
     freq = table.freq if table is not None else None
     cols = tuple(table.names) if table is not None else (tuple(columns) if columns else None)
@@ -191,6 +196,8 @@ def file_spec(path, table=None, date_column=None, columns=None, context_length=1
         license="user data",
         source=str(Path(path).name),
         bundled=False,
+        date_format=date_format,
+        dayfirst=dayfirst,
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from dil.evaluate import bench_worker as W
 from dil.evaluate import machine
-from dil.evaluate.harness import finite_or_none, protocol_windows, score_model, subset
+from dil.evaluate.harness import finite_or_none, protocol_windows, score_samples, subset
 
 TORCH_NAMES = ("torch-full", "reference-ddpm1000")
 STEPPED_NAMES = ("torch-full", "runtime-full", "runtime-dil")
@@ -218,7 +218,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, say=None) -> dict:
     if busy:
         say(f"warning: {busy}")
 
-    ew = protocol_windows(table, spec, mc.context_length, mc.horizon, samples=cfg.samples)
+    ew = protocol_windows(table, spec, mc.context_length, mc.horizon)
     mask = subset(ew.valid, cfg.windows)
     ids_all = np.array([[f"{n}@{int(o)}" for n in ew.names] for o in ew.origins], dtype=object)
     report_runs, crps_of = [], {}
@@ -246,9 +246,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, say=None) -> dict:
                 crps_of.setdefault(key, None)
                 continue
             if run.crps_out:
-                sam = np.full(ew.samples.shape, np.nan)
-                sam[mask] = np.load(run.crps_out, allow_pickle=False)
-                crps_of[key] = score_model(replace(ew, valid=mask, samples=sam))
+                crps_of[key] = score_samples(ew, mask, np.load(run.crps_out, allow_pickle=False))
             report_runs.append(_entry(run, res, manifest.schedule.num_steps, cfg.isolate))
             report_runs[-1]["_key"] = key
     for r in report_runs:

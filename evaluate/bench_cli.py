@@ -59,10 +59,11 @@ def format_runs(report: dict) -> str:
 @click.option("--dataset", help="Bundled dataset whose test windows are used (default: the engine's).")
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
               help="Training run folder of the engine, for torch-full and reference-ddpm1000 "
-                   "(default: runs/NAME named by the manifest; without one those runs are skipped).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+                   "(default: the torch weights the artifact ships; without them those runs are skipped).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report here (missing folders are created).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the CRPS-vs-latency frontier (PNG, needs dil[plot]) here.")
+              help="Write the CRPS-vs-latency frontier (PNG, needs dil[plot]) here (missing folders are created).")
 @click.option("--steps", "steps", default="5,10,20,50", show_default=True, help="Solver steps for 1-series batches.")
 @click.option("--large-steps", default="20", show_default=True,
               help="Solver steps for batches of more than one series (full sweep: 5,10,20,50).")
@@ -129,13 +130,17 @@ def main(engine, dataset, checkpoint, json_path, plot_path, steps, large_steps, 
     except (BenchError, DataError, ManifestError, EvaluationError, MissingDependency, ValueError, OSError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     click.echo(format_runs(report))
+    from dil.runtime.files import made_folders
+
     if json_path is not None:
-        write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        with made_folders(json_path.parent):
+            write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
         click.echo(f"report: {json_path}")
     if plot_path is not None:
         from dil.evaluate.plots import frontier_plot
 
-        click.echo(f"plot: {frontier_plot(report, plot_path)}")
+        with made_folders(plot_path.parent):
+            click.echo(f"plot: {frontier_plot(report, plot_path)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

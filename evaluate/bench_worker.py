@@ -74,7 +74,7 @@ def _runtime_options(lattice: bool, cache: bool, predict) -> dict:
     Written against SamplerConfig(lattice=..., cache=...): a build whose SamplerConfig has no such
     fields has only the plain full-recompute sampler.
     """
-    from dil.runtime.sampling.sampler import SamplerConfig
+    from dil.runtime.sampling.config import SamplerConfig
 
     fields = {f.name for f in dataclasses.fields(SamplerConfig)}
     if not {"lattice", "cache"} <= fields:
@@ -91,7 +91,7 @@ def _runtime_options(lattice: bool, cache: bool, predict) -> dict:
 
 def _runtime(spec: dict):
     from dil.runtime import Forecaster
-    from dil.runtime.sampling.sampler import SamplerConfig
+    from dil.runtime.sampling.config import SamplerConfig
 
     fc = Forecaster.load(spec["engine"], threads=spec["threads"])
     opts = _runtime_options(spec["name"] == "runtime-dil", spec["name"] == "runtime-dil", fc.predict_windows)
@@ -125,10 +125,10 @@ def _torch(spec: dict):
     except RuntimeError:  # in-process runs: torch has already started its pools
         pass
     from dil.evaluate.reference.ancestral import ancestral_forecast
-    from dil.train.checkpoint import load_checkpoint
+    from dil.export.weights import load_torch_model
     from dil.evaluate.reference.sampler import reference_forecast
 
-    ckpt = load_checkpoint(spec["checkpoint"])
+    ckpt = load_torch_model(spec["checkpoint"])  # a run folder or the artifact's weights file
     model, schedule = ckpt.model, ckpt.schedule
     timed = _Timed(model.full_step)
     model.full_step = timed  # instance attribute: the samplers' model.full_step(...) calls land here

@@ -59,12 +59,15 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
 
 
 def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
-    """Fail before any work when an output could not be written."""
+    """Fail before any work when an output could not be written (missing folders are fine: they are
+    created when the output is written, with dil.runtime.files.made_folders)."""
+    from dil.runtime.files import folder_problem
+
     if path is None:
         return
-    parent = path.parent if not (is_dir and path.is_dir()) else path
-    if not parent.is_dir():
-        raise click.ClickException(f"{what}: directory {parent} does not exist")
+    problem = folder_problem(path if is_dir else path.parent)
+    if problem:
+        raise click.ClickException(f"{what} {path}: {problem}")
     if is_dir and path.exists() and not path.is_dir():
         raise click.ClickException(f"{what}: {path} exists and is not a directory")
     if not is_dir and path.is_dir():
@@ -78,6 +81,11 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
               help="Evaluate on a local table instead (CSV, CSV.GZ, TXT or Parquet; rows = time steps).")
 @click.option("--date-column", help="Timestamp column of --data.")
+@click.option("--date-format", metavar="FMT",
+              help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' (default: ISO dates as such; other "
+                   "dates month-first or day-first, whichever reads every row; when both do, an error).")
+@click.option("--dayfirst/--monthfirst", "dayfirst", default=None,
+              help="Read --date-column day-first (13.07.2016) or month-first (07/13/2016) (default: from the data).")
 @click.option("--columns", help="Comma-separated series to evaluate (default: the engine's / all numeric).")
 @click.option("--windows", "n_windows", type=click.IntRange(min=1),
               help="Evaluate this many evenly spaced test origins (default: all; stride = horizon).")
@@ -91,37 +99,42 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
 @click.option("--season", type=click.IntRange(min=1),
               help="Seasonal-naive lag in steps (default: the dataset's, or from the row frequency).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Windows per forecaster call.")
-@click.option("--ddpm-windows", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Windows per forecaster call, scored as they arrive (one progress line each when stderr is "
+                   "not a terminal). Memory does not grow with it: the engine runs a few windows per call.")
+@click.option("--ddpm-windows", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also sample this many evenly spaced windows with the same model in PyTorch by 1000-step "
                    "ancestral DDPM (baseline reference-ddpm1000, the classic diffusion-forecaster cost: "
-                   "1000 network calls per window instead of --steps) and score the model on the same "
-                   "windows. 0 disables. Needs torch (dil[train]) and the checkpoint; by default it is "
-                   "skipped with a note when either is missing.")
+                   "1000 network calls per window instead of --steps, minutes per window on a CPU) and score "
+                   "the model on the same windows. 0: off. Needs torch (dil[train]).")
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
-              help="Training run folder of the engine (default: runs/NAME, the run named by the manifest).")
+              help="Training run folder of the engine, for --ddpm-windows (default: the torch weights the "
+                   "artifact ships).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the full report (metrics, baselines, protocol) to this JSON file.")
+              help="Write the full report (metrics, baselines, protocol) to this JSON file (missing folders are "
+                   "created).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write fan charts and a calibration plot (PNG) to this folder (needs dil[plot]).")
-@click.pass_context
-def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, steps, lattice, cache, seed, season,
-         batch_size, ddpm_windows, checkpoint, json_path, plots_dir):
+              help="Write fan charts and a calibration plot (PNG) to this folder, created when missing (needs "
+                   "dil[plot]).")
+def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_windows, samples, steps, lattice,
+         cache, seed, season, batch_size, ddpm_windows, checkpoint, json_path, plots_dir):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
     is scored with CRPS (weighted quantile loss over the 19 levels 0.05..0.95, normalised by sum |y|),
     exact sample CRPS, CRPS-sum, MAE/MSE of the median and 50%/90% interval coverage, next to the
-    seasonal-naive baseline on the same windows, and the same model sampled by 1000-step ancestral
-    DDPM in PyTorch on a few windows (--ddpm-windows).
+    seasonal-naive baseline on the same windows; with --ddpm-windows N, also the same model sampled
+    by 1000-step ancestral DDPM in PyTorch on N windows. Progress goes to stderr: a bar on a terminal,
+    one line per batch of windows otherwise.
     """
     from dil.runtime.deps import MissingDependency
     from dil.runtime.table import DataError
     from dil.evaluate.engine_eval import evaluate_engine
-    from dil.evaluate.harness import EvaluationError
+    from dil.evaluate.harness import EvalOptions, EvaluationError
     from dil.evaluate.torch_baselines import ReferenceUnavailable
     from dil.runtime.manifest import ManifestError
 
+    if checkpoint is not None and not ddpm_windows:
+        raise click.UsageError("--checkpoint is only used by --ddpm-windows N (the PyTorch DDPM reference)")
     _check_out(json_path, "--json")
     _check_out(plots_dir, "--plots", is_dir=True)
     try:
@@ -129,13 +142,12 @@ def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, s
             from dil.runtime.deps import require
 
             require("matplotlib", "plot")
+        options = EvalOptions(n_windows=n_windows, samples=samples, steps=steps, seed=seed, season=season,
+                              batch_size=batch_size, progress=True)
         ev = evaluate_engine(
-            engine, dataset=dataset, data=data, date_column=date_column, columns=columns,
-            samples=samples, steps=steps, seed=seed, n_windows=n_windows, season=season,
-            batch_size=batch_size, progress=True, ddpm_windows=ddpm_windows, checkpoint=checkpoint,
-            # An explicit --ddpm-windows / --checkpoint must run; the default is skipped with a note.
-            ddpm_optional=_is_default(ctx, "ddpm_windows") and checkpoint is None,
-            sampler={"lattice": lattice, "cache": cache},
+            engine, options, dataset=dataset, data=data, date_column=date_column, columns=columns,
+            date_format=date_format, dayfirst=dayfirst, sampler={"lattice": lattice, "cache": cache},
+            ddpm_windows=ddpm_windows, checkpoint=checkpoint,
         )
     except (DataError, ManifestError, EvaluationError, MissingDependency, ReferenceUnavailable, ValueError,
             OSError) as exc:
@@ -145,19 +157,18 @@ def main(ctx, engine, dataset, data, date_column, columns, n_windows, samples, s
     for note in ev.notes:
         click.echo(note, err=True)
     click.echo(format_report(report))
+    from dil.runtime.files import made_folders
+
     if json_path is not None:
-        write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        with made_folders(json_path.parent):
+            write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
         click.echo(f"report: {json_path}")
     if plots_dir is not None:
         from dil.evaluate.plots import calibration_plot, fan_charts
 
-        plots_dir.mkdir(exist_ok=True)
-        paths = [fan_charts(ev.windows, plots_dir), calibration_plot(report["calibration"], plots_dir)]
+        with made_folders(plots_dir):
+            paths = [fan_charts(ev.windows, plots_dir), calibration_plot(report["calibration"], plots_dir)]
         click.echo("plots: " + ", ".join(str(p) for p in paths))
-
-
-def _is_default(ctx, name: str) -> bool:
-    return ctx.get_parameter_source(name) in (click.core.ParameterSource.DEFAULT, None)
 
 
 if __name__ == "__main__":  # pragma: no cover

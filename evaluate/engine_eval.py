@@ -3,19 +3,29 @@ torch baselines of the same model (dil.evaluate.torch_baselines) where a checkpo
 
 from __future__ import annotations
 
-from dil.evaluate.harness import Evaluation, run_evaluation
+from dataclasses import replace
+
+from dil.evaluate.harness import EvalOptions, Evaluation, run_evaluation
+
+# Bytes of working memory per sampler call of dil-eval's forecasts (Forecaster.predict_windows'
+# memory_budget): ONNX Runtime's arena grows about 1.2 MB per (window, sample) row of the shipped
+# model, so this runs 2 windows of 100 samples per call and keeps dil-eval's peak near 0.4 GB. Larger
+# calls are no faster on CPUs (2 cores: one call of 32 windows took several times as long as 16
+# calls of 2).
+EVAL_MEMORY_BUDGET = 256 * 2**20
 
 
-def forecaster_fn(forecaster, num_samples: int = 100, steps: int = 20, seed: int = 0, stats: list | None = None,
-                  **settings):
+def forecaster_fn(forecaster, num_samples: int = 100, steps: int | None = 20, seed: int = 0,
+                  stats: list | None = None, memory_budget: int = EVAL_MEMORY_BUDGET, **settings):
     """A forecast_fn for a dil.runtime Forecaster: each window seeded by its id (batch-independent).
-    stats: a list that collects each call's SamplerStats (what the forecasts cost). settings:
+    stats: a list that collects each call's SamplerStats (what the forecasts cost). memory_budget:
+    bytes per sampler call (windows per engine call; the forecasts do not depend on it). settings:
     SamplerConfig fields (e.g. lattice=False, cache=False for the plain sampler)."""
 
     def fn(contexts, ids):
         fc = forecaster.predict_windows(
             contexts, num_samples=num_samples, steps=steps, seed=seed, series_keys=list(ids), names=list(ids),
-            batch_series=len(ids), **settings,
+            batch_series=len(ids), memory_budget=memory_budget, **settings,
         )
         if stats is not None:
             stats.append(fc.stats)
@@ -24,9 +34,10 @@ def forecaster_fn(forecaster, num_samples: int = 100, steps: int = 20, seed: int
     return fn
 
 
-def engine_data(engine, manifest, dataset=None, data=None, date_column=None, columns=None):
+def engine_data(engine, manifest, dataset=None, data=None, date_column=None, columns=None, **dates):
     """(DatasetSpec, SeriesTable) to evaluate an engine on: `dataset` (bundled name) or `data` (a
-    file), else the bundled dataset and series the manifest says it was trained on."""
+    file, its dates read as `dates` say: date_format, dayfirst), else the bundled dataset and series
+    the manifest says it was trained on."""
     from dil.data.registry import DATASETS
     from dil.data.datasets import resolve
     from dil.runtime.table import DataError
@@ -40,65 +51,59 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
             )
         if columns is None and trained_on.get("columns"):
             columns = list(trained_on["columns"])
-    return resolve(dataset, data, date_column, columns)
+    return resolve(dataset, data, date_column, columns, **dates)
 
 
 def evaluate_engine(
     engine,
+    options: EvalOptions = EvalOptions(steps=20),
+    *,
     dataset: str | None = None,
     data=None,
     date_column: str | None = None,
     columns=None,
-    samples: int = 100,
-    steps: int = 20,
-    seed: int = 0,
+    date_format: str | None = None,
+    dayfirst: bool | None = None,
+    sampler: dict | None = None,
     ddpm_windows: int = 0,
     checkpoint=None,
-    ddpm_optional: bool = False,
-    sampler: dict | None = None,
-    **kw,
 ) -> Evaluation:
     """run_evaluation for an exported artifact (any path naming it, see dil.runtime.manifest).
 
+    options: the protocol (samples, steps, seed, windows, ...; steps None: the sampler's default).
     The window (L, H) is the engine's; the data default to the dataset (and series) it was trained
-    on: pass `dataset` (bundled name) or `data` (a file, with date_column / columns) to override.
-    ddpm_windows: also sample that many evenly spaced windows with the torch module by 1000-step
-    ancestral DDPM (baseline "reference-ddpm1000", scored with the model on the same windows);
-    it needs the checkpoint (`checkpoint` or the run the manifest names). When it cannot run,
-    ddpm_optional=True skips it with a line in Evaluation.notes, else the error is raised
-    (MissingDependency without torch, ReferenceUnavailable without a matching checkpoint).
+    on: pass `dataset` (bundled name) or `data` (a file, with date_column / columns / date_format /
+    dayfirst, see dil.runtime.table.load_table) to override.
     sampler: SamplerConfig fields for the model's forecasts (default: the documented defaults,
     lattice + cache on; {"lattice": False, "cache": False} is the plain DPM-Solver++ sampler).
-    Extra keyword arguments go to run_evaluation (n_windows, season, batch_size, progress).
+    ddpm_windows: also sample that many evenly spaced windows with the torch module by 1000-step
+    ancestral DDPM (baseline "reference-ddpm1000", scored with the model on the same windows;
+    minutes per window on a CPU). It needs torch (MissingDependency naming the extra otherwise)
+    and the torch weights: `checkpoint`, else the artifact's own, else the run the manifest names
+    (ReferenceUnavailable otherwise, see dil.evaluate.torch_baselines.load_reference); 0 (the
+    default) imports no torch.
     """
-    from dil.runtime.deps import MissingDependency
     from dil.runtime import Forecaster
 
     fc = Forecaster.load(engine)
     model = fc.manifest.model
-    spec, table = engine_data(engine, fc.manifest, dataset, data, date_column, columns)
-
-    notes, subset = [], {}
+    spec, table = engine_data(engine, fc.manifest, dataset, data, date_column, columns, date_format=date_format,
+                              dayfirst=dayfirst)
+    if options.steps is None:
+        options = replace(options, steps=_default_steps())
+    subset, ref = {}, None
     if ddpm_windows:
-        from dil.evaluate.torch_baselines import ReferenceUnavailable, ddpm_forecast_fn, load_reference
+        from dil.evaluate.torch_baselines import ddpm_forecast_fn, load_reference
 
-        try:
-            ref = load_reference(engine, checkpoint, onnx_engine=fc.engine)
-        except (MissingDependency, ReferenceUnavailable) as exc:
-            if not ddpm_optional:
-                raise
-            notes.append(f"reference-ddpm1000 skipped: {exc}")
-        else:
-            fn = ddpm_forecast_fn(ref, samples, seed, progress=kw.get("progress", True))
-            subset[ref.name] = (fn, int(ddpm_windows))
+        ref = load_reference(engine, checkpoint, onnx_engine=fc.engine)
+        subset[ref.name] = (ddpm_forecast_fn(ref, options.samples, options.seed, progress=options.progress),
+                            int(ddpm_windows))
 
     costs = []
-    ev = run_evaluation(
-        forecaster_fn(fc, samples, steps, seed, costs, **(sampler or {})), table, spec, model.context_length, model.horizon,
-        samples=samples, steps=steps, seed=seed, subset_baselines=subset, **kw,
-    )
-    for name in subset:
-        entry = ev.report["baselines"][name]
+    fn = forecaster_fn(fc, options.samples, options.steps, options.seed, costs, **(sampler or {}))
+    ev = run_evaluation(fn, table, spec, model.context_length, model.horizon, options, subset_baselines=subset)
+    if ref is not None:
+        entry = ev.report["baselines"][ref.name]
         entry["sampler"] = f"ancestral DDPM (Ho et al. 2020, eq. 11), {ref.schedule.num_steps} steps, PyTorch"
         entry["checkpoint"] = ref.run.name
     tokens, full = sum(c.tokens_computed for c in costs), sum(c.full_tokens for c in costs)
@@ -107,5 +112,12 @@ def evaluate_engine(
     ev.report["protocol"]["sampler"] = {"lattice": True, "cache": True, **(sampler or {})}
     ev.report["protocol"]["tokens_computed"] = int(tokens)
     ev.report["protocol"]["token_fraction"] = tokens / full if full else None
-    ev.notes = notes
+    ev.notes = list(table.notes)  # what reading a user file repaired
     return ev
+
+
+def _default_steps() -> int:
+    """The sampler's default number of steps (what a forecast without `steps` runs)."""
+    from dil.runtime.sampling.config import SamplerConfig
+
+    return SamplerConfig().steps

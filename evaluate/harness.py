@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN section 11): rolling test windows, model vs baselines.
+"""The evaluation protocol (`docs/model.md` section 6): rolling test windows, model vs baselines.
 
 Every series x every test origin (from dil.data.windows.test_origins) is one window: a context of
 L steps before the origin and the H target steps from it. Windows whose context or target has no
@@ -12,14 +12,19 @@ The forecaster is a parameter, so the protocol does not depend on the runtime:
 
 `ids` ("<series>@<origin row>") let a seeded forecaster draw each window's noise from its own
 stream, so a window's forecast does not depend on the batch it lands in.
+
+A run is a chain of steps: protocol_windows (the windows and the seasonal naive), stream_forecasts
+per forecaster (each batch of samples reduced on arrival by metrics.StreamedScores, so memory does
+not grow with the number of windows x samples), then the scores and protocol_report.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from dil.evaluate import metrics as M
 from dil.runtime.quantiles import QUANTILE_LEVELS
@@ -27,10 +32,38 @@ from dil.runtime.quantiles import QUANTILE_LEVELS
 # Central-interval widths of the calibration curve (coverage vs nominal level).
 CALIBRATION_WIDTHS = np.round(np.arange(1, 10) * 0.1, 1)
 DEFAULT_BATCH_SIZE = 32
+ALL = "all windows"  # the scope of StreamedScores holding every forecast window
 
 
 class EvaluationError(ValueError):
     """The evaluation cannot run (no test window, bad forecaster output, ...). One line."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The protocol settings of one evaluation.
+
+    n_windows: evenly spaced test origins (None: all). samples: N the forecaster draws per window
+    (checked). steps, seed: recorded in the protocol (the forecaster applies them). season:
+    seasonal-naive lag override (None: the dataset's). batch_size: windows per forecaster call; one
+    batch of samples [batch_size, N, H] is held at a time. progress: tqdm's bar when stderr is a
+    terminal, else one line per batch on stderr (logs, pipes, CI); False: silent.
+    """
+
+    n_windows: int | None = None
+    samples: int = 100
+    steps: int | None = None
+    seed: int = 0
+    season: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise EvaluationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_windows is not None and int(self.n_windows) < 1:
+            raise EvaluationError(f"n_windows must be >= 1, got {self.n_windows}")
 
 
 @dataclass
@@ -40,8 +73,9 @@ class EvalWindows:
     origins: int [O], row index of the first target step. names: the C series names.
     contexts: float64 [O, C, L]; targets: float64 [O, C, H] (NaN = missing).
     valid: bool [O, C], the windows that were forecast and scored.
-    samples: float64 [O, C, N, H] model samples (NaN where not valid).
     baseline: float64 [O, C, H] seasonal-naive forecast. timestamps: datetime64 [O] or None.
+    forecast: the model's per-window summaries (quantiles [Q', O, C, H], median, ...; NaN where not
+    valid), metrics.StreamedScores; None before the forecasts.
     """
 
     origins: np.ndarray
@@ -49,9 +83,9 @@ class EvalWindows:
     contexts: np.ndarray
     targets: np.ndarray
     valid: np.ndarray
-    samples: np.ndarray
     baseline: np.ndarray
     timestamps: np.ndarray | None = None
+    forecast: M.StreamedScores | None = None
 
     @property
     def target_mask(self) -> np.ndarray:
@@ -62,7 +96,7 @@ class EvalWindows:
 @dataclass
 class Evaluation:
     """`report`: the JSON-ready result of `evaluate`; `windows`: the arrays behind it (for plots);
-    `notes`: one-line remarks for the user (e.g. a baseline that was skipped, and why)."""
+    `notes`: one-line remarks for the user (e.g. rows a user file's reading repaired)."""
 
     report: dict
     windows: EvalWindows
@@ -86,39 +120,66 @@ def window_ids(names, origins) -> list[list[str]]:
     return [[f"{n}@{int(o)}" for n in names] for o in origins]
 
 
-def run_forecasts(forecast_fn, contexts, ids, samples, horizon, batch_size=DEFAULT_BATCH_SIZE, progress=True):
-    """Call forecast_fn on `contexts` [W, L] in batches; returns float64 [W, samples, horizon]."""
-    w = contexts.shape[0]
-    out = np.empty((w, samples, horizon), dtype=np.float64)
-    with tqdm(total=w, unit="window", desc="forecast", disable=None if progress else True, leave=False) as bar:
-        for a in range(0, w, batch_size):
-            b = min(a + batch_size, w)
-            s = np.asarray(forecast_fn(contexts[a:b], ids[a:b]), dtype=np.float64)
-            if s.shape != (b - a, samples, horizon):
-                raise EvaluationError(
-                    f"forecaster returned shape {s.shape}, expected {(b - a, samples, horizon)} [windows, samples, horizon]"
-                )
-            if not np.all(np.isfinite(s)):
-                raise EvaluationError(f"forecaster returned non-finite samples for window {ids[a]} .. {ids[b - 1]}")
-            out[a:b] = s
-            bar.update(b - a)
-    return out
+class Progress:
+    """Progress of `total` windows: tqdm's bar when stderr is a terminal; otherwise one line per
+    update on stderr, so that a piped or logged run still shows how far it is."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.done, self.start = total, desc, 0, time.perf_counter()
+        stream = sys.stderr
+        self.lines = enabled and stream is not None and not stream.isatty()
+        self.bar = None
+        if enabled and not self.lines:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="window", desc=desc, leave=False, file=stream)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.lines:
+            elapsed = time.perf_counter() - self.start
+            left = elapsed * (self.total - self.done) / self.done if self.done else 0.0
+            print(f"{self.desc}: {self.done}/{self.total} windows ({100 * self.done / self.total:.0f}%), "
+                  f"{elapsed:.0f} s elapsed, ~{left:.0f} s left", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def score_model(w: EvalWindows) -> dict:
-    """All model metrics on the scored windows (see dil.evaluate.metrics)."""
-    y, s, m = w.targets, w.samples, w.target_mask
-    median = M.median_forecast(s)
-    cov50, cov90 = M.coverages(y, s, (0.5, 0.9), mask=m)
-    return {
-        "crps": M.crps_quantile(y, s, mask=m),
-        "crps_sample": M.crps_sample(y, s, mask=m),
-        "crps_sum": M.crps_sum(y, s, mask=m),
-        "mae": M.mae(y, median, mask=m),
-        "mse": M.mse(y, median, mask=m),
-        "coverage_50": cov50,
-        "coverage_90": cov90,
-    }
+def _checked(samples, expected: tuple, first_id: str, last_id: str) -> np.ndarray:
+    s = np.asarray(samples, dtype=np.float64)
+    if s.shape != expected:
+        raise EvaluationError(f"forecaster returned shape {s.shape}, expected {expected} [windows, samples, horizon]")
+    if not np.all(np.isfinite(s)):
+        raise EvaluationError(f"forecaster returned non-finite samples for window {first_id} .. {last_id}")
+    return s
+
+
+def stream_forecasts(fn, w: EvalWindows, mask: np.ndarray, options: EvalOptions, scopes: dict | None = None,
+                     desc: str = "forecast") -> M.StreamedScores:
+    """Forecast the windows where mask [O, C] is True, options.batch_size at a time in origin-major
+    order, each batch reduced into a metrics.StreamedScores on arrival (its samples are then dropped).
+
+    scopes: {key: bool [O, C]} window sets to score besides `mask` itself (scope ALL).
+    """
+    horizon = w.targets.shape[-1]
+    pairs = np.argwhere(mask)
+    ids = np.array(window_ids(w.names, w.origins), dtype=object)
+    scores = M.StreamedScores(w.targets, options.samples, CALIBRATION_WIDTHS, {ALL: mask, **(scopes or {})})
+    bar = Progress(len(pairs), desc, options.progress)
+    try:
+        for a in range(0, len(pairs), options.batch_size):
+            o, c = pairs[a : a + options.batch_size].T
+            batch_ids = [str(i) for i in ids[o, c]]
+            s = fn(w.contexts[o, c], batch_ids)
+            scores.add(o, c, _checked(s, (len(o), options.samples, horizon), batch_ids[0], batch_ids[-1]))
+            bar.update(len(o))
+    finally:
+        bar.close()
+    return scores
 
 
 def score_point(w: EvalWindows, point: np.ndarray) -> dict:
@@ -135,10 +196,23 @@ def score_point(w: EvalWindows, point: np.ndarray) -> dict:
     }
 
 
-def calibration(w: EvalWindows, widths=CALIBRATION_WIDTHS) -> dict:
+def score_samples(w: EvalWindows, mask: np.ndarray, samples: np.ndarray) -> dict:
+    """The model metrics of samples float [W, N, H] of the W windows where mask [O, C] is True
+    (origin-major order), on those windows."""
+    pairs = np.argwhere(mask)
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 3 or samples.shape[0] != len(pairs):
+        raise EvaluationError(
+            f"samples {samples.shape} do not match the {len(pairs)} windows [windows, samples, horizon]"
+        )
+    scores = M.StreamedScores(w.targets, samples.shape[1], CALIBRATION_WIDTHS, {ALL: mask})
+    scores.add(pairs[:, 0], pairs[:, 1], samples)
+    return scores.scores(ALL)
+
+
+def calibration(scores: M.StreamedScores, scope=ALL, widths=CALIBRATION_WIDTHS) -> dict:
     """Coverage of central intervals vs their nominal width: {"nominal": [..], "observed": [..]}."""
-    observed = M.coverages(w.targets, w.samples, widths, mask=w.target_mask)
-    return {"nominal": [float(c) for c in widths], "observed": observed}
+    return {"nominal": [float(c) for c in widths], "observed": scores.coverages(scope, widths)}
 
 
 def resolve_season(spec, season=None) -> int:
@@ -163,13 +237,13 @@ def _iso(ts) -> str | None:
 
 
 def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | None = None,
-                     season: int | None = None, samples: int = 0) -> EvalWindows:
+                     season: int | None = None) -> EvalWindows:
     """The scored test windows of the protocol, before any forecast.
 
     table: dil.data SeriesTable (values [T, C]); spec: its DatasetSpec (split, season).
     context, horizon: the forecaster's L and H. n_windows: evenly spaced test origins (None: all).
-    Windows whose context or target has no observed value are not valid (skipped). `samples` of
-    the result is NaN [O, C, samples, H] (filled by the caller); `baseline` is the seasonal naive.
+    Windows whose context or target has no observed value are not valid (skipped); `baseline` is
+    the seasonal naive.
     """
     from dil.data.windows import test_origins
 
@@ -194,7 +268,6 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
         contexts=ctx,
         targets=tgt,
         valid=valid,
-        samples=np.full(valid.shape + (samples, horizon), np.nan),
         baseline=M.seasonal_naive(hist, lag, horizon),
         timestamps=None if table.timestamps is None else np.asarray(table.timestamps)[origins],
     )
@@ -210,103 +283,80 @@ def subset(valid: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
-def forecast_windows(fn, w: EvalWindows, mask: np.ndarray, samples: int, batch_size: int = DEFAULT_BATCH_SIZE,
-                     progress: bool = True) -> np.ndarray:
-    """Samples float64 [O, C, samples, H] of forecaster `fn` on the windows where mask [O, C] is
-    True (NaN elsewhere), each window keyed by its id."""
-    horizon = w.targets.shape[-1]
-    ids = list(np.array(window_ids(w.names, w.origins), dtype=object)[mask])
-    out = np.full(mask.shape + (samples, horizon), np.nan)
-    out[mask] = run_forecasts(fn, w.contexts[mask], ids, samples, horizon, batch_size, progress)
-    return out
-
-
-def score_subset(w: EvalWindows, mask: np.ndarray, samples: np.ndarray) -> dict:
-    """A baseline run on a subset of the windows (mask [O, C]): its metrics, and those of the model
-    and of seasonal naive on exactly the same windows (a like-for-like comparison)."""
-    on = replace(w, valid=mask)
+def score_subset(w: EvalWindows, mask: np.ndarray, own: M.StreamedScores, model: M.StreamedScores, scope) -> dict:
+    """A baseline run on a subset of the windows (mask [O, C]; `own`: its scores, scope ALL): its
+    metrics, and those of the model (`model`, scope `scope` = the same mask) and of seasonal naive
+    on exactly the same windows (a like-for-like comparison)."""
     return {
-        **score_model(replace(on, samples=samples)),
+        **own.scores(ALL),
         "series_windows": int(mask.sum()),
         "window_ids": [str(i) for i in np.array(window_ids(w.names, w.origins), dtype=object)[mask]],
-        "same_windows": {"model": score_model(on), "seasonal_naive": score_point(on, w.baseline)},
+        "same_windows": {
+            "model": model.scores(scope),
+            "seasonal_naive": score_point(replace(w, valid=mask), w.baseline),
+        },
     }
 
 
-def run_evaluation(
-    forecast_fn,
-    table,
-    spec,
-    context: int,
-    horizon: int,
-    n_windows: int | None = None,
-    samples: int = 100,
-    steps: int | None = None,
-    seed: int = 0,
-    season: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = True,
-    baselines: dict | None = None,
-    subset_baselines: dict | None = None,
-) -> Evaluation:
+def protocol_report(table, spec, w: EvalWindows, context: int, horizon: int, options: EvalOptions) -> dict:
+    """report["protocol"]: what was evaluated, how (dataset, windows, split, samples, seed, ...)."""
+    from dil.data.windows import split_bounds
+
+    origins = w.origins
+    test_a, test_b = (int(x) for x in split_bounds(spec, np.asarray(table.values).shape[0])["test"])
+    splits = getattr(spec, "splits", None)
+    return {
+        "dataset": spec.name,
+        "source": getattr(table, "source", ""),
+        "sha256": getattr(table, "sha256", ""),
+        "series": len(table.names),
+        "context": int(context),
+        "horizon": int(horizon),
+        "windows": int(origins.size),
+        "series_windows": int(w.valid.sum()),
+        "skipped_windows": int((~w.valid).sum()),
+        "samples": int(options.samples),
+        "steps": None if options.steps is None else int(options.steps),
+        "seed": int(options.seed),
+        "quantile_levels": [float(q) for q in QUANTILE_LEVELS],
+        "split": {
+            "rule": splits.describe() if splits is not None else None,
+            "test_rows": [test_a, test_b],
+            "first_origin": int(origins[0]),
+            "last_origin": int(origins[-1]),
+            "first_origin_time": None if w.timestamps is None else _iso(w.timestamps[0]),
+            "last_origin_time": None if w.timestamps is None else _iso(w.timestamps[-1]),
+            "stride": int(origins[1] - origins[0]) if origins.size > 1 else None,
+        },
+        "season": resolve_season(spec, options.season),
+    }
+
+
+def run_evaluation(forecast_fn, table, spec, context: int, horizon: int, options: EvalOptions = EvalOptions(),
+                   baselines: dict | None = None, subset_baselines: dict | None = None) -> Evaluation:
     """Forecast every scored test window and score the model and the seasonal-naive baseline.
 
     table: dil.data SeriesTable (values [T, C]); spec: its DatasetSpec (split, season).
-    context, horizon: the forecaster's L and H. n_windows: evenly spaced test origins (None: all).
-    samples: N the forecaster draws per window (checked). steps, seed: recorded in the protocol
-    (the forecaster applies them). season: seasonal-naive lag override.
+    context, horizon: the forecaster's L and H. options: EvalOptions (windows, samples, seed, ...).
     baselines: extra probabilistic baselines {name: forecast_fn} (same protocol, same windows, N
     samples), scored like the model under report["baselines"][name].
     subset_baselines: costly baselines {name: (forecast_fn, count)} run on `count` evenly spaced
     scored windows only; report["baselines"][name] holds their metrics plus "same_windows": the
     model's and seasonal naive's metrics on those windows (see score_subset).
     """
-    from dil.data.windows import split_bounds
-
-    w = protocol_windows(table, spec, context, horizon, n_windows, season, samples)
-    lag = resolve_season(spec, season)
-    origins, valid = w.origins, w.valid
-    w.samples = forecast_windows(forecast_fn, w, valid, samples, batch_size, progress)
-    extra = {name: score_model(replace(w, samples=forecast_windows(fn, w, valid, samples, batch_size, progress)))
+    w = protocol_windows(table, spec, context, horizon, options.n_windows, options.season)
+    masks = {name: subset(w.valid, count) for name, (_, count) in (subset_baselines or {}).items()}
+    w.forecast = stream_forecasts(forecast_fn, w, w.valid, options, scopes=masks)
+    extra = {name: stream_forecasts(fn, w, w.valid, options, desc=name).scores(ALL)
              for name, fn in (baselines or {}).items()}
-    for name, (fn, count) in (subset_baselines or {}).items():
-        mask = subset(valid, count)
-        extra[name] = score_subset(w, mask, forecast_windows(fn, w, mask, samples, batch_size, progress))
-    t = np.asarray(table.values).shape[0]
-    bounds = split_bounds(spec, t)
-    test_a, test_b = (int(x) for x in bounds["test"])
-    first_ts = None if w.timestamps is None else _iso(w.timestamps[0])
-    last_ts = None if w.timestamps is None else _iso(w.timestamps[-1])
-    splits = getattr(spec, "splits", None)
+    for name, (fn, _) in (subset_baselines or {}).items():
+        own = stream_forecasts(fn, w, masks[name], options, desc=name)
+        extra[name] = score_subset(w, masks[name], own, w.forecast, name)
     report = {
-        "model": score_model(w),
+        "model": w.forecast.scores(ALL),
         "baselines": {"seasonal_naive": score_point(w, w.baseline), **extra},
-        "calibration": calibration(w),
-        "protocol": {
-            "dataset": spec.name,
-            "source": getattr(table, "source", ""),
-            "sha256": getattr(table, "sha256", ""),
-            "series": len(table.names),
-            "context": int(context),
-            "horizon": int(horizon),
-            "windows": int(origins.size),
-            "series_windows": int(valid.sum()),
-            "skipped_windows": int((~valid).sum()),
-            "samples": int(samples),
-            "steps": None if steps is None else int(steps),
-            "seed": int(seed),
-            "quantile_levels": [float(q) for q in QUANTILE_LEVELS],
-            "split": {
-                "rule": splits.describe() if splits is not None else None,
-                "test_rows": [test_a, test_b],
-                "first_origin": int(origins[0]),
-                "last_origin": int(origins[-1]),
-                "first_origin_time": first_ts,
-                "last_origin_time": last_ts,
-                "stride": int(origins[1] - origins[0]) if origins.size > 1 else None,
-            },
-            "season": lag,
-        },
+        "calibration": calibration(w.forecast),
+        "protocol": protocol_report(table, spec, w, context, horizon, options),
     }
     return Evaluation(report=finite_or_none(report), windows=w)
 
@@ -323,10 +373,11 @@ def finite_or_none(obj):
     return obj
 
 
-def evaluate(forecast_fn, table, spec, context, horizon, n_windows=None, samples=100, **kw) -> dict:
-    """The JSON-ready report of run_evaluation (same arguments):
+def evaluate(forecast_fn, table, spec, context, horizon, baselines=None, subset_baselines=None, **options) -> dict:
+    """The JSON-ready report of run_evaluation, the EvalOptions given by name (samples=50, ...):
     {"model": {crps, crps_sample, crps_sum, mae, mse, coverage_50, coverage_90},
      "baselines": {"seasonal_naive": {crps, crps_sample, crps_sum, mae, mse}},
      "calibration": {nominal, observed}, "protocol": {...}}.
     CRPS figures are normalised by sum |y| (GluonTS); mae/mse are in the data's units."""
-    return run_evaluation(forecast_fn, table, spec, context, horizon, n_windows, samples, **kw).report
+    return run_evaluation(forecast_fn, table, spec, context, horizon, EvalOptions(**options), baselines,
+                          subset_baselines).report

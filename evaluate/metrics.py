@@ -98,8 +98,13 @@ def crps_pointwise(y, samples) -> np.ndarray:
 def crps_sample(y, samples, mask=None) -> float:
     """Exact sample CRPS (crps_pointwise) summed over observed steps / sum |y| (same normalisation)."""
     yz, obs = _target(y, mask)
-    point = crps_pointwise(np.where(obs, yz, 0.0), samples)
-    return _ratio(np.where(obs, point, 0.0).sum(), np.abs(yz).sum())
+    return normalised_total(y, crps_pointwise(np.where(obs, yz, 0.0), samples), mask)
+
+
+def normalised_total(y, per_step, mask=None) -> float:
+    """sum of per_step [..., H] (e.g. crps_pointwise) over the observed steps of y / their sum |y|."""
+    yz, obs = _target(y, mask)
+    return _ratio(np.where(obs, per_step, 0.0).sum(), np.abs(yz).sum())
 
 
 def crps_sum(y, samples, levels=QUANTILE_LEVELS, mask=None) -> float:
@@ -149,15 +154,25 @@ def coverage(y, samples, width: float, mask=None) -> float:
 
 def coverages(y, samples, widths, mask=None) -> list[float]:
     """coverage() for several interval widths from one quantile computation (a calibration curve)."""
+    s = _samples(samples, np.shape(y))
+    q = sample_quantiles(s, axis=-2, levels=interval_levels(widths))  # [2K, ..., H]
+    return coverages_of_bounds(y, q, mask)
+
+
+def interval_levels(widths) -> np.ndarray:
+    """The quantile levels bounding central intervals of `widths` (K,): float64 [2K], the K lower
+    bounds (1 - w) / 2 then the K upper ones (1 + w) / 2."""
     widths = np.asarray(widths, dtype=np.float64).reshape(-1)
     if np.any((widths <= 0.0) | (widths >= 1.0)):
         raise ValueError(f"interval widths must be in (0, 1), got {widths.tolist()}")
+    return np.concatenate([(1 - widths) / 2, (1 + widths) / 2])
+
+
+def coverages_of_bounds(y, bounds, mask=None) -> list[float]:
+    """coverages() from the interval bounds: bounds float [2K, ..., H] at interval_levels(widths)."""
     yz, obs = _target(y, mask)
-    s = _samples(samples, yz.shape)
-    levels = np.concatenate([(1 - widths) / 2, (1 + widths) / 2])
-    q = sample_quantiles(s, axis=-2, levels=levels)  # [2K, ..., H]
-    k = widths.size
-    inside = obs & (yz >= q[:k]) & (yz <= q[k:])  # [K, ..., H]
+    k = bounds.shape[0] // 2
+    inside = obs & (yz >= bounds[:k]) & (yz <= bounds[k:])  # [K, ..., H]
     n = obs.sum()
     return [_ratio(c, n) for c in inside.reshape(k, -1).sum(axis=1)]
 
@@ -187,3 +202,85 @@ def seasonal_naive(history, season: int, horizon: int) -> np.ndarray:
     last = np.where(idx >= 0, last, np.nan)
     phase = np.where(np.isnan(phase), last[..., None], phase)
     return phase[..., np.arange(horizon) % season]
+
+
+class StreamedScores:
+    """The metrics of a sample forecast of many windows, fed a batch of windows at a time.
+
+    Each window's N samples are reduced on arrival to what the metrics above need of them, per target
+    step: its quantiles (the CRPS grid and the bounds of the central intervals of `widths`), its
+    median, its exact CRPS (crps_pointwise), and for CRPS-sum its samples added into the running sum
+    over the series of its origin. Memory: windows x H x (levels + 2) + scopes x origins x N x H
+    floats instead of windows x N x H. The figures are those of the functions above on all samples
+    at once, bit for bit, whatever the batches: every reduction over samples is per window, and the
+    sums over windows run at the end on the same arrays.
+
+    targets: float64 [O, C, H] (NaN = missing). samples: N per window. widths: the central-interval
+    widths whose coverage is asked later (must include 0.5 and 0.9 for `scores`). scopes: {name: bool
+    [O, C]}, the window sets that will be scored (CRPS-sum adds the series of each set). Windows must
+    arrive origin-major, series ascending (the order of np.argwhere): the running sums then add the
+    series in the order of numpy's sum over the series axis.
+    """
+
+    def __init__(self, targets, samples: int, widths, scopes: dict, levels=QUANTILE_LEVELS):
+        self.targets = np.asarray(targets, dtype=np.float64)
+        o, c, h = self.targets.shape
+        self.crps_levels = np.asarray(levels, dtype=np.float64)
+        self.widths = np.asarray(widths, dtype=np.float64).reshape(-1)
+        self.levels = np.concatenate([self.crps_levels, interval_levels(self.widths)])
+        # Level-major [Q', O, C, H], the layout of sample_quantiles' output: the loss sums over it
+        # then run in the same order as crps_quantile's (float addition is not associative).
+        self.quantiles = np.full((self.levels.size, o, c, h), np.nan)
+        self.median = np.full((o, c, h), np.nan)
+        self.crps = np.full((o, c, h), np.nan)
+        self.scopes = {name: np.asarray(m, dtype=bool) for name, m in scopes.items()}
+        self.sums = {name: np.zeros((o, int(samples), h)) for name in self.scopes}
+
+    def add(self, origin_idx, series_idx, samples) -> None:
+        """Windows (origin_idx[b], series_idx[b]), b < B, with their samples float [B, N, H]."""
+        o, c = np.asarray(origin_idx, dtype=np.int64), np.asarray(series_idx, dtype=np.int64)
+        y = self.targets[o, c]
+        s = _samples(samples, y.shape)
+        self.quantiles[:, o, c] = sample_quantiles(s, axis=-2, levels=self.levels)
+        self.median[o, c] = median_forecast(s)
+        observed = ~np.isnan(y)
+        self.crps[o, c] = crps_pointwise(np.where(observed, y, 0.0), s)
+        for name, scope in self.scopes.items():
+            total = self.sums[name]
+            for b in np.flatnonzero(scope[o, c]):
+                total[o[b]] += np.where(observed[b], s[b], 0.0)
+
+    def quantiles_at(self, levels) -> np.ndarray:
+        """Stored quantiles at `levels` (each one of self.levels, exactly): float64 [O, C, len, H]."""
+        index = [int(np.flatnonzero(self.levels == q)[0]) if np.any(self.levels == q) else -1 for q in levels]
+        if min(index, default=0) < 0:
+            raise ValueError(f"quantile levels {list(levels)} are not all among the stored {self.levels.tolist()}")
+        return np.moveaxis(self.quantiles[index], 0, 2)
+
+    def coverages(self, scope: str, widths) -> list[float]:
+        """Coverage of the central intervals of `widths` (each among self.widths) on a scope's windows."""
+        k, n = self.crps_levels.size, self.widths.size
+        pos = [int(np.flatnonzero(self.widths == w)[0]) for w in np.asarray(widths, dtype=np.float64).reshape(-1)]
+        bounds = self.quantiles[[k + i for i in pos] + [k + n + i for i in pos]]  # [2K, O, C, H]
+        return coverages_of_bounds(self.targets, bounds, self._mask(scope))
+
+    def scores(self, scope: str) -> dict:
+        """{crps, crps_sample, crps_sum, mae, mse, coverage_50, coverage_90} on a scope's windows."""
+        y, m = self.targets, self._mask(scope)
+        cov50, cov90 = self.coverages(scope, (0.5, 0.9))
+        yz, obs = _target(y, m)
+        return {
+            "crps": weighted_quantile_loss(y, np.moveaxis(self.quantiles[: self.crps_levels.size], 0, -2),
+                                           self.crps_levels, m),
+            "crps_sample": normalised_total(y, self.crps, m),
+            # crps_sum on the running sums: the aggregate step counts where every series is observed.
+            "crps_sum": crps_quantile(yz.sum(axis=1), self.sums[scope], self.crps_levels, obs.all(axis=1)),
+            "mae": mae(y, self.median, mask=m),
+            "mse": mse(y, self.median, mask=m),
+            "coverage_50": cov50,
+            "coverage_90": cov90,
+        }
+
+    def _mask(self, scope: str) -> np.ndarray:
+        """bool [O, C, H]: the target steps of a scope that count."""
+        return self.scopes[scope][..., None] & ~np.isnan(self.targets)

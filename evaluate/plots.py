@@ -10,9 +10,10 @@ import numpy as np
 
 from dil.runtime.files import atomic_path
 from dil.runtime.deps import require
-from dil.runtime.quantiles import sample_quantiles
 
 FAN_FILE = "fan_charts.png"
+# The median and the 50% / 90% central bands (StreamedScores keeps these levels of every window).
+FAN_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 CALIBRATION_FILE = "calibration.png"
 
 
@@ -41,17 +42,18 @@ def pick_windows(valid: np.ndarray, count: int) -> list[tuple[int, int]]:
 def fan_charts(windows, out_dir, count: int = 4, context_shown: int | None = None) -> Path:
     """One panel per window: context tail, target, median, 50% / 90% bands, seasonal naive.
 
-    windows: dil.evaluate.harness.EvalWindows. context_shown: context steps drawn (default 3 H).
+    windows: dil.evaluate.harness.EvalWindows after the forecasts (its `forecast` keeps every
+    window's quantiles, so no samples are needed). context_shown: context steps drawn (default 3 H).
     """
     horizon = windows.targets.shape[-1]
     shown = min(windows.contexts.shape[-1], context_shown or 3 * horizon)
     picks = pick_windows(windows.valid, count)
+    bands = windows.forecast.quantiles_at(FAN_LEVELS)  # [O, C, 5, H]
     fig = _figure(figsize=(9, 2.4 * max(len(picks), 1)))
     axes = fig.subplots(max(len(picks), 1), 1, squeeze=False)[:, 0]
     t_ctx, t_hor = np.arange(-shown, 0), np.arange(horizon)
     for ax, (o, c) in zip(axes, picks):
-        s = windows.samples[o, c]  # [N, H]
-        q05, q25, q50, q75, q95 = sample_quantiles(s, axis=0, levels=np.array([0.05, 0.25, 0.5, 0.75, 0.95]))
+        q05, q25, q50, q75, q95 = bands[o, c]
         ax.plot(t_ctx, windows.contexts[o, c, -shown:], color="0.3", lw=1, label="context")
         ax.plot(t_hor, windows.targets[o, c], color="k", lw=1.2, label="actual")
         ax.fill_between(t_hor, q05, q95, color="C0", alpha=0.2, lw=0, label="90% interval")

@@ -1,14 +1,14 @@
 """The PyTorch baselines of an exported model: the same weights, sampled by the torch samplers.
 
-    ref = load_reference("engines/metro-traffic.onnx")            # checkpoint named by the manifest
+    ref = load_reference("engines/metro-traffic.onnx")            # the weights the artifact ships
     fn = ddpm_forecast_fn(ref, num_samples=100, seed=0)           # a harness forecast_fn
 
 `reference-ddpm1000`: 1000-step ancestral DDPM sampling (dil.evaluate.reference.ancestral), the classic
 diffusion-forecaster cost. `torch-full`: the runtime's solver and steps in PyTorch, every token
-recomputed (dil.evaluate.reference.sampler). Both need the training checkpoint (the engine holds ONNX graphs,
-not torch weights): `checkpoint` or the run the manifest names (runs/NAME, looked up from the
-working directory and beside the engine's folder). torch is imported only here, on first use; a
-missing torch gives a one-line MissingDependency naming the `train` extra.
+recomputed (dil.evaluate.reference.sampler). Both run the torch module of the engine, rebuilt from
+the weights the artifact ships (NAME.weights.safetensors), or from `checkpoint`, which must be the
+run the artifact was exported from (`dil.export.weights.torch_model_for`). torch is imported only
+here, on first use; a missing torch gives a one-line MissingDependency naming the `train` extra.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dil.runtime.deps import require
-from dil.runtime.manifest import ManifestError, checkpoint_run, load_manifest
+from dil.runtime.manifest import ManifestError, load_manifest
 
 # Max abs difference of the context keys/values between the checkpoint (torch) and the engine (ONNX)
 # on a fixed input: float32 exports agree to ~1e-6; other weights differ by O(0.1).
@@ -32,7 +32,9 @@ class ReferenceUnavailable(ValueError):
 
 @dataclass
 class Reference:
-    """The torch module of an engine. model: ScoreNet (eval, float32, CPU); schedule; run: the folder."""
+    """The torch module of an engine. model: ScoreNet (eval, float32, CPU); schedule; run: where its
+    weights came from (the artifact's weights file, or a run folder), which
+    `dil.export.weights.load_torch_model` loads again (the bench workers do)."""
 
     model: object
     schedule: object
@@ -46,24 +48,23 @@ class Reference:
 def load_reference(engine, checkpoint=None, onnx_engine=None) -> Reference:
     """Load the torch module behind `engine` and check that it is the same model.
 
-    The checkpoint's model config and schedule must equal the manifest's, and its context keys/values
-    must match the engine's on a fixed input (SAME_MODEL_TOLERANCE): a checkpoint trained further
-    after the export, or another run, is refused. onnx_engine: an already loaded OnnxEngine.
-    Raises MissingDependency (no torch) or ReferenceUnavailable.
+    checkpoint: a run folder, refused unless it holds the exported weights (sha256); default: the
+    artifact's own weights. The model config and schedule must equal the manifest's, and the context
+    keys/values must match the engine's on a fixed input (SAME_MODEL_TOLERANCE; this also catches a
+    checkpoint trained further after an export that recorded no weights hash).
+    onnx_engine: an already loaded OnnxEngine. Raises MissingDependency (no torch) or ReferenceUnavailable.
     """
     require("torch", "train")
+    from dil.export.weights import torch_model_for
     from dil.runtime.backends.onnx_engine import OnnxEngine
-    from dil.train.checkpoint import CheckpointError, load_checkpoint
+    from dil.train.checkpoint import CheckpointError
 
     manifest = load_manifest(engine)
     try:
-        run = checkpoint_run(manifest, checkpoint)
-    except ManifestError as exc:
-        raise ReferenceUnavailable(str(exc)) from None
-    try:
-        ckpt = load_checkpoint(run)
-    except CheckpointError as exc:
-        raise ReferenceUnavailable(str(exc)) from None
+        ckpt = torch_model_for(manifest, checkpoint)
+    except (CheckpointError, ManifestError) as exc:
+        raise ReferenceUnavailable(str(exc).splitlines()[0]) from None
+    run = ckpt.path
     if ckpt.config != manifest.model or ckpt.schedule != manifest.schedule:
         raise ReferenceUnavailable(f"checkpoint {run} holds another model than {manifest.path.name} (config or schedule differ)")
     err = _encode_difference(ckpt.model, onnx_engine or OnnxEngine.load(engine))

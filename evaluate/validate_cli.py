@@ -17,7 +17,7 @@ def parse_settings(pairs) -> dict:
     tuple: comma-separated numbers). Raises click.BadParameter naming the bad pair."""
     from dataclasses import fields
 
-    from dil.runtime.sampling.sampler import SamplerConfig
+    from dil.runtime.sampling.config import SamplerConfig
 
     kinds = {f.name: type(f.default) for f in fields(SamplerConfig)}
     out = {}
@@ -59,7 +59,8 @@ def summary_lines(report: dict) -> list[str]:
         f"  free run                  decision agreement {report['decision_agreement']:.6f}  "
         f"flips {free['flips_total']} ({free['first_flips']} first)  rows flipped {free['rows_flipped']}",
         f"                            samples max abs error {_fmt(report['forecast_max_abs_err'])} "
-        f"(rows without flips {_fmt(free['forecast_max_abs_err_agreeing_rows'])})  "
+        f"(rows without flips {_fmt(free['forecast_max_abs_err_agreeing_rows'])}, "
+        f"relative to max(1, |sample|) {_fmt(free['forecast_max_scaled_err_agreeing_rows'])})  "
         f"quantiles {_fmt(report['quantile_max_abs_err'])}",
     ]
     for f in [f for f in report["flips"] if not f["consequence"]][:5]:
@@ -74,9 +75,11 @@ def summary_lines(report: dict) -> list[str]:
 @click.option("--engine", required=True, metavar="PATH",
               help="Exported artifact: NAME.onnx, NAME.json or any sibling file of it.")
 @click.option("--checkpoint", default=None, type=click.Path(path_type=Path), metavar="RUN_DIR",
-              help="The dil-train run the artifact was exported from [default: runs/RUN named in the manifest].")
+              help="The dil-train run the artifact was exported from; refused when its model.safetensors is "
+                   "not the exported weights (sha256) [default: the weights the artifact ships, "
+                   "NAME.weights.safetensors].")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
-              help="Write the full report (every number, every flip) as JSON here.")
+              help="Write the full report (every number, every flip) as JSON here (missing folders are created).")
 @click.option("--dataset", default=None, metavar="NAME|FILE",
               help="Take the context windows from this bundled dataset or table file [default: the training data].")
 @click.option("--series", default=4, show_default=True, type=int, help="Real context windows (series) to forecast.")
@@ -100,9 +103,10 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
       free run      each side with its own network (ONNX Runtime vs torch): decision_agreement
                     (>= 0.99), forecast_max_abs_err and quantile_max_abs_err (<= 1e-3); decisions
                     that flip are listed with the margin by which their threshold was missed,
-                    and rows without flips must agree within 1e-4
+                    and rows without flips must agree within 1e-4 * max(1, |sample|)
 
-    Exits with status 1 when a gate fails.
+    The torch module is rebuilt from the weights the artifact ships (NAME.weights.safetensors beside
+    the graphs); no training run is needed. Exits with status 1 when a gate fails.
 
     \b
     Example:
@@ -116,8 +120,11 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     except MissingDependency as exc:
         raise click.ClickException(str(exc)) from None
     sampler_settings = parse_settings(settings)
-    if json_path is not None and not json_path.parent.is_dir():
-        raise click.ClickException(f"--json {json_path}: directory {json_path.parent} does not exist")
+    from dil.runtime.files import folder_problem, made_folders
+
+    problem = json_path is not None and folder_problem(json_path.parent)  # missing folders are created
+    if problem:
+        raise click.ClickException(f"--json {json_path}: {problem}")
     from tqdm import tqdm
 
     from dil.evaluate.validation_inputs import ValidationInputError
@@ -142,7 +149,8 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     if json_path is not None:
         from dil.runtime.files import write_text
 
-        write_text(json_path, json.dumps(report, indent=2) + "\n")
+        with made_folders(json_path.parent):
+            write_text(json_path, json.dumps(report, indent=2) + "\n")
     for line in summary_lines(report):
         click.echo(line)
     if not report["passed"]:

@@ -1,16 +1,19 @@
 """What `dil-validate` needs besides the artifact: the torch module and real context windows.
 
-The torch module comes from `--checkpoint`, or from the run the manifest names (its `checkpoint.run`,
-looked for as `runs/RUN` in the working folder and beside the artifact's folder). The windows are real
-context windows of the manifest's dataset (or `--dataset`, a bundled name or a table file), taken from
-its validation part as the exporter's real-input validation does (`dil.export.real_data`).
+The torch module comes from the artifact's own weights (NAME.weights.safetensors), or from
+`--checkpoint`, which must be the run the artifact was exported from (its model.safetensors sha256
+equals the manifest's weights sha256); an artifact exported before weights shipped falls back to
+the run its manifest names (`runs/RUN` in the working folder or beside the artifact's folder), see
+`dil.export.weights.torch_model_for`. The windows are real context windows of the manifest's dataset
+(or `--dataset`, a bundled name or a table file), taken from its validation part as the exporter's
+real-input validation does (`dil.export.real_data`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dil.runtime.manifest import ManifestError, checkpoint_run
+from dil.runtime.manifest import ManifestError
 
 
 class ValidationInputError(ValueError):
@@ -18,20 +21,15 @@ class ValidationInputError(ValueError):
 
 
 def load_model(manifest, checkpoint=None):
-    """(ScoreNet, run folder) for the artifact; its config must equal the manifest's."""
-    from dil.train.checkpoint import CheckpointError, load_checkpoint
+    """(ScoreNet, where its weights came from: the artifact's weights file or the run folder)."""
+    from dil.export.weights import torch_model_for
+    from dil.train.checkpoint import CheckpointError
 
     try:
-        path = checkpoint_run(manifest, checkpoint)
-    except ManifestError as exc:
-        raise ValidationInputError(str(exc)) from None
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as exc:
+        ckpt = torch_model_for(manifest, checkpoint)
+    except (CheckpointError, ManifestError) as exc:
         raise ValidationInputError(str(exc).splitlines()[0]) from None
-    if ckpt.config != manifest.model:
-        raise ValidationInputError(f"checkpoint {path} has another model config than the artifact {manifest.path}")
-    return ckpt.model, path
+    return ckpt.model, ckpt.path
 
 
 def validation_windows(manifest, count: int, dataset: str | None = None):

@@ -24,35 +24,39 @@ from __future__ import annotations
 import numpy as np
 
 from dil.runtime.quantiles import sample_quantiles
-from dil.runtime.rng import initial_noise
+from dil.runtime.rng import SeriesStreams
 from dil.runtime.scaling import context_features, context_scale, standardise
 from dil.evaluate.reference.sampler import ReferenceSampler, StepDecision
 
 # Gates of a passing validation (issue 3), standardised scale.
 AGREEMENT_MIN = 0.99  # free-run decision agreement
 QUANTILE_TOLERANCE = 1e-3
-FORECAST_TOLERANCE = 1e-4  # samples of rows whose decisions all agree
+# Samples of rows whose decisions all agree: |runtime - reference| <= 1e-4 * max(1, |reference|). The
+# bound scales with the sample because float32 graphs carry a relative error: a sample 20 standard
+# deviations out (seen on the shipped model) differs by ~1e-4 absolute, ~5e-6 relative.
+FORECAST_TOLERANCE = 1e-4
 MAX_LISTED_FLIPS = 50
 
 
 # ---------------------------------------------------------------------------------------------
 # The two controllers behind one door: built from the same runtime SamplerConfig.
-def runtime_controller(config, keys, seed: int):
-    """The runtime's controller for `config` (a dil.runtime.sampling.sampler.SamplerConfig)."""
+# Both get the same random streams at start (the sampler hands them over).
+def runtime_controller(config):
+    """The runtime's controller for `config` (a dil.runtime.sampling.config.SamplerConfig)."""
     from dil.runtime.sampling.sampler import make_controller
 
-    return make_controller(config, seed=seed, keys=keys)
+    return make_controller(config)
 
 
-def reference_controller(config, keys, seed: int):
+def reference_controller(config):
     """The reference's controller for the same settings (torch, dil.evaluate.reference.controller)."""
     from dil.evaluate.reference.controller import ReferenceController
 
-    return ReferenceController(config, seed=seed, keys=keys)
+    return ReferenceController(config)
 
 
-def reference_sampler(model, schedule, ctx, x_T, config, keys, seed: int) -> ReferenceSampler:
-    return ReferenceSampler(model, schedule, ctx, x_T, config.steps, reference_controller(config, keys, seed),
+def reference_sampler(model, schedule, ctx, x_T, config, streams: SeriesStreams) -> ReferenceSampler:
+    return ReferenceSampler(model, schedule, ctx, x_T, config.steps, streams, reference_controller(config),
                             solver_order=config.solver_order, bucket=getattr(config, "bucket", 1))
 
 
@@ -76,11 +80,11 @@ class RecordingController:
 
     @property
     def counters(self) -> dict:
-        return getattr(self.inner, "counters", {})
+        return self.inner.counters
 
-    def start(self, G: int, N: int, H: int, solver) -> None:
+    def start(self, G: int, N: int, H: int, solver, streams: SeriesStreams) -> None:
         self.shape, self.steps = (G, N, H), solver.steps
-        self.inner.start(G, N, H, solver)
+        self.inner.start(G, N, H, solver, streams)
 
     def plan(self, i: int, cache):
         if self.before_plan is not None:
@@ -94,8 +98,7 @@ class RecordingController:
         return plan
 
     def adjust(self, i: int, cache, computed) -> None:
-        if hasattr(self.inner, "adjust"):
-            self.inner.adjust(i, cache, computed)
+        self.inner.adjust(i, cache, computed)
 
     def observe(self, i: int, cache) -> None:
         self.inner.observe(i, cache)
@@ -108,8 +111,10 @@ class LockstepEngine:
     before_plan = `advance`). When the runtime asks for exactly the tokens the reference computed, it
     gets the reference's eps/keys/values for them; otherwise (a decision differs) the call is answered
     by the torch module on the runtime's own inputs, and counted in `mismatched_calls`.
-    `input_max_abs_diff` tracks |x_sub runtime - reference| (float32).
+    `input_max_abs_diff` tracks |x_sub runtime - reference| (float32). No series limit, no device cache.
     """
+
+    max_batch = None
 
     def __init__(self, reference: ReferenceSampler, torch_graphs, config):
         from dil.runtime.backends.onnx_engine import EngineStats
@@ -149,6 +154,12 @@ class LockstepEngine:
         k = np.take_along_axis(ref.cache.k.numpy(), kv_idx, axis=3)
         v = np.take_along_axis(ref.cache.v.numpy(), kv_idx, axis=3)
         return eps, k, v
+
+    def device_cache(self, G: int, N: int, H: int) -> None:
+        return None
+
+    def denoise_cached(self, *args):
+        raise RuntimeError("the lockstep engine keeps no device cache")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,11 +239,13 @@ def compare_forecasts(x_runtime: np.ndarray, x_reference: np.ndarray, rows_flipp
     x_*: float64 [G, N, H] on the standardised scale; rows_flipped: bool [G, N].
     """
     diff = np.abs(x_runtime - x_reference)
+    scaled = diff / np.maximum(1.0, np.abs(x_reference))
     keep = ~rows_flipped
     q_rt, q_ref = sample_quantiles(x_runtime, axis=1), sample_quantiles(x_reference, axis=1)
     return {
         "forecast_max_abs_err": float(diff.max()),
         "forecast_max_abs_err_agreeing_rows": float(diff[keep].max()) if keep.any() else None,
+        "forecast_max_scaled_err_agreeing_rows": float(scaled[keep].max()) if keep.any() else None,
         "rows_flipped": int(rows_flipped.sum()),
         "quantile_max_abs_err": float(np.abs(q_rt - q_ref).max()),
     }
@@ -241,24 +254,25 @@ def compare_forecasts(x_runtime: np.ndarray, x_reference: np.ndarray, rows_flipp
 # ---------------------------------------------------------------------------------------------
 # The two runs.
 def prepare_inputs(contexts: np.ndarray, context_length: int, horizon: int, samples: int, seed: int, keys=None):
-    """(ctx features float32 [G, L, 2], x_T float64 [G, N, H], keys) from raw context windows
-    float [G, L'] (NaN = missing), standardised per window as the runtime does."""
+    """(ctx features float32 [G, L, 2], x_T float64 [G, N, H], streams) from raw context windows
+    float [G, L'] (NaN = missing), standardised per window as the runtime does; streams: the
+    SeriesStreams of (seed, keys; default 0..G-1), x_T drawn from them."""
     ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -context_length:])
-    keys = list(range(ctx.shape[0])) if keys is None else list(keys)
+    streams = SeriesStreams(seed, range(ctx.shape[0]) if keys is None else keys)
     loc, scale = context_scale(ctx)
-    x_T = initial_noise(seed, keys, samples, horizon)
-    return context_features(standardise(ctx, loc, scale)), x_T, keys
+    x_T = streams.initial_noise(samples, horizon)
+    return context_features(standardise(ctx, loc, scale)), x_T, streams
 
 
-def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, keys, seed: int) -> dict:
+def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, streams: SeriesStreams) -> dict:
     """Runtime and reference controllers fed the same (torch) network outputs, in lockstep."""
     from dil.export.graph_check import TorchGraphs
     from dil.runtime.sampling.sampler import sample
 
-    ref = reference_sampler(model, schedule, ctx, x_T, config, keys, seed)
+    ref = reference_sampler(model, schedule, ctx, x_T, config, streams)
     engine = LockstepEngine(ref, TorchGraphs(model), model.config)
-    rec = RecordingController(runtime_controller(config, keys, seed), before_plan=engine.advance)
-    result = sample(engine, schedule, ctx, x_T, config, controller=rec)
+    rec = RecordingController(runtime_controller(config), before_plan=engine.advance)
+    result = sample(engine, schedule, ctx, x_T, config, streams, controller=rec)
     cmp = compare_decisions(rec.decisions, ref.decisions)
     rows = cmp.pop("rows_flipped")
     out = {"controller_agreement": cmp["agreement"], **cmp, "mismatched_calls": engine.mismatched_calls,
@@ -268,13 +282,13 @@ def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, 
     return out
 
 
-def free_run(engine, model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, keys, seed: int) -> dict:
+def free_run(engine, model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, streams: SeriesStreams) -> dict:
     """Each side with its own network: the runtime on `engine` (ONNX Runtime), the reference on torch."""
     from dil.runtime.sampling.sampler import sample
 
-    rec = RecordingController(runtime_controller(config, keys, seed))
-    result = sample(engine, schedule, ctx, x_T, config, controller=rec)
-    ref = reference_sampler(model, schedule, ctx, x_T, config, keys, seed)
+    rec = RecordingController(runtime_controller(config))
+    result = sample(engine, schedule, ctx, x_T, config, streams, controller=rec)
+    ref = reference_sampler(model, schedule, ctx, x_T, config, streams)
     x_ref = ref.run()
     cmp = compare_decisions(rec.decisions, ref.decisions)
     rows = cmp.pop("rows_flipped")
@@ -296,13 +310,13 @@ def gates(report: dict) -> list[str]:
         out.append(f"free-run decision agreement {report['decision_agreement']:.4f} < {AGREEMENT_MIN}")
     if report["quantile_max_abs_err"] > QUANTILE_TOLERANCE:
         out.append(f"quantile max abs error {report['quantile_max_abs_err']:.3g} > {QUANTILE_TOLERANCE:g}")
-    agreeing = report["free_run"]["forecast_max_abs_err_agreeing_rows"]
+    agreeing = report["free_run"]["forecast_max_scaled_err_agreeing_rows"]
     if agreeing is not None and agreeing > FORECAST_TOLERANCE:
-        out.append(f"sample max abs error {agreeing:.3g} > {FORECAST_TOLERANCE:g} on rows without flips")
+        out.append(f"sample error {agreeing:.3g} > {FORECAST_TOLERANCE:g} * max(1, |sample|) on rows without flips")
     return out
 
 
-def validate_sampler(engine, model, schedule, contexts: np.ndarray, config, samples: int, seed: int = 0,
+def validate_sampler(engine, model, schedule, contexts: np.ndarray, config, samples: int, seed: int,
                      graph_report: dict | None = None) -> dict:
     """The sampler part of `dil-validate` on raw context windows float [G, L'] (NaN = missing).
 
@@ -310,9 +324,9 @@ def validate_sampler(engine, model, schedule, contexts: np.ndarray, config, samp
     the per-graph section (validate_graphs) to include. Returns the JSON-ready report.
     """
     cfg = model.config
-    ctx, x_T, keys = prepare_inputs(contexts, cfg.context_length, cfg.horizon, samples, seed)
-    check = controller_check(model, schedule, ctx, x_T, config, keys, seed)
-    run = free_run(engine, model, schedule, ctx, x_T, config, keys, seed)
+    ctx, x_T, streams = prepare_inputs(contexts, cfg.context_length, cfg.horizon, samples, seed)
+    check = controller_check(model, schedule, ctx, x_T, config, streams)
+    run = free_run(engine, model, schedule, ctx, x_T, config, streams)
     report = {}
     if graph_report is not None:
         report["encode_max_abs_err"] = graph_report["graphs"]["encode"]["max_abs_err"]
@@ -353,13 +367,13 @@ def run_validation(engine_path, checkpoint=None, dataset: str | None = None, ser
     from dil.evaluate.validation_inputs import load_model, validation_windows
     from dil.runtime.backends.onnx_engine import OnnxEngine
     from dil.runtime.manifest import load_manifest
-    from dil.runtime.sampling.sampler import SamplerConfig
+    from dil.runtime.sampling.config import SamplerConfig
 
     say = progress or (lambda message: None)
     for name, value, low in (("series", series, 1), ("samples", samples, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    config = SamplerConfig(steps=steps, **(sampler_settings or {}))
+    config = SamplerConfig(inference_steps=steps, **(sampler_settings or {}))
     say("loading the artifact")
     manifest = load_manifest(engine_path)
     engine = OnnxEngine(manifest, threads=threads)

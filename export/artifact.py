@@ -1,20 +1,23 @@
-"""Export a checkpoint to a complete artifact: ONNX graphs + manifest (DESIGN section 10).
+"""Export a checkpoint to a complete artifact: ONNX graphs, torch weights, manifest (DESIGN section 10).
 
-    export_artifact("runs/NAME", "engines")  ->  engines/NAME.encode.onnx, NAME.denoise.onnx, NAME.json
+    export_artifact("runs/NAME", "engines")
+        ->  engines/NAME.encode.onnx, NAME.denoise.onnx, NAME.weights.safetensors, NAME.json
 
-Order: load the checkpoint, export both graphs into a temporary folder inside the output folder,
-validate them against the PyTorch module (`dil.export.graph_check`), and only then move them into
-place and write the manifest last. A failure at any point leaves nothing behind and never touches
-a previous artifact of the same name; a successful export replaces it (its old manifest is removed
-first, so a reader never pairs an old manifest with new graphs).
+The steps (`export_stages` lists them, in order, for the progress display): refuse a run whose
+training did not finish (unless allowed), load the checkpoint, export both graphs into a temporary
+folder inside the output folder, validate them against the PyTorch module
+(`dil.export.graph_check`), copy the EMA weights beside them (`dil.export.weights`), then move
+everything into place and write the manifest last. A failure at any point leaves nothing behind and
+never touches a previous artifact of the same name; a successful export replaces it (its old
+manifest is removed first, so a reader never pairs an old manifest with new files).
 
 Output folder rule: a missing output folder is created when its parent exists (and removed again
 if the export fails); a deeper missing path is an error, as it is most likely a typo.
 
 Variants (docs/tensorrt.md), built and validated in the same temporary folder before anything is
-published: `fp16=True` adds the artifact NAME.fp16 (FP16 graphs, float32 islands and I/O,
-dil.export.fp16); `tensorrt=True` adds TensorRT plans to every artifact written
-(dil.export.trt_artifact), and needs TensorRT and a GPU, checked before any work.
+published: `fp16` adds the artifact NAME.fp16 (FP16 graphs, float32 islands and I/O,
+dil.export.fp16; it names the same weights file); `tensorrt` adds TensorRT plans to every artifact
+written (dil.export.trt_artifact), and needs TensorRT and a GPU, checked before any work.
 """
 
 from __future__ import annotations
@@ -23,18 +26,64 @@ import contextlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from dil.runtime.files import write_text
+from dil.export.graph_check import FP32_TOLERANCE, REAL_WINDOWS, SUBSET_TOLERANCE, failures, validate_graphs
 from dil.export.onnx_export import OPSET, dynamic_axes, export_onnx
 from dil.export.real_data import training_windows
-from dil.export.graph_check import FP32_TOLERANCE, REAL_WINDOWS, SUBSET_TOLERANCE, failures, validate_graphs
-from dil.runtime.files import sha256_file
-from dil.runtime.manifest import Manifest
+from dil.export.weights import weights_file_name, weights_record
 from dil.runtime.backends.trt_profile import ProfileError, resolve_profile
-from dil.train.checkpoint import load_checkpoint
+from dil.runtime.files import sha256_file, write_text
+from dil.runtime.manifest import Manifest
+from dil.train.checkpoint import Checkpoint, load_checkpoint
+from dil.train.run_state import training_progress
 
 PRECISION = "fp32"
+
+
+@dataclass
+class ExportOptions:
+    """What `export_artifact` writes and how it checks it.
+
+    name: artifact name (default: the run folder's name).
+    validate: compare ONNX Runtime with the PyTorch module (dil.export.graph_check) and refuse the
+        artifact beyond `tolerance` (max abs error, standardised scale) or `subset_tolerance`
+        (subset equivalence). seed: of the validation inputs.
+    data_path: the training table, for checkpoints trained on a user file (bundled datasets are
+        found by name); without it real-input validation is skipped and the manifest says why.
+    fp16: also write the FP16 artifact NAME.fp16.* (returned in `manifest.variants`).
+    tensorrt: also build TensorRT plans for each artifact; trt_ranges: {axis: (min, opt, max)}
+        profile overrides; strongly_typed: force the strongly typed FP16 route on TensorRT 10.x;
+        timing_cache: its path (default out_dir/tensorrt.timing.cache).
+    allow_incomplete: export a run whose training did not finish (refused otherwise).
+    """
+
+    name: str | None = None
+    validate: bool = True
+    tolerance: float = FP32_TOLERANCE
+    subset_tolerance: float = SUBSET_TOLERANCE
+    seed: int = 0
+    data_path: Path | None = None
+    fp16: bool = False
+    tensorrt: bool = False
+    trt_ranges: dict = field(default_factory=dict)
+    strongly_typed: bool | None = None
+    timing_cache: Path | None = None
+    allow_incomplete: bool = False
+
+
+def export_stages(options: ExportOptions) -> list[str]:
+    """The named stages `export_artifact` reports to its progress callback with these options, in order."""
+    from dil.export.trt_artifact import plan_stages
+
+    precisions = ["fp32"] + ["fp16"] * options.fp16
+    stages = ["load", "export encode", "export denoise"] + ["validate"] * options.validate
+    if options.fp16:
+        stages += ["fp16 convert"] + ["fp16 validate"] * options.validate
+    if options.tensorrt:
+        stages += [f"tensorrt {p} {s}" for p in precisions for s in plan_stages(options.validate)]
+    return stages + [f"write {p}" for p in precisions]
 
 
 class ExportError(RuntimeError):
@@ -127,125 +176,93 @@ def _data_record(data: dict, config) -> dict:
     return record
 
 
-def export_artifact(
-    run_dir,
-    out_dir,
-    name: str | None = None,
-    *,
-    validate: bool = True,
-    tolerance: float = FP32_TOLERANCE,
-    subset_tolerance: float = SUBSET_TOLERANCE,
-    seed: int = 0,
-    data_path=None,
-    progress=None,
-    fp16: bool = False,
-    tensorrt: bool = False,
-    trt_ranges: dict | None = None,
-    strongly_typed: bool | None = None,
-    timing_cache=None,
-) -> Manifest:
-    """Export run_dir's EMA model to out_dir/NAME.{encode,denoise}.onnx + NAME.json; returns the manifest.
+def export_artifact(run_dir, out_dir, options: ExportOptions | None = None, progress=None) -> Manifest:
+    """Export run_dir's EMA model to out_dir/NAME.{encode,denoise}.onnx, NAME.weights.safetensors and
+    NAME.json (see ExportOptions); returns the manifest.
 
-    fp16: also write the FP16 artifact NAME.fp16.* (returned in `manifest.variants`).
-    tensorrt: also build TensorRT plans for each artifact; trt_ranges: {axis: (min, opt, max)}
-    profile overrides; strongly_typed: force the strongly typed FP16 route on TensorRT 10.x;
-    timing_cache: its path (default out_dir/tensorrt.timing.cache).
-
-    name: artifact name (default: the run folder's name). validate: compare ONNX Runtime with the
-    PyTorch module (see dil.export.graph_check) and refuse the artifact beyond `tolerance` (max abs
-    error, standardised scale) or `subset_tolerance` (subset equivalence). seed: of the validation
-    inputs. data_path: the training table, for checkpoints trained on a user file (bundled datasets
-    are found by name); without it real-input validation is skipped and the manifest says why.
-    progress: optional callable taking a one-line stage message.
+    progress: optional callable(stage, message), called as each stage of `export_stages(options)`
+    starts, with its name and a one-line message.
     Raises CheckpointError (bad checkpoint) or ExportError (anything else); nothing is written then.
     """
-    say = progress or (lambda message: None)
+    opts = options or ExportOptions()
+    say = progress or (lambda stage, message: None)
     run_dir = Path(run_dir)
-    trt = gpu = None
-    if tensorrt:  # before any work: no GPU or no TensorRT is a one-line refusal
-        from dil.export.tensorrt import TrtBuildError, require_tensorrt
-
-        try:
-            trt, gpu = require_tensorrt()
-        except TrtBuildError as exc:
-            raise ExportError(str(exc)) from None
-    say(f"loading checkpoint {run_dir}")
+    trt = _require_tensorrt(opts)  # before any work: no GPU or no TensorRT is a one-line refusal
+    _check_finished(run_dir, opts)
+    say("load", f"loading checkpoint {run_dir}")
     ckpt = load_checkpoint(run_dir)
-    name = _check_name(name or run_dir.resolve().name)
-    if tensorrt:
+    name = _check_name(opts.name or run_dir.resolve().name)
+    _check_profile(ckpt, opts)
+    out_dir = Path(out_dir)
+    with _work_folder(out_dir, name) as work:
+        fp32 = _fp32_artifact(ckpt, work, out_dir / f"{name}.json", opts, say)
+        artifacts = [fp32]
+        if opts.fp16:
+            artifacts.append(_fp16_artifact(ckpt, fp32, work, opts, say))
+        if opts.tensorrt:
+            _add_tensorrt(artifacts, work, out_dir, opts, trt, say)
+        fp32.manifest.variants = [a.manifest for a in artifacts[1:]]
+        for a in artifacts:
+            say(f"write {a.manifest.precision}", f"writing {a.manifest.path}")
+            _publish(a.files, out_dir, a.manifest)
+        if opts.tensorrt and not opts.timing_cache:  # updated in the work folder, moved back on success only
+            from dil.export.tensorrt import TIMING_CACHE
+
+            if (work / TIMING_CACHE).is_file():
+                os.replace(work / TIMING_CACHE, out_dir / TIMING_CACHE)
+    return fp32.manifest
+
+
+@dataclass
+class _Artifact:
+    """One manifest being built, the files it publishes and its ONNX graphs (all in the work folder)."""
+
+    manifest: Manifest
+    files: list
+    graphs: dict
+    real: tuple | None = None  # (windows, info) of the validation, None when not validated
+
+
+# -- checks before any work -------------------------------------------------------------------------
+def _require_tensorrt(opts: ExportOptions):
+    """(tensorrt module, GPU) when TensorRT plans are asked for, else None."""
+    if not opts.tensorrt:
+        return None
+    from dil.export.tensorrt import TrtBuildError, require_tensorrt
+
+    try:
+        return require_tensorrt()
+    except TrtBuildError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _check_finished(run_dir: Path, opts: ExportOptions) -> None:
+    """Refuse a run whose training stopped before its planned epochs without early stopping."""
+    progress = training_progress(run_dir)
+    if progress.finished is False and not opts.allow_incomplete:
+        raise ExportError(f"the training of {run_dir} did not finish: {progress.epochs_done} of "
+                          f"{progress.epochs_planned} epochs done (continue it with dil-train --resume, "
+                          "or export it anyway with --allow-incomplete)")
+
+
+def _check_profile(ckpt: Checkpoint, opts: ExportOptions) -> None:
+    if opts.tensorrt:
         try:
-            resolve_profile(ckpt.config, **(trt_ranges or {}))
+            resolve_profile(ckpt.config, **(opts.trt_ranges or {}))
         except ProfileError as exc:
             raise ExportError(str(exc)) from None
-    out_dir = Path(out_dir)
+
+
+@contextlib.contextmanager
+def _work_folder(out_dir: Path, name: str):
+    """A temporary folder inside out_dir for everything built, removed at the end; an output folder
+    created here (prepare_out_dir) is removed again when the export fails."""
     created = prepare_out_dir(out_dir)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
     ok = False
     try:
-        try:
-            tmp_paths = export_onnx(ckpt.model, work, name, progress=lambda g: say(f"exporting the {g} graph"))
-        except Exception as exc:  # the exporter's errors are long; keep their first line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportError(f"ONNX export failed: {first}") from exc
-        if validate:
-            say("validating against PyTorch (ONNX Runtime, CPU)")
-            cfg = ckpt.config
-            windows, info = training_windows(ckpt.data, cfg.context_length, cfg.horizon, REAL_WINDOWS, data_path)
-            report = validate_graphs(
-                ckpt.model, tmp_paths, ckpt.schedule, windows, tolerance=tolerance,
-                subset_tolerance=subset_tolerance, seed=seed, real_info=info,
-            )
-            if not report["passed"]:
-                raise ExportError("validation failed: " + "; ".join(failures(report)) + " (nothing written)", report)
-        else:
-            report = {"skipped": True, "passed": None}
-        axes = dynamic_axes(ckpt.config)
-        manifest = Manifest(
-            name=name,
-            model=ckpt.config,
-            schedule=ckpt.schedule,
-            data=_data_record(ckpt.data, ckpt.config),
-            graphs={g: _graph_entry(p, axes) for g, p in tmp_paths.items()},
-            precision=PRECISION,
-            validation=report,
-            versions=_versions(),
-            extra={"dynamic_axes": axes, "checkpoint": {"run": run_dir.resolve().name, "training": ckpt.training}},
-            path=out_dir / f"{name}.json",
-        )
-        files = {manifest.path: list(tmp_paths.values())}
-        manifests = [manifest]
-        if fp16:
-            m16, paths16 = _fp16_variant(ckpt, tmp_paths, work, out_dir, name, manifest, say, validate=validate,
-                                         windows=windows if validate else None, info=info if validate else None,
-                                         seed=seed)
-            manifests.append(m16)
-            files[m16.path] = list(paths16.values())
-        if tensorrt:
-            from dil.export.tensorrt import TIMING_CACHE, TrtBuildError
-            from dil.export.trt_artifact import add_plans
-
-            sources = {"fp32": tmp_paths, "fp16": paths16 if fp16 else None}
-            # The folder's timing cache is updated in the work folder and moved back on success only.
-            cache = Path(timing_cache) if timing_cache else work / TIMING_CACHE
-            if not timing_cache and (out_dir / TIMING_CACHE).is_file():
-                shutil.copyfile(out_dir / TIMING_CACHE, cache)
-            for m in manifests:
-                try:
-                    files[m.path] += add_plans(m, sources, work, trt_ranges or {}, trt=trt, gpu=gpu,
-                                               strongly_typed=strongly_typed, validate=validate, seed=seed,
-                                               timing_cache_path=cache, progress=say)
-                except TrtBuildError as exc:
-                    raise ExportError(str(exc)) from None
-            for m in manifests:  # the manifest names the folder's cache, where it will be
-                m.extra["tensorrt"]["timing_cache"] = cache.name
-        manifest.variants = manifests[1:]
-        for m in manifests:
-            say(f"writing {m.path}")
-            _publish(files[m.path], out_dir, m)
-        if tensorrt and not timing_cache and (work / TIMING_CACHE).is_file():
-            os.replace(work / TIMING_CACHE, out_dir / TIMING_CACHE)
+        yield work
         ok = True
-        return manifest
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if not ok and created:
@@ -253,38 +270,115 @@ def export_artifact(
                 out_dir.rmdir()
 
 
-def _publish(tmp_paths, out_dir: Path, manifest: Manifest) -> None:
-    """Move the validated graphs (and plans) into place and write the manifest last."""
-    with contextlib.suppress(FileNotFoundError):
-        manifest.path.unlink()  # the old graphs are about to be replaced
-    for tmp in tmp_paths:
-        os.replace(tmp, out_dir / tmp.name)
-    write_text(manifest.path, manifest.to_json())
+# -- the float32 artifact ---------------------------------------------------------------------------
+def _fp32_artifact(ckpt: Checkpoint, work: Path, manifest_path: Path, opts: ExportOptions, say) -> _Artifact:
+    """Export and validate the float32 graphs, copy the weights, and build NAME.json's manifest."""
+    name = manifest_path.name[: -len(".json")]
+    graphs = _export_graphs(ckpt, work, name, say)
+    real = None
+    if opts.validate:
+        say("validate", "validating against PyTorch (ONNX Runtime, CPU)")
+        cfg = ckpt.config
+        real = training_windows(ckpt.data, cfg.context_length, cfg.horizon, REAL_WINDOWS, opts.data_path)
+    report = _validate(ckpt, graphs, real, opts.tolerance, opts.subset_tolerance, opts.seed, "")
+    weights = work / weights_file_name(name)
+    shutil.copyfile(ckpt.path / "model.safetensors", weights)  # byte for byte: the run's sha256
+    axes = dynamic_axes(ckpt.config)
+    run = Path(ckpt.path).resolve().name
+    manifest = Manifest(
+        name=name,
+        model=ckpt.config,
+        schedule=ckpt.schedule,
+        data=_data_record(ckpt.data, ckpt.config),
+        graphs={g: _graph_entry(p, axes) for g, p in graphs.items()},
+        precision=PRECISION,
+        validation=report,
+        versions=_versions(),
+        extra={"dynamic_axes": axes,
+               "checkpoint": {"run": run, "training": ckpt.training,
+                              "progress": training_progress(ckpt.path).to_dict()},
+               "weights": weights_record(weights, f"model.safetensors of the run {run}")},
+        path=manifest_path,
+    )
+    return _Artifact(manifest, [*graphs.values(), weights], graphs, real)
 
 
-def _fp16_variant(ckpt, tmp_paths: dict, work: Path, out_dir: Path, name: str, fp32: Manifest, say, *,
-                  validate: bool, windows, info, seed: int) -> tuple[Manifest, dict]:
+def _export_graphs(ckpt: Checkpoint, work: Path, name: str, say) -> dict:
+    """{graph: path} of the two ONNX graphs written into the work folder."""
+    try:
+        return export_onnx(ckpt.model, work, name,
+                           progress=lambda g: say(f"export {g}", f"exporting the {g} graph"))
+    except Exception as exc:  # the exporter's errors are long; keep their first line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"ONNX export failed: {first}") from exc
+
+
+def _validate(ckpt: Checkpoint, paths: dict, real, tolerance: float, subset_tolerance: float, seed: int,
+              what: str) -> dict:
+    """The validation section of graphs `paths` against the torch module (skipped when real is
+    None); ExportError beyond tolerance. what: "" or "FP16 ", for the message."""
+    if real is None:
+        return {"skipped": True, "passed": None}
+    windows, info = real
+    report = validate_graphs(ckpt.model, paths, ckpt.schedule, windows, tolerance=tolerance,
+                             subset_tolerance=subset_tolerance, seed=seed, real_info=info)
+    if not report["passed"]:
+        raise ExportError(f"{what}validation failed: " + "; ".join(failures(report)) + " (nothing written)", report)
+    return report
+
+
+# -- variants ---------------------------------------------------------------------------------------
+def _fp16_artifact(ckpt: Checkpoint, fp32: _Artifact, work: Path, opts: ExportOptions, say) -> _Artifact:
     """Convert the float32 graphs to FP16, validate them against torch, and build NAME.fp16's manifest."""
     from dil.export.fp16 import FP16_SUBSET_TOLERANCE, FP16_TOLERANCE, KEEP_FP32_OPS, convert_files, fp16_name
 
-    say("converting the graphs to FP16")
-    paths, conversion = convert_files(tmp_paths, work, name)
-    if validate:
-        say("validating the FP16 graphs against PyTorch (ONNX Runtime, CPU)")
-        report = validate_graphs(ckpt.model, paths, ckpt.schedule, windows, tolerance=FP16_TOLERANCE,
-                                 subset_tolerance=FP16_SUBSET_TOLERANCE, seed=seed, real_info=info)
-        if not report["passed"]:
-            raise ExportError("FP16 validation failed: " + "; ".join(failures(report)) + " (nothing written)", report)
-    else:
-        report = {"skipped": True, "passed": None}
+    base = fp32.manifest
+    say("fp16 convert", "converting the graphs to FP16")
+    paths, conversion = convert_files(fp32.graphs, work, base.name)
+    if fp32.real is not None:
+        say("fp16 validate", "validating the FP16 graphs against PyTorch (ONNX Runtime, CPU)")
+    report = _validate(ckpt, paths, fp32.real, FP16_TOLERANCE, FP16_SUBSET_TOLERANCE, opts.seed, "FP16 ")
     axes = dynamic_axes(ckpt.config)
-    variant = fp16_name(name)
+    variant = fp16_name(base.name)
     manifest = Manifest(
-        name=variant, model=ckpt.config, schedule=ckpt.schedule, data=fp32.data,
+        name=variant, model=ckpt.config, schedule=ckpt.schedule, data=base.data,
         graphs={g: _graph_entry(p, axes) for g, p in paths.items()}, precision="fp16", validation=report,
-        versions=fp32.versions,
-        extra={**fp32.extra, "fp16": {"source_artifact": fp32.path.name, "kept_fp32_ops": sorted(KEEP_FP32_OPS),
+        versions=base.versions,
+        extra={**base.extra, "fp16": {"source_artifact": base.path.name, "kept_fp32_ops": sorted(KEEP_FP32_OPS),
                                       "io": "float32", "conversion": conversion}},
-        path=out_dir / f"{variant}.json",
+        path=base.path.parent / f"{variant}.json",
     )
-    return manifest, paths
+    return _Artifact(manifest, list(paths.values()), paths, fp32.real)
+
+
+def _add_tensorrt(artifacts: list, work: Path, out_dir: Path, opts: ExportOptions, trt, say) -> None:
+    """Build and validate the TensorRT plans of every artifact into the work folder."""
+    from dil.export.tensorrt import TIMING_CACHE, TrtBuildError
+    from dil.export.trt_artifact import add_plans
+
+    sources = {"fp32": artifacts[0].graphs, "fp16": artifacts[1].graphs if len(artifacts) > 1 else None}
+    # The folder's timing cache is updated in the work folder and moved back on success only.
+    cache = Path(opts.timing_cache) if opts.timing_cache else work / TIMING_CACHE
+    if not opts.timing_cache and (out_dir / TIMING_CACHE).is_file():
+        shutil.copyfile(out_dir / TIMING_CACHE, cache)
+    module, gpu = trt
+    for a in artifacts:
+        precision = a.manifest.precision
+        try:
+            a.files += add_plans(a.manifest, sources, work, opts.trt_ranges or {}, trt=module, gpu=gpu,
+                                 strongly_typed=opts.strongly_typed, validate=opts.validate, seed=opts.seed,
+                                 timing_cache_path=cache,
+                                 progress=lambda stage, message, p=precision: say(f"tensorrt {p} {stage}", message))
+        except TrtBuildError as exc:
+            raise ExportError(str(exc)) from None
+    for a in artifacts:  # the manifest names the folder's cache, where it will be
+        a.manifest.extra["tensorrt"]["timing_cache"] = cache.name
+
+
+def _publish(tmp_paths, out_dir: Path, manifest: Manifest) -> None:
+    """Move the validated files (graphs, weights, plans) into place and write the manifest last."""
+    with contextlib.suppress(FileNotFoundError):
+        manifest.path.unlink()  # the old files are about to be replaced
+    for tmp in tmp_paths:
+        os.replace(tmp, out_dir / tmp.name)
+    write_text(manifest.path, manifest.to_json())

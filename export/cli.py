@@ -27,6 +27,9 @@ def summary_lines(manifest) -> list[str]:
     """The files written and the validation numbers vs their tolerances, one line each."""
     out_dir = manifest.path.parent
     lines = [f"wrote {out_dir / g['file']} ({_size(g['bytes'])})" for g in manifest.graphs.values()]
+    weights = manifest.extra.get("weights")
+    if weights:
+        lines.append(f"wrote {out_dir / weights['file']} ({_size(weights['bytes'])}, torch weights)")
     lines.append(f"wrote {manifest.path} (manifest)")
     v = manifest.validation
     if v.get("skipped"):
@@ -120,7 +123,7 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
               help="Instead of --checkpoint: an exported artifact (NAME.json, NAME.fp16.json, ...) to build "
                    "TensorRT plans for on this machine (with --tensorrt); no training run or torch model needed.")
 @click.option("--out", default=Path("engines"), type=click.Path(path_type=Path),
-              help="Output folder. Created when missing if its parent exists; a deeper missing path is an error. "
+              help="Output folder, created (with any missing folders above it) when the export is written. "
                    "A path ending in NAME.plan (or NAME.fp16.plan) means the folder, --name NAME and --tensorrt "
                    "(and --fp16).")
 @click.option("--name", default=None, help="Artifact name: writes NAME.encode.onnx, NAME.denoise.onnx, NAME.json "
@@ -144,17 +147,22 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
 @click.option("--timing-cache", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="TensorRT timing cache file [default: tensorrt.timing.cache in the output folder].")
 @click.option("--force", is_flag=True, help="With --artifact: rebuild the plans even when they are up to date.")
+@click.option("--allow-incomplete", is_flag=True, help="Export a run whose training did not finish (stopped before "
+              "its planned epochs without early stopping, e.g. killed); refused otherwise.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | None, data_path: Path | None,
          fp16: bool, tensorrt: bool, trt_batch, trt_samples, trt_tokens, trt_context, trt_horizon,
-         strongly_typed: bool, timing_cache: Path | None, force: bool, quiet: bool) -> None:
+         strongly_typed: bool, timing_cache: Path | None, force: bool, allow_incomplete: bool, quiet: bool) -> None:
     """Export a checkpoint to ONNX (encode + denoise graphs) and validate it.
 
     The graphs are checked against the PyTorch model with ONNX Runtime (CPU) on random inputs and on
     real windows of the training data, at several shapes, and for the token-subset equivalence. An
     export beyond tolerance (1e-4 max abs error on the standardised scale; 1e-5 for the subset check)
-    is refused and nothing is written. The manifest NAME.json is written last and records the model,
-    schedule, data hash, graph I/O, validation numbers and tool versions.
+    is refused and nothing is written, as is a run whose training did not finish (--allow-incomplete).
+    Beside the graphs, NAME.weights.safetensors holds the torch weights (dil-validate and the torch
+    baselines of dil-bench rebuild the module from it). The manifest NAME.json is written last and
+    records the model, schedule, data hash, graph I/O, weights sha256, validation numbers and tool
+    versions.
 
     \b
     Examples:
@@ -171,6 +179,13 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
                                    "(build TensorRT plans for an exported artifact)")
     out, name, plan_out, plan_fp16 = _plan_target(out, name)
     tensorrt, fp16 = tensorrt or plan_out, fp16 or plan_fp16
+    from dil.runtime.files import folder_problem, made_folders
+
+    for opt, folder in (("--out", out), ("--timing-cache", timing_cache and timing_cache.parent)):
+        problem = folder and folder_problem(folder)
+        if problem:
+            raise click.ClickException(f"{opt}: {problem}")
+    cache_folder = timing_cache.parent if timing_cache is not None else None
     try:
         for module in EXPORT_MODULES:
             require(module, "export")
@@ -179,25 +194,27 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
     ranges = _trt_ranges(trt_batch=trt_batch, trt_samples=trt_samples, trt_tokens=trt_tokens,
                          trt_context=trt_context, trt_horizon=trt_horizon)
     if artifact is not None:
-        return _plans_for_artifact(artifact, tensorrt, ranges, strongly_typed, timing_cache, force, quiet)
+        with made_folders(cache_folder):
+            return _plans_for_artifact(artifact, tensorrt, ranges, strongly_typed, timing_cache, force, quiet)
     from tqdm import tqdm
 
-    from dil.export.artifact import ExportError, export_artifact
+    from dil.export.artifact import ExportError, ExportOptions, export_artifact, export_stages
     from dil.train.checkpoint import CheckpointError
 
+    options = ExportOptions(name=name, data_path=data_path, fp16=fp16, tensorrt=tensorrt, trt_ranges=ranges,
+                            strongly_typed=strongly_typed or None, timing_cache=timing_cache,
+                            allow_incomplete=allow_incomplete)
     # No bar when stderr is not a terminal (disable=None): logs and captured output stay clean.
-    stages = 5 + 3 * fp16 + 4 * (1 + fp16) * tensorrt  # the progress() calls of export_artifact
-    bar = tqdm(total=stages, file=sys.stderr, disable=True if quiet else None, leave=False,
+    bar = tqdm(total=len(export_stages(options)), file=sys.stderr, disable=True if quiet else None, leave=False,
                bar_format="{desc} [stage {n}/{total}, {elapsed}]")
 
-    def progress(message: str) -> None:  # called as each stage starts
+    def progress(stage: str, message: str) -> None:  # called as each stage starts
         bar.set_description_str(message, refresh=False)
         bar.update(1)
 
     try:
-        manifest = export_artifact(checkpoint, out, name, data_path=data_path, progress=progress, fp16=fp16,
-                                   tensorrt=tensorrt, trt_ranges=ranges, strongly_typed=strongly_typed or None,
-                                   timing_cache=timing_cache)
+        with made_folders(out, cache_folder):  # removed again when the export fails
+            manifest = export_artifact(checkpoint, out, options, progress=progress)
     except (CheckpointError, ExportError) as exc:
         raise click.ClickException(str(exc).splitlines()[0]) from None
     finally:
@@ -219,7 +236,7 @@ def _plans_for_artifact(artifact: Path, tensorrt: bool, ranges: dict, strongly_t
     from dil.runtime.manifest import ManifestError
     from dil.runtime.backends.trt_profile import ProfileError
 
-    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    say = (lambda stage, m: None) if quiet else (lambda stage, m: click.echo(m, err=True))
     try:
         manifest, built = tensorrt_for_artifact(artifact, ranges, strongly_typed=strongly_typed or None,
                                                 timing_cache=timing_cache, force=force, progress=say)

@@ -27,7 +27,8 @@ def training_windows(data: dict, context: int, horizon: int, count: int, data_pa
     columns = data.get("columns")
     try:
         if data_path is not None:
-            table = load_table(data_path, data.get("date_column"), columns)
+            table = load_table(data_path, data.get("date_column"), columns, date_format=data.get("date_format"),
+                               dayfirst=data.get("dayfirst"))
         elif name in DATASETS:
             table = load_dataset(name)
             if columns:

@@ -178,8 +178,9 @@ def build_plans(manifest, sources: dict, work_dir, profile: dict, *, trt, gpu, s
     only needed for the strongly typed route). profile: dil.runtime.backends.trt_profile.resolve_profile(...).
     Returns (record for manifest["tensorrt"], {graph: {"plan_file", "plan_sha256", "plan_bytes",
     "plan_source"}} for the manifest's graphs). Writes the plans and the timing cache atomically.
+    progress: optional callable(stage, message), stage "build GRAPH" before each build.
     """
-    say = progress or (lambda message: None)
+    say = progress or (lambda stage, message: None)
     mode = build_mode(trt.__version__, manifest.precision, strongly_typed)
     onnx_paths = dict(sources["fp16"] if mode == "strongly-typed" else sources["fp32"])
     work_dir = Path(work_dir)
@@ -191,7 +192,7 @@ def build_plans(manifest, sources: dict, work_dir, profile: dict, *, trt, gpu, s
     cache = timing_cache_path.read_bytes() if timing_cache_path and timing_cache_path.is_file() else None
     entries, infos = {}, {}
     for graph in GRAPHS:
-        say(f"building the TensorRT {manifest.precision} {graph} engine ({mode})")
+        say(f"build {graph}", f"building the TensorRT {manifest.precision} {graph} engine ({mode})")
         shapes = input_shapes(graph, manifest.model, profile)
         plan, cache, infos[graph] = build_engine(trt, onnx_paths[graph], shapes, mode, cache, workspace_mb)
         path = work_dir / f"{manifest.name}.{graph}.plan"

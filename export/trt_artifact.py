@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from dil.runtime.files import write_text
+from dil.export.tensorrt import GRAPHS as PLAN_GRAPHS
 from dil.export.tensorrt import TIMING_CACHE, TrtBuildError, build_plans, require_tensorrt, up_to_date
 from dil.export.trt_validate import tolerance_for, validate_plans
 from dil.runtime.manifest import GRAPHS, Manifest, ManifestError, load_manifest
@@ -31,8 +32,14 @@ def sources_for(manifest: Manifest) -> dict:
     source = (manifest.extra.get("fp16") or {}).get("source_artifact")
     if not source:
         raise ManifestError(f"{manifest.path} is an FP16 artifact without its float32 source: re-export with --fp16")
-    fp32 = load_manifest(manifest.path.parent / source)
+    fp32 = load_manifest(manifest.member(source, "fp16.source_artifact"))
     return {"fp32": {g: fp32.graph_path(g) for g in GRAPHS}, "fp16": own}
+
+
+def plan_stages(validate: bool = True) -> list[str]:
+    """The stages `add_plans` reports to its progress callback, in order: one build per plan, then
+    the validation against ONNX Runtime."""
+    return [f"build {g}" for g in PLAN_GRAPHS] + ["validate"] * validate
 
 
 def add_plans(manifest: Manifest, sources: dict, build_dir, ranges: dict, *, trt, gpu, strongly_typed=None,
@@ -40,10 +47,11 @@ def add_plans(manifest: Manifest, sources: dict, build_dir, ranges: dict, *, trt
     """Build the plans of `manifest` into build_dir, validate them, and record them in `manifest`
     (graphs[g]["plan_file"...], extra["tensorrt"], validation["tensorrt"], versions["tensorrt"]).
 
-    ranges: {axis: (min, opt, max)} overrides of the default profile. Returns the plan paths.
+    ranges: {axis: (min, opt, max)} overrides of the default profile. progress: optional
+    callable(stage, message) for the stages of `plan_stages(validate)`. Returns the plan paths.
     Raises ProfileError (bad ranges) or TrtBuildError (build or validation failed).
     """
-    say = progress or (lambda message: None)
+    say = progress or (lambda stage, message: None)
     build_dir = Path(build_dir)
     profile = resolve_profile(manifest.model, **ranges)
     record, entries = build_plans(manifest, sources, build_dir, profile, trt=trt, gpu=gpu,
@@ -55,7 +63,7 @@ def add_plans(manifest: Manifest, sources: dict, build_dir, ranges: dict, *, trt
     if validate:
         from dil.runtime.backends.trt_engine import TrtEngine
 
-        say(f"validating the TensorRT {manifest.precision} engines against ONNX Runtime")
+        say("validate", f"validating the TensorRT {manifest.precision} engines against ONNX Runtime")
         engine = TrtEngine(manifest, plan_dir=build_dir)
         report = validate_plans(engine, sources["fp32"], manifest.schedule, tolerance_for(manifest.precision), seed)
         del engine
@@ -77,7 +85,8 @@ def tensorrt_for_artifact(engine, ranges: dict | None = None, *, strongly_typed=
 
     engine: any path naming the artifact (NAME.json, NAME.fp16.onnx, ...). timing_cache: path of
     the timing cache (default: tensorrt.timing.cache beside the manifest). The plans are moved into
-    place and the manifest rewritten last; a failure leaves the artifact as it was.
+    place and the manifest rewritten last; a failure leaves the artifact as it was. progress:
+    optional callable(stage, message), as for add_plans.
     """
     trt, gpu = require_tensorrt()
     manifest = load_manifest(engine)
@@ -100,4 +109,4 @@ def tensorrt_for_artifact(engine, ranges: dict | None = None, *, strongly_typed=
     return manifest, True
 
 
-__all__ = ["TrtBuildError", "add_plans", "sources_for", "tensorrt_for_artifact"]
+__all__ = ["TrtBuildError", "add_plans", "plan_stages", "sources_for", "tensorrt_for_artifact"]

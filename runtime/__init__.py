@@ -14,7 +14,9 @@ from dil.runtime.backends.onnx_engine import EngineError, EngineStats, OnnxEngin
 from dil.runtime.forecaster import Forecast, ForecastError, Forecaster
 from dil.runtime.manifest import Manifest, ManifestError, load_manifest
 from dil.runtime.quantiles import QUANTILE_LEVELS
-from dil.runtime.sampling.sampler import SamplerConfig, SamplerStats
+from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.config import SamplerConfig
+from dil.runtime.sampling.stats import SamplerStats
 
 __all__ = [
     "EngineError",
@@ -29,5 +31,6 @@ __all__ = [
     "QUANTILE_LEVELS",
     "SamplerConfig",
     "SamplerStats",
+    "SeriesStreams",
     "load_manifest",
 ]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-DEFAULT_ENGINE = "engines/metro-traffic.onnx"
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
@@ -25,9 +24,16 @@ def _check_outputs(out: Path | None, plot: Path | None) -> None:
     from dil.runtime.deps import require
     from dil.runtime.plot import FORMATS
 
+    from dil.runtime.files import folder_problem
+
     for opt, path in (("--out", out), ("--plot", plot)):
-        if path is not None and not path.parent.is_dir():
-            raise click.ClickException(f"{opt} {path}: directory {path.parent} does not exist")
+        if path is None:
+            continue
+        if path.is_dir():
+            raise click.ClickException(f"{opt} {path}: is a folder, not a file")
+        problem = folder_problem(path.parent)  # missing folders are created when the output is written
+        if problem:
+            raise click.ClickException(f"{opt} {path}: {problem}")
     if out is not None and _output_kind(out) == "parquet":
         require("pyarrow", "parquet")
     if plot is not None:
@@ -56,6 +62,61 @@ def _to_stdout(frame) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _say(line: str) -> None:
+    """A note or warning: one line on stderr, whatever goes to stdout."""
+    click.echo(line, err=True)
+
+
+def _name_list(names, most: int = 10) -> str:
+    shown = ", ".join(str(n) for n in names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _series_to_forecast(table, trained, explicit: bool):
+    """The table restricted to the series to forecast, and a note line (or None) saying why.
+
+    Without --columns: the series the model was trained on (`trained`, the manifest's training
+    columns), found by name; when the table has none of them, every numeric column.
+    """
+    if explicit:
+        return table, None
+    trained = [str(c) for c in (trained or [])]
+    present = [c for c in trained if c in table.names]
+    if present == trained and trained:
+        return table.select(trained), None
+    if present:
+        missing = [c for c in trained if c not in table.names]
+        return table.select(present), (f"note: forecasting {_name_list(present)}, the model's training series in "
+                                       f"{table.source} (not found: {_name_list(missing)}); --columns picks others")
+    why = (f"the model's training series ({_name_list(trained)}) are not in it" if trained
+           else "the model records no training series")
+    return table, (f"note: forecasting every numeric column of {table.source} ({_name_list(table.names)}): {why}; "
+                   "--columns picks the series")
+
+
+def _bad_series(table, context: int, skip: bool):
+    """The table without the series that have no observed value in their last `context` rows (the
+    model's context): an error naming them, or with skip a warning line listing them."""
+    import numpy as np
+
+    from dil.runtime.forecaster import ForecastError
+
+    if table.n_steps < context:
+        return table, None  # too short for every series: the Forecaster says so
+    empty = np.isnan(table.values[-context:]).all(axis=0)
+    bad = [n for n, e in zip(table.names, empty) if e]
+    if not bad:
+        return table, None
+    what = f"no observed value in the last {context} rows (the model's context)"
+    if len(bad) == table.n_series:
+        raise ForecastError(f"{table.source}: every series has {what}: nothing to forecast")
+    if not skip:
+        which = f"series {bad[0]!r} has" if len(bad) == 1 else f"series {_name_list([repr(b) for b in bad])} have"
+        raise ForecastError(f"{table.source}: {which} {what}; --skip-bad-series forecasts the others")
+    kept = [n for n in table.names if n not in bad]
+    return table.select(kept), f"warning: skipped {len(bad)} of {table.n_series} series with {what}: {_name_list(bad)}"
+
+
 def _summary(table, forecast, config, wall: float, out, plot) -> str:
     G, N, H = forecast.samples.shape
     where = f" -> {out}" if out else ""
@@ -68,7 +129,13 @@ def _summary(table, forecast, config, wall: float, out, plot) -> str:
         f"forecast {G} series x {H} steps from {table.source} ({N} samples, {config.steps} steps of "
         f"{how}) in {wall:.2f} s{where}"
     )
-    return text + (f"\nfan chart -> {plot}" if plot else "")
+    if not plot:
+        return text
+    from dil.runtime.plot import MAX_SERIES
+
+    if G <= MAX_SERIES:
+        return text + f"\nfan chart of {G} series -> {plot}"
+    return text + f"\nfan chart of the first {MAX_SERIES} of {G} series ({_name_list(forecast.series[:MAX_SERIES])}) -> {plot}"
 
 
 def _stats_text(stats) -> str:
@@ -113,13 +180,25 @@ def _settings(kwargs: dict) -> dict:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--engine", default=DEFAULT_ENGINE, show_default=True, metavar="PATH",
-              help="Exported artifact: NAME.onnx, NAME.json or any sibling file of it.")
+@click.option("--engine", default=None, metavar="PATH",
+              help="Exported artifact: NAME.onnx, NAME.json or any sibling file of it. "
+                   "[default: the shipped metro-traffic model]")
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Table to forecast (.csv, .csv.gz, .txt, .parquet): rows are time steps, columns are series. "
                    "The last context_length rows of each series are used; empty cells are missing values.")
 @click.option("--date-column", default=None, metavar="C", help="Name of the timestamp column (gives dated forecasts).")
-@click.option("--columns", default=None, metavar="A,B", help="Series to forecast (default: every numeric column).")
+@click.option("--date-format", default=None, metavar="FMT",
+              help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' [default: ISO dates as such; other "
+                   "dates month-first or day-first, whichever reads every row; when both do, an error].")
+@click.option("--dayfirst/--monthfirst", "dayfirst", default=None,
+              help="Read --date-column day-first (13.07.2016) or month-first (07/13/2016) [default: decided from "
+                   "the data, an error when both readings work].")
+@click.option("--columns", default=None, metavar="A,B",
+              help="Series to forecast [default: the series the model was trained on, by name, when the table "
+                   "has them; else every numeric column, with a note].")
+@click.option("--skip-bad-series", is_flag=True,
+              help="Forecast the other series when some have no observed value in their last context_length "
+                   "rows (they are listed on stderr) instead of stopping.")
 @click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
 @click.option("--steps", "--inference-steps", "steps", default=20, show_default=True, type=int,
               help="Solver steps (network evaluations).")
@@ -132,9 +211,11 @@ def _settings(kwargs: dict) -> dict:
                    "the plain DPM-Solver++ sampler, exactly.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same forecast).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, metavar="PATH",
-              help="Write the forecast table here (.csv, .csv.gz or .parquet); default: CSV on stdout.")
+              help="Write the forecast table here (.csv, .csv.gz or .parquet; missing folders are created); "
+                   "default: CSV on stdout.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="PATH",
-              help="Also draw a fan chart of the first few series (.png, .pdf, .svg; needs the 'plot' extra).")
+              help="Also draw a fan chart of the first 4 series (.png, .pdf, .svg; needs the 'plot' extra); the "
+                   "summary says which were drawn.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: one per core).")
 @click.option("--batch-series", default=16, show_default=True, type=int,
               help="Series per engine batch (memory only: results do not depend on it).")
@@ -142,9 +223,13 @@ def _settings(kwargs: dict) -> dict:
               help="Print the sampler's statistics (engine calls, tokens computed, cache reuse, full steps, "
                    "order histogram, refinements/merges, engine and control time).")
 @_sampler_options
-def main(engine, input_path, date_column, columns, samples, steps, solver_order, lattice, cache, seed, out, plot,
-         threads, batch_series, show_stats, **sampler_settings):
-    """Forecast every series of a table with an exported diffusion model.
+def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_bad_series, samples, steps, solver_order,
+         lattice, cache, seed, out, plot, threads, batch_series, show_stats, **sampler_settings):
+    """Forecast the series of a table with an exported diffusion model.
+
+    Without --columns the series the model was trained on are forecast when the table has them
+    (by name), else every numeric column (a note on stderr names them). Notes and warnings about
+    the input (duplicate timestamps, unsorted rows, skipped series) go to stderr, one line each.
 
     Output: one row per series and future step with the columns series, timestamp (or step
     1..H when the table has no date column), mean, median and the 19 quantiles q05, q10, ..., q95.
@@ -154,6 +239,7 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
       dil-run --engine engines/metro-traffic.onnx --input traffic.csv --date-column date_time \\
               --out forecast.csv --plot forecast.png
       dil-run --input traffic.csv --no-lattice --no-cache --stats     # the plain sampler, for comparison
+      dil-run --input sensors.csv --date-column time --dayfirst --skip-bad-series --out out/f.csv
 
     The sampler settings (lattice and cache options below) are described in docs/sampler.md.
     """
@@ -163,16 +249,24 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
     from dil.runtime.forecaster import ForecastError, Forecaster
     from dil.runtime.manifest import ManifestError
 
-    from dil.runtime.forecaster import sampler_config
+    from dil.runtime.sampling.config import sampler_config
 
     start = time.perf_counter()
     try:
-        config = sampler_config(None, steps, solver_order, {"lattice": lattice, "cache": cache,
-                                                           **_settings(sampler_settings)})
+        config = sampler_config(None, inference_steps=steps, solver_order=solver_order, lattice=lattice, cache=cache,
+                                **_settings(sampler_settings))
         _check_outputs(out, plot)
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-        table = load_table(input_path, date_column=date_column, columns=cols)
+        table = load_table(input_path, date_column=date_column, columns=cols, date_format=date_format,
+                           dayfirst=dayfirst)
+        for line in table.notes:
+            _say(line)
         forecaster = Forecaster.load(engine, threads=threads)
+        table, note = _series_to_forecast(table, forecaster.manifest.data.get("columns"), cols is not None)
+        table, warning = _bad_series(table, forecaster.context_length, skip_bad_series)
+        for line in (note, warning):
+            if line:
+                _say(line)
         forecast = forecaster.predict(
             table.values, num_samples=samples, seed=seed, series_ids=table.names,
             timestamps=table.timestamps, freq=table.freq, batch_series=batch_series,
@@ -185,14 +279,15 @@ def main(engine, input_path, date_column, columns, samples, steps, solver_order,
 
             fig = fan_chart(table.values, forecast, history_timestamps=table.timestamps)
             image = render(fig, plot.suffix.lower().lstrip("."))
-        if out is not None:
-            _write_table(frame, out, _output_kind(out))
-        else:
-            _to_stdout(frame)
-        if image is not None:
-            from dil.runtime.files import write_bytes
+        from dil.runtime.files import made_folders, write_bytes
 
-            write_bytes(plot, image)
+        with made_folders(out and out.parent, plot and plot.parent):
+            if out is not None:
+                _write_table(frame, out, _output_kind(out))
+            else:
+                _to_stdout(frame)
+            if image is not None:
+                write_bytes(plot, image)
     except (DataError, ManifestError, EngineError, ForecastError, MissingDependency, ValueError, OSError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 

@@ -54,3 +54,40 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def folder_problem(folder) -> str | None:
+    """Why the folder `folder` could not be used or created for output, or None when it can.
+
+    Writes nothing: the folder, or the nearest existing folder above it, must be a writable folder.
+    """
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is not a folder"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"folder {p} is not writable"
+    return None
+
+
+@contextlib.contextmanager
+def made_folders(*folders):
+    """Create the missing `folders` (None entries are skipped) and the missing folders above them
+    for the block. When the block raises, those it created that are still empty are removed again,
+    so that a failed command leaves nothing behind."""
+    created = []
+    try:
+        for folder in folders:
+            if folder is None:
+                continue
+            missing = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
+            for p in reversed(missing):  # outermost first
+                p.mkdir()
+                created.append(p)
+        yield
+    except BaseException:
+        for p in reversed(created):
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise

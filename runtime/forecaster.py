@@ -8,22 +8,35 @@
 
 Each series is forecast from its last `context_length` observations, scaled per window, with its
 own noise stream keyed by its name (dil.runtime.rng), so its forecast is the same whatever other
-series share the call, in whatever order, and whatever `batch_series` is.
+series share the call, in whatever order, and whatever `batch_series` and `memory_budget` are.
+Samples run in blocks of at most SAMPLE_BLOCK per sampler call, so memory does not grow with
+num_samples (dil.runtime.sampling.chunks, docs/sampler.md section 12).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from dil.runtime.backends.onnx_engine import OnnxEngine
+from dil.runtime.manifest import Manifest
 from dil.runtime.quantiles import QUANTILE_LEVELS, quantile_column, sample_quantiles
-from dil.runtime.rng import initial_noise, series_key
-from dil.runtime.sampling.sampler import SamplerConfig, SamplerStats, _check_int, sample
+from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.chunks import DEFAULT_MEMORY_BUDGET, sample_blocks, series_per_call
+from dil.runtime.sampling.config import SamplerConfig, check_int, sampler_config
+from dil.runtime.sampling.contracts import Engine
+from dil.runtime.sampling.sampler import sample
+from dil.runtime.sampling.stats import SamplerStats
 from dil.runtime.scaling import ScalingError, context_features, context_scale, standardise
 
 DEFAULT_BATCH_SERIES = 16
+
+
+class ArtifactEngine(Engine, Protocol):
+    """An Engine loaded from an artifact (OnnxEngine, TrtEngine): its manifest gives the schedule."""
+
+    manifest: Manifest
 
 
 class ForecastError(ValueError):
@@ -143,15 +156,16 @@ def _check_finite(values: np.ndarray, names, where: str) -> None:
 class Forecaster:
     """A loaded artifact plus the sampler. Create with `Forecaster.load(path)`."""
 
-    def __init__(self, engine: OnnxEngine):
+    def __init__(self, engine: ArtifactEngine):
         self.engine = engine
         self.manifest = engine.manifest
         self.config = engine.config
         self.schedule = engine.manifest.schedule
 
     @classmethod
-    def load(cls, engine_path, providers=None, threads: int | None = None) -> "Forecaster":
-        """Load NAME.{json,encode.onnx,denoise.onnx} (any of the names resolves; see dil.runtime.manifest).
+    def load(cls, engine_path=None, providers=None, threads: int | None = None) -> "Forecaster":
+        """Load NAME.{json,encode.onnx,denoise.onnx} (any of the names resolves; see dil.runtime.manifest);
+        no path: the shipped default model (metro-traffic), wherever dil is installed.
 
         A NAME.plan path runs the TensorRT engines (dil.runtime.backends); anything else ONNX Runtime.
         providers: ONNX Runtime provider(s), default CUDA with onnxruntime-gpu and a GPU, else CPU;
@@ -173,7 +187,7 @@ class Forecaster:
     def predict(self, history, num_samples: int = 100, steps: int | None = None, seed: int = 0, series_ids=None,
                 timestamps=None, freq: str | None = None, batch_series: int = DEFAULT_BATCH_SERIES,
                 solver_order: int | None = None, progress: bool = False, config: SamplerConfig | None = None,
-                **settings) -> Forecast:
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, **settings) -> Forecast:
         """Forecast the next `horizon` steps of every series in `history`.
 
         history: float array [T] (one series) or [T, C] (rows = time steps, columns = series), or a
@@ -183,12 +197,14 @@ class Forecaster:
         DataFrame column names, integer column indices for arrays). timestamps, freq: history times
         [T] and their pandas frequency alias for array input (freq is inferred when omitted).
         batch_series: series per engine batch (memory; the result does not depend on it).
+        memory_budget: bytes of working memory per sampler call (fewer series per call when
+        exceeded; see dil.runtime.sampling.chunks for the bound; the result does not depend on it).
         config: a SamplerConfig (default: the documented defaults, fast sampler on); steps,
         solver_order and any other SamplerConfig field given by name (e.g. lattice=False,
         cache=False, K=3, entropy_budget=0.1) override it. Bad settings raise ValueError naming
         the setting and its valid range before any engine call.
         """
-        sampler_config(config, steps, solver_order, settings)  # reject bad settings before any work
+        sampler_config(config, inference_steps=steps, solver_order=solver_order, **settings)  # before any work
         values, names, times, freq = _as_table(history, series_ids, timestamps, freq)
         L = self.context_length
         if values.shape[0] < L:
@@ -198,9 +214,9 @@ class Forecaster:
         _check_finite(values, names, "the history")
         contexts = values[-L:].T  # [C, L]
         forecast = self.predict_windows(
-            contexts, num_samples, steps, seed, series_keys=[_key(n) for n in names],
-            batch_series=batch_series, solver_order=solver_order, progress=progress, names=names,
-            config=config, **settings,
+            contexts, num_samples, steps, seed, series_keys=names, batch_series=batch_series,
+            solver_order=solver_order, progress=progress, names=names, config=config,
+            memory_budget=memory_budget, **settings,
         )
         forecast.timestamps = _future_timestamps(times, freq, self.horizon)
         return forecast
@@ -208,21 +224,25 @@ class Forecaster:
     def predict_windows(self, contexts, num_samples: int = 100, steps: int | None = None, seed: int = 0,
                         series_keys=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int | None = None,
                         progress: bool = False, names=None, config: SamplerConfig | None = None,
-                        **settings) -> Forecast:
+                        memory_budget: int = DEFAULT_MEMORY_BUDGET, **settings) -> Forecast:
         """Forecast from G context windows at once (the evaluation harness's entry point).
 
         contexts: float [G, L'] with L' >= context_length (the last context_length values are used),
-        NaN = missing. series_keys: G non-negative ints keying the noise streams (default 0..G-1; give
-        each window a distinct key, e.g. series * n_origins + origin, for independent noise).
-        names: G labels for Forecast.series (default: the keys). config, steps, solver_order,
-        settings: the sampler's settings, as in predict.
+        NaN = missing. series_keys: G series names or non-negative ints keying the random streams
+        (default 0..G-1; give each window a distinct key, e.g. series * n_origins + origin, for
+        independent noise; see dil.runtime.rng.series_key). names: G labels for Forecast.series
+        (default: the keys). config, steps, solver_order, memory_budget, settings: as in predict.
+
+        Memory: each sampler call runs one block of at most SAMPLE_BLOCK (1024) samples for as many
+        series as memory_budget allows, so its working memory is at most max(memory_budget,
+        bytes_per_row * min(num_samples, 1024)) (about 1.2 MB per row for the shipped model);
+        the forecast also holds its samples and their x_T, 8 * num_samples * H bytes per series
+        each (dil.runtime.sampling.chunks).
         """
-        _check_int("num_samples", num_samples, 1, 100_000)
-        _check_int("seed", seed, 0, 2**63 - 1)
-        _check_int("batch_series", batch_series, 1, 1_000_000)
-        # A TensorRT engine takes at most its profile's G per call; results do not depend on batching.
-        batch_series = min(batch_series, getattr(self.engine, "max_batch", None) or batch_series)
-        config = sampler_config(config, steps, solver_order, settings)
+        check_int("num_samples", num_samples, 1, 100_000)
+        check_int("batch_series", batch_series, 1, 1_000_000)
+        check_int("memory_budget", memory_budget, 1, 2**62)
+        config = sampler_config(config, inference_steps=steps, solver_order=solver_order, **settings)
         if config.num_diffusion_steps != self.schedule.num_steps:
             raise ValueError(f"num_diffusion_steps must equal the model's training steps ({self.schedule.num_steps}), "
                              f"got {config.num_diffusion_steps}")
@@ -235,10 +255,10 @@ class Forecaster:
         # whatever the batch's layout, which keeps a series' result bit-identical across batches.
         ctx = np.ascontiguousarray(ctx[:, -L:])
         G = ctx.shape[0]
-        keys = list(range(G)) if series_keys is None else [series_key(k) for k in series_keys]
-        names = list(keys) if names is None else list(names)
-        if len(keys) != G or len(names) != G:
-            raise ForecastError(f"got {len(keys)} series keys and {len(names)} names for {G} windows")
+        streams = SeriesStreams(seed, range(G) if series_keys is None else list(series_keys))
+        names = list(streams.keys) if names is None else list(names)
+        if len(streams) != G or len(names) != G:
+            raise ForecastError(f"got {len(streams)} series keys and {len(names)} names for {G} windows")
         _check_finite(ctx.T, names, "its context window")
         empty = np.isnan(ctx).all(axis=1)
         if empty.any():
@@ -249,62 +269,49 @@ class Forecaster:
             raise ForecastError(str(exc)) from None
         z = standardise(ctx, loc, scale)
 
-        bar = _progress_bar(progress, G, batch_series, steps)
-        x0 = np.empty((G, num_samples, H))
-        stats = SamplerStats()
-        try:
-            for start in range(0, G, batch_series):
-                part = slice(start, min(G, start + batch_series))
-                x_T = initial_noise(seed, keys[part], num_samples, H)
-                result = sample(self.engine, self.schedule, context_features(z[part]), x_T, config,
-                                progress=bar.update if bar is not None else None, seed=seed, keys=keys[part])
-                x0[part] = result.x0
-                stats = stats.merge(result.stats) if stats.series else result.stats
-        finally:
-            if bar is not None:
-                bar.close()
+        x0, stats = self._sample(z, streams, num_samples, config, progress,
+                                 series_per_call(self.config, steps, num_samples, memory_budget, batch_series,
+                                                 self.engine.max_batch))
 
         samples = x0 * scale[:, None, None] + loc[:, None, None]
+        del x0
         quantiles = np.moveaxis(sample_quantiles(samples, axis=1), 0, 1)  # [G, Q, H]
         return Forecast(
             samples=samples, quantiles=quantiles, mean=samples.mean(axis=1), median=np.median(samples, axis=1),
             timestamps=None, series=names, loc=loc, scale=scale, stats=stats,
         )
 
-
-SETTING_NAMES = frozenset(f.name for f in fields(SamplerConfig)) | {"steps"}
-
-
-def sampler_config(config: SamplerConfig | None = None, steps: int | None = None, solver_order: int | None = None,
-                   settings: dict | None = None) -> SamplerConfig:
-    """The SamplerConfig of a call: `config` (default SamplerConfig()) with steps, solver_order and
-    the named settings replaced. Raises ValueError naming an unknown or out-of-range setting."""
-    overrides = dict(settings or {})
-    unknown = sorted(set(overrides) - SETTING_NAMES)
-    if unknown:
-        raise ValueError(f"unknown sampler setting {unknown[0]!r} (valid: {', '.join(sorted(SETTING_NAMES))})")
-    if "steps" in overrides:
-        overrides["inference_steps"] = overrides.pop("steps")
-    if steps is not None:
-        overrides["inference_steps"] = steps
-    if solver_order is not None:
-        overrides["solver_order"] = solver_order
-    base = config if config is not None else SamplerConfig()
-    return replace(base, **overrides) if overrides else base
-
-
-def _key(name) -> int:
-    try:
-        return series_key(name)
-    except ValueError:  # a negative integer name: key its text instead
-        return series_key(str(name))
+    def _sample(self, z: np.ndarray, streams: SeriesStreams, num_samples: int, config: SamplerConfig,
+                progress: bool, batch: int) -> tuple[np.ndarray, SamplerStats]:
+        """x0 float64 [G, N, H] (standardised scale) and the summed stats, from standardised contexts
+        z [G, L]: `batch` series per call, one sample block per call (dil.runtime.sampling.chunks)."""
+        G, H = z.shape[0], self.horizon
+        blocks = sample_blocks(num_samples)
+        bar = _progress_bar(progress, -(-G // batch) * len(blocks), config.steps)
+        x0 = np.empty((G, num_samples, H))
+        stats = SamplerStats()
+        try:
+            for start in range(0, G, batch):
+                part = slice(start, min(G, start + batch))
+                part_streams = streams.subset(part)
+                x_T = part_streams.initial_noise(num_samples, H)  # every sample's x_T, drawn once
+                features = context_features(z[part])
+                for n0, n1 in blocks:
+                    result = sample(self.engine, self.schedule, features, x_T[:, n0:n1], config,
+                                    part_streams.from_sample(n0), progress=bar.update if bar is not None else None)
+                    x0[part, n0:n1] = result.x0
+                    stats = stats.merge(result.stats) if stats.series else result.stats
+        finally:
+            if bar is not None:
+                bar.close()
+        stats.series, stats.samples = G, num_samples  # merge added series over sample blocks
+        return x0, stats
 
 
-def _progress_bar(progress: bool, G: int, batch_series: int, steps: int):
+def _progress_bar(progress: bool, calls: int, steps: int):
     if not progress:
         return None
     from tqdm import tqdm
 
-    chunks = -(-G // batch_series)
     # disable=None: no bar when stderr is not a terminal (logs, CI, pipes).
-    return tqdm(total=chunks * steps, desc="sampling", unit="step", disable=None, leave=False)
+    return tqdm(total=calls * steps, desc="sampling", unit="step", disable=None, leave=False)

@@ -1,4 +1,4 @@
-"""The artifact manifest: what `dil-export` writes and `dil-run` reads (DESIGN section 10).
+"""The artifact manifest: what `dil-export` writes and `dil-run` reads (docs/architecture.md).
 
 An exported model NAME is a folder entry of sibling files:
     NAME.json           this manifest (written last: its presence means the artifact is complete)
@@ -10,13 +10,21 @@ to NAME.json, and the graph files come from it. The FP16 variant is the artifact
 (NAME.fp16.json, NAME.fp16.encode.onnx, ...; `--engine engines/NAME.fp16.onnx`), precision "fp16".
 Sections of the JSON not named below (e.g. "tensorrt", "fp16", "dynamic_axes") are kept in
 `Manifest.extra` and written back unchanged.
+
+A manifest is untrusted input: every file it names must lie inside the manifest's own folder (no
+absolute path, no `..`, no symlink leading out; `Manifest.member`), and every graph must carry its
+sha256, which `load_manifest` always checks.
+
+The shipped default model (`dil-run` without `--engine`, `Forecaster.load()` without a path) is
+package data of `dil.engines`; `default_artifact()` finds it wherever dil is installed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from dil.runtime.files import sha256_file
 from dil.runtime.model_config import ModelConfig
@@ -29,6 +37,14 @@ _SUFFIXES = (".encode.onnx", ".denoise.onnx", ".encode.plan", ".denoise.plan", "
              ".json")
 # Keys of the manifest JSON that Manifest holds as fields; everything else goes to Manifest.extra.
 _FIELDS = ("format_version", "name", "precision", "model", "schedule", "data", "graphs", "io", "validation", "versions")
+# Fields every format-1 manifest carries (what dil-export has always written), with their JSON types.
+_REQUIRED = {"name": str, "precision": str, "model": dict, "schedule": dict, "data": dict, "graphs": dict}
+_MODEL_KEYS = ("context_length", "horizon", "d_model", "num_heads", "num_layers", "ffn_dim", "time_embed_dim",
+               "context_features", "horizon_features", "prediction")
+_SCHEDULE_KEYS = ("num_steps", "kind", "beta_start", "beta_end")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# The shipped default model: NAME.* in the package dil.engines (pyproject's package-data).
+DEFAULT_ARTIFACT = "metro-traffic"
 
 ENCODE_INPUTS = ("ctx",)
 ENCODE_OUTPUTS = ("k_ctx", "v_ctx")
@@ -38,6 +54,39 @@ DENOISE_OUTPUTS = ("eps_sub", "k_sub", "v_sub")
 
 class ManifestError(ValueError):
     """The artifact is missing, incomplete or inconsistent."""
+
+
+def default_artifact() -> Path:
+    """NAME.json of the shipped default model (DEFAULT_ARTIFACT), from the installed package dil.engines.
+
+    Found through the import system, so it does not depend on the working folder. Raises
+    ManifestError (one line) when the package or its files are not installed.
+    """
+    from importlib.resources import files
+
+    try:
+        folder = files("dil.engines")
+    except ModuleNotFoundError:
+        raise ManifestError("the shipped default model (package dil.engines) is not installed: reinstall dil, "
+                            "or pass --engine PATH") from None
+    path = Path(str(folder.joinpath(f"{DEFAULT_ARTIFACT}.json")))
+    if not path.is_file():
+        raise ManifestError(f"the shipped default model {path} is missing: reinstall dil, or pass --engine PATH")
+    return path
+
+
+def inside(folder: Path, name, what: str) -> Path:
+    """folder / name, refusing a name that could leave `folder`: not a non-empty string, absolute, with a
+    `..` part, or resolving (through symlinks) outside it. `what` names the entry in the one-line error."""
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"{what} is {name!r}, not a file name")
+    part = PurePath(name)
+    if part.is_absolute() or part.drive or ".." in part.parts:
+        raise ManifestError(f"{what} {name!r} is not inside the artifact's folder (absolute paths and '..' are refused)")
+    path = Path(folder) / part
+    if not path.resolve().is_relative_to(Path(folder).resolve()):
+        raise ManifestError(f"{what} {name!r} resolves outside the artifact's folder (a symlink leading out)")
+    return path
 
 
 def manifest_path(engine) -> Path:
@@ -89,17 +138,57 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
+    def member(self, name, what: str = "file") -> Path:
+        """Path of a file of the artifact, `name` relative to the manifest's folder (see `inside`)."""
+        return inside(self.path.parent if self.path else Path("."), name, f"manifest {self.path}: {what}")
+
     def graph_path(self, graph: str, kind: str = "onnx") -> Path:
-        """Absolute path of a graph file ('encode'/'denoise'), next to the manifest."""
+        """Path of a graph file ('encode'/'denoise'; kind 'onnx' or 'plan'), inside the manifest's folder."""
         key = "file" if kind == "onnx" else f"{kind}_file"
         entry = self.graphs.get(graph, {})
         if key not in entry:
             raise ManifestError(f"manifest {self.path} has no {kind} file for graph {graph!r}")
-        return (self.path.parent if self.path else Path(".")) / entry[key]
+        return self.member(entry[key], f"graphs.{graph}.{key}")
 
 
-def load_manifest(engine, verify_hashes: bool = True) -> Manifest:
-    """Read and check the manifest for an artifact path. Raises ManifestError with one line."""
+def _field(d: dict, dotted: str, kind, mpath: Path):
+    """d["a"]["b"] for dotted "a.b"; ManifestError naming the field when it is absent or of the wrong type."""
+    value = d
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ManifestError(f"manifest {mpath} lacks the field {dotted!r}: re-export with dil-export")
+        value = value[part]
+    if kind is not None and not isinstance(value, kind):
+        raise ManifestError(f"manifest {mpath}: field {dotted!r} is a {type(value).__name__}, expected a {kind.__name__}")
+    return value
+
+
+def _check_fields(d, mpath: Path) -> None:
+    """Every required field is there, before anything is built from them or any graph file is read."""
+    if not isinstance(d, dict):
+        raise ManifestError(f"manifest {mpath} is not a JSON object")
+    version = _field(d, "format_version", None, mpath)
+    if version != FORMAT_VERSION:
+        raise ManifestError(f"manifest {mpath} has format_version {version!r}, expected {FORMAT_VERSION}")
+    for key, kind in _REQUIRED.items():
+        _field(d, key, kind, mpath)
+    for key in _MODEL_KEYS:
+        _field(d, f"model.{key}", None, mpath)
+    for key in _SCHEDULE_KEYS:
+        _field(d, f"schedule.{key}", None, mpath)
+    for g in GRAPHS:
+        _field(d, f"graphs.{g}.file", str, mpath)
+        if not _SHA256.fullmatch(_field(d, f"graphs.{g}.sha256", str, mpath)):
+            raise ManifestError(f"manifest {mpath}: field 'graphs.{g}.sha256' is not a sha256 (64 lowercase hex digits)")
+
+
+def load_manifest(engine) -> Manifest:
+    """Read and check the manifest for an artifact path. Raises ManifestError with one line.
+
+    Checks, in order, before returning: valid JSON, every required field (the error names the missing
+    one), graph files inside the manifest's folder, present, and matching their sha256 (always: the
+    graphs are small, hashing them costs milliseconds).
+    """
     mpath = manifest_path(engine)
     if not mpath.is_file():
         raise ManifestError(f"no manifest {mpath} for engine {engine} (export with dil-export)")
@@ -107,8 +196,7 @@ def load_manifest(engine, verify_hashes: bool = True) -> Manifest:
         d = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"manifest {mpath} is not valid JSON: {exc}") from None
-    if not isinstance(d, dict) or d.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(f"manifest {mpath} has format_version {d.get('format_version')!r}, expected {FORMAT_VERSION}")
+    _check_fields(d, mpath)
     try:
         m = Manifest(
             name=d["name"],
@@ -116,20 +204,19 @@ def load_manifest(engine, verify_hashes: bool = True) -> Manifest:
             schedule=NoiseSchedule.from_dict(d["schedule"]),
             data=d["data"],
             graphs=d["graphs"],
-            precision=d.get("precision", "fp32"),
+            precision=d["precision"],
             validation=d.get("validation", {}),
             versions=d.get("versions", {}),
             extra={k: v for k, v in d.items() if k not in _FIELDS},
             path=mpath,
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ManifestError(f"manifest {mpath} is incomplete or invalid: {exc}") from None
-    for g in GRAPHS:
-        p = m.graph_path(g)
+        raise ManifestError(f"manifest {mpath} is invalid: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    paths = {g: m.graph_path(g) for g in GRAPHS}  # all refused or accepted before any file is read
+    for g, p in paths.items():
         if not p.is_file():
             raise ManifestError(f"graph file {p} named by {mpath} is missing")
-        want = m.graphs[g].get("sha256")
-        if verify_hashes and want and sha256_file(p) != want:
+        if sha256_file(p) != m.graphs[g]["sha256"]:
             raise ManifestError(f"graph file {p} does not match its manifest {mpath} (sha256 differs): re-export")
     return m
 

@@ -24,7 +24,8 @@ def _band(forecast, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
 
 def fan_chart(history: np.ndarray, forecast, history_timestamps=None, max_series: int = MAX_SERIES,
               history_steps: int | None = None):
-    """A matplotlib Figure with one panel per series (the first `max_series`).
+    """A matplotlib Figure with one panel per series (the first `max_series`; the title says "first k of G
+    series" when there are more).
 
     history: float [T, C] (rows = time steps, NaN = missing), the series of `forecast` in its order.
     history_timestamps: datetime64 [T] or None; with forecast.timestamps the x axis shows dates, else
@@ -68,6 +69,8 @@ def fan_chart(history: np.ndarray, forecast, history_timestamps=None, max_series
             locator = AutoDateLocator()
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    if shown < G:  # say so on the chart too: a reader must not take the panels for the whole forecast
+        fig.suptitle(f"first {shown} of {G} series", fontsize=10, x=0.99, ha="right")
     axes[0].legend(loc="upper left", fontsize=8, ncol=4)
     if not dated:
         axes[-1].set_xlabel("step (0 = forecast origin)")

@@ -4,13 +4,20 @@
 and .parquet into a `SeriesTable` of float64 values with NaN = missing. With a date column the rows
 are sorted by time, duplicate timestamps are dropped (the first row wins) and, where the timestamps
 follow a regular step, the table is reindexed to the full regular range so that missing steps
-become NaN rows. Nothing is ever filled with zeros.
+become NaN rows. Nothing is ever filled with zeros. Each such repair is reported in one line of
+`SeriesTable.notes` (the CLIs print them on stderr).
+
+Dates: ISO dates (year first) are read as such; other text dates are read month-first or
+day-first, whichever reads every row. When both do but disagree (every day value is at most 12,
+e.g. `01/02/2016`, or a `01.07.2016`-style file shorter than 13 days) the table is refused rather
+than guessed: pass `dayfirst` (--dayfirst / --monthfirst) or `date_format` (--date-format, strptime).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +29,9 @@ from dil.runtime.files import sha256_file
 # reindexing may add at most this many rows per existing row; otherwise the timestamps stay as given.
 _MIN_STEP_SHARE = 0.5
 _MAX_REINDEX_GROWTH = 4.0
+# Year first (2016-07-13, 2016/07/13, 20160713, with or without a time): never day-first.
+_YEAR_FIRST = re.compile(r"^\s*\d{4}[-/.]?\d{1,2}[-/.]?\d{1,2}(?:\D|$)")
+_DATE_OPTIONS = "pass --dayfirst, --monthfirst or --date-format (e.g. %d.%m.%Y %H:%M)"
 
 
 class DataError(ValueError):
@@ -36,6 +46,8 @@ class SeriesTable:
     timestamps: datetime64[ns] [T] or None (equally spaced rows without dates).
     freq: pandas frequency alias of the rows (e.g. "h", "10min") or None when unknown/irregular.
     source: the file name. sha256: hex digest of the file's bytes.
+    notes: one line per repair made while reading (duplicate timestamps dropped, rows sorted,
+    missing steps added, no regular step), each starting "warning:" or "note:".
     """
 
     values: np.ndarray
@@ -44,6 +56,7 @@ class SeriesTable:
     freq: str | None = None
     source: str = ""
     sha256: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_steps(self) -> int:
@@ -140,15 +153,50 @@ def _numeric_column(frame: pd.DataFrame, col: str, source: str, explicit: bool) 
     return None
 
 
-def _parse_dates(frame: pd.DataFrame, col: str, source: str) -> pd.DatetimeIndex:
-    raw = frame[col]
+def _to_datetime(raw: pd.Series, **how) -> pd.Series:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        parsed = pd.to_datetime(raw, errors="coerce", utc=True)
+        warnings.simplefilter("ignore")  # pandas' format-inference chatter; failures come back as NaT
+        return pd.to_datetime(raw, errors="coerce", utc=True, **how)
+
+
+def _text_dates(raw: pd.Series, col: str, source: str, dayfirst: bool | None) -> pd.Series:
+    """Text dates read year-first, or month-/day-first as `dayfirst` says; with dayfirst None,
+    whichever reads every row, and DataError when both do with different dates."""
+    present = raw.dropna().astype(str)
+    if len(present) and present.str.match(_YEAR_FIRST).all():
+        return _to_datetime(raw, dayfirst=False)
+    if dayfirst is not None:
+        return _to_datetime(raw, dayfirst=dayfirst)
+    month, day = _to_datetime(raw, dayfirst=False), _to_datetime(raw, dayfirst=True)
+    month_ok, day_ok = month.notna().all(), day.notna().all()
+    if month_ok and day_ok:
+        differ = (month != day).to_numpy()
+        if differ.any():
+            i = int(np.flatnonzero(differ)[0])
+            raise DataError(
+                f"{source}: the dates of column {col!r} read both month-first and day-first "
+                f"({raw.iloc[i]!r} is {month.iloc[i]:%Y-%m-%d} or {day.iloc[i]:%Y-%m-%d}); {_DATE_OPTIONS}"
+            )
+        return month
+    return day if day_ok or day.notna().sum() > month.notna().sum() else month
+
+
+def _parse_dates(frame: pd.DataFrame, col: str, source: str, date_format: str | None = None,
+                 dayfirst: bool | None = None) -> pd.DatetimeIndex:
+    raw = frame[col]
+    if date_format is not None:
+        parsed = _to_datetime(raw, format=date_format)
+    elif pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw):
+        parsed = _text_dates(raw, col, source, dayfirst)
+    else:  # numbers or datetimes (Parquet): nothing to choose
+        parsed = _to_datetime(raw)
     bad = parsed.isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{source}: column {col!r} has an unparseable date at data row {row + 1}: {raw.iloc[row]!r}")
+        how = f"--date-format {date_format!r}" if date_format is not None else "--date-format gives the format"
+        raise DataError(
+            f"{source}: column {col!r} has an unparseable date at data row {row + 1}: {raw.iloc[row]!r} ({how})"
+        )
     return pd.DatetimeIndex(parsed).tz_convert(None).as_unit("ns")
 
 
@@ -173,17 +221,23 @@ def _regular_step(times: pd.DatetimeIndex) -> tuple[str | None, pd.DatetimeIndex
     return alias, pd.date_range(times[0], times[-1], freq=pd.Timedelta(step))
 
 
-def load_table(path, date_column=None, columns=None, *, names=None, missing_values=()) -> SeriesTable:
+def load_table(path, date_column=None, columns=None, *, names=None, missing_values=(), date_format=None,
+               dayfirst=None) -> SeriesTable:
     """Read a table file into a SeriesTable (see the module docstring for the cleaning).
 
     date_column: name of the timestamp column, or None. columns: the target columns (None: every
     numeric column). names: column names for a headerless file. missing_values: sentinel values
-    that mean "missing" (become NaN). Raises DataError with a one-line message.
+    that mean "missing" (become NaN). date_format: strptime format of the date column (e.g.
+    "%d.%m.%Y %H:%M"). dayfirst: True reads text dates day-first, False month-first, None decides
+    from the data and refuses an ambiguous column (ISO dates are always year-first). Raises
+    DataError with a one-line message.
     """
     path = Path(path)
     source = path.name
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if date_column is None and (date_format is not None or dayfirst is not None):
+        raise DataError(f"{source}: a date format or --dayfirst/--monthfirst needs a date column (--date-column)")
     frame = _read_frame(path, names)
     if len(frame) == 0:
         raise DataError(f"{source}: the file has no rows")
@@ -216,19 +270,10 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         row, col = np.argwhere(inf)[0]
         raise DataError(f"{source}: column {kept[col]!r} has an infinite value at data row {row + 1}")
 
-    timestamps, freq = None, None
+    timestamps, freq, notes = None, None, []
     if date_column is not None:
-        times = _parse_dates(frame, date_column, source)
-        order = np.argsort(times.asi8, kind="stable")
-        times, values = times[order], values[order]
-        first = ~times.duplicated(keep="first")
-        times, values = times[first], values[first]
-        freq, full = _regular_step(times)
-        if full is not None and len(full) != len(times):
-            pos = full.get_indexer(times)
-            grid = np.full((len(full), values.shape[1]), np.nan)
-            grid[pos] = values
-            times, values = full, grid
+        times = _parse_dates(frame, date_column, source, date_format, dayfirst)
+        times, values, freq, notes = _clean_times(times, values, f"{source}: column {date_column!r}")
         timestamps = times.to_numpy(dtype="datetime64[ns]")
     return SeriesTable(
         values=np.ascontiguousarray(values, dtype=np.float64),
@@ -237,4 +282,45 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         freq=freq,
         source=source,
         sha256=sha256_file(path),
+        notes=notes,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _clean_times(times: pd.DatetimeIndex, values: np.ndarray, where: str):
+    """Sort by time, keep the first row of each timestamp, reindex a regular step.
+
+    times [T] in file order, values [T, C]. Returns (times, values, freq, notes) with one note line
+    per repair made.
+    """
+    notes = []
+    earlier = np.flatnonzero(np.diff(times.asi8) < 0)
+    if earlier.size:
+        row = int(earlier[0]) + 2  # 1-based data row of the first timestamp earlier than its predecessor
+        notes.append(f"note: {where}: rows are not in time order (data row {row} goes back in time); sorted by time")
+    order = np.argsort(times.asi8, kind="stable")
+    times, values = times[order], values[order]
+    first = ~times.duplicated(keep="first")
+    dropped = int((~first).sum())
+    if dropped:
+        repeated = int(times[~first].nunique())
+        verb = "repeats" if dropped == 1 else "repeat"
+        notes.append(f"warning: {where}: {_count(dropped, 'row')} {verb} the timestamp of an earlier row "
+                     f"({_count(repeated, 'timestamp')}, first {times[~first][0]}); the first row in the file of "
+                     "each timestamp is kept")
+    times, values = times[first], values[first]
+    freq, full = _regular_step(times)
+    if full is not None and len(full) != len(times):
+        pos = full.get_indexer(times)
+        grid = np.full((len(full), values.shape[1]), np.nan)
+        grid[pos] = values
+        notes.append(f"note: {where}: {_count(len(full) - len(times), 'missing step')} of {freq} between the first "
+                     "and last timestamp added as missing values")
+        times, values = full, grid
+    if freq is None and len(times) >= 3:
+        notes.append(f"note: {where}: the timestamps follow no regular step; the rows are used as equally "
+                     "spaced steps (forecasts get step numbers, not timestamps)")
+    return times, values, freq, notes

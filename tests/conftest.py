@@ -63,13 +63,39 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_artifact(tiny_checkpoint, tmp_path_factory):
-    """engines/tiny.{json,encode.onnx,denoise.onnx} exported from the tiny checkpoint.
+def tiny_export(tiny_checkpoint, tmp_path_factory):
+    """(manifest, progress stages reported) of engines/tiny.{json,encode.onnx,denoise.onnx,
+    weights.safetensors} exported from the tiny checkpoint. Exported once per test session (~20 s).
 
-    Returns the path of the manifest. Exported once per test session (the exporter takes ~20 s).
+    The engines folder has no runs/ beside it: the run is not findable from the artifact, so the
+    PyTorch checks must use the weights it ships.
     """
-    from dil.export.artifact import export_artifact
+    from dil.export.artifact import ExportOptions, export_artifact
 
     out = tmp_path_factory.mktemp("engines")
-    manifest = export_artifact(tiny_checkpoint, out, "tiny")
-    return manifest.path
+    stages = []
+    manifest = export_artifact(tiny_checkpoint, out, ExportOptions(name="tiny"),
+                               progress=lambda stage, message: stages.append(stage))
+    return manifest, stages
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_export):
+    """The manifest path of the tiny artifact (see tiny_export)."""
+    return tiny_export[0].path
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact_without_weights(tiny_artifact, tmp_path_factory):
+    """A copy of the tiny artifact as dil-export wrote it before weights shipped (graphs and
+    manifest only, no "weights" record). Returns its manifest path."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("old-engines")
+    for name in ("tiny.encode.onnx", "tiny.denoise.onnx"):
+        shutil.copy(tiny_artifact.parent / name, out / name)
+    manifest = json.loads(tiny_artifact.read_text())
+    del manifest["weights"]
+    (out / "tiny.json").write_text(json.dumps(manifest, indent=2))
+    return out / "tiny.json"

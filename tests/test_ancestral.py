@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dil.runtime.rng import initial_noise, series_stream  # noqa: E402
+from dil.runtime.rng import SeriesStreams, series_stream  # noqa: E402
 from dil.runtime.scaling import context_features, context_scale, standardise  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
 from dil.evaluate.reference.ancestral import ancestral_forecast, ancestral_loop, ancestral_sample  # noqa: E402
@@ -87,7 +87,7 @@ def test_noise_streams_x_T_first_and_batch_independent(tiny_model, tiny_config):
         return np.zeros_like(x)
 
     ancestral_loop(record, schedule, [series_stream(9, k, "noise") for k in (3, 5)], 2, 8)
-    np.testing.assert_array_equal(seen[0], initial_noise(9, [3, 5], 2, 8))  # the fast sampler's x_T
+    np.testing.assert_array_equal(seen[0], SeriesStreams(9, [3, 5]).initial_noise(2, 8))  # the fast sampler's x_T
 
     raw, _ = _ctx(tiny_config, 3, seed=4)
     both = ancestral_forecast(tiny_model, schedule, raw, 6, seed=1, series_keys=["a", "b", "c"])

@@ -11,14 +11,16 @@ from dil.runtime import Forecaster, OnnxEngine, SamplerConfig
 from dil.runtime.sampling.cache_policy import core_positions
 from dil.runtime.sampling.fast_controller import FastController
 from dil.runtime.sampling.lattice import coarsest_scale
-from dil.runtime.rng import initial_noise
-from dil.runtime.sampling.sampler import FullController, sample
+from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.contracts import Controller, Engine
+from dil.runtime.sampling.full_controller import FullController
+from dil.runtime.sampling.sampler import sample
 from dil.runtime.scaling import context_features
 
 G, N, STEPS = 3, 6, 8
 KEYS = [7, 11, 5]
 # Partial steps on the tiny model (H = 8): a small core, no change trigger, no event/probe fallbacks.
-PARTIAL = dict(steps=STEPS, K=2, bucket=1, max_age=2, tau_0=1000.0, tau_warn=1000.0, probe_warn=1000.0,
+PARTIAL = dict(inference_steps=STEPS, K=2, bucket=1, max_age=2, tau_0=1000.0, tau_warn=1000.0, probe_warn=1000.0,
                random_probe_ratio=0.3, full_fraction=1.0, R=1000, warmup_steps=1, final_full=False)
 
 
@@ -31,23 +33,44 @@ def engine(tiny_artifact):
 def inputs(engine):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((G, engine.config.context_length))
-    return context_features(z), initial_noise(3, KEYS, N, engine.config.horizon)
+    return context_features(z), SeriesStreams(3, KEYS).initial_noise(N, engine.config.horizon)
 
 
 def run(engine, inputs, rows=slice(None), keys=KEYS, seed=3, **settings):
     config = SamplerConfig(**settings)
     ctx, x_T = inputs
-    ctl = FastController(config, seed=seed, keys=keys, record=True)
-    result = sample(engine, engine.manifest.schedule, ctx[rows], x_T[rows], config, controller=ctl)
+    ctl = FastController(config, record=True)
+    result = sample(engine, engine.manifest.schedule, ctx[rows], x_T[rows], config, SeriesStreams(seed, keys), controller=ctl)
     return result, ctl
+
+
+def test_engine_and_controllers_meet_their_written_contracts(engine):
+    """The sampler calls engines and controllers only through contracts.py; the ONNX Runtime
+    engine keeps no device cache and has no series limit."""
+    config = SamplerConfig()
+    assert isinstance(engine, Engine) and engine.max_batch is None and engine.device_cache(1, 2, 3) is None
+    for controller in (FullController(config), FastController(config)):
+        assert isinstance(controller, Controller)
+    assert FullController(config).counters == {}
+
+
+def test_controller_gets_its_streams_at_start_and_checks_them(engine, inputs):
+    ctx, x_T = inputs
+    config = SamplerConfig(**PARTIAL)
+    with pytest.raises(ValueError, match="streams of 2 series for a batch of 3 series"):
+        sample(engine, engine.manifest.schedule, ctx, x_T, config, SeriesStreams(3, KEYS[:2]))
+    ctl = FastController(config)
+    sample(engine, engine.manifest.schedule, ctx, x_T, config, SeriesStreams(3, KEYS), controller=ctl)
+    np.testing.assert_array_equal(ctl.uniforms, SeriesStreams(3, KEYS).control_uniforms(STEPS, N, x_T.shape[2]))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_switches_off_reproduce_the_plain_sampler_bit_for_bit(engine, inputs, order):
-    config = SamplerConfig(steps=STEPS, solver_order=order, lattice=False, cache=False)
+    config = SamplerConfig(inference_steps=STEPS, solver_order=order, lattice=False, cache=False)
     ctx, x_T = inputs
-    plain = sample(engine, engine.manifest.schedule, ctx, x_T, config, controller=FullController(config))
-    fast = sample(engine, engine.manifest.schedule, ctx, x_T, config, controller=FastController(config, keys=KEYS))
+    streams = SeriesStreams(0, KEYS)
+    plain = sample(engine, engine.manifest.schedule, ctx, x_T, config, streams, controller=FullController(config))
+    fast = sample(engine, engine.manifest.schedule, ctx, x_T, config, streams, controller=FastController(config))
     assert np.array_equal(plain.x0, fast.x0)
     assert fast.stats.tokens_computed == fast.stats.full_tokens and fast.stats.full_steps == STEPS
 
@@ -115,7 +138,7 @@ def test_each_full_step_fallback_fires(engine, inputs):
 
 
 def test_cache_off_computes_everything_with_lattice_orders(engine, inputs):
-    result, ctl = run(engine, inputs, steps=STEPS, cache=False)
+    result, ctl = run(engine, inputs, inference_steps=STEPS, cache=False)
     assert all(d["computed"].all() for d in ctl.decisions)
     assert result.stats.tokens_computed == result.stats.full_tokens
     orders = {int(o) for d in ctl.decisions[3:-1] for o in np.unique(d["order"])}
@@ -124,7 +147,7 @@ def test_cache_off_computes_everything_with_lattice_orders(engine, inputs):
 
 def test_lattice_partitions_after_a_run(engine, inputs):
     H = engine.config.horizon
-    _, ctl = run(engine, inputs, steps=12, max_scales=3, refine_gap=0.0, **{k: v for k, v in PARTIAL.items() if k != "steps"})
+    _, ctl = run(engine, inputs, **{**PARTIAL, "inference_steps": 12}, max_scales=3, refine_gap=0.0)
     s_max = coarsest_scale(H, 3)
     start = (np.arange(H) >> ctl.lvl) << ctl.lvl
     for s in range(s_max + 1):  # every token of a node carries the node's scale

@@ -110,6 +110,70 @@ def test_dates_sorted_deduplicated_and_reindexed(tmp_path):
     assert t.freq == "h" and t.names == ["a", "b"]
     np.testing.assert_array_equal(t.values, [[1, 10], [2, np.nan], [np.nan, np.nan], [4, 40], [5, 50]])
     assert t.timestamps[2] == np.datetime64("2024-01-01T02:00")
+    # One line per repair, with its count and the rule applied.
+    assert t.notes == [
+        "note: t.csv: column 'date': rows are not in time order (data row 2 goes back in time); sorted by time",
+        "warning: t.csv: column 'date': 1 row repeats the timestamp of an earlier row (1 timestamp, first "
+        "2024-01-01 01:00:00); the first row in the file of each timestamp is kept",
+        "note: t.csv: column 'date': 1 missing step of h between the first and last timestamp added as missing values",
+    ]
+    assert load_dataset("metro-traffic").notes == []  # bundled cleaning is documented in PROVENANCE.md
+
+
+def _dated(tmp_path, dates, name="d.csv"):
+    path = tmp_path / name
+    pd.DataFrame({"when": dates, "x": np.arange(len(dates), dtype=float)}).to_csv(path, index=False)
+    return path
+
+
+HOURS_12_DAYS = pd.date_range("2016-07-01", periods=12 * 24, freq="h")  # day values 1..12: ambiguous
+HOURS_20_DAYS = pd.date_range("2016-07-01", periods=20 * 24, freq="h")  # days 13..20 exist: day-first only
+
+
+@pytest.mark.parametrize(
+    "dates, kwargs, first, freq",
+    [
+        (HOURS_12_DAYS.strftime("%d.%m.%Y %H:%M"), {"dayfirst": True}, "2016-07-01T00:00", "h"),
+        (HOURS_12_DAYS.strftime("%d.%m.%Y %H:%M"), {"date_format": "%d.%m.%Y %H:%M"}, "2016-07-01T00:00", "h"),
+        (HOURS_20_DAYS.strftime("%d.%m.%Y %H:%M"), {}, "2016-07-01T00:00", "h"),
+        (HOURS_20_DAYS.strftime("%m/%d/%Y %H:%M"), {}, "2016-07-01T00:00", "h"),
+        (HOURS_12_DAYS.strftime("%Y-%m-%d %H:%M"), {"dayfirst": True}, "2016-07-01T00:00", "h"),  # ISO: year first
+        (["01/02/2016", "01/03/2016", "01/04/2016"], {"dayfirst": True}, "2016-02-01", "MS"),
+        (["01/02/2016", "01/03/2016", "01/04/2016"], {"dayfirst": False}, "2016-01-02", "D"),
+    ],
+)
+def test_date_reading(tmp_path, dates, kwargs, first, freq):
+    t = load_table(_dated(tmp_path, list(dates)), "when", **kwargs)
+    assert t.timestamps[0] == np.datetime64(first) and t.freq == freq and t.n_steps == len(dates)
+    np.testing.assert_array_equal(t.values[:, 0], np.arange(len(dates)))
+
+
+@pytest.mark.parametrize(
+    "dates, kwargs, message",
+    [
+        (HOURS_12_DAYS.strftime("%d.%m.%Y %H:%M"), {},
+         r"d.csv: the dates of column 'when' read both month-first and day-first \('01.07.2016 00:00' is 2016-01-07 "
+         r"or 2016-07-01\); pass --dayfirst, --monthfirst or --date-format"),
+        (["01/02/2016"], {}, r"'01/02/2016' is 2016-01-02 or 2016-02-01"),
+        (HOURS_12_DAYS.strftime("%d.%m.%Y"), {"date_format": "%Y-%m-%d"},
+         r"column 'when' has an unparseable date at data row 1: '01.07.2016' \(--date-format '%Y-%m-%d'\)"),
+    ],
+)
+def test_ambiguous_or_unreadable_dates_are_refused(tmp_path, dates, kwargs, message):
+    with pytest.raises(DataError, match=message) as info:
+        load_table(_dated(tmp_path, list(dates)), "when", **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_date_options_need_a_date_column(tmp_path):
+    path = _dated(tmp_path, ["2016-01-01", "2016-01-02"])
+    with pytest.raises(DataError, match="needs a date column"):
+        load_table(path, date_format="%Y-%m-%d")
+    with pytest.raises(DataError, match="--date-format applies to a data file"):
+        resolve(dataset="etth1", date_format="%Y")
+    spec, table = resolve(data=_dated(tmp_path, list(HOURS_12_DAYS.strftime("%d.%m.%Y %H:%M"))), date_column="when",
+                          dayfirst=True)
+    assert (spec.dayfirst, spec.date_format, spec.freq, spec.season) == (True, None, "h", 168)
 
 
 def test_text_columns_skipped_unless_requested(tmp_path):
@@ -188,6 +252,23 @@ def test_resolve_user_file_and_conflicts(tmp_path):
 
 
 # -- splits and windows -----------------------------------------------------------------------------
+def test_made_folders_removed_again_on_failure(tmp_path):
+    from dil.runtime.files import folder_problem, made_folders
+
+    (tmp_path / "file").write_text("x")
+    assert folder_problem(tmp_path / "a" / "b") is None
+    assert folder_problem(tmp_path / "file" / "b") == f"{tmp_path / 'file'} is not a folder"
+    with pytest.raises(RuntimeError):
+        with made_folders(tmp_path / "a" / "b", tmp_path / "c"):
+            assert (tmp_path / "a" / "b").is_dir() and (tmp_path / "c").is_dir()
+            (tmp_path / "c" / "kept.txt").write_text("written before the failure")
+            raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "file"]  # "a", "a/b" removed; "c" holds a file
+    with made_folders(tmp_path / "a" / "b"):
+        pass
+    assert (tmp_path / "a" / "b").is_dir()
+
+
 def test_fraction_split_hand_computed():
     spec = DatasetSpec("x", "x.csv", None, None, None, 1, 4, 2, splits=Splits(0.7, 0.1, 0.2))
     assert split_bounds(spec, 101) == {"train": (0, 71), "val": (71, 81), "test": (81, 101)}

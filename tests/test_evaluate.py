@@ -108,15 +108,91 @@ def test_seasonal_naive_baseline_against_independent_loop(synthetic):
 def test_batch_size_and_window_count_do_not_change_results(synthetic):
     table, spec = synthetic
     fn = oracle(table, noise=1.0)
+    # Streamed scoring: every figure, the model's on a baseline's subset included, whatever the batches.
+    sub = {"sub": (oracle(table, noise=2.0), 5)}
     r1 = Hn.evaluate(fn, table, spec, L, H, samples=50, batch_size=3, progress=False)
     r2 = Hn.evaluate(fn, table, spec, L, H, samples=50, batch_size=64, progress=False)
     assert r1 == r2
+    r1s, r2s = (Hn.evaluate(fn, table, spec, L, H, subset_baselines=sub, samples=50, batch_size=b, progress=False)
+                for b in (1, 7))
+    assert r1s == r2s and r1s["model"] == r1["model"]
     r3 = Hn.evaluate(fn, table, spec, L, H, n_windows=3, samples=50, progress=False)
     assert r3["protocol"]["windows"] == 3
     # An extra probabilistic baseline is scored like the model on the same windows.
     r4 = Hn.evaluate(fn, table, spec, L, H, samples=50, progress=False, baselines={"same": fn})
     assert r4["baselines"]["same"] == r1["model"]
     assert r4["baselines"]["seasonal_naive"] == r1["baselines"]["seasonal_naive"]
+
+
+def _direct_scores(w, mask, samples):
+    """The model metrics computed at once on a full sample array [O, C, N, H] (metrics.py only)."""
+    y, m = w.targets, mask[..., None] & ~np.isnan(w.targets)
+    median = M.median_forecast(samples)
+    cov50, cov90 = M.coverages(y, samples, (0.5, 0.9), mask=m)
+    return Hn.finite_or_none({
+        "crps": M.crps_quantile(y, samples, mask=m), "crps_sample": M.crps_sample(y, samples, mask=m),
+        "crps_sum": M.crps_sum(y, samples, mask=m), "mae": M.mae(y, median, mask=m), "mse": M.mse(y, median, mask=m),
+        "coverage_50": cov50, "coverage_90": cov90,
+    })
+
+
+def _full_samples(w, mask, fn, n):
+    """float [O, C, n, H]: fn's samples of the windows where mask is True (NaN elsewhere), in one call."""
+    ids = [f"{w.names[c]}@{int(w.origins[o])}" for o, c in np.argwhere(mask)]
+    out = np.full(mask.shape + (n, H), np.nan)
+    out[mask] = fn(w.contexts[mask], ids)
+    return out
+
+
+def test_streamed_report_equals_the_metrics_on_all_samples(synthetic):
+    """The harness keeps no window's samples, only per-step summaries: its figures are, bit for bit,
+    those of dil.evaluate.metrics on every window's samples at once."""
+    table, spec = synthetic
+    truth_plus_noise, sub = oracle(table, noise=2.0), oracle(table, noise=3.0)
+
+    def model(ctx, ids):  # biased, so that coverage is neither 0 nor 1
+        return truth_plus_noise(ctx, ids) + 2.0
+    opts = Hn.EvalOptions(samples=50, batch_size=4, progress=False)
+    ev = Hn.run_evaluation(model, table, spec, L, H, opts, subset_baselines={"sub": (sub, 5)})
+    w = ev.windows
+    s = _full_samples(w, w.valid, model, 50)
+    assert ev.report["model"] == _direct_scores(w, w.valid, s)
+    assert 0 < ev.report["model"]["coverage_50"] < ev.report["model"]["coverage_90"] < 1
+    assert ev.report["calibration"]["observed"] == M.coverages(w.targets, s, Hn.CALIBRATION_WIDTHS, mask=w.target_mask)
+    mask = Hn.subset(w.valid, 5)
+    got = ev.report["baselines"]["sub"]
+    assert got["same_windows"]["model"] == _direct_scores(w, mask, s)
+    assert {k: got[k] for k in _direct_scores(w, mask, s)} == _direct_scores(w, mask, _full_samples(w, mask, sub, 50))
+    # The fan charts' bands are the samples' quantiles.
+    o, c = np.argwhere(w.valid)[-1]
+    np.testing.assert_array_equal(w.forecast.quantiles_at([0.05, 0.5, 0.95])[o, c],
+                                  np.quantile(s[o, c], [0.05, 0.5, 0.95], axis=0))
+
+
+def test_memory_does_not_grow_with_windows_times_samples():
+    """Defect 6: 1000 windows x 400 samples are 38 MB of samples; the harness holds one batch of
+    them and per-window summaries (quantiles, median, CRPS per step), well under half of that."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    c, n = 20, 400
+    values = 10.0 + rng.standard_normal((2000, c))
+    table = SeriesTable(values=values, names=[f"s{i}" for i in range(c)], source="wide")
+    spec = DatasetSpec(name="wide", file="wide.csv", date_column=None, columns=None, freq=None, season=SEASON,
+                       context_length=L, horizon=H, splits=Splits(0.5, 0.2, 0.3), bundled=False)
+
+    def fn(ctx, ids):
+        return ctx[:, -1:, None] + rng.standard_normal((len(ids), n, H))
+
+    tracemalloc.start()
+    try:
+        report = Hn.evaluate(fn, table, spec, L, H, samples=n, batch_size=10, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    full = report["protocol"]["series_windows"] * n * H * 8
+    assert report["protocol"]["series_windows"] == 1000 and full > 38e6
+    assert peak < 0.4 * full, f"peak {peak / 1e6:.1f} MB for {full / 1e6:.1f} MB of samples"
 
 
 def test_all_missing_context_windows_are_skipped(synthetic):
@@ -132,13 +208,13 @@ def test_all_missing_context_windows_are_skipped(synthetic):
         seen.extend(ids)
         return naive_fn(ctx, ids)
 
-    ev = Hn.run_evaluation(fn, t2, spec, L, H, samples=20, progress=False)
+    ev = Hn.run_evaluation(fn, t2, spec, L, H, Hn.EvalOptions(samples=20, progress=False))
     # Skipped: b at origin 1 (all-missing context) and b at origin 0, whose whole target
     # (the last H rows of that context, stride H < L) is missing: nothing to score.
     assert ev.report["protocol"]["skipped_windows"] == 2
     assert len(seen) == 2 * origins.size - 2
     assert f"b@{origins[0]}" not in seen and f"b@{origins[1]}" not in seen and f"a@{origins[1]}" in seen
-    assert not ev.windows.valid[:2, 1].any() and np.isnan(ev.windows.samples[:2, 1]).all()
+    assert not ev.windows.valid[:2, 1].any() and np.isnan(ev.windows.forecast.quantiles[:, :2, 1]).all()
     assert np.isfinite(ev.report["model"]["crps_sum"])
 
 
@@ -161,7 +237,7 @@ def test_report_table_and_plots(synthetic, tmp_path):
     from dil.evaluate.plots import calibration_plot, fan_charts
 
     table, spec = synthetic
-    ev = Hn.run_evaluation(oracle(table, noise=0.5), table, spec, L, H, samples=50, progress=False)
+    ev = Hn.run_evaluation(oracle(table, noise=0.5), table, spec, L, H, Hn.EvalOptions(samples=50, progress=False))
     text = format_report(ev.report)
     naive = ev.report["baselines"]["seasonal_naive"]
     ratio = ev.report["model"]["crps"] / naive["crps"]
@@ -217,7 +293,7 @@ def test_dil_eval_cli_end_to_end(tiny_artifact, tmp_path):
     # Batch composition does not change a window's forecast; no output requested -> nothing written.
     res2 = _cli(args + ["--batch-size", 64])
     assert res2.exit_code == 0, res2.output
-    assert res2.output.splitlines()[:9] == res.output.splitlines()[:9]
+    assert res2.stdout.splitlines()[:9] == res.stdout.splitlines()[:9]  # stderr: progress lines
 
 
 def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path):
@@ -251,7 +327,7 @@ def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path):
     [
         (["--dataset", "nope"], "unknown dataset"),
         (["--dataset", "etth1", "--data", "x.csv"], "not both"),
-        (["--json", "missing-dir/out.json"], "does not exist"),
+        (["--json", "/dev/null/out.json"], "/dev/null is not a folder"),  # a missing folder is created
         (["--data", "no-such-file.csv"], "no-such-file.csv"),
     ],
 )
@@ -332,13 +408,11 @@ def test_dil_eval_ddpm_baseline_on_the_same_windows(tiny_artifact, tiny_checkpoi
     assert ref["crps"] == pytest.approx(M.crps_quantile(tgt, ddpm.samples), rel=1e-6)
 
 
-def test_dil_eval_ddpm_needs_a_checkpoint(tiny_artifact, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no runs/tiny here
-    base = ["--engine", tiny_artifact, "--windows", 1, "--samples", 2, "--steps", 1]
-    res = _cli(base + ["--ddpm-windows", 1])  # asked for explicitly: an error
-    assert res.exit_code != 0 and "--checkpoint" in res.output and len(res.output.strip().splitlines()) == 1
-    res = _cli(base + ["--json", tmp_path / "r.json"])  # the default: skipped with a note
-    assert res.exit_code == 0 and "reference-ddpm1000 skipped" in res.output
-    import json
-
-    assert list(json.loads((tmp_path / "r.json").read_text())["baselines"]) == ["seasonal_naive"]
+def test_dil_eval_ddpm_checkpoint_errors(tiny_artifact, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["--engine", tiny_artifact, "--windows", 1, "--samples", 2, "--steps", 1, "--checkpoint", tmp_path]
+    res = _cli(base + ["--ddpm-windows", 1])  # not a run folder: one line, before any forecast
+    assert res.exit_code != 0 and "not a training run folder" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = _cli(base)  # a checkpoint without --ddpm-windows would be silently unused
+    assert res.exit_code != 0 and "--ddpm-windows" in res.output and list(tmp_path.iterdir()) == []

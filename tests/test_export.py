@@ -22,7 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
 
 from dil.export import artifact as artifact_mod  # noqa: E402
-from dil.export.artifact import ExportError, export_artifact  # noqa: E402
+from dil.export.artifact import ExportError, ExportOptions, export_artifact  # noqa: E402
 from dil.export.cli import main as cli  # noqa: E402
 from dil.export.real_data import training_windows  # noqa: E402
 from dil.export.graph_check import FP32_TOLERANCE, errors, validate_graphs  # noqa: E402
@@ -261,7 +261,7 @@ def test_exporter_error_is_one_line_and_removes_created_folder(tiny_checkpoint, 
     monkeypatch.setattr(artifact_mod, "export_onnx", broken_exporter)
     out = tmp_path / "engines"
     with pytest.raises(ExportError, match="^ONNX export failed: exporter exploded$"):
-        export_artifact(tiny_checkpoint, out, "tiny")
+        export_artifact(tiny_checkpoint, out, ExportOptions(name="tiny"))
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -282,7 +282,7 @@ def test_failed_validation_writes_nothing_and_keeps_previous(tiny_checkpoint, ti
 
     monkeypatch.setattr(artifact_mod, "export_onnx", export_then_corrupt)
     with pytest.raises(ExportError) as info:
-        export_artifact(tiny_checkpoint, out, "tiny")
+        export_artifact(tiny_checkpoint, out, ExportOptions(name="tiny"))
     msg = str(info.value)
     assert msg.startswith("validation failed: denoise: max abs error") and "\n" not in msg
     assert info.value.report["graphs"]["denoise"]["max_abs_err"] > FP32_TOLERANCE
@@ -323,10 +323,12 @@ def test_cli_checkpoint_of_another_config(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "eng").exists()
 
 
-def test_cli_deep_missing_out_is_an_error(tiny_checkpoint, tmp_path):
-    out = tmp_path / "a" / "b"
-    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(tiny_checkpoint), "--out", str(out)]))
-    assert "does not exist" in line and not (tmp_path / "a").exists()
+def test_cli_failed_export_leaves_no_new_folders(tiny_checkpoint, tmp_path):
+    out = tmp_path / "a" / "b"  # created for the export, removed again when it fails
+    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(tmp_path / "nope"), "--out", str(out)]))
+    assert "nope" in line and not (tmp_path / "a").exists()
+    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(tiny_checkpoint), "--out", "/dev/null/x"]))
+    assert "/dev/null is not a folder" in line
 
 
 def test_cli_missing_dependency_names_the_extra(tiny_checkpoint, tmp_path, monkeypatch):
@@ -337,10 +339,11 @@ def test_cli_missing_dependency_names_the_extra(tiny_checkpoint, tmp_path, monke
 
 @pytest.mark.slow
 def test_cli_exports_into_a_new_folder(tiny_checkpoint, tmp_path):
-    out = tmp_path / "engines"  # missing, parent exists: created
+    out = tmp_path / "new" / "engines"  # missing folders are created
     result = CliRunner().invoke(cli, ["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--name", "cli"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["cli.denoise.onnx", "cli.encode.onnx", "cli.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cli.denoise.onnx", "cli.encode.onnx", "cli.json",
+                                                     "cli.weights.safetensors"]
     m = load_manifest(out / "cli.onnx")
     assert m.validation["passed"] is True and m.name == "cli"
     assert f"wrote {out / 'cli.denoise.onnx'}" in result.output

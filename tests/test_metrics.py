@@ -162,3 +162,44 @@ def test_coverage_curve_matches_single_widths():
     ladder = np.arange(101.0)[:, None]
     assert M.coverages(np.array([50.0]), ladder, widths) == [1.0] * 4
     assert M.coverages(np.array([44.0]), ladder, widths) == [0.0, 1.0, 1.0, 1.0]  # q.45 = 45
+
+
+def _direct(y, s, mask):
+    """The figures of StreamedScores.scores, computed at once from every window's samples."""
+    m = mask[..., None] & ~np.isnan(y)
+    median = M.median_forecast(s)
+    cov50, cov90 = M.coverages(y, s, (0.5, 0.9), mask=m)
+    return {"crps": M.crps_quantile(y, s, mask=m), "crps_sample": M.crps_sample(y, s, mask=m),
+            "crps_sum": M.crps_sum(y, s, mask=m), "mae": M.mae(y, median, mask=m), "mse": M.mse(y, median, mask=m),
+            "coverage_50": cov50, "coverage_90": cov90}
+
+
+@pytest.mark.parametrize("batch", [1, 4, 7, 1000])
+def test_streamed_scores_equal_the_metrics_on_all_samples(batch):
+    """Fed a batch at a time, StreamedScores gives exactly (==) the figures of the functions above on
+    the full sample array, for any batch size and any scope (window subset)."""
+    rng = np.random.default_rng(6)
+    o, c, n, h = 6, 4, 30, 5
+    y = rng.normal(5.0, 2.0, size=(o, c, h))
+    y[1, 2, 3] = y[4, 0, :2] = np.nan  # missing targets
+    s = y[:, :, None, :] + rng.normal(0.5, 1.5, size=(o, c, n, h))
+    valid = np.ones((o, c), dtype=bool)
+    valid[2, 1] = valid[5, 3] = False  # windows never forecast
+    s[~valid] = np.nan
+    some = valid & np.isin(np.arange(o), [1, 3, 4])[:, None]  # whole origins: a finite CRPS-sum
+    some[3, 2] = False  # ... but for origin 3
+    widths = np.round(np.arange(1, 10) * 0.1, 1)
+    scores = M.StreamedScores(y, n, widths, {"all": valid, "some": some})
+    pairs = np.argwhere(valid)
+    for a in range(0, len(pairs), batch):
+        scores.add(pairs[a : a + batch, 0], pairs[a : a + batch, 1], s[tuple(pairs[a : a + batch].T)])
+    for name, mask in (("all", valid), ("some", some)):
+        expected = _direct(y, s, mask)
+        assert scores.scores(name) == expected, name
+        assert all(np.isfinite(v) for v in expected.values())
+        m = mask[..., None] & ~np.isnan(y)
+        assert scores.coverages(name, widths) == M.coverages(y, s, widths, mask=m)
+    np.testing.assert_array_equal(scores.quantiles_at([0.25, 0.5])[valid],
+                                  np.moveaxis(np.quantile(s[valid], [0.25, 0.5], axis=1), 0, 1))
+    with pytest.raises(ValueError, match="not all among"):
+        scores.quantiles_at([0.33])

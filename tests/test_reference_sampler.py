@@ -7,7 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dil.runtime.sampling.sampler import StepPlan  # noqa: E402
+from dil.runtime.rng import SeriesStreams  # noqa: E402
+from dil.runtime.sampling.step_plan import StepPlan  # noqa: E402
 from dil.runtime.scaling import context_features  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
 from dil.evaluate.reference.sampler import (  # noqa: E402
@@ -19,6 +20,7 @@ from dil.evaluate.reference.sampler import (  # noqa: E402
 )
 
 STEPS = 8
+STREAMS = SeriesStreams(0, range(2))  # the scripted controllers draw nothing from them
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +55,17 @@ class ScriptedRuntime:
     def __init__(self, masks, orders):
         self.masks, self.orders = masks, orders
 
-    def start(self, G, N, H, solver):
+    counters: dict = {}
+
+    def start(self, G, N, H, solver, streams):
         pass
 
     def plan(self, i, cache):
         m = self.masks[i]
         return StepPlan(pos_sub=runtime_positions(m), order=self.orders[i], full=bool(m.all()))
+
+    def adjust(self, i, cache, computed):
+        pass
 
     def observe(self, i, cache):
         pass
@@ -70,7 +77,7 @@ class ScriptedReference:
     def __init__(self, masks, orders):
         self.masks, self.orders = masks, orders
 
-    def start(self, sampler):
+    def start(self, sampler, streams):
         pass
 
     def plan(self, i, sampler):
@@ -85,7 +92,7 @@ class ScriptedReference:
 def test_full_controller_reproduces_the_plain_reference_exactly(tiny_model, inputs, order):
     ctx, x_T = inputs
     plain = reference_sample(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, order)
-    ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, solver_order=order, bucket=4)
+    ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, STREAMS, solver_order=order, bucket=4)
     np.testing.assert_array_equal(ref.run(), plain)
     d = ref.decisions
     assert len(d) == STEPS and all(s.computed.all() and s.full.all() for s in d)
@@ -124,14 +131,15 @@ def test_scripted_subsets_match_the_runtime_with_shared_outputs(tiny_model, tiny
     outputs: same decisions, samples equal to float64 rounding."""
     from dil.export.graph_check import TorchGraphs
     from dil.evaluate.validation_report import LockstepEngine, RecordingController, compare_decisions
-    from dil.runtime.sampling.sampler import SamplerConfig, sample
+    from dil.runtime.sampling.config import SamplerConfig
+    from dil.runtime.sampling.sampler import sample
 
     ctx, x_T = inputs
     masks, orders = scripted(*x_T.shape, STEPS)
-    ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, ScriptedReference(masks, orders), bucket=4)
+    ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, STREAMS, ScriptedReference(masks, orders), bucket=4)
     engine = LockstepEngine(ref, TorchGraphs(tiny_model), tiny_config)
     rec = RecordingController(ScriptedRuntime(masks, orders), before_plan=engine.advance)
-    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=STEPS), controller=rec)
+    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS), STREAMS, controller=rec)
     assert engine.mismatched_calls == 0 and engine.input_max_abs_diff == 0.0
     assert compare_decisions(rec.decisions, ref.decisions)["agreement"] == 1.0
     x_ref = ref.x.numpy()
@@ -145,13 +153,15 @@ def test_scripted_subsets_free_run_onnx_vs_torch(tiny_artifact, tiny_model, inpu
     """Each with its own network (ONNX Runtime vs torch): the same fixed decisions give samples
     within 1e-4 (standardised scale)."""
     from dil.runtime import OnnxEngine
-    from dil.runtime.sampling.sampler import SamplerConfig, sample
+    from dil.runtime.sampling.config import SamplerConfig
+    from dil.runtime.sampling.sampler import sample
 
     ctx, x_T = inputs
     masks, orders = scripted(*x_T.shape, STEPS, seed=1)
     engine = OnnxEngine.load(tiny_artifact, threads=1)
-    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=STEPS), controller=ScriptedRuntime(masks, orders))
-    ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, ScriptedReference(masks, orders), bucket=4)
+    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS), STREAMS,
+                    controller=ScriptedRuntime(masks, orders))
+    ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, STREAMS, ScriptedReference(masks, orders), bucket=4)
     assert np.abs(result.x0 - ref.run()).max() <= 1e-4
     assert result.stats.tokens_computed == int(masks.sum())
 
@@ -196,9 +206,15 @@ def test_median_is_numpys_and_uniforms_are_the_control_stream():
     got = numpy_median(torch.from_numpy(values), torch.from_numpy(mask)).numpy()
     np.testing.assert_array_equal(got[:2], [np.median(values[g][mask[g]]) for g in range(2)])
     assert np.isnan(got[2])
-    u = control_uniforms(7, [3, 11], 4, 2, 5)
+    streams = SeriesStreams(7, [3, 11])
+    u = control_uniforms(streams, 4, 2, 5)
     assert u.shape == (2, 3, 2, 2, 5) and float(u.min()) > 0
     np.testing.assert_array_equal(u[1].numpy(), series_stream(7, 11, "control").random((3, 2, 2, 5)) + 2.0**-54)
+    # A later block of samples: the next draws of the stream; the runtime reads the same values.
+    later = control_uniforms(streams.from_sample(2), 4, 3, 5)
+    raw = series_stream(7, 11, "control").random(3 * 2 * 5 * 5) + 2.0**-54
+    np.testing.assert_array_equal(later[1].numpy().ravel(), raw[3 * 2 * 2 * 5:])
+    np.testing.assert_array_equal(later.numpy(), streams.from_sample(2).control_uniforms(4, 3, 5))
 
 
 def test_spectral_entropy_of_flat_pure_and_noisy_nodes():
@@ -258,13 +274,13 @@ def test_forecaster_fast_sampler_equals_reference_forecast(tiny_artifact, tiny_m
     """The public paths end to end: Forecaster (named series, batches of 2) and reference_forecast
     with the same settings draw the same noise and control streams and agree within 1e-4."""
     from dil.runtime import Forecaster
-    from dil.runtime.sampling.sampler import SamplerConfig
+    from dil.runtime.sampling.config import SamplerConfig
     from dil.evaluate.reference.sampler import reference_forecast
 
     rng = np.random.default_rng(11)
     ctx = 5.0 + rng.standard_normal((3, tiny_config.context_length)).cumsum(axis=1)
     keys = ["north", "south", 7]
-    config = SamplerConfig(steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100)
+    config = SamplerConfig(inference_steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100)
     rt = Forecaster.load(tiny_artifact, threads=1).predict_windows(ctx, 8, seed=5, series_keys=keys,
                                                                   batch_series=2, config=config)
     ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, STEPS, seed=5, series_keys=keys, config=config)

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 
 from dil.runtime import EngineError, ForecastError, Forecaster, ManifestError, OnnxEngine, SamplerConfig
+from dil.runtime.files import sha256_file
 from dil.runtime.quantiles import QUANTILE_LEVELS, quantile_column
-from dil.runtime.sampling.sampler import StepPlan, TokenCache
+from dil.runtime.sampling.step_plan import StepPlan
+from dil.runtime.sampling.token_cache import TokenCache
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,11 @@ def test_engine_refuses_a_file_that_is_not_onnx(tiny_artifact, tmp_path):
     (tmp_path / "tiny.denoise.onnx").write_bytes(b"this is not a protobuf\n" * 10)
     with pytest.raises(ManifestError, match="sha256"):
         OnnxEngine.load(manifest)
+    d = json.loads(manifest.read_text())  # a manifest that vouches for the bad file: only ONNX Runtime can tell
+    d["graphs"]["denoise"]["sha256"] = sha256_file(tmp_path / "tiny.denoise.onnx")
+    manifest.write_text(json.dumps(d))
     with pytest.raises(EngineError, match="not a loadable ONNX model") as err:
-        OnnxEngine.load(manifest, verify_hashes=False)
+        OnnxEngine.load(manifest)
     assert "\n" not in str(err.value)
 
 
@@ -229,7 +234,28 @@ def test_bad_settings_name_the_setting(forecaster, history, kwargs, match):
 
 
 def test_sampler_config_defaults():
-    assert SamplerConfig() == SamplerConfig(steps=20, solver_order=2)
+    assert SamplerConfig() == SamplerConfig(inference_steps=20, solver_order=2)
+
+
+def test_sampler_config_has_an_ordinary_constructor_and_one_merge():
+    from dataclasses import replace
+
+    from dil.runtime.sampling.config import sampler_config
+
+    config = SamplerConfig(inference_steps=7)
+    assert config.steps == 7 and replace(config, K=2).steps == 7
+    with pytest.raises(TypeError):
+        SamplerConfig(steps=7)  # one name per setting: no constructor alias
+    with pytest.raises(AttributeError):
+        config.steps = 3
+    merged = sampler_config(config, solver_order=3, K=None)  # None: the option was left unset
+    assert (merged.steps, merged.solver_order, merged.K) == (7, 3, SamplerConfig().K)
+    assert sampler_config(None) == SamplerConfig() and sampler_config(config) is config
+    with pytest.raises(ValueError, match="unknown sampler setting 'steps'"):
+        sampler_config(config, steps=3)
+    import dil.runtime.sampling.sampler as loop
+
+    assert not hasattr(loop, "SamplerConfig")  # one home: dil.runtime.sampling.config
 
 
 def test_import_dil_runtime_is_light():

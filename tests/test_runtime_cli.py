@@ -152,8 +152,9 @@ def test_bad_engine_exits_with_one_line_and_writes_nothing(tiny_artifact, table_
 
 
 @pytest.mark.parametrize("opt,name,match", [
-    ("--out", "missing/f.csv", "does not exist"),
-    ("--plot", "missing/f.png", "does not exist"),
+    ("--out", "in/table.csv/f.csv", "table.csv is not a folder"),
+    ("--plot", "in/table.csv/sub/f.png", "table.csv is not a folder"),
+    ("--out", "in", "is a folder"),
     ("--out", "f.xlsx", "unsupported file type"),
     ("--steps", None, "steps must be an integer"),
 ])
@@ -165,7 +166,164 @@ def test_bad_options_exit_with_one_line(tiny_artifact, table_csv, tmp_path, opt,
 
 
 def _assert_clean_failure(result, match):
+    """One error line, last; any line before it is a one-line note or warning about the input."""
     assert result.exit_code != 0
-    text = result.output.strip()
-    assert len(text.splitlines()) == 1, text
-    assert "Traceback" not in text and match in text, text
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and match in lines[-1], result.output
+    assert all(line.startswith(("note: ", "warning: ")) for line in lines[:-1]), result.output
+    assert "Traceback" not in result.output
+
+
+# -- output folders, date formats, which series, repaired input (the house's user-input defects) ----
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+FAST = ["--samples", 4, "--steps", 3, "--threads", 1]
+
+
+def _lines(text, prefix):
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_missing_output_folders_are_created(tiny_artifact, table_csv, tmp_path):
+    out, plot = tmp_path / "runs" / "a" / "f.csv", tmp_path / "plots" / "f.png"
+    result = _run(["--engine", tiny_artifact, "--input", table_csv, "--date-column", "date", *FAST,
+                   "--out", out, "--plot", plot])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == 3 * 8 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_failed_run_creates_no_folders(tiny_artifact, table_csv, tmp_path):
+    short = _write(tmp_path / "in" / "short.csv", pd.read_csv(table_csv).head(10))
+    result = _run(["--engine", tiny_artifact, "--input", short, *FAST, "--out", tmp_path / "new" / "f.csv",
+                   "--plot", tmp_path / "new2" / "f.png"])
+    _assert_clean_failure(result, "at least 16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def _day_first(table_csv, tmp_path, fmt="%d.%m.%Y %H:%M"):
+    """table_csv with its dates written day-first: 40 hours of 1-2 May, every day value <= 12."""
+    frame = pd.read_csv(table_csv)
+    frame["date"] = pd.to_datetime(frame["date"]).dt.strftime(fmt)
+    return _write(tmp_path / "in" / "dayfirst.csv", frame)
+
+
+def test_ambiguous_dates_stop_with_the_options(tiny_artifact, table_csv, tmp_path):
+    path = _day_first(table_csv, tmp_path)
+    result = _run(["--engine", tiny_artifact, "--input", path, "--date-column", "date", *FAST,
+                   "--out", tmp_path / "f.csv"])
+    _assert_clean_failure(result, "read both month-first and day-first ('01.05.2024 00:00' is 2024-01-05 or 2024-05-01)")
+    assert "--dayfirst" in result.output and "--date-format" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+@pytest.mark.parametrize("how", [["--dayfirst"], ["--date-format", "%d.%m.%Y %H:%M"]])
+def test_dayfirst_and_date_format_read_the_dates(tiny_artifact, table_csv, tmp_path, how):
+    ref, out = tmp_path / "iso.csv", tmp_path / "f.csv"
+    assert _run(["--engine", tiny_artifact, "--input", table_csv, "--date-column", "date", *FAST,
+                 "--out", ref]).exit_code == 0
+    result = _run(["--engine", tiny_artifact, "--input", _day_first(table_csv, tmp_path), "--date-column", "date",
+                   *how, *FAST, "--out", out])
+    assert result.exit_code == 0, result.output
+    got, want = pd.read_csv(out), pd.read_csv(ref)
+    assert got["timestamp"].iloc[0] == "2024-05-02 16:00:00"  # 40 hourly rows from 1 May 00:00: next is 2 May 16:00
+    pd.testing.assert_frame_equal(got, want)
+
+
+def _artifact_trained_on(tiny_artifact, tmp_path, columns):
+    """A copy of the tiny artifact whose manifest records `columns` as its training series."""
+    dest = tmp_path / "eng"
+    dest.mkdir()
+    for suffix in (".encode.onnx", ".denoise.onnx"):
+        shutil.copy(tiny_artifact.with_name("tiny" + suffix), dest / ("tiny" + suffix))
+    d = json.loads(tiny_artifact.read_text())
+    d["data"]["columns"] = columns
+    (dest / "tiny.json").write_text(json.dumps(d))
+    return dest / "tiny.onnx"
+
+
+def test_default_series_are_the_training_series(tiny_artifact, table_csv, tmp_path):
+    engine = _artifact_trained_on(tiny_artifact, tmp_path, ["south", "north"])
+    out, ref = tmp_path / "f.csv", tmp_path / "ref.csv"
+    result = _run(["--engine", engine, "--input", table_csv, *FAST, "--out", out])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # no note: the table has the model's series
+    assert pd.read_csv(out)["series"].unique().tolist() == ["south", "north"]
+    assert _run(["--engine", engine, "--input", table_csv, "--columns", "south,north", *FAST, "--out", ref]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(ref))
+
+
+def test_without_the_training_series_every_numeric_column_with_a_note(tiny_artifact, table_csv, tmp_path):
+    engine = _artifact_trained_on(tiny_artifact, tmp_path, ["traffic_volume"])
+    result = _run(["--engine", engine, "--input", table_csv, *FAST, "--out", tmp_path / "f.csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "note: forecasting every numeric column of table.csv (north, south, east): the model's training series "
+        "(traffic_volume) are not in it; --columns picks the series"
+    ]
+    assert pd.read_csv(tmp_path / "f.csv")["series"].unique().tolist() == ["north", "south", "east"]
+
+
+def test_shipped_model_forecasts_only_traffic_volume_of_the_metro_table(tmp_path):
+    out = tmp_path / "f.csv"
+    result = _run(["--engine", ROOT / "engines" / "metro-traffic.onnx", "--input",
+                   ROOT / "data" / "files" / "metro_traffic.csv.gz", "--date-column", "date_time",
+                   "--samples", 2, "--steps", 2, "--out", out])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out, parse_dates=["timestamp"])
+    assert frame["series"].unique().tolist() == ["traffic_volume"] and len(frame) == 24  # not temp, rain_1h, ...
+    last = pd.to_datetime(pd.read_csv(ROOT / "data" / "files" / "metro_traffic.csv.gz")["date_time"]).max()
+    assert frame["timestamp"].iloc[0] == last + pd.Timedelta(hours=1)
+    # What reading the file repaired (counts as in test_data's pandas reference), and no column note.
+    assert [line.split(": ")[3].split(" (")[0] for line in result.stderr.splitlines()] == [
+        "7629 rows repeat the timestamp of an earlier row", "11976 missing steps of h between the first and last "
+        "timestamp added as missing values"]
+
+
+def test_plot_says_how_many_series_it_drew(tiny_artifact, table_csv, tmp_path):
+    frame = pd.read_csv(table_csv).assign(west=lambda f: f["north"] * 2, up=lambda f: f["east"] + 1)
+    path = _write(tmp_path / "in" / "five.csv", frame)
+    result = _run(["--engine", tiny_artifact, "--input", path, "--columns", "north,south,east,west,up", *FAST,
+                   "--out", tmp_path / "f.csv", "--plot", tmp_path / "f.png"])
+    assert result.exit_code == 0, result.output
+    assert f"fan chart of the first 4 of 5 series (north, south, east, west) -> {tmp_path / 'f.png'}" in result.output
+    result = _run(["--engine", tiny_artifact, "--input", path, "--columns", "north,up", *FAST,
+                   "--out", tmp_path / "g.csv", "--plot", tmp_path / "g.png"])
+    assert f"fan chart of 2 series -> {tmp_path / 'g.png'}" in result.output
+
+
+def test_duplicate_and_unsorted_timestamps_one_line_each(tiny_artifact, table_csv, tmp_path):
+    clean = pd.read_csv(table_csv)
+    repeats = clean.iloc[[3, 7, 7]].assign(north=-1e6)  # later rows of the same hours: the first rows win
+    messy = pd.concat([clean.iloc[[1, 0]], clean.iloc[2:], repeats], ignore_index=True)  # rows 0 and 1 swapped
+    path = _write(tmp_path / "in" / "messy.csv", messy)
+    out, ref = tmp_path / "f.csv", tmp_path / "ref.csv"
+    result = _run(["--engine", tiny_artifact, "--input", path, "--date-column", "date", "--columns", "north,south,east",
+                   *FAST, "--out", out])
+    assert result.exit_code == 0, result.output
+    warnings = _lines(result.stderr, "warning:")
+    assert warnings == ["warning: messy.csv: column 'date': 3 rows repeat the timestamp of an earlier row "
+                        "(2 timestamps, first 2024-05-01 03:00:00); the first row in the file of each timestamp is kept"]
+    assert _lines(result.stderr, "note:") == [
+        "note: messy.csv: column 'date': rows are not in time order (data row 2 goes back in time); sorted by time"]
+    assert _run(["--engine", tiny_artifact, "--input", table_csv, "--date-column", "date", *FAST,
+                 "--out", ref]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(ref))
+
+
+def test_all_missing_series_stops_or_is_skipped(tiny_artifact, table_csv, tmp_path):
+    frame = pd.read_csv(table_csv)
+    frame.insert(2, "dead", np.nan)
+    frame["gone"] = frame["east"].where(frame.index < 10)  # nothing in the last 16 rows
+    path = _write(tmp_path / "in" / "dead.csv", frame)
+    args = ["--engine", tiny_artifact, "--input", path, "--date-column", "date", *FAST]
+    result = _run(args + ["--out", tmp_path / "f.csv"])
+    _assert_clean_failure(result, "dead.csv: series 'dead', 'gone' have no observed value in the last 16 rows "
+                                  "(the model's context); --skip-bad-series forecasts the others")
+    assert not (tmp_path / "f.csv").exists()
+    out, ref = tmp_path / "g.csv", tmp_path / "ref.csv"
+    result = _run(args + ["--skip-bad-series", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stderr, "warning:") == [
+        "warning: skipped 2 of 5 series with no observed value in the last 16 rows (the model's context): dead, gone"]
+    assert _run(["--engine", tiny_artifact, "--input", table_csv, "--date-column", "date", *FAST,
+                 "--out", ref]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(ref))

@@ -7,7 +7,10 @@ import pytest
 
 from dil.runtime.model_config import ModelConfig
 from dil.runtime.backends.onnx_engine import EngineStats
-from dil.runtime.sampling.sampler import SamplerConfig, sample
+from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.config import SamplerConfig
+from dil.runtime.sampling.contracts import Engine
+from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.runtime.sampling.solver import DPMSolverPP
 
@@ -168,6 +171,14 @@ class _OracleEngine:
                                   num_layers=layers, ffn_dim=4, time_embed_dim=E)
         self.stats, self.call = EngineStats(), 0
 
+    max_batch = None
+
+    def device_cache(self, G, N, H):
+        return None
+
+    def denoise_cached(self, *args):
+        raise AssertionError("no device cache")
+
     def encode(self, ctx):
         self.stats.encode_calls += 1
         G, L = ctx.shape[:2]
@@ -193,7 +204,9 @@ def test_sampler_loop_returns_the_data_for_an_exact_network(order):
     x_star = rng.standard_normal((2, 3, 5)).astype(np.float32).astype(np.float64)
     engine = _OracleEngine(x_star, steps)
     x_T = rng.standard_normal(x_star.shape)
-    result = sample(engine, SCH, np.zeros((2, 3, 2), np.float32), x_T, SamplerConfig(steps=steps, solver_order=order))
+    assert isinstance(engine, Engine)
+    result = sample(engine, SCH, np.zeros((2, 3, 2), np.float32), x_T,
+                    SamplerConfig(inference_steps=steps, solver_order=order), SeriesStreams(0, range(2)))
     np.testing.assert_allclose(result.x0, x_star, rtol=0, atol=1e-6)
     assert result.stats.engine_calls == steps and result.stats.encode_calls == 1
     assert result.stats.tokens_computed == result.stats.full_tokens == 2 * 3 * 5 * steps

@@ -192,7 +192,7 @@ def test_cache_update_graph_scatters_like_numpy(tiny_config):
 
 
 class _EngineKeepingKV:
-    """The TrtEngine device-cache protocol (has_device_cache, device_cache, denoise_cached) on
+    """The TrtEngine device-cache protocol (device_cache, denoise_cached) on
     ONNX Runtime: the key/value cache lives inside the engine and is updated by the same
     cache_update graph TensorRT builds; only eps goes back to the sampler."""
 
@@ -202,7 +202,7 @@ class _EngineKeepingKV:
         from dil.export.tensorrt import cache_update_graph
 
         self.inner, self.config, self.stats = inner, inner.config, inner.stats
-        self.has_device_cache, self.cached_calls = True, 0
+        self.max_batch, self.cached_calls = None, 0
         self._update = ort.InferenceSession(cache_update_graph(cfg).SerializeToString(),
                                             providers=["CPUExecutionProvider"])
 
@@ -306,11 +306,14 @@ def test_manifest_keeps_the_tensorrt_record(tiny_artifact, tmp_path):
 # Where TensorRT and a GPU are present: build, run, parity, refusals.
 @pytest.fixture(scope="module")
 def trt_artifact(tiny_checkpoint, tmp_path_factory):
-    from dil.export.artifact import export_artifact
+    from dil.export.artifact import ExportOptions, export_artifact, export_stages
 
     out = tmp_path_factory.mktemp("trt")
-    ranges = {"G": (1, 2, 4), "N": (1, 8, 16)}
-    return export_artifact(tiny_checkpoint, out, "tiny", fp16=True, tensorrt=True, trt_ranges=ranges)
+    options = ExportOptions(name="tiny", fp16=True, tensorrt=True, trt_ranges={"G": (1, 2, 4), "N": (1, 8, 16)})
+    stages = []
+    manifest = export_artifact(tiny_checkpoint, out, options, progress=lambda stage, message: stages.append(stage))
+    assert stages == export_stages(options)  # the CLI's progress display counts on the declared stages
+    return manifest
 
 
 @needs_gpu

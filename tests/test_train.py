@@ -67,6 +67,22 @@ def test_noise_draw_follows_schedule():
     np.testing.assert_array_equal(d.t_feat, diffusion_time_features(d.k, 8).astype(np.float32))
 
 
+def test_masked_mse_ignores_missing_target_steps():
+    from dil.train.trainer import masked_mse, masked_squared_error
+
+    class FixedPrediction:  # full_step's output is given: the loss arithmetic alone is checked
+        def full_step(self, ctx, x, t_feat):
+            return torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]]).unsqueeze(-1)
+
+    eps = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]])  # B=1, N=2, H=3
+    mask = torch.tensor([[1.0, 0.0, 1.0]])  # the middle target step is missing
+    args = (torch.zeros(1, 4, 2), torch.zeros(1, 2, 3), torch.zeros(1, 2, 8), eps, mask)
+    sse, count = masked_squared_error(FixedPrediction(), *args)
+    # observed squared errors: row 0: 1 and 4; row 1: 1 and 1
+    assert (float(sse), float(count)) == (7.0, 4.0)
+    assert float(masked_mse(FixedPrediction(), *args)) == 7.0 / 4.0
+
+
 def test_lr_warmup_then_cosine():
     cfg = TrainConfig(lr=1e-3, warmup=0.1, min_lr_ratio=0.1)
     assert lr_at(0, 100, cfg) == pytest.approx(1e-4)
@@ -160,8 +176,8 @@ def test_resume_continues_and_refuses_other_model(tiny_run, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--out", "{tmp}/missing/run"], "parent directory"),
-        (["--context", "60000", "--out", "{tmp}/run"], "rows, but one window needs"),
+        (["--out", "/dev/null/run"], "/dev/null is not a folder"),
+        (["--context", "60000", "--out", "{tmp}/missing/run"], "rows, but one window needs"),  # folders removed again
         (["--data", "{tmp}/absent.csv", "--out", "{tmp}/run"], "data file not found"),
         (["--columns", "nope", "--out", "{tmp}/run"], "unknown column 'nope'"),
         (["--dataset", "etth1", "--date-column", "date", "--out", "{tmp}/run"], "--date-column applies"),
@@ -184,9 +200,9 @@ def test_existing_run_needs_resume(tiny_run):
     assert res.exit_code != 0 and "already holds a run" in res.output
 
 
-def test_missing_torch_is_one_line():
+def test_missing_torch_is_one_line():  # --help works without torch (tests/test_cli_help.py)
     code = (
-        "import sys; sys.modules['torch'] = None; sys.argv = ['dil-train', '--help'];"
+        "import sys; sys.modules['torch'] = None; sys.argv = ['dil-train', '--out', 'runs/x'];"
         "from dil.train.cli import main; main()"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -22,7 +22,7 @@ from dil.evaluate.validation_report import (  # noqa: E402
     validate_sampler,
 )
 from dil.runtime import OnnxEngine  # noqa: E402
-from dil.runtime.sampling.sampler import SamplerConfig  # noqa: E402
+from dil.runtime.sampling.config import SamplerConfig  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
 from dil.evaluate.reference.sampler import StepDecision  # noqa: E402
 
@@ -71,6 +71,15 @@ def test_compare_forecasts_excludes_flipped_rows():
     assert out["rows_flipped"] == 1 and out["quantile_max_abs_err"] > 0
 
 
+def test_sample_gate_scales_with_the_sample():
+    """1e-4 * max(1, |x|): 2e-4 off a sample of 10 passes, 2e-4 off a sample of 0.5 does not."""
+    x = np.array([[[10.0, 0.5]]])
+    big = compare_forecasts(x + np.array([[[2e-4, 0.0]]]), x, np.array([[False]]))
+    small = compare_forecasts(x + np.array([[[0.0, 2e-4]]]), x, np.array([[False]]))
+    assert big["forecast_max_scaled_err_agreeing_rows"] == pytest.approx(2e-5)
+    assert small["forecast_max_scaled_err_agreeing_rows"] == pytest.approx(2e-4)
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_artifact):
     return OnnxEngine.load(tiny_artifact, threads=1)
@@ -87,7 +96,7 @@ def test_runtime_and_reference_agree_on_real_windows(engine, tiny_model, tiny_co
     """Issue 3's gates on real contexts fed to the tiny model (context 16, horizon 8)."""
     windows, info = training_windows({"dataset": dataset}, tiny_config.context_length, tiny_config.horizon, 3)
     assert info["used"] and windows[0].shape == (3, tiny_config.context_length)
-    config = SamplerConfig(steps=STEPS, **settings)
+    config = SamplerConfig(inference_steps=STEPS, **settings)
     report = validate_sampler(engine, tiny_model, NoiseSchedule(), windows[0], config, SAMPLES, seed=1)
     assert report["controller_agreement"] == 1.0
     assert report["controller_check"]["mismatched_calls"] == 0
@@ -97,6 +106,7 @@ def test_runtime_and_reference_agree_on_real_windows(engine, tiny_model, tiny_co
         assert report["forecast_max_abs_err"] <= 1e-4
     else:
         assert report["free_run"]["forecast_max_abs_err_agreeing_rows"] <= 1e-4
+        assert report["free_run"]["forecast_max_scaled_err_agreeing_rows"] <= 1e-4
         assert all(f["margin"] is not None for f in report["flips"] if not f["consequence"])
     assert report["passed"], report["failures"]
     assert report["free_run"]["forecast_max_abs_err"] > 0  # two different networks really ran
@@ -113,11 +123,11 @@ def test_controller_check_detects_a_controller_that_differs(tiny_model, tiny_con
     import dil.evaluate.validation_report as vr
     from dil.evaluate.reference.sampler import ReferenceFullController
 
-    monkeypatch.setattr(vr, "reference_controller", lambda config, keys, seed: ReferenceFullController(1))
+    monkeypatch.setattr(vr, "reference_controller", lambda config: ReferenceFullController(1))
     rng = np.random.default_rng(0)
-    ctx, x_T, keys = prepare_inputs(rng.standard_normal((2, 20)), tiny_config.context_length, tiny_config.horizon, 3, 0)
-    config = SamplerConfig(steps=4, solver_order=2)
-    check = controller_check(tiny_model, NoiseSchedule(), ctx, x_T, config, keys, 0)
+    ctx, x_T, streams = prepare_inputs(rng.standard_normal((2, 20)), tiny_config.context_length, tiny_config.horizon, 3, 0)
+    config = SamplerConfig(inference_steps=4, solver_order=2)
+    check = controller_check(tiny_model, NoiseSchedule(), ctx, x_T, config, streams)
     # Steps 1 and 2 differ (order 2 vs 1) on every token; step 0 (history cap) and 3 (last) agree.
     units = 4 * (2 * 3 * tiny_config.horizon + 2)
     assert check["units"] == units
@@ -140,14 +150,18 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
             p.add_(1e-4 * torch.randn(p.shape, generator=gen))
 
     class Perturbed(TorchGraphs):
-        config, stats = tiny_config, EngineStats()
+        config, stats, max_batch = tiny_config, EngineStats(), None
+
+        def device_cache(self, G, N, H):  # keys/values stay with the sampler
+            return None
 
         def denoise(self, *args):  # the sampler passes read-only broadcast views; torch wants copies
             return super().denoise(*(np.array(a) for a in args))
 
     windows, _ = training_windows({"dataset": "etth1"}, tiny_config.context_length, tiny_config.horizon, 4)
-    ctx, x_T, keys = prepare_inputs(windows[0], tiny_config.context_length, tiny_config.horizon, SAMPLES, 0)
-    run = free_run(Perturbed(other), tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=STEPS, **BUSY_CACHE), keys, 0)
+    ctx, x_T, streams = prepare_inputs(windows[0], tiny_config.context_length, tiny_config.horizon, SAMPLES, 0)
+    run = free_run(Perturbed(other), tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS, **BUSY_CACHE),
+                   streams)
     assert 0.9 < run["decision_agreement"] < 1.0 and run["first_flips"] >= 1
     firsts = [f["consequence"] for f in run["flips"]]
     assert firsts == sorted(firsts)  # first flips, then consequences
@@ -157,8 +171,8 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
 
 def test_free_run_reports_runtime_stats(engine, tiny_model, tiny_config):
     rng = np.random.default_rng(1)
-    ctx, x_T, keys = prepare_inputs(5 + rng.standard_normal((2, 30)), tiny_config.context_length, tiny_config.horizon, 4, 3)
-    run = free_run(engine, tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=3), keys, 3)
+    ctx, x_T, streams = prepare_inputs(5 + rng.standard_normal((2, 30)), tiny_config.context_length, tiny_config.horizon, 4, 3)
+    run = free_run(engine, tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=3), streams)
     assert run["runtime_stats"]["engine_calls"] == 3
     assert run["units"] == 3 * (2 * 4 * tiny_config.horizon + 2)
 
@@ -176,9 +190,10 @@ def test_cli_missing_engine(tmp_path):
     assert "nope" in line
 
 
-def test_cli_without_a_findable_checkpoint_says_what_to_pass(tiny_artifact, tmp_path):
-    json_path = tmp_path / "v.json"
-    line = _one_line_error(CliRunner().invoke(cli, ["--engine", str(tiny_artifact), "--json", str(json_path)]))
+def test_cli_without_a_findable_checkpoint_says_what_to_pass(tiny_artifact_without_weights, tmp_path):
+    json_path = tmp_path / "v.json"  # an artifact that ships no weights, and no run folder to be found
+    line = _one_line_error(CliRunner().invoke(cli, ["--engine", str(tiny_artifact_without_weights),
+                                                    "--json", str(json_path)]))
     assert "--checkpoint" in line
     assert not json_path.exists()
 

@@ -8,9 +8,9 @@ from dil.runtime.deps import require as _require
 
 try:
     _require("torch", "train")
-except _MissingDependency as _exc:
-    # A console script (dil-train, dil-export) imports this package before its click command can
-    # catch anything: print the one-line message instead of a traceback.
-    if _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("dil-"):
-        _sys.exit(f"Error: {_exc}")
-    raise
+except _MissingDependency:
+    # A console script (dil-train imports this package to reach dil.train.cli) must still parse its
+    # options and answer --help without torch; each script checks its extra itself before it imports
+    # a torch module, and says so in one line. A library import fails here.
+    if not _os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("dil-"):
+        raise

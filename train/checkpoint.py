@@ -91,14 +91,22 @@ def load_checkpoint(run_dir, expect: ModelConfig | None = None) -> Checkpoint:
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"no weights in {run_dir} (missing model.safetensors)")
+    model = load_weights(weights, config)
+    return Checkpoint(model, config, schedule, cfg.get("data", {}), cfg.get("training", {}), run_dir)
+
+
+def load_weights(path, config: ModelConfig) -> ScoreNet:
+    """A ScoreNet of `config` holding the state_dict in the safetensors file `path` (eval mode).
+
+    Raises CheckpointError (one line) when the file is unreadable or does not fit the config.
+    """
     model = ScoreNet(config)
     try:
-        state = load_file(str(weights))
+        state = load_file(str(path))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         # torch's first line is only "Error(s) in loading state_dict for ScoreNet:"; the cause follows.
         first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
-        raise CheckpointError(f"weights in {weights} do not match the model config: {first}") from None
-    model.eval()
-    return Checkpoint(model, config, schedule, cfg.get("data", {}), cfg.get("training", {}), run_dir)
+        raise CheckpointError(f"weights in {path} do not match the model config: {first}") from None
+    return model.eval()

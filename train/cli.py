@@ -44,6 +44,11 @@ def _configs(opts: dict, spec, stored: dict):
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A local table instead: .csv, .csv.gz, .txt(.gz) (no header) or .parquet; rows = time steps, columns = series.")
 @click.option("--date-column", default=None, help="Timestamp column of --data (sorted, de-duplicated, regular gaps become missing steps).")
+@click.option("--date-format", default=None, metavar="FMT",
+              help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' [ISO dates as such; other dates "
+                   "month-first or day-first, whichever reads every row; when both do, an error].")
+@click.option("--dayfirst/--monthfirst", "dayfirst", default=None,
+              help="Read --date-column day-first (13.07.2016) or month-first (07/13/2016) [decided from the data].")
 @click.option("--columns", default=None, help="Comma-separated series to train on (default: every numeric column).")
 @click.option("--context", type=int, default=None, help="Context length L in steps [dataset default, e.g. 168].")
 @click.option("--horizon", type=int, default=None, help="Forecast horizon H in steps [dataset default, e.g. 24].")
@@ -60,7 +65,7 @@ def _configs(opts: dict, spec, stored: dict):
 @click.option("--layers", type=int, default=None, help="Transformer blocks [3].")
 @click.option("--ffn-dim", type=int, default=None, help="MLP hidden width [128].")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run folder to write (its parent must exist), e.g. runs/metro.")
+              help="Run folder to write, e.g. runs/metro (missing folders are created when training starts).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (same model and data; unspecified options keep the run's values).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -72,34 +77,57 @@ def main(**opts) -> None:
       dil-train --out runs/metro                      # bundled metro-traffic, default preset
       dil-train --dataset etth1 --epochs 20 --out runs/etth1
       dil-train --data my.csv --date-column date --columns load --context 96 --horizon 24 --out runs/mine
+      dil-train --data meter.csv --date-column time --dayfirst --out runs/meter   # 01.07.2016-style dates
       dil-train --out runs/metro --resume --epochs 20  # continue a run
     """
-    from dil.runtime.deps import MissingDependency
+    from dil.runtime.deps import MissingDependency, require
 
     try:
+        for module in ("torch", "safetensors"):  # before anything imports them: one line naming the extra
+            require(module, "train")
         _run(opts)
     except MissingDependency as exc:
         raise click.ClickException(str(exc)) from None
 
 
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an unusable --out before any work; its missing folders are created only to train."""
+    from dil.runtime.files import folder_problem
+    from dil.runtime.table import DataError
+    from dil.train.trainer import check_run_dir
+
+    problem = folder_problem(out)
+    if problem:
+        raise DataError(f"--out {out}: {problem}")
+    if out.parent.is_dir():
+        check_run_dir(out, resume, overwrite)  # an existing run needs --resume or --overwrite
+    elif resume:
+        raise DataError(f"--out {out}: no run to resume there (the folder does not exist)")
+
+
 def _run(opts: dict) -> None:
     from dil.data.datasets import resolve
+    from dil.runtime.files import made_folders
     from dil.runtime.table import DataError
     from dil.runtime.scaling import ScalingError
     from dil.train.checkpoint import CheckpointError
-    from dil.train.trainer import check_run_dir, train
+    from dil.train.trainer import train
 
     try:
-        check_run_dir(opts["out"], opts["resume"], opts["overwrite"])
+        _check_out(opts["out"], opts["resume"], opts["overwrite"])
         stored = _stored(opts["out"]) if opts["resume"] else {}
         dataset = opts["dataset"]
         if dataset is None and opts["data"] is None:
             dataset = (stored.get("data") or {}).get("dataset") if stored else None
             dataset = dataset if dataset in DATASETS else DEFAULT_DATASET
-        spec, table = resolve(dataset, opts["data"], opts["date_column"], opts["columns"])
+        spec, table = resolve(dataset, opts["data"], opts["date_column"], opts["columns"],
+                              date_format=opts["date_format"], dayfirst=opts["dayfirst"])
+        for line in table.notes:
+            click.echo(line, err=True)
         model_config, train_config = _configs(opts, spec, stored)
-        summary = train(spec, table, model_config, train_config, opts["out"], resume=opts["resume"],
-                        progress=not opts["quiet"], overwrite=opts["overwrite"])
+        with made_folders(opts["out"]):  # removed again if training fails before writing anything
+            summary = train(spec, table, model_config, train_config, opts["out"], resume=opts["resume"],
+                            progress=not opts["quiet"], overwrite=opts["overwrite"])
     except (DataError, CheckpointError, ScalingError, ValueError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     best = summary["best_val_loss"]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from dil.runtime.files import write_text
 from dil.data.registry import DatasetSpec
@@ -27,9 +26,10 @@ from dil.runtime.table import DataError, SeriesTable
 from dil.data.windows import split_bounds
 from dil.runtime.model_config import ModelConfig
 from dil.runtime.sampling.schedule import NoiseSchedule
-from dil.train.checkpoint import CheckpointError, save_checkpoint, save_tensors
+from dil.train.checkpoint import CheckpointError, save_checkpoint
 from dil.train.dataset import WindowSet, draw_noise
 from dil.train.model import ScoreNet
+from dil.train.run_state import load_state, read_resume_meta, save_state
 
 
 @dataclass
@@ -139,6 +139,8 @@ def data_record(spec: DatasetSpec, table: SeriesTable, context: int, horizon: in
         "sha256": table.sha256,
         "columns": list(table.names),
         "date_column": spec.date_column,
+        "date_format": spec.date_format,  # how the dates were read: export re-reads the file the same way
+        "dayfirst": spec.dayfirst,
         "freq": table.freq or spec.freq,
         "season": spec.season,
         "context_length": context,
@@ -168,11 +170,18 @@ class _Windows:
                 )
 
 
-def _loss(model: ScoreNet, ctx, x, t_feat, eps, mask) -> torch.Tensor:
-    """Masked epsilon MSE. ctx [B, L, 2], x/eps [B, N, H], t_feat [B, N, E], mask [B, H]."""
+def masked_squared_error(model: ScoreNet, ctx, x, t_feat, eps, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of squared eps errors over observed target steps, their count): the training loss is
+    their ratio. ctx [B, L, 2], x/eps [B, N, H], t_feat [B, N, E], mask [B, H] (1 = observed)."""
     eps_hat = model.full_step(ctx, x.unsqueeze(-1), t_feat).squeeze(-1)
     w = mask.unsqueeze(1).expand_as(eps)
-    return ((eps_hat - eps) ** 2 * w).sum() / w.sum().clamp_min(1.0)
+    return ((eps_hat - eps) ** 2 * w).sum(), w.sum()
+
+
+def masked_mse(model: ScoreNet, ctx, x, t_feat, eps, mask) -> torch.Tensor:
+    """Masked epsilon MSE of one batch (shapes as masked_squared_error)."""
+    sse, count = masked_squared_error(model, ctx, x, t_feat, eps, mask)
+    return sse / count.clamp_min(1.0)
 
 
 class _ValSet:
@@ -189,60 +198,75 @@ class _ValSet:
 
     @torch.no_grad()
     def loss(self, model: ScoreNet) -> float:
+        """The masked MSE over all validation windows (chunks summed before dividing)."""
         num = den = 0.0
-        for ctx, x, t_feat, eps, mask in self.parts:
-            eps_hat = model.full_step(ctx, x.unsqueeze(-1), t_feat).squeeze(-1)
-            w = mask.unsqueeze(1).expand_as(eps)
-            num += float(((eps_hat - eps) ** 2 * w).sum())
-            den += float(w.sum())
+        for part in self.parts:
+            sse, count = masked_squared_error(model, *part)
+            num += float(sse)
+            den += float(count)
         return num / max(den, 1.0)
 
 
-# -- resumable state: flat tensors in state.safetensors, scalars in state.json ---------------------
-def _save_state(run_dir: Path, model, ema, opt, meta: dict) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    opt_state = opt.state_dict()
-    for idx, st in opt_state["state"].items():
-        for key, val in st.items():
-            tensors[f"optim.{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
-    save_tensors(run_dir / "state.safetensors", tensors)
-    meta = dict(meta, optimizer_param_groups=opt_state["param_groups"])
-    write_text(run_dir / "state.json", json.dumps(meta, indent=2) + "\n")
+@dataclass
+class TrainProgress:
+    """Where a run stands; saved in state.json and config.json's "training" after each epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val_loss: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    seconds: float = 0.0
+
+    def record(self, epoch: int, val_loss: float, seconds: float) -> bool:
+        """Book a finished epoch; True when its validation loss is the best so far."""
+        self.seconds += seconds
+        self.epoch = epoch
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
 
 
-def _load_state(run_dir: Path, model, ema, opt) -> dict:
-    meta = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(run_dir / "state.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state: dict = {}
-    for name, val in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = val
-    opt.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
-    return meta
+@dataclass
+class _Networks:
+    """The trained model, its EMA copy (what the checkpoint holds) and the optimizer."""
 
+    model: ScoreNet
+    ema: ScoreNet
+    opt: torch.optim.Optimizer
 
-def _read_resume_meta(run_dir: Path, config: ModelConfig, data: dict) -> dict:
-    """state.json of a run folder, refusing one trained with another model or other data."""
-    path = run_dir / "state.json"
-    if not path.is_file() or not (run_dir / "state.safetensors").is_file():
-        raise CheckpointError(f"cannot resume: {run_dir} has no state.json/state.safetensors")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot resume: {path} is not valid JSON ({exc})") from None
-    old_model, new_model = meta.get("model") or {}, config.to_dict()
-    if old_model != new_model:
-        diff = ", ".join(f"{k} {old_model.get(k)!r} (run) vs {v!r}" for k, v in new_model.items() if old_model.get(k) != v)
-        raise CheckpointError(f"cannot resume {run_dir}: the model config differs: {diff}")
-    old = meta.get("data", {})
-    for key in ("sha256", "columns", "context_length", "horizon"):
-        if old.get(key) != data[key]:
-            raise CheckpointError(f"cannot resume: {run_dir} was trained on other data ({key} differs)")
-    return meta
+    @classmethod
+    def build(cls, config: ModelConfig, cfg: TrainConfig, season: int, device) -> "_Networks":
+        """Fresh networks from cfg.seed (the EMA starts as a copy of the model)."""
+        torch.manual_seed(cfg.seed)
+        model = ScoreNet(config)
+        if cfg.time_init:
+            init_time_embeddings(model, season)
+        model = model.to(device)
+        ema = ScoreNet(config).to(device)  # drawn after the model: the seed's weights stay what they were
+        ema.load_state_dict(model.state_dict())
+        ema.requires_grad_(False).eval()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return cls(model, ema, opt)
+
+    def step(self, batch: tuple, lr: float, step: int, cfg: TrainConfig) -> float:
+        """One optimizer step on a batch of tensors (masked_mse's arguments) and the EMA update;
+        returns the batch loss."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss = masked_mse(self.model, *batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(self.model.parameters())
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        self.opt.step()
+        decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in params], 1.0 - decay)
+        return loss.detach().item()
 
 
 def check_run_dir(out_dir, resume: bool, overwrite: bool = False) -> Path:
@@ -257,6 +281,85 @@ def check_run_dir(out_dir, resume: bool, overwrite: bool = False) -> Path:
     if existing and not (resume or overwrite):
         raise DataError(f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
     return run_dir
+
+
+class _Run:
+    """One call of `train`: the data, networks and progress of a run folder, and its epoch steps."""
+
+    def __init__(self, spec: DatasetSpec, table: SeriesTable, config: ModelConfig, cfg: TrainConfig, run_dir: Path,
+                 resume: bool):
+        self.cfg, self.config, self.run_dir = cfg, config, run_dir
+        self.windows = _Windows(spec, table, config, cfg)
+        self.data = data_record(spec, table, config.context_length, config.horizon, self.windows.bounds)
+        meta = read_resume_meta(run_dir, config, self.data) if resume else None  # refuses before any work
+        self.device = resolve_device(cfg.device)
+        self.schedule = NoiseSchedule()
+        self.nets = _Networks.build(config, cfg, spec.season, self.device)
+        self.val = _ValSet(self.windows.val, self.schedule, cfg, config, self.device)
+        self.progress = TrainProgress()
+        self.log_lines: list[str] = []
+        if meta is not None:
+            self._restore()
+        self.total_steps = cfg.epochs * cfg.steps_per_epoch
+
+    def _restore(self) -> None:
+        """Continue from the run folder's state (--resume): weights, optimizer, progress, log."""
+        meta = load_state(self.run_dir, self.nets.model, self.nets.ema, self.nets.opt)
+        names = {f.name for f in fields(TrainProgress)}
+        self.progress = TrainProgress(**{k: v for k, v in meta.items() if k in names})
+        log_path = self.run_dir / "log.jsonl"
+        if log_path.is_file():
+            self.log_lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+    def train_epoch(self, epoch: int, bar) -> tuple[float, float]:
+        """cfg.steps_per_epoch optimizer steps, batches and noise from the epoch's own seed stream.
+        Returns (mean training loss, last learning rate)."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, epoch])
+        self.nets.model.train()
+        running = lr = 0.0
+        for _ in range(cfg.steps_per_epoch):
+            step = self.progress.step
+            lr = lr_at(step, self.total_steps, cfg)
+            batch = self.windows.train.sample(rng, cfg.batch_size)
+            noise = draw_noise(rng, self.schedule, batch.target, cfg.noise_draws, self.config.time_embed_dim)
+            tensors = tuple(torch.from_numpy(a).to(self.device)
+                            for a in (batch.ctx, noise.x, noise.t_feat, noise.eps, batch.mask))
+            loss = self.nets.step(tensors, lr, step, cfg)
+            self.progress.step = step + 1
+            running += loss
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
+        return running / cfg.steps_per_epoch, lr
+
+    def end_epoch(self, epoch: int, train_loss: float, val_loss: float, lr: float, seconds: float) -> bool:
+        """Book the epoch and write the run folder: checkpoint (when best), state, log line.
+        Returns True when early stopping ends the run."""
+        improved = self.progress.record(epoch, val_loss, seconds)
+        if improved:
+            training = dict(self.cfg.to_dict(), **asdict(self.progress), torch_version=torch.__version__)
+            save_checkpoint(self.run_dir, self.nets.ema, self.schedule, self.data, training)
+        save_state(self.run_dir, self.nets.model, self.nets.ema, self.nets.opt,
+                   dict(asdict(self.progress), model=self.config.to_dict(), data=self.data, train=self.cfg.to_dict()))
+        self.log_lines.append(json.dumps({
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+            "seconds": round(seconds, 3), "best": improved,
+        }))
+        write_text(self.run_dir / "log.jsonl", "\n".join(self.log_lines) + "\n")
+        return self.progress.bad_epochs >= self.cfg.patience
+
+    def summary(self, seconds: float, stopped_early: bool) -> dict:
+        p = self.progress
+        return {
+            "run_dir": str(self.run_dir),
+            "epochs": p.epoch,
+            "best_val_loss": p.best_val_loss,
+            "best_epoch": p.best_epoch,
+            "steps": p.step,
+            "seconds": seconds,
+            "stopped_early": stopped_early,
+            "windows": {"train": len(self.windows.train), "val": len(self.windows.val)},
+        }
 
 
 def train(
@@ -274,107 +377,26 @@ def train(
     Returns a summary: run_dir, epochs (completed in total), best_val_loss, best_epoch, steps,
     seconds (this call), stopped_early, windows (train/val counts).
     """
-    cfg, config = train_config, model_config
     run_dir = check_run_dir(out_dir, resume, overwrite)
-    windows = _Windows(spec, table, config, cfg)
-    data = data_record(spec, table, config.context_length, config.horizon, windows.bounds)
-    meta = _read_resume_meta(run_dir, config, data) if resume else None
-    device = resolve_device(cfg.device)
-
-    torch.manual_seed(cfg.seed)
-    schedule = NoiseSchedule()
-    model = ScoreNet(config)
-    if cfg.time_init:
-        init_time_embeddings(model, spec.season)
-    model = model.to(device)
-    ema = ScoreNet(config).to(device)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    val = _ValSet(windows.val, schedule, cfg, config, device)
-
-    progress_state = {"epoch": 0, "step": 0, "best_val_loss": None, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
-    log_lines: list[str] = []
-    if meta is not None:
-        meta = _load_state(run_dir, model, ema, opt)
-        progress_state.update({k: meta[k] for k in progress_state if k in meta})
-        log_path = run_dir / "log.jsonl"
-        if log_path.is_file():
-            log_lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    run = _Run(spec, table, model_config, train_config, run_dir, resume)
     run_dir.mkdir(exist_ok=True)
-
-    total_steps = cfg.epochs * cfg.steps_per_epoch
-    params = list(model.parameters())
-    ema_params = list(ema.parameters())
-    first_epoch = progress_state["epoch"] + 1
     started = time.perf_counter()
     stopped_early = False
-    bar = _progress_bar(total_steps, progress_state["step"], progress)
+    bar = _progress_bar(run.total_steps, run.progress.step, progress)
     try:
-        for epoch in range(first_epoch, cfg.epochs + 1):
+        for epoch in range(run.progress.epoch + 1, train_config.epochs + 1):
             t0 = time.perf_counter()
-            rng = np.random.default_rng([cfg.seed, epoch])
-            model.train()
-            running = 0.0
-            for _ in range(cfg.steps_per_epoch):
-                step = progress_state["step"]
-                lr = lr_at(step, total_steps, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                batch = windows.train.sample(rng, cfg.batch_size)
-                noise = draw_noise(rng, schedule, batch.target, cfg.noise_draws, config.time_embed_dim)
-                t = [torch.from_numpy(a).to(device) for a in (batch.ctx, noise.x, noise.t_feat, noise.eps, batch.mask)]
-                loss = _loss(model, *t)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
-                progress_state["step"] = step + 1
-                loss_value = loss.detach().item()
-                running += loss_value
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}")
-            train_loss = running / cfg.steps_per_epoch
-            val_loss = val.loss(ema)
-            seconds = time.perf_counter() - t0
-            progress_state["seconds"] += seconds
-            progress_state["epoch"] = epoch
-            best = progress_state["best_val_loss"]
-            improved = best is None or val_loss < best
-            if improved:
-                progress_state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-            else:
-                progress_state["bad_epochs"] += 1
+            train_loss, lr = run.train_epoch(epoch, bar)
+            val_loss = run.val.loss(run.nets.ema)
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-            training = dict(cfg.to_dict(), **progress_state, torch_version=torch.__version__)
-            if improved:
-                save_checkpoint(run_dir, ema, schedule, data, training)
-            _save_state(run_dir, model, ema, opt, dict(progress_state, model=config.to_dict(), data=data, train=cfg.to_dict()))
-            log_lines.append(json.dumps({
-                "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                "seconds": round(seconds, 3), "best": improved,
-            }))
-            write_text(run_dir / "log.jsonl", "\n".join(log_lines) + "\n")
-            if progress_state["bad_epochs"] >= cfg.patience:
+            if run.end_epoch(epoch, train_loss, val_loss, lr, time.perf_counter() - t0):
                 stopped_early = True
                 break
     finally:
         bar.close()
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"{run_dir}: no epoch completed, nothing to save")
-    return {
-        "run_dir": str(run_dir),
-        "epochs": progress_state["epoch"],
-        "best_val_loss": progress_state["best_val_loss"],
-        "best_epoch": progress_state["best_epoch"],
-        "steps": progress_state["step"],
-        "seconds": time.perf_counter() - started,
-        "stopped_early": stopped_early,
-        "windows": {"train": len(windows.train), "val": len(windows.val)},
-    }
+    return run.summary(time.perf_counter() - started, stopped_early)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

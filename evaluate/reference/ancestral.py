@@ -13,7 +13,8 @@ against (`reference-ddpm1000` in dil-eval and dil-bench).
 
 Randomness comes from the runtime's per-series NumPy streams, so the result of a series does not
 depend on the batch: series g draws from `series_stream(seed, key_g, "noise")` first x_T
-(num_samples x H, the same values as `initial_noise`, i.e. the same x_T as the fast sampler), then
+(num_samples x H, the same values as `SeriesStreams.initial_noise`, i.e. the same x_T as the fast
+sampler), then
 one z_k of the same shape per step, for k = T-1 down to 1, in that order. The schedule and the time
 features come from dil.runtime (one source of truth); the update is float64, the network float32.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dil.runtime.rng import series_stream
+from dil.runtime.rng import SeriesStreams, series_stream
 from dil.runtime.scaling import context_features, unstandardise
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
@@ -109,13 +110,15 @@ class AncestralForecast:
     scale: np.ndarray
 
 
-def ancestral_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, seed: int = 0,
+def ancestral_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, seed: int,
                        series_keys=None, progress=None) -> AncestralForecast:
     """Forecast G context windows by T-step ancestral sampling of the torch module.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used).
-    series_keys: G names/keys for the noise streams (default 0..G-1), as in the runtime.
+    seed, series_keys: the noise streams (dil.runtime.rng.SeriesStreams; keys default 0..G-1), as
+    in the runtime.
     """
-    z, keys, loc, scale = standardised_contexts(model, contexts, series_keys)
-    x0 = ancestral_sample(model, schedule, context_features(z), seed, keys, num_samples, progress)
+    z, loc, scale = standardised_contexts(model, contexts)
+    streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
+    x0 = ancestral_sample(model, schedule, context_features(z), streams.seed, streams.keys, num_samples, progress)
     return AncestralForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)

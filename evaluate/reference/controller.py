@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from dil.runtime.rng import series_key, series_stream
+from dil.runtime.rng import SeriesStreams, series_stream
 from dil.evaluate.reference.sampler import ReferencePlan
 from dil.evaluate.reference.lattice import (
     adapt,
@@ -43,12 +43,18 @@ RMS_EPS, ENERGY_EPS, EVENT_EPS = 1e-8, 1e-12, 1e-8
 HISTORY = 4  # X0[i-1] .. X0[i-4]: the temporal entropy's three changes
 
 
-def control_uniforms(seed: int, keys, steps: int, N: int, H: int) -> torch.Tensor:
+def control_uniforms(streams: SeriesStreams, steps: int, N: int, H: int) -> torch.Tensor:
     """float64 [G, M-1, 2, N, H]: per series, rng.random((M-1, 2, N, H)) + 2^-54 from its own
-    "control" stream (section 3); [G, 0, 2, N, H] when M < 2."""
+    "control" stream, after the draws of the streams' first_sample earlier samples, (M-1, 2, H)
+    each (section 3); [G, 0, 2, N, H] when M < 2."""
     if steps < 2:
-        return torch.zeros((len(keys), 0, 2, N, H), dtype=torch.float64)
-    draws = [series_stream(seed, k, "control").random((steps - 1, 2, N, H)) + 2.0**-54 for k in keys]
+        return torch.zeros((len(streams), 0, 2, N, H), dtype=torch.float64)
+    draws = []
+    for k in streams.keys:
+        gen = series_stream(streams.seed, k, "control")
+        for _ in range(streams.first_sample):  # the earlier samples' draws, one sample at a time
+            gen.random((steps - 1) * 2 * H)
+        draws.append(gen.random((steps - 1, 2, N, H)) + 2.0**-54)
     return torch.from_numpy(np.stack(draws))
 
 
@@ -100,20 +106,18 @@ def numpy_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ReferenceController:
     """The lattice controller and the E2-CRF refresh policy (docs/sampler.md sections 3-7).
 
-    config: the sampler settings (any object with the SamplerConfig attribute names); seed and keys:
-    the control streams (keys default 0..G-1). `counters` holds refinements, merges and probes.
+    config: the sampler settings (any object with the SamplerConfig attribute names); the control
+    streams come with `start`. `counters` holds refinements, merges and probes.
     """
 
-    def __init__(self, config, seed: int = 0, keys=None):
-        self.cfg, self.seed = config, int(seed)
-        self.keys = None if keys is None else [series_key(k) for k in keys]
+    def __init__(self, config):
+        self.cfg = config
 
-    def start(self, sampler) -> None:
+    def start(self, sampler, streams: SeriesStreams) -> None:
         cfg = self.cfg
         G, N, H = sampler.shape
         self.steps, self.H = sampler.steps, H
-        keys = list(range(G)) if self.keys is None else self.keys
-        self.U = control_uniforms(self.seed, keys, self.steps, N, H)
+        self.U = control_uniforms(streams, self.steps, N, H)
         self.s_max = top_scale(cfg.max_scales, H)
         self.lvl = torch.full((G, N, H), self.s_max, dtype=torch.int64)  # start coarse
         self.tau = torch.full((G,), float(cfg.tau_0), dtype=torch.float64)

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dil.runtime.rng import initial_noise, series_key
+from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.chunks import sample_blocks
 from dil.runtime.scaling import context_features, context_scale, standardise, unstandardise
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
@@ -97,36 +98,39 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     return x.numpy()
 
 
-def standardised_contexts(model: ScoreNet, contexts, series_keys=None):
+def standardised_contexts(model: ScoreNet, contexts):
     """The runtime's preparation of G context windows: (z float64 [G, L] standardised, NaN kept as
-    missing; the G stream keys; loc, scale [G]). contexts: float [G, L'] with L' >= context_length."""
+    missing; loc, scale [G]). contexts: float [G, L'] with L' >= context_length."""
     L = model.config.context_length
     ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -L:])
-    keys = list(range(ctx.shape[0])) if series_keys is None else [series_key(k) for k in series_keys]
     loc, scale = context_scale(ctx)
-    return standardise(ctx, loc, scale), keys, loc, scale
+    return standardise(ctx, loc, scale), loc, scale
 
 
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
-                       seed: int = 0, series_keys=None, solver_order: int = 2, config=None) -> ReferenceForecast:
+                       seed: int, series_keys=None, solver_order: int = 2, config=None) -> ReferenceForecast:
     """Forecast G context windows with the torch module and the torch solver.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used);
-    series_keys: G series names/keys for the noise and control streams (default 0..G-1), as in the
-    runtime. config: None for the plain sampler (every token, `solver_order`), or sampler settings
-    (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole fast sampler
-    through ReferenceSampler and dil.evaluate.reference.controller; its steps override `steps`.
+    seed, series_keys: the random streams (dil.runtime.rng.SeriesStreams; keys default 0..G-1), as
+    in the runtime. config: None for the plain sampler (every token, `solver_order`), or sampler
+    settings (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole
+    fast sampler through ReferenceSampler and dil.evaluate.reference.controller, run in the
+    runtime's sample blocks (dil.runtime.sampling.chunks); its steps override `steps`.
     """
-    z, keys, loc, scale = standardised_contexts(model, contexts, series_keys)
-    x_T = initial_noise(seed, keys, num_samples, model.config.horizon)
+    z, loc, scale = standardised_contexts(model, contexts)
+    streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
+    x_T = streams.initial_noise(num_samples, model.config.horizon)
     if config is None:
         x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order)
     else:
         from dil.evaluate.reference.controller import ReferenceController
 
-        controller = ReferenceController(config, seed=seed, keys=keys)
-        x0 = ReferenceSampler(model, schedule, context_features(z), x_T, config.steps, controller,
-                              bucket=getattr(config, "bucket", 1)).run()
+        x0 = np.empty_like(x_T)
+        for n0, n1 in sample_blocks(num_samples):
+            x0[:, n0:n1] = ReferenceSampler(model, schedule, context_features(z), x_T[:, n0:n1], config.steps,
+                                            streams.from_sample(n0), ReferenceController(config),
+                                            bucket=getattr(config, "bucket", 1)).run()
     return ReferenceForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)
 
 
@@ -168,7 +172,7 @@ class ReferenceFullController:
     def __init__(self, solver_order: int = 2):
         self.solver_order = int(solver_order)
 
-    def start(self, sampler: "ReferenceSampler") -> None:
+    def start(self, sampler: "ReferenceSampler", streams: SeriesStreams) -> None:
         pass
 
     def plan(self, i: int, sampler: "ReferenceSampler") -> ReferencePlan:
@@ -242,8 +246,9 @@ class ReferenceSampler:
     """The fast sampler in torch, one step at a time (DESIGN 6-8).
 
     model: the ScoreNet; ctx: float32 [G, L, F] context features; x_T: float64 [G, N, H];
-    steps: M; controller: a reference controller (start/plan/observe; default: every token with
-    `solver_order`); bucket: S is rounded up to a multiple of it (it changes no result: padding
+    steps: M; streams: the G series' random streams (dil.runtime.rng.SeriesStreams), handed to the
+    controller at start; controller: a reference controller (start/plan/observe; default: every
+    token with `solver_order`); bucket: S is rounded up to a multiple of it (it changes no result: padding
     entries are masked). Each step plans, calls `denoise` once on the computed tokens, stores the
     outputs in the cache, lets the controller adjust reused tokens' x0_hat (if it has `adjust`),
     updates every token with its order and lets the controller observe.
@@ -252,7 +257,7 @@ class ReferenceSampler:
     """
 
     def __init__(self, model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
-                 controller=None, solver_order: int = 2, bucket: int = 1):
+                 streams: SeriesStreams, controller=None, solver_order: int = 2, bucket: int = 1):
         self.model = model.eval()
         self.schedule = schedule
         self.steps = int(steps)
@@ -276,7 +281,9 @@ class ReferenceSampler:
         self.last_eps = None
         self.last_pos_sub = None
         self.controller = controller if controller is not None else ReferenceFullController(solver_order)
-        self.controller.start(self)
+        if len(streams) != G:
+            raise ValueError(f"got the random streams of {len(streams)} series for a batch of {G} series")
+        self.controller.start(self, streams)
 
     @torch.no_grad()
     def encode(self):

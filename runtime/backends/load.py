@@ -3,6 +3,7 @@
     engine = load_engine("engines/metro-traffic.plan")        # TensorRT (the `trt` extra, a GPU)
     engine = load_engine("engines/metro-traffic.fp16.onnx")   # ONNX Runtime, FP16 graphs
     engine = load_engine("engines/metro-traffic.onnx")        # ONNX Runtime: CUDA with onnxruntime-gpu, else CPU
+    engine = load_engine()                                     # the shipped default model (ONNX Runtime)
 
 The rule is the file name the user gave: a `.plan` means TensorRT (never a silent fall-back to
 ONNX Runtime: a `.plan` on a machine without a GPU is refused with a message naming the .onnx),
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dil.runtime.backends.onnx_engine import EngineError, OnnxEngine
+from dil.runtime.manifest import default_artifact
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -23,12 +25,15 @@ def backend_for(engine) -> str:
     return "tensorrt" if Path(engine).name.endswith(".plan") else "onnxruntime"
 
 
-def load_engine(engine, backend: str | None = None, providers=None, threads: int | None = None, device: int = 0):
-    """An OnnxEngine or TrtEngine for any path naming the artifact (see dil.runtime.manifest).
+def load_engine(engine=None, backend: str | None = None, providers=None, threads: int | None = None, device: int = 0):
+    """An OnnxEngine or TrtEngine for any path naming the artifact (see dil.runtime.manifest); None is
+    the shipped default model (dil.runtime.manifest.default_artifact), wherever dil is installed.
 
     providers, threads: ONNX Runtime only (ignored by TensorRT). device: the GPU ordinal (TensorRT).
     Raises ManifestError, EngineError or MissingDependency with a one-line message.
     """
+    if engine is None:
+        engine = default_artifact()
     backend = backend or backend_for(engine)
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")

@@ -180,7 +180,10 @@ class OnnxEngine:
     provider name or list (default: `default_providers()`, CUDA where onnxruntime-gpu and a GPU
     are present, else CPU); threads: intra-op threads (None: ONNX
     Runtime's default, one per physical core). `stats` accumulates calls and seconds in session.run.
+    It implements dil.runtime.sampling.contracts.Engine with no series limit and no device cache.
     """
+
+    max_batch: int | None = None  # any number of series per call
 
     def __init__(self, manifest: Manifest, providers=None, threads: int | None = None):
         if threads is not None and int(threads) < 1:
@@ -197,12 +200,12 @@ class OnnxEngine:
             self._sessions[graph] = session
 
     @classmethod
-    def load(cls, engine, providers=None, threads: int | None = None, verify_hashes: bool = True) -> "OnnxEngine":
+    def load(cls, engine, providers=None, threads: int | None = None) -> "OnnxEngine":
         """Engine for any path naming the artifact (NAME.onnx, NAME.json, ...; see dil.runtime.manifest).
 
         Raises ManifestError or EngineError with a one-line message.
         """
-        return cls(load_manifest(engine, verify_hashes=verify_hashes), providers=providers, threads=threads)
+        return cls(load_manifest(engine), providers=providers, threads=threads)
 
     @property
     def providers(self) -> list[str]:
@@ -247,3 +250,10 @@ class OnnxEngine:
         }
         eps, k, v = self._run("denoise", DENOISE_OUTPUTS, feeds)
         return eps, k, v
+
+    def device_cache(self, G: int, N: int, H: int) -> None:
+        """None: the sampler keeps the token cache's keys/values on the host."""
+        return None
+
+    def denoise_cached(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache, hor_valid):
+        raise EngineError("ONNX Runtime engines keep no device cache (device_cache returns None)")

@@ -30,7 +30,7 @@ import numpy as np
 from dil.runtime.backends.cuda import CudaError, DeviceBuffer, Stream, activate, gpu_info
 from dil.runtime.backends.onnx_engine import EngineError, EngineStats
 from dil.runtime.files import sha256_file
-from dil.runtime.manifest import Manifest, load_manifest
+from dil.runtime.manifest import Manifest, ManifestError, inside, load_manifest
 from dil.runtime.backends.trt_profile import (
     INPUT_SHAPES,
     OUTPUT_SHAPES,
@@ -206,15 +206,17 @@ class TrtEngine:
         self.profile = record["profile"]
         self.precision = record.get("precision", manifest.precision)
         folder = Path(plan_dir) if plan_dir is not None else manifest.graph_path("encode", "plan").parent
-        paths = {g: folder / manifest.graph_path(g, "plan").name for g in _GRAPHS}
+        paths = {g: inside(folder, manifest.graph_path(g, "plan").name, f"graphs.{g}.plan_file") for g in _GRAPHS}
         want = {g: manifest.graphs[g].get("plan_sha256") for g in _GRAPHS}
         if record.get("cache_update"):
-            paths["cache_update"] = folder / record["cache_update"]["file"]
+            paths["cache_update"] = inside(folder, record["cache_update"].get("file"), "tensorrt.cache_update.file")
             want["cache_update"] = record["cache_update"].get("sha256")
         for g, p in paths.items():
             if not p.is_file():
                 raise EngineError(f"plan file {p} named by {manifest.path} is missing: rebuild with {self._rebuild}")
-            if want[g] and sha256_file(p) != want[g]:
+            if not isinstance(want[g], str) or len(want[g]) != 64:  # a plan without its hash is never run
+                raise ManifestError(f"manifest {manifest.path} lacks the sha256 of plan {p.name}: rebuild with {self._rebuild}")
+            if sha256_file(p) != want[g]:
                 raise EngineError(f"plan file {p} does not match its manifest (sha256 differs): rebuild with {self._rebuild}")
         try:
             activate(device)
@@ -227,9 +229,9 @@ class TrtEngine:
         self.device = info
 
     @classmethod
-    def load(cls, engine, device: int = 0, verify_hashes: bool = True) -> "TrtEngine":
+    def load(cls, engine, device: int = 0) -> "TrtEngine":
         """Engine for any path naming the artifact (NAME.plan, NAME.fp16.plan, NAME.json, ...)."""
-        return cls(load_manifest(engine, verify_hashes=verify_hashes), device=device)
+        return cls(load_manifest(engine), device=device)
 
     @property
     def providers(self) -> list[str]:
@@ -298,10 +300,10 @@ class TrtEngine:
         """True when the plans include cache_update (the sampler then keeps k_hor/v_hor on the GPU)."""
         return "cache_update" in self._plans
 
-    def device_cache(self, G: int, N: int, H: int) -> DeviceTokenCache:
-        """A zeroed token cache on the GPU for denoise_cached (needs the cache_update plan)."""
+    def device_cache(self, G: int, N: int, H: int) -> DeviceTokenCache | None:
+        """A zeroed token cache on the GPU for denoise_cached; None without the cache_update plan."""
         if "cache_update" not in self._plans:
-            raise EngineError(f"{self.manifest.path} has no cache_update plan: rebuild with {self._rebuild}")
+            return None
         return DeviceTokenCache(self, G, N, H)
 
     def denoise_cached(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache: DeviceTokenCache, hor_valid) -> np.ndarray:

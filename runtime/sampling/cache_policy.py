@@ -14,7 +14,7 @@ A series' step is computed in full at warm-up, every R steps, after an event (th
 change above tau_warn) or a probe warning, and when its selection is so large that the call would
 cost about a full one. Probes close the loop: their median relative error tightens or relaxes
 tau[g]. All functions are float64 NumPy, vectorised over series, rows and tokens; the arrays these
-rules read live in the sampler's TokenCache (runtime/sampler.py).
+rules read live in the sampler's TokenCache (token_cache.py).
 """
 
 from __future__ import annotations

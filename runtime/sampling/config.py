@@ -2,21 +2,23 @@
 
 The table of docs/sampler.md is the user-facing description; the defaults here are the single source.
 Bad values raise ValueError naming the setting and its valid range when the config is built, so a
-wrong setting never reaches an engine call.
+wrong setting never reaches an engine call. `sampler_config(config, **overrides)` is the one way a
+call's settings are merged (Forecaster.predict, dil-run).
 """
 
 from __future__ import annotations
 
 import math
-import functools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-MAX_ORDER = 3  # DPM-Solver++ multistep orders 1..3 (runtime/solver.py)
+from dil.runtime.sampling.solver import MAX_ORDER
 
 
-def _check_int(name: str, value, low: int, high: int) -> None:
+def check_int(name: str, value, low: int, high: int) -> None:
+    """Raise ValueError "NAME must be an integer in [low, high], got VALUE" unless value is one
+    (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
@@ -38,8 +40,8 @@ def _check_bool(name: str, value) -> None:
 class SamplerConfig:
     """Settings of the sampler (defaults documented in docs/sampler.md, section 1).
 
-    Plain DPM-Solver++: num_diffusion_steps (T of the model, a check), inference_steps (M; `steps`
-    is accepted as an alias in the constructor and as a property), solver_order (used when the
+    Plain DPM-Solver++: num_diffusion_steps (T of the model, a check), inference_steps (M; also
+    readable as the property `steps`), solver_order (used when the
     lattice is off). Switches: lattice, cache (both off = the plain sampler, bit for bit).
     Lattice: max_scales, entropy_budget, temperature, max_solver_order, stability_threshold_low/high,
     refine_threshold, refine_gap, merge_threshold, entropy_weights (score, solver, temporal,
@@ -87,19 +89,19 @@ class SamplerConfig:
 
     @property
     def steps(self) -> int:
-        """Alias of inference_steps (also accepted by the constructor: SamplerConfig(steps=10))."""
+        """M, the number of model evaluations (read-only alias of inference_steps)."""
         return self.inference_steps
 
     def _validate(self) -> None:
-        _check_int("num_diffusion_steps", self.num_diffusion_steps, 1, 100_000)
-        _check_int("inference_steps", self.inference_steps, 1, 1000)
-        _check_int("solver_order", self.solver_order, 1, MAX_ORDER)
+        check_int("num_diffusion_steps", self.num_diffusion_steps, 1, 100_000)
+        check_int("inference_steps", self.inference_steps, 1, 1000)
+        check_int("solver_order", self.solver_order, 1, MAX_ORDER)
         _check_bool("lattice", self.lattice)
         _check_bool("cache", self.cache)
-        _check_int("max_scales", self.max_scales, 1, 16)
+        check_int("max_scales", self.max_scales, 1, 16)
         _check_float("entropy_budget", self.entropy_budget, 0.0, 1.0)
         _check_float("temperature", self.temperature, 0.0, 1000.0)
-        _check_int("max_solver_order", self.max_solver_order, 1, MAX_ORDER)
+        check_int("max_solver_order", self.max_solver_order, 1, MAX_ORDER)
         _check_float("stability_threshold_low", self.stability_threshold_low, 0.0, 1.0)
         _check_float("stability_threshold_high", self.stability_threshold_high, 0.0, 1.0)
         if self.stability_threshold_low >= self.stability_threshold_high:
@@ -122,18 +124,18 @@ class SamplerConfig:
             _check_float(f"entropy_weights[{j}]", wj, 0.0, 1e6)
         if sum(w) <= 0:
             raise ValueError(f"entropy_weights must have a positive sum, got {w!r}")
-        _check_int("K", self.K, 0, 100_000)
+        check_int("K", self.K, 0, 100_000)
         _check_float("tau_0", self.tau_0, 0.0, 1000.0, open_low=True)
         _check_float("energy_eps", self.energy_eps, 0.0, 1000.0, open_low=True)
-        _check_int("max_age", self.max_age, 0, 1000)
-        _check_int("R", self.R, 1, 100_000)
-        _check_int("warmup_steps", self.warmup_steps, 1, 1000)
+        check_int("max_age", self.max_age, 0, 1000)
+        check_int("R", self.R, 1, 100_000)
+        check_int("warmup_steps", self.warmup_steps, 1, 1000)
         _check_float("tau_warn", self.tau_warn, 0.0, 1000.0, open_low=True)
         _check_float("random_probe_ratio", self.random_probe_ratio, 0.0, 1.0)
         _check_float("probe_target", self.probe_target, 0.0, 1000.0, open_low=True)
         _check_float("probe_warn", self.probe_warn, 0.0, 1000.0, open_low=True)
         _check_float("full_fraction", self.full_fraction, 0.0, 1.0, open_low=True)
-        _check_int("bucket", self.bucket, 1, 1024)
+        check_int("bucket", self.bucket, 1, 1024)
         _check_bool("fill", self.fill)
         _check_bool("core_follow", self.core_follow)
         _check_bool("final_full", self.final_full)
@@ -149,17 +151,16 @@ class SamplerConfig:
                 for v in [getattr(self, f.name)]}
 
 
-_dataclass_init = SamplerConfig.__init__
+SETTING_NAMES = frozenset(f.name for f in fields(SamplerConfig))
 
 
-@functools.wraps(_dataclass_init)
-def _init_with_steps_alias(self, *args, steps=None, **kwargs):
-    # `steps` is not a field (dataclasses.replace and asdict see only inference_steps).
-    if steps is not None:
-        if "inference_steps" in kwargs:
-            raise ValueError("give inference_steps or steps, not both")
-        kwargs["inference_steps"] = steps
-    _dataclass_init(self, *args, **kwargs)
-
-
-SamplerConfig.__init__ = _init_with_steps_alias
+def sampler_config(config: SamplerConfig | None = None, **overrides) -> SamplerConfig:
+    """The SamplerConfig of a call: `config` (default SamplerConfig()) with the named fields
+    replaced; an override given as None keeps the config's value (an option left unset).
+    Raises ValueError naming an unknown or out-of-range setting."""
+    unknown = sorted(set(overrides) - SETTING_NAMES)
+    if unknown:
+        raise ValueError(f"unknown sampler setting {unknown[0]!r} (valid: {', '.join(sorted(SETTING_NAMES))})")
+    given = {name: value for name, value in overrides.items() if value is not None}
+    base = config if config is not None else SamplerConfig()
+    return replace(base, **given) if given else base

@@ -1,15 +1,16 @@
 """`FastController`: the lattice controller plus the E2-CRF refresh policy, plugged into
-`dil.runtime.sampling.sampler.sample` through `start` / `plan` / `observe` (docs/sampler.md).
+`dil.runtime.sampling.sampler.sample` through the `Controller` contract (docs/sampler.md).
 
-    controller = FastController(config, seed=0, keys=[k_0, ..., k_{G-1}])
-    result = sample(engine, schedule, ctx, x_T, config, controller=controller)
+    streams = SeriesStreams(seed, [k_0, ..., k_{G-1}])
+    x_T = streams.initial_noise(N, H)
+    result = sample(engine, schedule, ctx, x_T, config, streams, controller=FastController(config))
 
 Per step i, `plan` decides from what the cache holds after step i-1 (its x0_hat, inputs and ages),
 the current noisy horizon `cache.x`, the lattice state and the pre-drawn control uniforms which
 tokens each row computes, each token's effective solver order and which series run a full step;
 `observe` then measures probe errors and the core's event intensity and updates tau and the
 full-step flags for step i+1. Every decision of a series depends only on its own rows and on its
-control stream `series_stream(seed, key, "control")`, never on the rest of the batch.
+control stream (streams.control_uniforms, drawn at `start`), never on the rest of the batch.
 With lattice=False and cache=False it is the plain DPM-Solver++ sampler, bit for bit.
 """
 
@@ -17,45 +18,37 @@ from __future__ import annotations
 
 import numpy as np
 
+from dil.runtime.rng import SeriesStreams
 from dil.runtime.sampling import cache_policy as policy
 from dil.runtime.sampling import lattice as lat
-from dil.runtime.rng import series_key, series_stream
-from dil.runtime.sampling.sampler import StepPlan, TokenCache, subset_positions
 from dil.runtime.sampling.config import SamplerConfig
+from dil.runtime.sampling.solver import DPMSolverPP
+from dil.runtime.sampling.step_plan import StepPlan, subset_positions
+from dil.runtime.sampling.token_cache import TokenCache
 
 HISTORY = lat.TEMPORAL_WINDOW + 1  # x0_hat arrays kept: X0[i-1] .. X0[i-4]
 
 
-def control_uniforms(seed: int, keys, steps: int, N: int, H: int) -> np.ndarray:
-    """float64 [G, max(M-1, 0), 2, N, H] in (0, 1): per series one draw rng.random((M-1, 2, N, H))
-    from series_stream(seed, key, 'control'), plus 2**-54. [:, i-1, 0] feeds the selection's Gumbel
-    noise at step i, [:, i-1, 1] the probe ranks."""
-    shape = (max(steps - 1, 0), 2, N, H)
-    return np.stack([series_stream(seed, k, "control").random(shape) for k in keys]) + 2.0**-54
-
-
 class FastController:
-    """Lattice + token cache controller. config: a SamplerConfig; seed, keys: the control streams
-    (keys: G non-negative series keys, default 0..G-1). record: keep every step's decisions in
-    `decisions` (for validation against the reference).
+    """Lattice + token cache controller. config: a SamplerConfig. record: keep every step's
+    decisions in `decisions` (for validation against the reference).
 
     After a forecast, `counters` holds probes, refinements and merges (copied into SamplerStats).
     """
 
-    def __init__(self, config: SamplerConfig, seed: int = 0, keys=None, record: bool = False):
+    def __init__(self, config: SamplerConfig, record: bool = False):
         self.config = config
-        self.seed = int(seed)
-        self.keys = None if keys is None else [series_key(k) for k in keys]
         self.record = record
+        self.counters: dict[str, int] = {}
 
     # -- sampler hooks ---------------------------------------------------------------------------
-    def start(self, G: int, N: int, H: int, solver) -> None:
+    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams) -> None:
         cfg = self.config
-        keys = list(range(G)) if self.keys is None else self.keys
-        if len(keys) != G:
-            raise ValueError(f"FastController has {len(keys)} series keys for a batch of {G} series")
+        if len(streams) != G:
+            raise ValueError(f"FastController got the streams of {len(streams)} series for a batch of {G} series")
         self.shape, self.solver, self.steps = (G, N, H), solver, solver.steps
-        self.uniforms = control_uniforms(self.seed, keys, self.steps, N, H)
+        # [G, M-1, 2, N, H]: the selection's Gumbel noise and the probe ranks of every step.
+        self.uniforms = streams.control_uniforms(self.steps, N, H)
         self.s_max = lat.coarsest_scale(H, cfg.max_scales)
         self.lvl = np.full((G, N, H), self.s_max, dtype=np.int64)
         self.core = policy.core_positions(H, cfg.K)

@@ -1,0 +1,78 @@
+"""What the sampler needs from an engine and from a controller, written down as typing Protocols.
+
+`dil.runtime.sampling.sampler.sample` calls nothing else: any object with these members works
+(OnnxEngine, TrtEngine, the validation's lockstep engine; FullController, FastController, the
+validation's recording controller). `isinstance(x, Engine)` checks that the members exist.
+
+Shapes: G series, N samples per series, H horizon tokens, S computed tokens per row (padding
+entries have position H), L context tokens, D = d_model, E = time_embed_dim, layers = num_layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from dil.runtime.model_config import ModelConfig
+from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.solver import DPMSolverPP
+from dil.runtime.sampling.step_plan import StepPlan
+from dil.runtime.sampling.token_cache import TokenCache
+
+
+class CallStats(Protocol):
+    """An engine's running totals; the sampler reports the difference over one forecast."""
+
+    encode_calls: int
+    denoise_calls: int
+    seconds: float  # inside the engine's graph runs
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The two graphs of an artifact. config: the model (num_layers, d_model, time_embed_dim, ...).
+    max_batch: the most series one call may carry (a TensorRT profile's G max), None without limit."""
+
+    config: ModelConfig
+    stats: CallStats
+    max_batch: int | None
+
+    def encode(self, ctx: np.ndarray) -> tuple[Any, Any]:
+        """ctx f32 [G, L, F] -> (k_ctx, v_ctx) [layers, G, L, D], in whatever form denoise takes back."""
+
+    def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x_sub f32 [G, N, S, 1], pos_sub i64 [G, N, S], t_feat f32 [G, N, E], k_hor/v_hor f32
+        [layers, G, N, H, D], hor_valid f32 [G, N, H] -> eps_sub f32 [G, N, S, 1],
+        k_sub/v_sub f32 [layers, G, N, S, D]."""
+
+    def device_cache(self, G: int, N: int, H: int) -> Any | None:
+        """A zeroed token cache for G x N x H tokens kept inside the engine (TensorRT: on the GPU),
+        or None when the engine keeps none (the sampler then holds keys/values on the host)."""
+
+    def denoise_cached(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache: Any, hor_valid) -> np.ndarray:
+        """denoise attending to `cache` (from device_cache), whose computed tokens' keys/values the
+        engine then updates itself; returns eps_sub f32 [G, N, S, 1]. Called only with a cache."""
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """Decides per step which tokens the network computes and each token's solver order.
+
+    counters: name -> count of the forecast's events (probes, refinements, merges: SamplerStats
+    fields), read after the last step.
+    """
+
+    counters: dict[str, int]
+
+    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams) -> None:
+        """A new forecast of G series x N samples x H tokens; streams: its G series' random streams."""
+
+    def plan(self, i: int, cache: TokenCache) -> StepPlan:
+        """Step i's plan, from what the cache holds after step i-1 and the noisy horizon cache.x."""
+
+    def adjust(self, i: int, cache: TokenCache, computed: np.ndarray) -> None:
+        """After step i's outputs are stored, before the solver update: may move reused tokens' x0_hat."""
+
+    def observe(self, i: int, cache: TokenCache) -> None:
+        """After step i's solver update: feedback for the next plan."""

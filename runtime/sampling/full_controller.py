@@ -1,0 +1,33 @@
+"""`FullController`: every token at every step with one solver order, the plain DPM-Solver++
+sampler (lattice and cache off). It implements the `Controller` contract (contracts.py) with
+nothing to adjust, observe or count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.config import SamplerConfig
+from dil.runtime.sampling.solver import DPMSolverPP
+from dil.runtime.sampling.step_plan import StepPlan
+from dil.runtime.sampling.token_cache import TokenCache
+
+
+class FullController:
+    """Every token at every step with config.solver_order."""
+
+    def __init__(self, config: SamplerConfig):
+        self.config = config
+        self.counters: dict[str, int] = {}
+
+    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams) -> None:
+        self._pos = np.ascontiguousarray(np.broadcast_to(np.arange(H, dtype=np.int64), (G, N, H)))
+
+    def plan(self, i: int, cache: TokenCache) -> StepPlan:
+        return StepPlan(pos_sub=self._pos, order=self.config.solver_order, full=True)
+
+    def adjust(self, i: int, cache: TokenCache, computed: np.ndarray) -> None:
+        """Every token was computed: nothing to move."""
+
+    def observe(self, i: int, cache: TokenCache) -> None:
+        """Nothing to adapt: the plan is the same at every step."""

@@ -1,0 +1,156 @@
+"""The manifest is untrusted input: files only inside the artifact's folder, hashes always checked,
+a missing field named in one line (dil.runtime.manifest).
+
+Works on copies of the shipped artifact (no torch, no export needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from dil.runtime import Forecaster, ManifestError, OnnxEngine
+from dil.runtime.manifest import default_artifact, load_manifest
+
+NAME = "metro-traffic"
+SUFFIXES = (".json", ".encode.onnx", ".denoise.onnx")
+
+
+def _copy(dest):
+    """The shipped artifact's three files in `dest`; returns (manifest path, its JSON as a dict)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    source = default_artifact().parent
+    for suffix in SUFFIXES:
+        shutil.copy(source / (NAME + suffix), dest / (NAME + suffix))
+    path = dest / f"{NAME}.json"
+    return path, json.loads(path.read_text())
+
+
+def _refused(path, *phrases) -> str:
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    text = str(err.value)
+    assert "\n" not in text
+    for phrase in phrases:
+        assert phrase in text, text
+    return text
+
+
+def test_a_copy_of_the_shipped_artifact_loads(tmp_path):
+    path, _ = _copy(tmp_path)
+    m = load_manifest(path)
+    assert m.graph_path("denoise") == tmp_path / f"{NAME}.denoise.onnx"
+    assert m.model.context_length == 168 and m.model.horizon == 24
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../x.onnx"])
+def test_graph_file_names_that_leave_the_folder_are_refused(tmp_path, name):
+    path, d = _copy(tmp_path)
+    d["graphs"]["encode"]["file"] = name
+    path.write_text(json.dumps(d))
+    _refused(path, repr(name), "not inside the artifact's folder", "graphs.encode.file")
+
+
+def test_a_traversal_to_a_genuine_graph_is_refused_too(tmp_path):
+    """The graph outside has the right sha256, so only the path check can refuse it."""
+    path, d = _copy(tmp_path / "a" / "b")
+    shutil.move(tmp_path / "a" / "b" / f"{NAME}.denoise.onnx", tmp_path / "real.onnx")
+    for name in ("../../real.onnx", str(tmp_path / "real.onnx")):
+        d["graphs"]["denoise"]["file"] = name
+        path.write_text(json.dumps(d))
+        _refused(path, repr(name), "not inside the artifact's folder")
+        with pytest.raises(ManifestError):
+            Forecaster.load(path)
+
+
+def test_a_symlink_leading_out_of_the_folder_is_refused(tmp_path):
+    path, _ = _copy(tmp_path / "artifact")
+    graph = tmp_path / "artifact" / f"{NAME}.encode.onnx"
+    shutil.move(graph, tmp_path / "elsewhere.onnx")  # same bytes, same sha256
+    os.symlink(tmp_path / "elsewhere.onnx", graph)
+    _refused(path, "resolves outside the artifact's folder")
+    # A symlink that stays inside the folder is fine.
+    graph.unlink()
+    shutil.move(tmp_path / "elsewhere.onnx", tmp_path / "artifact" / "encode-v1.onnx")
+    os.symlink("encode-v1.onnx", graph)
+    assert load_manifest(path).graph_path("encode") == graph
+
+
+def test_a_graph_without_its_sha256_is_refused(tmp_path):
+    path, d = _copy(tmp_path)
+    del d["graphs"]["denoise"]["sha256"]
+    path.write_text(json.dumps(d))
+    _refused(path, "lacks the field 'graphs.denoise.sha256'")
+    d["graphs"]["denoise"]["sha256"] = ""
+    path.write_text(json.dumps(d))
+    _refused(path, "'graphs.denoise.sha256' is not a sha256")
+
+
+def test_hashes_are_always_checked(tmp_path):
+    path, _ = _copy(tmp_path)
+    graph = tmp_path / f"{NAME}.denoise.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 1  # one bit of the last initializer
+    graph.write_bytes(bytes(data))
+    _refused(path, "sha256 differs")
+    for load in (OnnxEngine.load, Forecaster.load):
+        with pytest.raises(ManifestError, match="sha256 differs"):
+            load(path)
+    with pytest.raises(TypeError):  # no switch turns the check off
+        load_manifest(path, verify_hashes=False)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["format_version", "name", "precision", "model", "schedule", "data", "graphs", "model.d_model",
+     "model.context_length", "schedule.num_steps", "schedule.kind", "graphs.encode", "graphs.denoise.file"],
+)
+def test_a_missing_field_is_named(tmp_path, field):
+    path, d = _copy(tmp_path)
+    *parents, last = field.split(".")
+    node = d
+    for part in parents:
+        node = node[part]
+    del node[last]
+    path.write_text(json.dumps(d))
+    _refused(path, f"lacks the field '{field}")  # graphs.encode -> 'graphs.encode.file'
+
+
+def test_a_field_of_the_wrong_type_is_named(tmp_path):
+    path, d = _copy(tmp_path)
+    d["graphs"] = ["metro-traffic.encode.onnx", "metro-traffic.denoise.onnx"]
+    path.write_text(json.dumps(d))
+    _refused(path, "field 'graphs' is a list, expected a dict")
+    path.write_text("[1, 2]")
+    _refused(path, "is not a JSON object")
+
+
+def test_checks_come_before_any_graph_is_read(tmp_path):
+    """A bad entry in the second graph is refused even when the first graph's file is gone."""
+    path, d = _copy(tmp_path)
+    (tmp_path / f"{NAME}.encode.onnx").unlink()
+    d["graphs"]["denoise"]["file"] = "../../etc/passwd"
+    path.write_text(json.dumps(d))
+    _refused(path, "'../../etc/passwd'")
+
+
+def test_dil_run_refuses_a_traversing_manifest_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from dil.runtime.cli import main
+
+    path, d = _copy(tmp_path)
+    d["graphs"]["encode"]["file"] = "../../etc/passwd"
+    path.write_text(json.dumps(d))
+    table = tmp_path / "in.csv"
+    table.write_text("x\n" + "\n".join(str(i % 7) for i in range(200)) + "\n")
+    out = tmp_path / "forecast.csv"
+    result = CliRunner().invoke(main, ["--engine", str(path), "--input", str(table), "--out", str(out)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "'../../etc/passwd' is not inside the artifact's folder" in lines[0], result.output
+    assert not out.exists()
+
