@@ -1,4 +1,4 @@
-"""The sampler validation behind `dil-validate` (DESIGN section 9; issue 3).
+"""The sampler validation behind `dil-validate` (docs/model.md section 7).
 
 For one artifact and the PyTorch module it was exported from, on real context windows:
 

@@ -1,4 +1,4 @@
-"""Export a checkpoint to a complete artifact: ONNX graphs, torch weights, manifest (DESIGN section 10).
+"""Export a checkpoint to a complete artifact: ONNX graphs, torch weights, manifest (docs/architecture.md section 6).
 
     export_artifact("runs/NAME", "engines")
         ->  engines/NAME.encode.onnx, NAME.denoise.onnx, NAME.weights.safetensors, NAME.json

@@ -1,4 +1,4 @@
-"""`dil-export`: export a trained checkpoint to a validated ONNX artifact (DESIGN section 10)."""
+"""`dil-export`: export a trained checkpoint to a validated ONNX artifact (docs/architecture.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FP16 variant of the exported graphs (DESIGN section 10; docs/tensorrt.md).
+"""FP16 variant of the exported graphs (docs/tensorrt.md).
 
     fp16_model = convert_to_fp16(onnx.load("NAME.denoise.onnx"))
 

@@ -1,4 +1,4 @@
-"""Numerical validation of exported graphs against the PyTorch module (DESIGN sections 5 and 9).
+"""Numerical validation of exported graphs against the PyTorch module (docs/architecture.md section 4; docs/model.md section 7).
 
 For each graph, ONNX Runtime (CPU provider) and the PyTorch module get identical inputs and their
 outputs are compared: max abs error and max rel error, on random inputs and on real inputs (context

@@ -1,4 +1,4 @@
-"""ONNX export of the score network's two entry points (DESIGN section 5).
+"""ONNX export of the score network's two entry points (docs/architecture.md section 4).
 
 `encode` and `denoise` become two graphs with the dynamic axes G, N, S, L, H, exported with the
 dynamo exporter (opset 18: native LayerNormalization). Each file is written atomically.

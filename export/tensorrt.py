@@ -1,4 +1,4 @@
-"""TensorRT engines for an exported artifact (DESIGN section 10; docs/tensorrt.md).
+"""TensorRT engines for an exported artifact (docs/tensorrt.md).
 
     record = build_plans(manifest, onnx_paths, work_dir, profile, gpu=..., trt=...)
 

@@ -2,7 +2,7 @@
 from an existing artifact (`dil-export --artifact engines/NAME.json --tensorrt`), which needs only
 the ONNX graphs and their manifest, not the training run.
 
-Plans are keyed (DESIGN section 10) on the source graphs' sha256, the TensorRT version, the compute
+Plans are keyed (docs/tensorrt.md) on the source graphs' sha256, the TensorRT version, the compute
 capability, the precision, the build mode and the profile: `tensorrt_for_artifact` rebuilds only
 when that key (or a plan file) does not match, unless forced.
 """

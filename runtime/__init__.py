@@ -1,4 +1,4 @@
-"""The dil runtime: NumPy + ONNX Runtime, never torch (DESIGN sections 2 and 6).
+"""The dil runtime: NumPy + ONNX Runtime, never torch (docs/architecture.md section 2; docs/model.md section 5).
 
     from dil.runtime import Forecaster
     forecast = Forecaster.load("engines/metro-traffic.onnx").predict(history, num_samples=100)

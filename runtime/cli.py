@@ -161,6 +161,7 @@ SAMPLER_OPTIONS = [
     ("--max-age", "max_age", int, "Staleness bound: most consecutive steps a token is reused."),
     ("--warmup-steps", "warmup_steps", int, "First steps computed in full."),
     ("--bucket", "bucket", int, "Computed-token count rounded up to a multiple of it."),
+    ("--x0-clip", "x0_clip", float, "Clip of the data prediction, in context standard deviations (0: off)."),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The library entry point: `Forecaster.load(path).predict(history)` (DESIGN sections 3 and 6).
+"""The library entry point: `Forecaster.load(path).predict(history)` (docs/model.md sections 1 and 5).
 
     from dil.runtime import Forecaster
     fc = Forecaster.load("engines/metro-traffic.onnx")

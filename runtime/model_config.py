@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and window of a score network (DESIGN section 5).
+    """Architecture and window of a score network (docs/model.md section 3).
 
     context_length: L, context steps the network sees (168 = one week of hourly data).
     horizon: H, forecast steps (24).

@@ -1,4 +1,4 @@
-"""The quantile grid used for every forecast and every CRPS figure (DESIGN section 11)."""
+"""The quantile grid used for every forecast and every CRPS figure (docs/model.md section 6.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seeded random streams, one per series (DESIGN section 6; docs/sampler.md section 3).
+"""Seeded random streams, one per series (docs/model.md section 5.2; docs/sampler.md section 3).
 
 A series' stream is derived from (seed, series key, purpose) alone, so its forecast does not depend
 on which other series share the batch or in which order. `SeriesStreams` is the one object a

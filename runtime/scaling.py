@@ -1,4 +1,4 @@
-"""Per-window scaling and the context input features (DESIGN section 3).
+"""Per-window scaling and the context input features (docs/model.md section 1.3).
 
 One source of truth for training and the runtime. A window's location and scale come from the
 observed values of its context only; missing values (NaN) are excluded, never treated as zeros.

@@ -42,7 +42,7 @@ def _files(folder):
 
 
 # ---------------------------------------------------------------------------------------------
-# The graph contract (DESIGN section 5).
+# The graph contract (docs/architecture.md section 4).
 def test_graph_io_names_dtypes_and_dynamic_axes(tiny_artifact, tiny_config):
     c = tiny_config
     layers, D, E = c.num_layers, c.d_model, c.time_embed_dim

@@ -58,7 +58,7 @@ def test_engine_loads_from_any_sibling_name_and_counts_time(tiny_artifact, tiny_
 
 def test_token_cache_subset_step_reproduces_the_full_step(forecaster, tiny_config):
     """The plumbing the lattice/cache controllers will use: a padded token subset, computed against
-    a fresh valid cache, gives the full step's eps/keys for those tokens (DESIGN 5: <= 1e-5)."""
+    a fresh valid cache, gives the full step's eps/keys for those tokens (docs/architecture.md section 4: <= 1e-5)."""
     engine, cfg = forecaster.engine, tiny_config
     G, N, H, L = 2, 3, cfg.horizon, cfg.context_length
     rng = np.random.default_rng(1)

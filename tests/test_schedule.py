@@ -1,4 +1,4 @@
-"""The noise schedule and time features against float64 hand computations (DESIGN section 4)."""
+"""The noise schedule and time features against float64 hand computations (docs/model.md section 2)."""
 
 from __future__ import annotations
 

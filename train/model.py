@@ -1,4 +1,4 @@
-"""The score network: a pre-LayerNorm transformer with two entry points (DESIGN section 5).
+"""The score network: a pre-LayerNorm transformer with two entry points (docs/model.md section 3).
 
 Tokens are time steps. Block attention rule: context tokens attend to context tokens only; horizon
 tokens attend to every token. So the context's per-layer keys/values do not depend on the noisy

@@ -1,4 +1,4 @@
-"""The training loop: epsilon-prediction denoising on the standardised horizon (DESIGN section 4).
+"""The training loop: epsilon-prediction denoising on the standardised horizon (docs/model.md sections 2 and 4).
 
 Per step: B windows from the train part, N noise draws each; the context is encoded once per window
 and shared by its N draws (`ScoreNet.full_step` = `encode` + one full `denoise`, exactly the

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for the two graphs of an artifact (DESIGN section 5).
+"""ONNX Runtime sessions for the two graphs of an artifact (docs/architecture.md section 4).
 
     engine = OnnxEngine.load("engines/metro-traffic.onnx", providers=["CPUExecutionProvider"], threads=2)
     k_ctx, v_ctx = engine.encode(ctx)
@@ -110,7 +110,7 @@ def _check_io(graph: str, path: Path, session, cfg: ModelConfig) -> None:
 def default_providers() -> list[str]:
     """CUDA first when onnxruntime-gpu is installed and a GPU is present, else the CPU provider.
 
-    DESIGN section 10: onnxruntime and onnxruntime-gpu must not be installed together (whichever
+    docs/architecture.md section 7: onnxruntime and onnxruntime-gpu must not be installed together (whichever
     was installed last owns the module, and the CPU build silently hides the GPU one); that case
     gets a warning naming the fix.
     """
@@ -230,7 +230,7 @@ class OnnxEngine:
         return k, v
 
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
-        """One network evaluation of S horizon tokens per row (shapes in DESIGN section 5).
+        """One network evaluation of S horizon tokens per row (shapes in docs/architecture.md section 4).
 
         x_sub f32 [G, N, S, 1], pos_sub i64 [G, N, S] (H = padding), t_feat f32 [G, N, E],
         k_ctx/v_ctx f32 [layers, G, L, D], k_hor/v_hor f32 [layers, G, N, H, D], hor_valid f32 [G, N, H]

@@ -1,6 +1,6 @@
 """TensorRT optimization profiles and plan compatibility: pure Python, no tensorrt, no GPU.
 
-A profile gives every dynamic axis of the graphs (DESIGN section 5) a (min, opt, max) range:
+A profile gives every dynamic axis of the graphs (docs/architecture.md section 4) a (min, opt, max) range:
 
     G  series windows per engine call       default (1, 16, 32)   (dil-run's --batch-series is 16)
     N  samples per series                   default (1, 100, 128)
@@ -158,7 +158,7 @@ def _hint(axis: str) -> str:
 
 def plan_key(onnx_sha256: dict, trt_version: str, compute_capability: str, precision: str, profile: dict,
              mode: str) -> str:
-    """The engine-cache key (DESIGN section 10): a plan is reusable exactly when this matches."""
+    """The engine-cache key (docs/tensorrt.md): a plan is reusable exactly when this matches."""
     blob = json.dumps([onnx_sha256, trt_version, compute_capability, precision, profile, mode], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,4 +1,4 @@
-"""The E2-CRF refresh policy (DESIGN 8; exact rules in docs/sampler.md sections 4, 6 and 7).
+"""The E2-CRF refresh policy (exact rules in docs/sampler.md sections 4, 6 and 7).
 
 E2-CRF (error-feedback, event-driven token caching) decides per row and token whether the network
 recomputes it this step or the sampler reuses its cached x0_hat. A token is recomputed when

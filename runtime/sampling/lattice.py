@@ -1,4 +1,4 @@
-"""The lattice controller (DESIGN 7; exact rules in docs/sampler.md section 5).
+"""The lattice controller (exact rules in docs/sampler.md section 5).
 
 Dynamic Information Lattices, made well-defined: per row (series g, sample n), a dyadic partition of
 the H horizon tokens into active nodes (s, j) covering [j 2^s, min((j+1) 2^s, H)), stored per token

@@ -1,4 +1,4 @@
-"""The diffusion noise schedule and the diffusion-time features (DESIGN section 4).
+"""The diffusion noise schedule and the diffusion-time features (docs/model.md section 2).
 
 This module is the single source of truth for both: training, export, the runtime sampler and the
 PyTorch reference all call it. Everything is float64 NumPy; callers cast to float32 only when an

@@ -1,4 +1,4 @@
-"""DPM-Solver++ multistep in data-prediction form, orders 1-3 (DESIGN section 6.1).
+"""DPM-Solver++ multistep in data-prediction form, orders 1-3 (docs/model.md section 5.1).
 
 Lu et al. (2022), "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models":
 Sec. 4.1 (the exact solution of the diffusion ODE in data-prediction form and its first-order
