@@ -253,7 +253,11 @@ def main(argv=None) -> None:
                 _run(cmd)
     from dil.runtime.files import write_text
 
-    write_text(page, render(out_dir, page, commands))
+    # The section benchmarks/peers.py writes between its markers stays on the regenerated page.
+    old = page.read_text(encoding="utf-8") if page.is_file() else ""
+    a, b = old.find("<!-- peers:start -->"), old.find("<!-- peers:end -->")
+    kept = "\n" + old[a : b + len("<!-- peers:end -->")] + "\n" if 0 <= a < b else ""
+    write_text(page, render(out_dir, page, commands) + kept)
     print(f"wrote {page}")
 
 

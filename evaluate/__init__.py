@@ -1,4 +1,4 @@
-"""Metrics and the evaluation harness (DESIGN section 11). Torch-free.
+"""Metrics and the evaluation harness (docs/model.md section 6). Torch-free.
 
     from dil.evaluate import evaluate, crps_quantile
     report = evaluate(forecast_fn, table, spec, context=168, horizon=24)   # JSON-ready dict

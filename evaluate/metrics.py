@@ -1,4 +1,4 @@
-"""Probabilistic forecast metrics (DESIGN section 11), float64 NumPy, vectorised.
+"""Probabilistic forecast metrics (docs/model.md section 6), float64 NumPy, vectorised.
 
 Shapes: a target `y` is float [..., H]; a forecast is either samples [..., N, H] (N draws per
 window) or quantiles [..., Q, H]. The leading axes (windows, series) are arbitrary and matched

@@ -1,4 +1,4 @@
-"""The E2-CRF refresh policy's pieces (runtime/cache.py, docs/sampler.md sections 6-7) against
+"""The E2-CRF refresh policy's pieces (runtime/sampling/cache_policy.py, docs/sampler.md sections 6-7) against
 hand-worked numbers and plain-Python references."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The lattice controller's pieces (runtime/lattice.py, docs/sampler.md section 5) against hand-worked
+"""The lattice controller's pieces (runtime/sampling/lattice.py, docs/sampler.md section 5) against hand-worked
 examples and plain-Python references."""
 
 from __future__ import annotations

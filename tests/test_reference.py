@@ -1,4 +1,4 @@
-"""The ONNX Runtime sampler against the independent PyTorch reference (train/reference.py)."""
+"""The ONNX Runtime sampler against the independent PyTorch reference (evaluate/reference/sampler.py)."""
 
 from __future__ import annotations
 

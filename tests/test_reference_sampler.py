@@ -1,4 +1,4 @@
-"""The PyTorch reference of the whole sampler (train/reference.py): token subsets, cache, orders."""
+"""The PyTorch reference of the whole sampler (evaluate/reference/sampler.py): token subsets, cache, orders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DPM-Solver++ multistep (runtime/solver.py) against float64 hand computations and known solutions."""
+"""DPM-Solver++ multistep (runtime/sampling/solver.py) against float64 hand computations and known solutions."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dil.runtime.rng import SeriesStreams, series_stream
-from dil.evaluate.reference.sampler import ReferencePlan
+from dil.evaluate.reference.sampler import ReferencePlan, guard_x0
 from dil.evaluate.reference.lattice import (
     adapt,
     ceil_eps,
@@ -229,12 +229,14 @@ class ReferenceController:
     # -- adjust (after the store, before the solver update) ------------------------------------
     def adjust(self, i: int, sampler, computed: torch.Tensor) -> None:
         """Core follow: every token not computed at step i moves its x0_hat by the core's change since
-        step i-1, interpolated over the horizon (so reused tokens follow the low-frequency shape)."""
+        step i-1, interpolated over the horizon (so reused tokens follow the low-frequency shape),
+        and is then held to the cache's data-prediction guard, [-x0_clip, x0_clip]."""
         if not getattr(self.cfg, "core_follow", False) or i == 0 or self.follow is None or bool(computed.all()):
             return
         cache = sampler.cache
         shift = (cache.x0_hat[:, :, self.core] - self.history[0][:, :, self.core]) @ self.follow
-        cache.x0_hat = torch.where(computed, cache.x0_hat, cache.x0_hat + shift)
+        moved = guard_x0(cache.x0_hat + shift, cache.x0_clip)
+        cache.x0_hat = torch.where(computed, cache.x0_hat, moved)
 
     # -- observe ---------------------------------------------------------------------------------
     def observe(self, i: int, sampler) -> None:

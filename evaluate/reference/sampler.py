@@ -1,4 +1,4 @@
-"""PyTorch reference of the runtime sampler (DESIGN section 9).
+"""PyTorch reference of the runtime sampler (docs/model.md section 7).
 
 Calls the torch ScoreNet directly (`full_step`: every token, every step), draws its noise from the
 same NumPy streams as the runtime (dil.runtime.rng) and takes the schedule, time features and scaling
@@ -9,7 +9,7 @@ against a second implementation rather than against itself.
 Two samplers live here:
 - `reference_sample` / `reference_forecast`: the plain sampler (every token, every step, one order),
   through the module's `full_step`.
-- `ReferenceSampler`: the whole fast sampler (DESIGN 6-8) through `encode` / `denoise` with the same
+- `ReferenceSampler`: the whole fast sampler (docs/sampler.md) through `encode` / `denoise` with the same
   subset, cache and padding semantics as the runtime, driven by a controller from
   `dil.evaluate.reference.controller`. It records every step's decisions (`StepDecision`: tokens
   computed, per-token solver order, full steps) so that `dil-validate` can compare them with the
@@ -26,6 +26,7 @@ import torch
 
 from dil.runtime.rng import SeriesStreams
 from dil.runtime.sampling.chunks import sample_blocks
+from dil.runtime.sampling.config import X0_CLIP_DEFAULT
 from dil.runtime.scaling import context_features, context_scale, standardise, unstandardise
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
@@ -40,6 +41,18 @@ class ReferenceForecast:
     samples: np.ndarray
     loc: np.ndarray
     scale: np.ndarray
+
+
+def guard_x0(x0_hat: torch.Tensor, x0_clip: float) -> torch.Tensor:
+    """The data-prediction guard of docs/sampler.md section 2, written again: x0_hat clamped to
+    [-x0_clip, x0_clip] (standardised scale); x0_clip = 0 leaves it as it is."""
+    return torch.clamp(x0_hat, -x0_clip, x0_clip) if x0_clip else x0_hat
+
+
+def settings_x0_clip(settings) -> float:
+    """The guard of a settings object (a SamplerConfig or any object with its attribute names);
+    the SamplerConfig default when it has none."""
+    return float(getattr(settings, "x0_clip", X0_CLIP_DEFAULT))
 
 
 def dpm_solver_pp_update(x, m, lam_t, lam_s, alpha_t, sigma_t, sigma_s, order):
@@ -72,9 +85,10 @@ def dpm_solver_pp_update(x, m, lam_t, lam_s, alpha_t, sigma_t, sigma_s, order):
 
 @torch.no_grad()
 def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
-                     solver_order: int = 2) -> np.ndarray:
-    """The plain sampler in torch. ctx: float32 [G, L, 2] context features; x_T: float64 [G, N, H].
-    Returns x0: float64 [G, N, H] on the standardised scale."""
+                     solver_order: int = 2, x0_clip: float = X0_CLIP_DEFAULT) -> np.ndarray:
+    """The plain sampler in torch. ctx: float32 [G, L, 2] context features; x_T: float64 [G, N, H];
+    x0_clip: the data-prediction guard (0 = off). Returns x0: float64 [G, N, H] on the standardised
+    scale."""
     model = model.eval()
     dtype = next(model.parameters()).dtype
     G, N, H = x_T.shape
@@ -88,7 +102,7 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     for i in range(steps):
         t_feat = t_feats[i].expand(G, N, -1)
         eps = model.full_step(ctx_t, x.to(dtype)[..., None], t_feat)[..., 0].to(torch.float64)
-        x0 = (x - sigmas[i] * eps) / alphas[i]
+        x0 = guard_x0((x - sigmas[i] * eps) / alphas[i], x0_clip)
         history, lam_hist = [x0] + history[:2], [lambdas[i]] + lam_hist[:2]
         if i == steps - 1:
             x = x0  # last update to clean data: alpha = 1, sigma = 0
@@ -108,7 +122,8 @@ def standardised_contexts(model: ScoreNet, contexts):
 
 
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
-                       seed: int, series_keys=None, solver_order: int = 2, config=None) -> ReferenceForecast:
+                       seed: int, series_keys=None, solver_order: int = 2, config=None,
+                       x0_clip: float = X0_CLIP_DEFAULT) -> ReferenceForecast:
     """Forecast G context windows with the torch module and the torch solver.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used);
@@ -116,13 +131,14 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     in the runtime. config: None for the plain sampler (every token, `solver_order`), or sampler
     settings (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole
     fast sampler through ReferenceSampler and dil.evaluate.reference.controller, run in the
-    runtime's sample blocks (dil.runtime.sampling.chunks); its steps override `steps`.
+    runtime's sample blocks (dil.runtime.sampling.chunks); its steps and x0_clip override `steps`
+    and `x0_clip` (the data-prediction guard of the plain sampler, 0 = off).
     """
     z, loc, scale = standardised_contexts(model, contexts)
     streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
     x_T = streams.initial_noise(num_samples, model.config.horizon)
     if config is None:
-        x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order)
+        x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order, x0_clip)
     else:
         from dil.evaluate.reference.controller import ReferenceController
 
@@ -192,10 +208,12 @@ class ReferenceCache:
 
     k, v: float32 [layers, G, N, H, D]; x0_hat, eps, x_in: float64 [G, N, H] (data prediction,
     noise prediction and the noisy input it came from); age: int64 [G, N, H], steps since it was
-    computed; valid: bool [G, N, H], computed at least once.
+    computed; valid: bool [G, N, H], computed at least once. x0_clip: the guard of every x0_hat it
+    forms (0 = off).
     """
 
-    def __init__(self, layers: int, G: int, N: int, H: int, D: int):
+    def __init__(self, layers: int, G: int, N: int, H: int, D: int, x0_clip: float = 0.0):
+        self.x0_clip = float(x0_clip)
         self.k = torch.zeros((layers, G, N, H, D), dtype=torch.float32)
         self.v = torch.zeros_like(self.k)
         self.x0_hat = torch.zeros((G, N, H), dtype=torch.float64)
@@ -206,7 +224,8 @@ class ReferenceCache:
 
     def store(self, computed, pos_sub, x, eps_sub, k_sub, v_sub, alpha, sigma) -> None:
         """Scatter one denoise call's outputs to their horizon positions (padding entries, pos == H,
-        land in a dropped extra column) and refresh x0_hat = (x - sigma eps) / alpha there."""
+        land in a dropped extra column) and refresh x0_hat = (x - sigma eps) / alpha there, clamped
+        to [-x0_clip, x0_clip] when the guard is on."""
         layers, G, N, H, D = self.k.shape
         idx = pos_sub[None, ..., None].expand(layers, G, N, pos_sub.shape[-1], D)
         for name, new in (("k", k_sub), ("v", v_sub)):
@@ -214,7 +233,7 @@ class ReferenceCache:
             setattr(self, name, torch.where(computed[None, ..., None], full, getattr(self, name)))
         eps = torch.zeros((G, N, H + 1), dtype=torch.float64).scatter(2, pos_sub, eps_sub[..., 0].double())[..., :H]
         self.eps = torch.where(computed, eps, self.eps)
-        self.x0_hat = torch.where(computed, (x - sigma * self.eps) / alpha, self.x0_hat)
+        self.x0_hat = torch.where(computed, guard_x0((x - sigma * self.eps) / alpha, self.x0_clip), self.x0_hat)
         self.x_in = torch.where(computed, x, self.x_in)
         self.age = torch.where(computed, torch.zeros_like(self.age), self.age + 1)
         self.valid = self.valid | computed
@@ -243,7 +262,7 @@ def multistep_update(x, history, lam_t, lam_hist, alpha_t, sigma_t, sigma_s, ord
 
 
 class ReferenceSampler:
-    """The fast sampler in torch, one step at a time (DESIGN 6-8).
+    """The fast sampler in torch, one step at a time (docs/sampler.md).
 
     model: the ScoreNet; ctx: float32 [G, L, F] context features; x_T: float64 [G, N, H];
     steps: M; streams: the G series' random streams (dil.runtime.rng.SeriesStreams), handed to the
@@ -252,12 +271,15 @@ class ReferenceSampler:
     entries are masked). Each step plans, calls `denoise` once on the computed tokens, stores the
     outputs in the cache, lets the controller adjust reused tokens' x0_hat (if it has `adjust`),
     updates every token with its order and lets the controller observe.
+    x0_clip: the data-prediction guard of the cache (0 = off); None: the controller's settings'
+    (`controller.cfg.x0_clip`), else the SamplerConfig default, as the runtime would run them.
     After a step, `last_eps` (float32 [G, N, H]) and `cache.k/v` hold the fresh outputs at the
     computed positions, and `decisions` its StepDecision.
     """
 
     def __init__(self, model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
-                 streams: SeriesStreams, controller=None, solver_order: int = 2, bucket: int = 1):
+                 streams: SeriesStreams, controller=None, solver_order: int = 2, bucket: int = 1,
+                 x0_clip: float | None = None):
         self.model = model.eval()
         self.schedule = schedule
         self.steps = int(steps)
@@ -272,7 +294,9 @@ class ReferenceSampler:
         self.x = torch.from_numpy(np.array(x_T, dtype=np.float64))
         G, N, H = self.x.shape
         self.shape = (G, N, H)
-        self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model)
+        if x0_clip is None:
+            x0_clip = settings_x0_clip(getattr(controller, "cfg", None))
+        self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model, x0_clip)
         self.history: list[torch.Tensor] = []  # x0_hat per step, newest first
         self.lam_hist: list[torch.Tensor] = []
         self.decisions: list[StepDecision] = []

@@ -15,6 +15,12 @@ import numpy as np
 
 from dil.runtime.sampling.solver import MAX_ORDER
 
+# x0_clip: the default and the range of a clip that is on (docs/sampler.md section 2). A clip below 1
+# context standard deviation would cut ordinary values; the default was chosen on the validation
+# windows (benchmarks/x0_error.py sweep).
+X0_CLIP_DEFAULT = 6.0
+X0_CLIP_MIN, X0_CLIP_MAX = 1.0, 1000.0
+
 
 def check_int(name: str, value, low: int, high: int) -> None:
     """Raise ValueError "NAME must be an integer in [low, high], got VALUE" unless value is one
@@ -23,9 +29,14 @@ def check_int(name: str, value, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
 
 
-def _check_float(name: str, value, low: float, high: float, open_low: bool = False) -> None:
+def _is_number(value) -> bool:
+    """A finite int or float (bools are refused)."""
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(float(value)) and (low < value if open_low else low <= value) and value <= high
+    return ok and math.isfinite(float(value))
+
+
+def _check_float(name: str, value, low: float, high: float, open_low: bool = False) -> None:
+    ok = _is_number(value) and (low < value if open_low else low <= value) and value <= high
     if not ok:
         bracket = "(" if open_low else "["
         raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
@@ -47,7 +58,8 @@ class SamplerConfig:
     refine_threshold, refine_gap, merge_threshold, entropy_weights (score, solver, temporal,
     spectral, guidance). Cache: K, tau_0, energy_eps, max_age, R, warmup_steps, tau_warn,
     random_probe_ratio, probe_target, probe_warn, full_fraction, bucket, fill,
-    core_follow, final_full.
+    core_follow, final_full. Guard: x0_clip (the data prediction is clipped to [-x0_clip, x0_clip]
+    on the standardised scale; 0 = off).
     """
 
     num_diffusion_steps: int = 1000
@@ -55,7 +67,7 @@ class SamplerConfig:
     solver_order: int = 2
     lattice: bool = True
     cache: bool = True
-    # lattice controller (DESIGN 7)
+    # lattice controller (docs/sampler.md section 5)
     max_scales: int = 4
     entropy_budget: float = 0.2
     temperature: float = 5.0
@@ -66,7 +78,7 @@ class SamplerConfig:
     refine_gap: float = 0.1
     merge_threshold: float = 0.5
     entropy_weights: tuple = (0.3, 0.3, 0.2, 0.2, 0.0)
-    # E2-CRF token cache (DESIGN 8)
+    # E2-CRF token cache (docs/sampler.md sections 4, 6 and 7)
     K: int = 5
     tau_0: float = 0.1
     energy_eps: float = 0.1
@@ -82,6 +94,9 @@ class SamplerConfig:
     fill: bool = True
     core_follow: bool = True
     final_full: bool = True
+    # Data-prediction guard (docs/sampler.md section 2, "Data-prediction clip"): x0_hat is clipped to
+    # [-x0_clip, x0_clip] context standard deviations wherever it is formed; 0 turns it off.
+    x0_clip: float = X0_CLIP_DEFAULT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entropy_weights", tuple(self.entropy_weights))
@@ -139,6 +154,8 @@ class SamplerConfig:
         _check_bool("fill", self.fill)
         _check_bool("core_follow", self.core_follow)
         _check_bool("final_full", self.final_full)
+        if not (_is_number(self.x0_clip) and (self.x0_clip == 0 or X0_CLIP_MIN <= self.x0_clip <= X0_CLIP_MAX)):
+            raise ValueError(f"x0_clip must be 0 (off) or a number in [{X0_CLIP_MIN:g}, {X0_CLIP_MAX:g}], got {self.x0_clip!r}")
 
     @property
     def plain(self) -> bool:

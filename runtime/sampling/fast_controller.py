@@ -24,7 +24,7 @@ from dil.runtime.sampling import lattice as lat
 from dil.runtime.sampling.config import SamplerConfig
 from dil.runtime.sampling.solver import DPMSolverPP
 from dil.runtime.sampling.step_plan import StepPlan, subset_positions
-from dil.runtime.sampling.token_cache import TokenCache
+from dil.runtime.sampling.token_cache import TokenCache, clip_x0
 
 HISTORY = lat.TEMPORAL_WINDOW + 1  # x0_hat arrays kept: X0[i-1] .. X0[i-4]
 
@@ -100,12 +100,13 @@ class FastController:
     def adjust(self, i: int, cache: TokenCache, computed: np.ndarray) -> None:
         """After the store of step i, before the solver update: with `core_follow`, every reused
         token's x0_hat moves by this step's change of the core, linearly interpolated over the
-        horizon (docs/sampler.md section 6, "Core follow")."""
+        horizon (docs/sampler.md section 6, "Core follow"), then is clipped by the guard (x0_clip), so
+        that a moved token obeys the same bound as a computed one."""
         if not self.config.core_follow or i == 0 or self.core.size == 0 or computed.all():
             return
         core_now = cache.x0_hat[:, :, self.core]
         shift = (core_now - self.history[0][:, :, self.core]) @ self.follow_weights
-        cache.x0_hat = np.where(computed, cache.x0_hat, cache.x0_hat + shift)
+        cache.x0_hat = np.where(computed, cache.x0_hat, clip_x0(cache.x0_hat + shift, self.config.x0_clip))
 
     def observe(self, i: int, cache: TokenCache) -> None:
         cfg = self.config

@@ -1,4 +1,4 @@
-"""The sampling loop (DESIGN section 6): encode once, then M denoise calls and solver updates.
+"""The sampling loop (docs/sampler.md section 2): encode once, then M denoise calls and solver updates.
 
 Each step:
     plan   = controller.plan(i, cache)        which tokens to compute (pos_sub [G, N, S]) and the
@@ -6,7 +6,8 @@ Each step:
     x_sub  = gather(x, plan.pos_sub)           noisy inputs of the computed tokens
     eps_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx,
                                            cache.k, cache.v, cache.hor_valid(plan))
-    cache.store(...)                           x0_hat = (x - sigma eps) / alpha for computed tokens;
+    cache.store(...)                           x0_hat = (x - sigma eps) / alpha for computed tokens,
+                                              clipped to [-x0_clip, x0_clip] (the guard);
                                               reused tokens keep their cached x0_hat
     controller.adjust(i, cache, computed)      may move reused tokens' x0_hat (core follow)
     x      = solver.step(x, cache.x0_hat, plan.order)
@@ -81,7 +82,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     # An engine that can keep the token cache's keys/values on its device (TensorRT with a
     # cache_update plan) does so: no per-step copy of [layers, G, N, H, D] through the host.
     device_kv = engine.device_cache(G, N, H)
-    cache = TokenCache(cfg.num_layers, G, N, H, cfg.d_model, keep_kv=device_kv is None)
+    cache = TokenCache(cfg.num_layers, G, N, H, cfg.d_model, keep_kv=device_kv is None, x0_clip=config.x0_clip)
     stats = SamplerStats(series=G, samples=N, steps=config.steps, full_tokens=G * N * H * config.steps)
 
     k_ctx, v_ctx = engine.encode(ctx)

@@ -9,6 +9,18 @@ import numpy as np
 from dil.runtime.sampling.step_plan import StepPlan
 
 
+def clip_x0(x0_hat: np.ndarray, x0_clip: float) -> np.ndarray:
+    """The data-prediction guard (docs/sampler.md section 2): x0_hat clipped to [-x0_clip, x0_clip]
+    on the standardised scale; x0_clip = 0 returns x0_hat itself (off, bit for bit).
+
+    Why: an epsilon network's data prediction (x - sigma eps) / alpha carries the network's eps
+    error times sigma / alpha, about 160 at the first step of the shipped schedule, so that a small
+    eps error puts x0_hat tens of context standard deviations out; the solver then writes it into
+    x and later steps follow it (benchmarks/x0_error.py).
+    """
+    return np.clip(x0_hat, -x0_clip, x0_clip) if x0_clip else x0_hat
+
+
 class TokenCache:
     """Per row (series g, sample n) and horizon token h, what was last computed for it.
 
@@ -16,10 +28,12 @@ class TokenCache:
     k_hor/v_hor). x0_hat, eps, x_in: float64 [G, N, H], its data prediction, noise prediction and
     the noisy input it was computed from. age: int32 [G, N, H], steps since it was computed.
     valid: bool [G, N, H], computed at least once. x: float64 [G, N, H], the current noisy horizon
-    (set by the sampler before each plan, so that controllers can read it).
+    (set by the sampler before each plan, so that controllers can read it). x0_clip: the guard of
+    every x0_hat the cache forms (`clip_x0`; 0 = off).
     """
 
-    def __init__(self, layers: int, G: int, N: int, H: int, D: int, keep_kv: bool = True):
+    def __init__(self, layers: int, G: int, N: int, H: int, D: int, keep_kv: bool = True, x0_clip: float = 0.0):
+        self.x0_clip = float(x0_clip)
         self.x = np.zeros((G, N, H))
         # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None.
         self.k = np.zeros((layers, G, N, H, D), dtype=np.float32) if keep_kv else None
@@ -40,7 +54,8 @@ class TokenCache:
 
     def store(self, plan: StepPlan, computed: np.ndarray, x: np.ndarray, eps_sub, k_sub, v_sub,
               alpha: float, sigma: float) -> None:
-        """Scatter a denoise call's outputs into the cache and refresh x0_hat of computed tokens.
+        """Scatter a denoise call's outputs into the cache and refresh x0_hat of computed tokens
+        (clipped to [-x0_clip, x0_clip] when the guard is on; eps is kept as the network gave it).
 
         x: float64 [G, N, H], the current noisy horizon; eps_sub f32 [G, N, S, 1];
         k_sub/v_sub f32 [layers, G, N, S, D]. alpha, sigma: the step's noise level.
@@ -67,8 +82,8 @@ class TokenCache:
                 for layer in range(layers):  # row copies along axis 0: numpy's fast path
                     cached_rows[layer][dst] = new_rows[layer][src]
             self.eps.reshape(-1)[dst] = eps_sub.reshape(-1)[src]
-        # x0_hat = (x - sigma * eps) / alpha: the data prediction of an epsilon network (DESIGN 4).
-        self.x0_hat = np.where(computed, (x - sigma * self.eps) / alpha, self.x0_hat)
+        # x0_hat = (x - sigma * eps) / alpha: the data prediction of an epsilon network (docs/model.md).
+        self.x0_hat = np.where(computed, clip_x0((x - sigma * self.eps) / alpha, self.x0_clip), self.x0_hat)
         self.x_in = np.where(computed, x, self.x_in)
         self.age[computed] = 0
         self.valid |= computed
