@@ -280,7 +280,7 @@ def test_forecaster_fast_sampler_equals_reference_forecast(tiny_artifact, tiny_m
     rng = np.random.default_rng(11)
     ctx = 5.0 + rng.standard_normal((3, tiny_config.context_length)).cumsum(axis=1)
     keys = ["north", "south", 7]
-    config = SamplerConfig(inference_steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100)
+    config = SamplerConfig(inference_steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100, x0_clip=0.0)
     rt = Forecaster.load(tiny_artifact, threads=1).predict_windows(ctx, 8, seed=5, series_keys=keys,
                                                                   batch_series=2, config=config)
     ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, STEPS, seed=5, series_keys=keys, config=config)
