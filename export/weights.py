@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dil.runtime.files import sha256_file
-from dil.runtime.manifest import Manifest, checkpoint_run, load_manifest
+from dil.runtime.manifest import Manifest, ManifestError, checkpoint_run, load_manifest
 from dil.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights
 
 WEIGHTS_SUFFIX = ".weights.safetensors"
@@ -43,13 +43,15 @@ def load_artifact_model(manifest: Manifest) -> Checkpoint:
     if not isinstance(record, dict) or not record.get("file"):
         raise CheckpointError(f"artifact {manifest.path} ships no torch weights (exported by an older dil-export): "
                               "pass --checkpoint runs/NAME or re-export it")
-    name = record["file"]
-    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
-        raise CheckpointError(f"manifest {manifest.path}: weights file {name!r} is not a plain file name beside it")
-    path = Path(manifest.path).parent / name
+    try:  # the same confinement as the graphs: no absolute path, no '..', no symlink leading out
+        path = manifest.member(record["file"], "weights.file")
+    except ManifestError as exc:
+        raise CheckpointError(str(exc)) from None
     if not path.is_file():
         raise CheckpointError(f"weights file {path} named by {manifest.path} is missing")
-    if record.get("sha256") and sha256_file(path) != record["sha256"]:
+    if not isinstance(record.get("sha256"), str):  # like a graph's, the hash is always checked
+        raise CheckpointError(f"manifest {manifest.path} lacks the field 'weights.sha256'")
+    if sha256_file(path) != record["sha256"]:
         raise CheckpointError(f"weights file {path} does not match its manifest {manifest.path} (sha256 differs)")
     model = load_weights(path, manifest.model)
     training = (manifest.extra.get("checkpoint") or {}).get("training") or {}

@@ -164,6 +164,25 @@ def test_damaged_weights_file_is_refused(tiny_artifact, tmp_path):
         torch_model_for(load_manifest(tmp_path / "tiny.json"))
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"file": "../tiny.weights.safetensors"}, "not inside the artifact's folder"),
+    ({"file": "/etc/passwd"}, "not inside the artifact's folder"),
+    ({"sha256": None}, "lacks the field 'weights.sha256'"),
+])
+def test_weights_record_is_confined_and_always_hashed(tiny_artifact, tmp_path, change, message):
+    """The weights file goes through the graphs' rules: inside the artifact's folder, sha256 required."""
+    from dil.train.checkpoint import CheckpointError
+
+    for p in tiny_artifact.parent.glob("tiny.*"):
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(tmp_path / "tiny.weights.safetensors", tmp_path.parent / "tiny.weights.safetensors")
+    manifest = json.loads((tmp_path / "tiny.json").read_text())
+    manifest["weights"].update(change)
+    (tmp_path / "tiny.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=message):
+        torch_model_for(load_manifest(tmp_path / "tiny.json"))
+
+
 def test_shipped_weights_reproduce_the_shipped_graphs():
     """The shipped metro-traffic weights (recovered from its graphs) rebuild a torch module that
     reproduces both shipped ONNX graphs (ONNX Runtime, CPU) within 1e-5."""
