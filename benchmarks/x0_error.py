@@ -9,8 +9,9 @@ Run from the repository root (ONNX Runtime CPU and the torch module, the shipped
 
 `error`: on real windows of the validation part, each window's standardised target x0 is noised
 to x = alpha x0 + sigma eps at every evaluation time of the 20-step sampler; the torch module
-rebuilt from the artifact's weights predicts eps_hat, and x0_hat = (x - sigma eps_hat) / alpha
-(what the sampler's token cache stores). The table gives, per noise level, RMS and max of
+rebuilt from the artifact's weights gives its output (eps_hat, or v_hat for a v-prediction model),
+and dil.runtime.sampling.parametrisation.to_x0_eps turns it into x0_hat (what the sampler's token
+cache stores; epsilon: (x - sigma eps_hat) / alpha) and eps_hat. The table gives, per noise level, RMS and max of
 |x0_hat - x0| next to sigma / alpha, the RMS of the network's eps error, and the share of tokens
 whose x0_hat lies beyond 5 and 10 (the context's standard deviations: the standardised scale).
 
@@ -24,6 +25,9 @@ the solver uses, after the controller's adjust). A path is wild when its final s
 off). Besides CRPS, MAE of the median and coverage it counts sample paths beyond 5 and 10 context
 standard deviations, the extreme samples, and forecast rows (window, step) whose mean lies outside
 [q05, q95].
+
+`error` and `trajectories` feed the network (value, mask) contexts only: a model with time
+features or covariates is refused there (`sweep` runs the evaluation protocol, which builds them).
 """
 
 from __future__ import annotations
@@ -69,15 +73,25 @@ def load(engine: str, threads):
     return fc, spec, table
 
 
+def _without_features(fc, what: str) -> None:
+    cfg = fc.engine.config
+    if cfg.context_features != 2 or cfg.horizon_features != 1:
+        raise SystemExit(f"x0_error.py {what}: the model takes time features or covariates "
+                         f"(context_features {cfg.context_features}, horizon_features {cfg.horizon_features}); "
+                         "only `sweep` supports it")
+
+
 # -- 1. the data-prediction error per noise level -----------------------------------------------
 def x0_error(engine: str, n_windows: int, draws: int, steps: int, seed: int, threads) -> list[dict]:
     import torch
 
     from dil.evaluate.torch_baselines import load_reference
+    from dil.runtime.sampling.parametrisation import to_x0_eps
     from dil.runtime.sampling.schedule import diffusion_time_features
     from dil.runtime.scaling import context_features, context_scale, standardise
 
     fc, spec, table = load(engine, threads)
+    _without_features(fc, "error")
     ref = load_reference(engine, onnx_engine=fc.engine)
     model, schedule = ref.model.eval(), ref.schedule
     w = eval_windows(fc, spec, table, "val", n_windows)
@@ -96,9 +110,8 @@ def x0_error(engine: str, n_windows: int, draws: int, steps: int, seed: int, thr
         t_feat = torch.from_numpy(diffusion_time_features(np.full((len(ctx), draws), kappa), model.config.time_embed_dim)
                                   .astype(np.float32))
         with torch.no_grad():
-            eps_hat = model.full_step(feats, torch.from_numpy(x.astype(np.float32))[..., None], t_feat)[..., 0]
-        eps_hat = eps_hat.double().numpy()
-        x0_hat = (x - sigma * eps_hat) / alpha
+            out = model.full_step(feats, torch.from_numpy(x.astype(np.float32))[..., None], t_feat)[..., 0]
+        x0_hat, eps_hat = to_x0_eps(out.double().numpy(), x, alpha, sigma, model.config.prediction)
         err = np.abs(x0_hat - x0)
         rows.append({"kappa": float(kappa), "alpha": alpha, "sigma_over_alpha": sigma / alpha,
                      "eps_rms": float(np.sqrt(np.mean((eps_hat - eps) ** 2))),
@@ -108,12 +121,13 @@ def x0_error(engine: str, n_windows: int, draws: int, steps: int, seed: int, thr
     print(f"{len(ctx)} validation windows x {draws} noise draws x {x0.shape[-1]} tokens per noise level; "
           f"RMS of the standardised target itself (the error of predicting 0): {np.sqrt(np.mean(x0**2)):.3f}")
     low, high = eps_output_range(model)
-    print(f"the network's eps output is bounded by its output LayerNorm + Linear head: [{low:.3f}, {high:.3f}]")
+    print(f"the network's {model.config.prediction} output is bounded by its output LayerNorm + Linear head: "
+          f"[{low:.3f}, {high:.3f}]")
     return rows
 
 
 def eps_output_range(model) -> tuple[float, float]:
-    """The range of eps = head(norm_out(h)) over every h: the LayerNorm's normalised vector u has
+    """The range of the output head(norm_out(h)) (eps or v) over every h: the LayerNorm's normalised vector u has
     mean 0 and norm sqrt(D), so w . (gamma u) lies within sqrt(D) times the norm of the zero-mean
     part of w * gamma, around the offset w . beta + b."""
     gamma = model.norm_out.weight.detach().double().numpy()
@@ -159,6 +173,7 @@ def trajectories(engine: str, split: str, n_windows: int, samples: int, steps: i
     from dil.runtime.scaling import context_features, context_scale, standardise
 
     fc, spec, table = load(engine, threads)
+    _without_features(fc, "trajectories")
     w = eval_windows(fc, spec, table, split, n_windows)
     ids = [i for row, ok in zip(window_ids(w.names, w.origins), w.valid) for i, v in zip(row, ok) if v]
     ctx = w.contexts[w.valid]

@@ -3,7 +3,8 @@
     from dil.evaluate import evaluate, crps_quantile
     report = evaluate(forecast_fn, table, spec, context=168, horizon=24)   # JSON-ready dict
 
-`forecast_fn(contexts [B, L], ids) -> samples [B, N, H]` is any forecaster; `evaluate_engine` wires
+`forecast_fn(contexts [B, L], ids[, features]) -> samples [B, N, H]` is any forecaster (features: the
+batch's WindowFeatures, passed when the evaluation has any, see harness.py); `evaluate_engine` wires
 an exported artifact (dil.runtime.Forecaster) into it. The CLI is `dil-eval`.
 """
 

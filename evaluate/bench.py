@@ -12,6 +12,8 @@ Each configuration (sampler x steps x batch shape series x samples) is measured 
 of that process. CRPS is computed once per (sampler, steps) on the same W test windows for every
 run (the protocol windows of dil-eval, evenly spaced), from samples the worker writes.
 The timed batches are test-part windows too (rolling origins, evenly spaced), one per series.
+A model with time features or covariates gets them from the table rows for every sampler
+(WindowFeatures, as dil-eval; written beside the contexts for the workers).
 Torch and ONNX Runtime run with the same intra-op thread count (recorded); inter-op is sequential.
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 from dil.evaluate import bench_worker as W
 from dil.evaluate import machine
 from dil.evaluate.harness import finite_or_none, protocol_windows, score_samples, subset
+from dil.runtime.window_features import table_features
 
 TORCH_NAMES = ("torch-full", "reference-ddpm1000")
 STEPPED_NAMES = ("torch-full", "runtime-full", "runtime-dil")
@@ -106,6 +109,8 @@ class BenchRun:
     crps_ctx: str | None = None
     crps_ids: list | None = None
     crps_out: str | None = None
+    timing_feat: str | None = None  # .npz of the windows' WindowFeatures (None: the model has none)
+    crps_feat: str | None = None
 
 
 def plan_runs(cfg: BenchConfig) -> list[BenchRun]:
@@ -125,7 +130,14 @@ def plan_runs(cfg: BenchConfig) -> list[BenchRun]:
 
 
 def timing_windows(table, spec, context: int, horizon: int, count: int):
-    """`count` test-part windows for the timed batches: contexts float64 [count, L], ids.
+    """`count` test-part windows for the timed batches: contexts float64 [count, L], ids (see
+    timing_rows)."""
+    return timing_rows(table, spec, context, horizon, count)[:2]
+
+
+def timing_rows(table, spec, context: int, horizon: int, count: int):
+    """`count` test-part windows for the timed batches: contexts float64 [count, L], ids, and their
+    origins int64 [count] (for their WindowFeatures).
 
     Rolling origins (stride 1) over the test part, every series, evenly spaced; windows whose
     context has no observed value are left out; a test part with fewer windows is cycled (the
@@ -148,7 +160,16 @@ def timing_windows(table, spec, context: int, horizon: int, count: int):
     pick = pairs[np.resize(take, count)]
     ids = [f"{table.names[c]}@{int(origins[o])}" for o, c in pick]
     ids = [i if n < len(take) else f"{i}#{n // len(take)}" for n, i in enumerate(ids)]
-    return ctx[pick[:, 0], pick[:, 1]], ids
+    return ctx[pick[:, 0], pick[:, 1]], ids, origins[pick[:, 0]]
+
+
+def save_features(path: Path, feats) -> str | None:
+    """WindowFeatures to an .npz for a worker (W.load_features reads it); None for none."""
+    if feats is None:
+        return None
+    np.savez(path, context_known=feats.context_known, context_past=feats.context_past,
+             horizon_known=feats.horizon_known)
+    return str(path)
 
 
 def _launch(run: BenchRun, isolate: bool) -> dict:
@@ -218,26 +239,31 @@ def run_bench(cfg: BenchConfig, progress: bool = True, say=None) -> dict:
     if busy:
         say(f"warning: {busy}")
 
-    ew = protocol_windows(table, spec, mc.context_length, mc.horizon)
+    ew = protocol_windows(table, spec, mc.context_length, mc.horizon, features=manifest.features)
     mask = subset(ew.valid, cfg.windows)
     ids_all = np.array([[f"{n}@{int(o)}" for n in ew.names] for o in ew.origins], dtype=object)
     report_runs, crps_of = [], {}
     with tempfile.TemporaryDirectory(prefix="dil-bench-") as tmp:
         tmp = Path(tmp)
         np.save(tmp / "crps_ctx.npy", ew.contexts[mask], allow_pickle=False)
-        timing_ids = {}
+        crps_feat = save_features(tmp / "crps_feat.npz", None if ew.features is None
+                                  else ew.features.take(np.argwhere(mask)[:, 0]))
+        timing_ids, timing_feat = {}, {}
         for g in sorted(set(r.series for r in runs)):
-            ctx, timing_ids[g] = timing_windows(table, spec, mc.context_length, mc.horizon, g)
+            ctx, timing_ids[g], origins = timing_rows(table, spec, mc.context_length, mc.horizon, g)
             np.save(tmp / f"timing_{g}.npy", ctx, allow_pickle=False)
+            feats = table_features(table, manifest.features, origins, mc.context_length, mc.horizon)
+            timing_feat[g] = save_features(tmp / f"timing_{g}_feat.npz", feats)
         bar = tqdm(runs, desc="dil-bench", unit="run", disable=None if progress else True)
         for n, run in enumerate(bar):
             bar.set_postfix_str(f"{run.name} {run.series}x{run.samples} steps={run.steps or manifest.schedule.num_steps}")
             key = (run.name, run.steps)
             run = replace(run, checkpoint=None if checkpoint is None else str(checkpoint),
-                          timing_ctx=str(tmp / f"timing_{run.series}.npy"), timing_ids=timing_ids[run.series])
+                          timing_ctx=str(tmp / f"timing_{run.series}.npy"), timing_ids=timing_ids[run.series],
+                          timing_feat=timing_feat[run.series])
             if key not in crps_of:  # the first run of a (sampler, steps) also forecasts the CRPS windows
                 run = replace(run, crps_ctx=str(tmp / "crps_ctx.npy"), crps_ids=list(ids_all[mask]),
-                              crps_out=str(tmp / f"crps_{n}.npy"))
+                              crps_out=str(tmp / f"crps_{n}.npy"), crps_feat=crps_feat)
             res = _launch(run, cfg.isolate)
             if "skipped" in res:
                 if not any(x["name"] == run.name for x in skipped):

@@ -89,6 +89,16 @@ def _runtime_options(lattice: bool, cache: bool, predict) -> dict:
     raise Skip("Forecaster.predict_windows takes no lattice/cache settings")
 
 
+def load_features(path: str | None):
+    """The WindowFeatures dil-bench wrote to `path` (bench.save_features), None for none."""
+    if not path:
+        return None
+    from dil.runtime.window_features import WindowFeatures
+
+    with np.load(path, allow_pickle=False) as z:
+        return WindowFeatures(z["context_known"], z["context_past"], z["horizon_known"])
+
+
 def _runtime(spec: dict):
     from dil.runtime import Forecaster
     from dil.runtime.sampling.config import SamplerConfig
@@ -96,14 +106,14 @@ def _runtime(spec: dict):
     fc = Forecaster.load(spec["engine"], threads=spec["threads"])
     opts = _runtime_options(spec["name"] == "runtime-dil", spec["name"] == "runtime-dil", fc.predict_windows)
 
-    def forecast(ctx, ids, steps):
+    def forecast(ctx, ids, steps, feats=None):
         kw = dict(opts)
         if "config" in kw:
             kw["config"] = SamplerConfig(inference_steps=steps, **kw["config"])
         else:
             kw["steps"] = steps
         f = fc.predict_windows(ctx, num_samples=spec["samples"], seed=spec["seed"], series_keys=list(ids),
-                               batch_series=len(ids), **kw)
+                               batch_series=len(ids), features=feats, **kw)
         st = f.stats
         if st.steps != steps:  # the sampler must have run the steps asked for
             raise RuntimeError(f"{spec['name']}: asked for {steps} steps, the sampler ran {st.steps}")
@@ -125,6 +135,7 @@ def _torch(spec: dict):
     except RuntimeError:  # in-process runs: torch has already started its pools
         pass
     from dil.evaluate.reference.ancestral import ancestral_forecast
+    from dil.evaluate.torch_baselines import feature_arguments
     from dil.export.weights import load_torch_model
     from dil.evaluate.reference.sampler import reference_forecast
 
@@ -134,13 +145,15 @@ def _torch(spec: dict):
     model.full_step = timed  # instance attribute: the samplers' model.full_step(...) calls land here
     H = model.config.horizon
 
-    def forecast(ctx, ids, steps):
+    def forecast(ctx, ids, steps, feats=None):
         calls0, sec0 = timed.calls, timed.seconds
+        extra = feature_arguments(feats)
         if steps is None:
-            out = ancestral_forecast(model, schedule, ctx, spec["samples"], spec["seed"], list(ids)).samples
+            out = ancestral_forecast(model, schedule, ctx, spec["samples"], spec["seed"], list(ids), **extra).samples
             steps = schedule.num_steps
         else:
-            out = reference_forecast(model, schedule, ctx, spec["samples"], steps, spec["seed"], list(ids)).samples
+            out = reference_forecast(model, schedule, ctx, spec["samples"], steps, spec["seed"], list(ids),
+                                     **extra).samples
         calls = timed.calls - calls0
         # full_step computes every horizon token of every row (and re-encodes the context).
         tokens = len(ids) * spec["samples"] * H * calls
@@ -167,15 +180,16 @@ def run(spec: dict) -> dict:
 
     ctx = np.load(spec["timing_ctx"], allow_pickle=False)
     ids = spec["timing_ids"]
+    feats = load_features(spec.get("timing_feat"))
     steps = spec["steps"]  # None: the ancestral sampler (its T steps)
     if spec["warmup"] == "full":
-        forecast(ctx, ids, steps)
+        forecast(ctx, ids, steps, feats)
     else:  # ddpm warms up through the same module call as torch-full
-        forecast(ctx, ids, WARMUP_STEPS if steps is None else min(WARMUP_STEPS, steps))
+        forecast(ctx, ids, WARMUP_STEPS if steps is None else min(WARMUP_STEPS, steps), feats)
     latencies, engine_s, info = [], [], {}
     for _ in range(spec["repeats"]):
         t1 = time.perf_counter()
-        _, info = forecast(ctx, ids, steps)
+        _, info = forecast(ctx, ids, steps, feats)
         latencies.append(time.perf_counter() - t1)
         engine_s.append(info["engine_seconds"])
     peak = peak_rss_mb()
@@ -183,7 +197,9 @@ def run(spec: dict) -> dict:
     if spec.get("crps_out"):
         cctx = np.load(spec["crps_ctx"], allow_pickle=False)
         cids = spec["crps_ids"]
-        parts = [forecast(cctx[a : a + CRPS_CHUNK], cids[a : a + CRPS_CHUNK], steps)[0]
+        cfeat = load_features(spec.get("crps_feat"))
+        parts = [forecast(cctx[a : a + CRPS_CHUNK], cids[a : a + CRPS_CHUNK], steps,
+                          None if cfeat is None else cfeat.take(slice(a, a + CRPS_CHUNK)))[0]
                  for a in range(0, len(cids), CRPS_CHUNK)]
         np.save(spec["crps_out"], np.concatenate(parts).astype(np.float64), allow_pickle=False)
 

@@ -26,7 +26,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"{p['dataset']}: {p['windows']} test origins x {p['series']} series = {p['series_windows']} windows"
         f" ({p['skipped_windows']} skipped), context {p['context']}, horizon {p['horizon']},"
-        f" {p['samples']} samples" + (f", {p['steps']} steps" if p.get("steps") else "") + f", seed {p['seed']}",
+        f" {p['samples']} samples" + (f", {p['steps']} steps" if p.get("steps") else "") + f", seed {p['seed']}"
+        + (f"; model inputs: {p['inputs']}" if p.get("inputs") else ""),
         f"{'metric':<12} {'model':>12} {'seasonal naive':>15} {'ratio':>7}",
     ]
     for k in _ROWS:

@@ -17,15 +17,16 @@ EVAL_MEMORY_BUDGET = 256 * 2**20
 
 def forecaster_fn(forecaster, num_samples: int = 100, steps: int | None = 20, seed: int = 0,
                   stats: list | None = None, memory_budget: int = EVAL_MEMORY_BUDGET, **settings):
-    """A forecast_fn for a dil.runtime Forecaster: each window seeded by its id (batch-independent).
+    """A forecast_fn for a dil.runtime Forecaster: each window seeded by its id (batch-independent),
+    given its WindowFeatures when the model has features (the harness passes them).
     stats: a list that collects each call's SamplerStats (what the forecasts cost). memory_budget:
     bytes per sampler call (windows per engine call; the forecasts do not depend on it). settings:
     SamplerConfig fields (e.g. lattice=False, cache=False for the plain sampler)."""
 
-    def fn(contexts, ids):
+    def fn(contexts, ids, features=None):
         fc = forecaster.predict_windows(
             contexts, num_samples=num_samples, steps=steps, seed=seed, series_keys=list(ids), names=list(ids),
-            batch_series=len(ids), memory_budget=memory_budget, **settings,
+            batch_series=len(ids), memory_budget=memory_budget, features=features, **settings,
         )
         if stats is not None:
             stats.append(fc.stats)
@@ -37,7 +38,8 @@ def forecaster_fn(forecaster, num_samples: int = 100, steps: int | None = 20, se
 def engine_data(engine, manifest, dataset=None, data=None, date_column=None, columns=None, **dates):
     """(DatasetSpec, SeriesTable) to evaluate an engine on: `dataset` (bundled name) or `data` (a
     file, its dates read as `dates` say: date_format, dayfirst), else the bundled dataset and series
-    the manifest says it was trained on."""
+    the manifest says it was trained on. The table holds the covariate columns the model uses
+    (manifest.features), read raw."""
     from dil.data.registry import DATASETS
     from dil.data.datasets import resolve
     from dil.runtime.table import DataError
@@ -51,7 +53,8 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
             )
         if columns is None and trained_on.get("columns"):
             columns = list(trained_on["columns"])
-    return resolve(dataset, data, date_column, columns, **dates)
+    covariates = [c.name for c in manifest.features.covariates]
+    return resolve(dataset, data, date_column, columns, covariates=covariates or None, **dates)
 
 
 def evaluate_engine(
@@ -73,7 +76,9 @@ def evaluate_engine(
     options: the protocol (samples, steps, seed, windows, ...; steps None: the sampler's default).
     The window (L, H) is the engine's; the data default to the dataset (and series) it was trained
     on: pass `dataset` (bundled name) or `data` (a file, with date_column / columns / date_format /
-    dayfirst, see dil.runtime.table.load_table) to override.
+    dayfirst, see dil.runtime.table.load_table) to override. A model with time features or
+    covariates gets them from the table's rows (its dates, the covariate columns its manifest
+    names; the horizon's known covariates are the table's), the same for every forecaster.
     sampler: SamplerConfig fields for the model's forecasts (default: the documented defaults,
     lattice + cache on; {"lattice": False, "cache": False} is the plain DPM-Solver++ sampler).
     ddpm_windows: also sample that many evenly spaced windows with the torch module by 1000-step
@@ -84,6 +89,7 @@ def evaluate_engine(
     default) imports no torch.
     """
     from dil.runtime import Forecaster
+    from dil.runtime.window_features import describe
 
     fc = Forecaster.load(engine)
     model = fc.manifest.model
@@ -101,7 +107,8 @@ def evaluate_engine(
 
     costs = []
     fn = forecaster_fn(fc, options.samples, options.steps, options.seed, costs, **(sampler or {}))
-    ev = run_evaluation(fn, table, spec, model.context_length, model.horizon, options, subset_baselines=subset)
+    ev = run_evaluation(fn, table, spec, model.context_length, model.horizon, options, subset_baselines=subset,
+                        features=fc.features)
     if ref is not None:
         entry = ev.report["baselines"][ref.name]
         entry["sampler"] = f"ancestral DDPM (Ho et al. 2020, eq. 11), {ref.schedule.num_steps} steps, PyTorch"
@@ -112,6 +119,7 @@ def evaluate_engine(
     ev.report["protocol"]["sampler"] = {"lattice": True, "cache": True, **(sampler or {})}
     ev.report["protocol"]["tokens_computed"] = int(tokens)
     ev.report["protocol"]["token_fraction"] = tokens / full if full else None
+    ev.report["protocol"]["inputs"] = describe(fc.features)  # the time features and covariates the model used
     ev.notes = list(table.notes)  # what reading a user file repaired
     return ev
 

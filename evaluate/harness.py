@@ -7,11 +7,16 @@ remaining windows in batches; the model and every baseline are scored on exactly
 
 The forecaster is a parameter, so the protocol does not depend on the runtime:
 
-    forecast_fn(contexts: float64 [B, L] (NaN = missing), ids: list[str] of B window ids)
+    forecast_fn(contexts: float64 [B, L] (NaN = missing), ids: list[str] of B window ids[, features])
         -> samples float [B, N, H] on the original scale
 
 `ids` ("<series>@<origin row>") let a seeded forecaster draw each window's noise from its own
-stream, so a window's forecast does not depend on the batch it lands in.
+stream, so a window's forecast does not depend on the batch it lands in. When the evaluation has
+features (run_evaluation's `features`, the model's FeatureSpec with time features or covariates),
+the third argument is the batch's dil.runtime.window_features.WindowFeatures, taken from the
+table's rows (docs/model.md section 6.1: the horizon's known covariates are the table's, "known
+future"); otherwise the function is called with two arguments, so a forecaster that uses no
+features (seasonal naive, an oracle) needs none.
 
 A run is a chain of steps: protocol_windows (the windows and the seasonal naive), stream_forecasts
 per forecaster (each batch of samples reduced on arrival by metrics.StreamedScores, so memory does
@@ -28,6 +33,7 @@ import numpy as np
 
 from dil.evaluate import metrics as M
 from dil.runtime.quantiles import QUANTILE_LEVELS
+from dil.runtime.window_features import table_features
 
 # Central-interval widths of the calibration curve (coverage vs nominal level).
 CALIBRATION_WIDTHS = np.round(np.arange(1, 10) * 0.1, 1)
@@ -74,6 +80,9 @@ class EvalWindows:
     contexts: float64 [O, C, L]; targets: float64 [O, C, H] (NaN = missing).
     valid: bool [O, C], the windows that were forecast and scored.
     baseline: float64 [O, C, H] seasonal-naive forecast. timestamps: datetime64 [O] or None.
+    features: the windows' time features and covariates per origin (WindowFeatures with G = O:
+    context_known [O, L, Fk], context_past [O, L, Fp], horizon_known [O, H, Fk]; the same for
+    every series of an origin), None without features.
     forecast: the model's per-window summaries (quantiles [Q', O, C, H], median, ...; NaN where not
     valid), metrics.StreamedScores; None before the forecasts.
     """
@@ -86,6 +95,7 @@ class EvalWindows:
     baseline: np.ndarray
     timestamps: np.ndarray | None = None
     forecast: M.StreamedScores | None = None
+    features: object = None
 
     @property
     def target_mask(self) -> np.ndarray:
@@ -174,7 +184,8 @@ def stream_forecasts(fn, w: EvalWindows, mask: np.ndarray, options: EvalOptions,
         for a in range(0, len(pairs), options.batch_size):
             o, c = pairs[a : a + options.batch_size].T
             batch_ids = [str(i) for i in ids[o, c]]
-            s = fn(w.contexts[o, c], batch_ids)
+            feats = () if w.features is None else (w.features.take(o),)
+            s = fn(w.contexts[o, c], batch_ids, *feats)
             scores.add(o, c, _checked(s, (len(o), options.samples, horizon), batch_ids[0], batch_ids[-1]))
             bar.update(len(o))
     finally:
@@ -237,13 +248,15 @@ def _iso(ts) -> str | None:
 
 
 def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | None = None,
-                     season: int | None = None) -> EvalWindows:
+                     season: int | None = None, features=None) -> EvalWindows:
     """The scored test windows of the protocol, before any forecast.
 
-    table: dil.data SeriesTable (values [T, C]); spec: its DatasetSpec (split, season).
-    context, horizon: the forecaster's L and H. n_windows: evenly spaced test origins (None: all).
-    Windows whose context or target has no observed value are not valid (skipped); `baseline` is
-    the seasonal naive.
+    table: dil.data SeriesTable (values [T, C]; timestamps and covariates where `features` needs
+    them); spec: its DatasetSpec (split, season). context, horizon: the forecaster's L and H.
+    n_windows: evenly spaced test origins (None: all). features: the model's FeatureSpec (None or
+    one without features: none), whose row features (dil.runtime.features.row_features of the
+    table) give each window's WindowFeatures. Windows whose context or target has no observed
+    value are not valid (skipped); `baseline` is the seasonal naive.
     """
     from dil.data.windows import test_origins
 
@@ -270,6 +283,7 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
         valid=valid,
         baseline=M.seasonal_naive(hist, lag, horizon),
         timestamps=None if table.timestamps is None else np.asarray(table.timestamps)[origins],
+        features=table_features(table, features, origins, context, horizon),
     )
 
 
@@ -333,7 +347,7 @@ def protocol_report(table, spec, w: EvalWindows, context: int, horizon: int, opt
 
 
 def run_evaluation(forecast_fn, table, spec, context: int, horizon: int, options: EvalOptions = EvalOptions(),
-                   baselines: dict | None = None, subset_baselines: dict | None = None) -> Evaluation:
+                   baselines: dict | None = None, subset_baselines: dict | None = None, features=None) -> Evaluation:
     """Forecast every scored test window and score the model and the seasonal-naive baseline.
 
     table: dil.data SeriesTable (values [T, C]); spec: its DatasetSpec (split, season).
@@ -343,8 +357,10 @@ def run_evaluation(forecast_fn, table, spec, context: int, horizon: int, options
     subset_baselines: costly baselines {name: (forecast_fn, count)} run on `count` evenly spaced
     scored windows only; report["baselines"][name] holds their metrics plus "same_windows": the
     model's and seasonal naive's metrics on those windows (see score_subset).
+    features: the model's FeatureSpec (time features, covariates; None: none): every forecast_fn
+    then gets each batch's WindowFeatures as its third argument (see the module docstring).
     """
-    w = protocol_windows(table, spec, context, horizon, options.n_windows, options.season)
+    w = protocol_windows(table, spec, context, horizon, options.n_windows, options.season, features)
     masks = {name: subset(w.valid, count) for name, (_, count) in (subset_baselines or {}).items()}
     w.forecast = stream_forecasts(forecast_fn, w, w.valid, options, scopes=masks)
     extra = {name: stream_forecasts(fn, w, w.valid, options, desc=name).scores(ALL)
@@ -373,11 +389,12 @@ def finite_or_none(obj):
     return obj
 
 
-def evaluate(forecast_fn, table, spec, context, horizon, baselines=None, subset_baselines=None, **options) -> dict:
+def evaluate(forecast_fn, table, spec, context, horizon, baselines=None, subset_baselines=None, features=None,
+             **options) -> dict:
     """The JSON-ready report of run_evaluation, the EvalOptions given by name (samples=50, ...):
     {"model": {crps, crps_sample, crps_sum, mae, mse, coverage_50, coverage_90},
      "baselines": {"seasonal_naive": {crps, crps_sample, crps_sum, mae, mse}},
      "calibration": {nominal, observed}, "protocol": {...}}.
     CRPS figures are normalised by sum |y| (GluonTS); mae/mse are in the data's units."""
     return run_evaluation(forecast_fn, table, spec, context, horizon, EvalOptions(**options), baselines,
-                          subset_baselines).report
+                          subset_baselines, features).report

@@ -80,8 +80,9 @@ def _encode_difference(model, onnx_engine) -> float:
 
     cfg = model.config
     rng = np.random.default_rng(0)
-    ctx = np.stack([rng.standard_normal((2, cfg.context_length)), np.ones((2, cfg.context_length))], axis=-1)
-    ctx = ctx.astype(np.float32)
+    L, extra = cfg.context_length, cfg.context_features - 2  # known features and past covariates per step
+    ctx = np.concatenate([rng.standard_normal((2, L, 1)), np.ones((2, L, 1)), rng.uniform(-0.5, 0.5, (2, L, extra))],
+                         axis=-1).astype(np.float32)
     k_onnx, v_onnx = onnx_engine.encode(ctx)
     with torch.no_grad():
         k_t, v_t = model.encode(torch.from_numpy(ctx))
@@ -94,15 +95,28 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", disable=None if progress else True, leave=False)
 
 
+def feature_arguments(features) -> dict:
+    """The torch samplers' ctx_extra [G, L', Fk + Fp] and hor_feat [G, H, Fk] of a harness batch's
+    WindowFeatures (None: {}, a model without features)."""
+    if features is None:
+        return {}
+    extra = np.concatenate([np.asarray(features.context_known, dtype=np.float64),
+                            np.asarray(features.context_past, dtype=np.float64)], axis=-1)
+    return {"ctx_extra": extra if extra.shape[-1] else None,
+            "hor_feat": features.horizon_known if features.horizon_known.shape[-1] else None}
+
+
 def ddpm_forecast_fn(ref: Reference, num_samples: int = 100, seed: int = 0, progress: bool = True):
     """A harness forecast_fn: T-step ancestral sampling of the torch module, each window's noise
-    from the runtime stream of its id (the same x_T as the runtime's forecast of that window)."""
+    from the runtime stream of its id (the same x_T as the runtime's forecast of that window),
+    with the batch's features (WindowFeatures) when the model has any."""
     from dil.evaluate.reference.ancestral import ancestral_forecast
 
-    def fn(contexts, ids):
+    def fn(contexts, ids, features=None):
         bar = _bar(progress, ref.schedule.num_steps, ref.name)
         try:
-            out = ancestral_forecast(ref.model, ref.schedule, contexts, num_samples, seed, list(ids), bar.update)
+            out = ancestral_forecast(ref.model, ref.schedule, contexts, num_samples, seed, list(ids), bar.update,
+                                     **feature_arguments(features))
         finally:
             bar.close()
         return out.samples
@@ -111,10 +125,12 @@ def ddpm_forecast_fn(ref: Reference, num_samples: int = 100, seed: int = 0, prog
 
 
 def torch_full_forecast_fn(ref: Reference, num_samples: int = 100, steps: int = 20, seed: int = 0):
-    """A harness forecast_fn: the runtime's plain DPM-Solver++ sampler in PyTorch (torch-full)."""
+    """A harness forecast_fn: the runtime's plain DPM-Solver++ sampler in PyTorch (torch-full), with
+    the batch's features (WindowFeatures) when the model has any."""
     from dil.evaluate.reference.sampler import reference_forecast
 
-    def fn(contexts, ids):
-        return reference_forecast(ref.model, ref.schedule, contexts, num_samples, steps, seed, list(ids)).samples
+    def fn(contexts, ids, features=None):
+        return reference_forecast(ref.model, ref.schedule, contexts, num_samples, steps, seed, list(ids),
+                                  **feature_arguments(features)).samples
 
     return fn

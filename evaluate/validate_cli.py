@@ -51,7 +51,8 @@ def summary_lines(report: dict) -> list[str]:
     free, check = report["free_run"], report["controller_check"]
     lines = [
         f"validated {report['engine']} against {report['checkpoint']} on {report['series']} real windows x "
-        f"{report['samples']} samples, {report['steps']} steps (standardised scale)",
+        f"{report['samples']} samples, {report['steps']} steps (standardised scale"
+        + ("; random time features/covariates" if report.get("features") == "random" else "") + ")",
         f"  per-graph max abs error   encode {_fmt(report.get('encode_max_abs_err'))}  "
         f"denoise {_fmt(report.get('denoise_max_abs_err'))}",
         f"  controller check          agreement {report['controller_agreement']:.6f}  "
@@ -106,7 +107,10 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
                     and rows without flips must agree within 1e-4 * max(1, |sample|)
 
     The torch module is rebuilt from the weights the artifact ships (NAME.weights.safetensors beside
-    the graphs); no training run is needed. Exits with status 1 when a gate fails.
+    the graphs); no training run is needed. For a model with time features or covariates those
+    inputs are random stand-ins in [-0.5, 0.5], the same for both sides (the windows carry only the
+    target). Works for epsilon and v models and any context patch. Exits with status 1 when a gate
+    fails.
 
     \b
     Example:

@@ -14,6 +14,10 @@ For one artifact and the PyTorch module it was exported from, on real context wi
    engines differ from torch by ~1e-6, so a decision sitting on its threshold may flip; flips are
    listed with the margin by which the reference's quantity missed its threshold.
 
+For a model with features (context_features > 2, horizon_features > 1) the windows' extra context
+features and the horizon's known features are random (`validation_inputs.prepare_inputs`): real windows carry no
+timestamps or covariates here, and both sides receive the same values, which is what is compared.
+
 A decision unit is one token of one row at one step (computed or not, and its solver order, both
 must agree) or one series at one step (computed in full or not). Agreement = identical units / all
 units. Samples and quantiles are compared on the standardised scale (the network's).
@@ -25,8 +29,8 @@ import numpy as np
 
 from dil.runtime.quantiles import sample_quantiles
 from dil.runtime.rng import SeriesStreams
-from dil.runtime.scaling import context_features, context_scale, standardise
 from dil.evaluate.reference.sampler import ReferenceSampler, StepDecision
+from dil.evaluate.validation_inputs import prepare_inputs
 
 # Gates of a passing validation (issue 3), standardised scale.
 AGREEMENT_MIN = 0.99  # free-run decision agreement
@@ -55,9 +59,9 @@ def reference_controller(config):
     return ReferenceController(config)
 
 
-def reference_sampler(model, schedule, ctx, x_T, config, streams: SeriesStreams) -> ReferenceSampler:
+def reference_sampler(model, schedule, ctx, x_T, config, streams: SeriesStreams, hor_feat=None) -> ReferenceSampler:
     return ReferenceSampler(model, schedule, ctx, x_T, config.steps, streams, reference_controller(config),
-                            solver_order=config.solver_order, bucket=getattr(config, "bucket", 1))
+                            solver_order=config.solver_order, bucket=getattr(config, "bucket", 1), hor_feat=hor_feat)
 
 
 def effective_order(order, i: int, steps: int, shape) -> np.ndarray:
@@ -109,9 +113,10 @@ class LockstepEngine:
 
     The reference takes its step i just before the runtime plans step i (RecordingController's
     before_plan = `advance`). When the runtime asks for exactly the tokens the reference computed, it
-    gets the reference's eps/keys/values for them; otherwise (a decision differs) the call is answered
-    by the torch module on the runtime's own inputs, and counted in `mismatched_calls`.
-    `input_max_abs_diff` tracks |x_sub runtime - reference| (float32). No series limit, no device cache.
+    gets the reference's outputs (eps or v)/keys/values for them; otherwise (a decision differs) the
+    call is answered by the torch module on the runtime's own inputs, and counted in
+    `mismatched_calls`. `input_max_abs_diff` tracks |x_sub runtime - reference| (float32, noisy values
+    and known features). No series limit, no device cache.
     """
 
     max_batch = None
@@ -144,16 +149,18 @@ class LockstepEngine:
             args = (x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
             return self.graphs.denoise(*(np.array(a) for a in args))  # writable copies for torch
         idx = np.minimum(pos_sub, H - 1)  # padding entries read position H-1; their outputs are discarded
-        x_ref = np.take_along_axis(ref.cache.x_in.numpy(), idx, axis=2).astype(np.float32)
+        x_ref = np.take_along_axis(ref.cache.x_in.numpy(), idx, axis=2).astype(np.float32)[..., None]
+        if ref.feat_pad is not None:  # the reference's known features of the same tokens
+            x_ref = np.concatenate([x_ref, ref.feat_pad.numpy()[np.arange(G)[:, None, None], idx]], axis=-1)
         real = pos_sub < H
         if real.any():
-            diff = np.abs(x_ref - np.asarray(x_sub)[..., 0])[real]
+            diff = np.abs(x_ref - np.asarray(x_sub))[real]
             self.input_max_abs_diff = max(self.input_max_abs_diff, float(diff.max()))
-        eps = np.take_along_axis(ref.last_eps.numpy(), idx, axis=2)[..., None]
+        out = np.take_along_axis(ref.last_out.numpy(), idx, axis=2)[..., None]
         kv_idx = idx[None, ..., None]
         k = np.take_along_axis(ref.cache.k.numpy(), kv_idx, axis=3)
         v = np.take_along_axis(ref.cache.v.numpy(), kv_idx, axis=3)
-        return eps, k, v
+        return out, k, v
 
     def device_cache(self, G: int, N: int, H: int) -> None:
         return None
@@ -253,26 +260,16 @@ def compare_forecasts(x_runtime: np.ndarray, x_reference: np.ndarray, rows_flipp
 
 # ---------------------------------------------------------------------------------------------
 # The two runs.
-def prepare_inputs(contexts: np.ndarray, context_length: int, horizon: int, samples: int, seed: int, keys=None):
-    """(ctx features float32 [G, L, 2], x_T float64 [G, N, H], streams) from raw context windows
-    float [G, L'] (NaN = missing), standardised per window as the runtime does; streams: the
-    SeriesStreams of (seed, keys; default 0..G-1), x_T drawn from them."""
-    ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -context_length:])
-    streams = SeriesStreams(seed, range(ctx.shape[0]) if keys is None else keys)
-    loc, scale = context_scale(ctx)
-    x_T = streams.initial_noise(samples, horizon)
-    return context_features(standardise(ctx, loc, scale)), x_T, streams
-
-
-def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, streams: SeriesStreams) -> dict:
+def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, streams: SeriesStreams,
+                     hor_feat=None) -> dict:
     """Runtime and reference controllers fed the same (torch) network outputs, in lockstep."""
     from dil.export.graph_check import TorchGraphs
     from dil.runtime.sampling.sampler import sample
 
-    ref = reference_sampler(model, schedule, ctx, x_T, config, streams)
+    ref = reference_sampler(model, schedule, ctx, x_T, config, streams, hor_feat)
     engine = LockstepEngine(ref, TorchGraphs(model), model.config)
     rec = RecordingController(runtime_controller(config), before_plan=engine.advance)
-    result = sample(engine, schedule, ctx, x_T, config, streams, controller=rec)
+    result = sample(engine, schedule, ctx, x_T, config, streams, controller=rec, hor_feat=hor_feat)
     cmp = compare_decisions(rec.decisions, ref.decisions)
     rows = cmp.pop("rows_flipped")
     out = {"controller_agreement": cmp["agreement"], **cmp, "mismatched_calls": engine.mismatched_calls,
@@ -282,13 +279,14 @@ def controller_check(model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, 
     return out
 
 
-def free_run(engine, model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, streams: SeriesStreams) -> dict:
+def free_run(engine, model, schedule, ctx: np.ndarray, x_T: np.ndarray, config, streams: SeriesStreams,
+             hor_feat=None) -> dict:
     """Each side with its own network: the runtime on `engine` (ONNX Runtime), the reference on torch."""
     from dil.runtime.sampling.sampler import sample
 
     rec = RecordingController(runtime_controller(config))
-    result = sample(engine, schedule, ctx, x_T, config, streams, controller=rec)
-    ref = reference_sampler(model, schedule, ctx, x_T, config, streams)
+    result = sample(engine, schedule, ctx, x_T, config, streams, controller=rec, hor_feat=hor_feat)
+    ref = reference_sampler(model, schedule, ctx, x_T, config, streams, hor_feat)
     x_ref = ref.run()
     cmp = compare_decisions(rec.decisions, ref.decisions)
     rows = cmp.pop("rows_flipped")
@@ -323,10 +321,9 @@ def validate_sampler(engine, model, schedule, contexts: np.ndarray, config, samp
     engine: an OnnxEngine; model: the torch ScoreNet; config: a runtime SamplerConfig. graph_report:
     the per-graph section (validate_graphs) to include. Returns the JSON-ready report.
     """
-    cfg = model.config
-    ctx, x_T, streams = prepare_inputs(contexts, cfg.context_length, cfg.horizon, samples, seed)
-    check = controller_check(model, schedule, ctx, x_T, config, streams)
-    run = free_run(engine, model, schedule, ctx, x_T, config, streams)
+    ctx, hor_feat, x_T, streams = prepare_inputs(contexts, model.config, samples, seed)
+    check = controller_check(model, schedule, ctx, x_T, config, streams, hor_feat)
+    run = free_run(engine, model, schedule, ctx, x_T, config, streams, hor_feat)
     report = {}
     if graph_report is not None:
         report["encode_max_abs_err"] = graph_report["graphs"]["encode"]["max_abs_err"]
@@ -342,6 +339,7 @@ def validate_sampler(engine, model, schedule, contexts: np.ndarray, config, samp
         "samples": int(samples),
         "steps": int(config.steps),
         "seed": int(seed),
+        "features": "random" if hor_feat is not None or ctx.shape[2] > 2 else "none",
         "controller_check": {k: v for k, v in check.items() if k != "flips"} | {"flips": check["flips"]},
         "free_run": {k: v for k, v in run.items() if k != "flips"},
     })

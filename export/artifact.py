@@ -3,6 +3,9 @@
     export_artifact("runs/NAME", "engines")
         ->  engines/NAME.encode.onnx, NAME.denoise.onnx, NAME.weights.safetensors, NAME.json
 
+The manifest's model config (with its per-step input widths, prediction and context patch) and its
+"features" (time features, covariate statistics) are the run's, as dil-train recorded them.
+
 The steps (`export_stages` lists them, in order, for the progress display): refuse a run whose
 training did not finish (unless allowed), load the checkpoint, export both graphs into a temporary
 folder inside the output folder, validate them against the PyTorch module
@@ -292,6 +295,7 @@ def _fp32_artifact(ckpt: Checkpoint, work: Path, manifest_path: Path, opts: Expo
         data=_data_record(ckpt.data, ckpt.config),
         graphs={g: _graph_entry(p, axes) for g, p in graphs.items()},
         precision=PRECISION,
+        features=ckpt.features,  # the run's time features and covariate statistics (docs/model.md 1.4)
         validation=report,
         versions=_versions(),
         extra={"dynamic_axes": axes,
@@ -343,7 +347,7 @@ def _fp16_artifact(ckpt: Checkpoint, fp32: _Artifact, work: Path, opts: ExportOp
     manifest = Manifest(
         name=variant, model=ckpt.config, schedule=ckpt.schedule, data=base.data,
         graphs={g: _graph_entry(p, axes) for g, p in paths.items()}, precision="fp16", validation=report,
-        versions=base.versions,
+        versions=base.versions, features=base.features,
         extra={**base.extra, "fp16": {"source_artifact": base.path.name, "kept_fp32_ops": sorted(KEEP_FP32_OPS),
                                       "io": "float32", "conversion": conversion}},
         path=base.path.parent / f"{variant}.json",

@@ -3,8 +3,9 @@
 For each graph, ONNX Runtime (CPU provider) and the PyTorch module get identical inputs and their
 outputs are compared: max abs error and max rel error, on random inputs and on real inputs (context
 windows of the checkpoint's training data, noisy horizons at a few diffusion times of the schedule),
-at several shapes: S < H, S = H, G = N = 1, L < context_length, H < horizon and padding entries
-(pos_sub == H). Then the subset equivalence: `denoise` on a subset of tokens, with the other tokens'
+at several shapes: S < H, S = H, G = N = 1, L < context_length (a multiple of context_patch),
+H < horizon and padding entries (pos_sub == H). A model's known features and past-only covariates
+are random inputs in both kinds (real windows carry only the target). Then the subset equivalence: `denoise` on a subset of tokens, with the other tokens'
 cache fresh from a full step and valid, reproduces the full step's rows (each engine on its own).
 
 Errors are on the standardised scale the network works on (eps and keys/values). The relative error
@@ -35,7 +36,8 @@ REAL_TIMES = 5  # diffusion times of the real noisy horizons (from the sampling 
 
 @dataclass(frozen=True)
 class Shape:
-    """One validation shape: G contexts, N rows each, S computed tokens, context L, horizon H.
+    """One validation shape: G contexts, N rows each, S computed tokens, context L steps (a
+    multiple of context_patch), horizon H.
 
     pad: some rows carry padding entries (pos_sub == H) in place of their last tokens.
     """
@@ -53,8 +55,8 @@ class Shape:
 
 def validation_shapes(config: ModelConfig) -> list[Shape]:
     """The shapes every export is checked at (distinct; all within the graphs' dynamic ranges)."""
-    L, H = config.context_length, config.horizon
-    half_h, half_l = max(1, H // 2), max(1, L // 2)
+    L, H, P = config.context_length, config.horizon, config.context_patch
+    half_h, half_l = max(1, H // 2), max(P, (L // 2) // P * P)  # context lengths are multiples of P
     shapes = [
         Shape(2, 3, half_h, L, H, pad=True),  # S < H with padding
         Shape(2, 2, H, L, H),  # S = H: a full step
@@ -119,8 +121,9 @@ def errors(outputs, references) -> tuple[float, float]:
 # Inputs.
 @dataclass
 class Case:
-    """The inputs of one check: ctx f32 [G, L, Fc] (network features); x the noisy horizon f32
-    [G, N, H, 1]; t_feat f32 [G, N, E]. kind: "random" or "real"."""
+    """The inputs of one check: ctx f32 [G, L, Fc] (network features); x the horizon tokens' inputs
+    f32 [G, N, H, Fh] (noisy value, then known features); t_feat f32 [G, N, E]. kind: "random" or
+    "real"."""
 
     ctx: np.ndarray
     x: np.ndarray
@@ -145,15 +148,29 @@ def _time_features(kappa: np.ndarray, dim: int) -> np.ndarray:
     return diffusion_time_features(kappa, dim).astype(np.float32)
 
 
+def _with_features(config: ModelConfig, ctx: np.ndarray, x: np.ndarray, rng: np.random.Generator):
+    """(ctx [G, L, Fc], x [G, N, H, Fh]) from (value, mask) ctx [G, L, 2] and noisy values x
+    [G, N, H, 1]: random known features and past-only covariates appended, uniform in [-1, 1]; the
+    horizon's known features are a series' own, the same for all its samples."""
+    G, L = ctx.shape[:2]
+    N, H = x.shape[1:3]
+    extra, Fk = config.context_features - 2, config.horizon_features - 1
+    ctx = np.concatenate([ctx, rng.uniform(-1, 1, (G, L, extra)).astype(np.float32)], axis=-1)
+    feat = np.broadcast_to(rng.uniform(-1, 1, (G, 1, H, Fk)), (G, N, H, Fk))
+    return ctx, np.concatenate([x, feat.astype(np.float32)], axis=-1)
+
+
 def random_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, rng: np.random.Generator) -> Case:
-    """Standard-normal context values (random observed mask) and noisy horizon; random times."""
+    """Standard-normal context values (random observed mask) and noisy horizon; random times and
+    features."""
     G, N, L, H = shape.G, shape.N, shape.L, shape.H
     z = rng.standard_normal((G, L))
     z[rng.random((G, L)) < 0.1] = np.nan  # missing context values, as in real data
     z[:, -1] = rng.standard_normal(G)  # keep every window scalable
-    x = rng.standard_normal((G, N, H, config.horizon_features)).astype(np.float32)
+    x = rng.standard_normal((G, N, H, 1)).astype(np.float32)
     kappa = rng.uniform(0.0, schedule.num_steps - 1, size=(G, N))
-    return Case(context_features(z), x, _time_features(kappa, config.time_embed_dim), shape, "random")
+    ctx, x = _with_features(config, context_features(z), x, rng)
+    return Case(ctx, x, _time_features(kappa, config.time_embed_dim), shape, "random")
 
 
 def real_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, windows, rng: np.random.Generator) -> Case:
@@ -172,8 +189,9 @@ def real_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, window
     kappa = grid[np.arange(G * N).reshape(G, N) % grid.size]
     alpha, sigma = schedule.alpha(kappa)[..., None], schedule.sigma(kappa)[..., None]
     x = alpha * x0[:, None, :] + sigma * rng.standard_normal((G, N, H))
-    feats = context_features(standardise(ctx, loc, scale))
-    return Case(feats, x[..., None].astype(np.float32), _time_features(kappa, config.time_embed_dim), shape, "real")
+    values = context_features(standardise(ctx, loc, scale))
+    feats, x = _with_features(config, values, x[..., None].astype(np.float32), rng)
+    return Case(feats, x, _time_features(kappa, config.time_embed_dim), shape, "real")
 
 
 def _full_step_args(case: Case, k_ctx, v_ctx, layers: int, D: int):

@@ -2,6 +2,10 @@
 
 `encode` and `denoise` become two graphs with the dynamic axes G, N, S, L, H, exported with the
 dynamo exporter (opset 18: native LayerNormalization). Each file is written atomically.
+
+With context patches (P = context_patch > 1) the context has two lengths: ctx carries L steps
+(a multiple of P, exported as the derived dimension P * Lp) and k_ctx/v_ctx carry Lp = L / P
+tokens; the graphs' I/O name them "L" and "Lp". With P = 1 both are "L", as before.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ OPSET = 18
 
 
 class EncodeGraph(nn.Module):
-    """ctx [G, L, Fc] -> k_ctx, v_ctx [layers, G, L, D]."""
+    """ctx [G, L, Fc] -> k_ctx, v_ctx [layers, G, L/P, D]."""
 
     def __init__(self, model: ScoreNet):
         super().__init__()
@@ -48,8 +52,9 @@ class DenoiseGraph(nn.Module):
 def example_inputs(model: ScoreNet, G: int = 2, N: int = 3, S: int | None = None, seed: int = 0):
     """Random example inputs for both graphs (float32; pos_sub int64).
 
-    Returns (ctx [G, L, Fc], denoise_args tuple in DENOISE_INPUTS order). L and H are the
-    configured maxima; S defaults to H - 1 so that it differs from H during tracing.
+    Returns (ctx [G, L, Fc], denoise_args tuple in DENOISE_INPUTS order; x_sub [G, N, S, Fh] holds
+    the noisy value and Fh - 1 known features). L (a multiple of P) and H are the configured
+    maxima; S defaults to H - 1 so that it differs from H during tracing.
     """
     cfg = model.config
     L, H, D, layers = cfg.context_length, cfg.horizon, cfg.d_model, cfg.num_layers
@@ -72,22 +77,39 @@ def example_inputs(model: ScoreNet, G: int = 2, N: int = 3, S: int | None = None
 
 
 def _dims(model: ScoreNet):
+    """(encode, denoise) dynamic shapes for torch.export. The context steps L and the context
+    tokens Lp = L / P: one dimension when P = 1; with P > 1, L = P * Lp (a derived dimension, so
+    that the exporter knows L divides by P); a model with one context token has them static."""
     cfg = model.config
+    P, tokens = cfg.context_patch, cfg.context_tokens
     G, N, S = Dim("G", min=1), Dim("N", min=1), Dim("S", min=1)
-    L = Dim("L", min=1, max=cfg.context_length)
+    if P == 1:
+        L = Lp = Dim("L", min=1, max=cfg.context_length)
+    elif tokens > 1:
+        Lp = Dim("Lp", min=1, max=tokens)
+        L = P * Lp
+    else:
+        L = Lp = None
     H = Dim("H", min=1, max=cfg.horizon)
-    encode = ({0: G, 1: L},)
+    ctx_axes = {0: G} if L is None else {0: G, 1: L}
+    kv_axes = {1: G} if Lp is None else {1: G, 2: Lp}
+    encode = (ctx_axes,)
     denoise = (
         {0: G, 1: N, 2: S},
         {0: G, 1: N, 2: S},
         {0: G, 1: N},
-        {1: G, 2: L},
-        {1: G, 2: L},
+        kv_axes,
+        kv_axes,
         {1: G, 2: N, 3: H},
         {1: G, 2: N, 3: H},
         {0: G, 1: N, 2: H},
     )
     return encode, denoise
+
+
+# The names of the context axes in the graphs' I/O with P > 1 (the exporter writes "24*Lp" for
+# ctx's and an internal symbol for the encode outputs'): (tensor, axis) -> name.
+_CONTEXT_AXIS_NAMES = {("ctx", 1): "L", ("k_ctx", 2): "Lp", ("v_ctx", 2): "Lp"}
 
 
 @contextlib.contextmanager
@@ -104,8 +126,12 @@ def _quiet():
         logger.setLevel(level)
 
 
-def export_graph(module: nn.Module, args: tuple, dynamic_shapes, input_names, output_names, path) -> None:
-    """Export one graph to `path` atomically (dynamo exporter, opset 18, weights inside the file)."""
+def export_graph(module: nn.Module, args: tuple, dynamic_shapes, input_names, output_names, path,
+                 axis_names: dict | None = None) -> None:
+    """Export one graph to `path` atomically (dynamo exporter, opset 18, weights inside the file).
+
+    axis_names: {(I/O tensor, axis): name} given to those dynamic axes of the graph's inputs/outputs.
+    """
     with _quiet(), atomic_path(Path(path)) as tmp:
         program = torch.onnx.export(
             module,
@@ -118,15 +144,21 @@ def export_graph(module: nn.Module, args: tuple, dynamic_shapes, input_names, ou
             external_data=False,
         )
         program.save(str(tmp))
-        _strip_source_locations(tmp)
+        _strip_source_locations(tmp, axis_names or {})
 
 
-def _strip_source_locations(path) -> None:
+def _strip_source_locations(path, axis_names: dict) -> None:
     """Drop the per-node metadata the exporter records (each node's Python stack trace and name
-    scopes, i.e. file paths of the machine that exported): an artifact must not carry them."""
+    scopes, i.e. file paths of the machine that exported): an artifact must not carry them.
+    Also names the I/O axes of `axis_names` ({(tensor, axis): name}, dynamic axes only)."""
     import onnx
 
     proto = onnx.load(str(path))
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        for (tensor, axis), name in axis_names.items():
+            dims = value.type.tensor_type.shape.dim
+            if value.name == tensor and axis < len(dims) and dims[axis].dim_param:
+                dims[axis].dim_param = name
 
     def graphs(graph):
         yield graph
@@ -158,19 +190,29 @@ def export_onnx(model: ScoreNet, out_dir, name: str, progress=None) -> dict[str,
         "encode": (EncodeGraph(model), (ctx,), enc_dims, ENCODE_INPUTS, ENCODE_OUTPUTS),
         "denoise": (DenoiseGraph(model), den_args, den_dims, DENOISE_INPUTS, DENOISE_OUTPUTS),
     }
+    names = _CONTEXT_AXIS_NAMES if model.config.context_patch > 1 else None
     for graph, job in jobs.items():
         if progress is not None:
             progress(graph)
-        export_graph(*job, paths[graph])
+        export_graph(*job, paths[graph], axis_names=names)
     return paths
 
 
 def dynamic_axes(config) -> dict:
-    """The graphs' dynamic axes and their ranges (None: unbounded), as the manifest records them."""
-    return {
+    """The graphs' dynamic axes and their ranges (None: unbounded), as the manifest records them.
+
+    With context patches (P > 1): L (context steps) takes multiples of P ("step": P) and Lp is the
+    number of context tokens, L / P.
+    """
+    P = config.context_patch
+    axes = {
         "G": {"min": 1, "max": None},
         "N": {"min": 1, "max": None},
         "S": {"min": 1, "max": None},
         "L": {"min": 1, "max": config.context_length},
         "H": {"min": 1, "max": config.horizon},
     }
+    if P > 1:
+        axes["L"] = {"min": P, "max": config.context_length, "step": P}
+        axes["Lp"] = {"min": 1, "max": config.context_tokens}
+    return axes

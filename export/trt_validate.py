@@ -28,7 +28,8 @@ TRT_FP32_TOLERANCE = 1e-3  # TensorRT float32 (TF32 off) vs ONNX Runtime: differ
 
 
 def profile_shapes(profile: dict) -> list[Shape]:
-    """Validation shapes inside the profile: min corner, opt corner, and a padded subset at opt."""
+    """Validation shapes inside the profile: min corner, opt corner, and a padded subset at opt.
+    (The profile's context lengths L are in steps, multiples of the model's context_patch.)"""
     def at(k):
         return {a: profile[a][k] for a in ("G", "N", "S", "L", "H")}
 
@@ -57,7 +58,8 @@ def _device_cache_error(engine, case, config, rng) -> float:
             computed = np.zeros((G, N, H + 1), bool)
             np.put_along_axis(computed, p, True, axis=-1)
             valid = (valid_after * ~computed[..., :H]).astype(np.float32)
-        x = np.take_along_axis(np.concatenate([case.x, np.zeros((G, N, 1, 1), np.float32)], 2), p[..., None], 2)
+        pad = np.zeros((G, N, 1, case.x.shape[-1]), np.float32)  # padding entries read zeros
+        x = np.take_along_axis(np.concatenate([case.x, pad], 2), p[..., None], 2)
         eps_dev = engine.denoise_cached(x, p, case.t_feat, k_ctx, v_ctx, cache, valid)
         eps_host, k_sub, v_sub = engine.denoise(x, p, case.t_feat, k_ctx, v_ctx, host_k, host_v, valid)
         g, n, s = np.nonzero(p < H)

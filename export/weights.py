@@ -55,7 +55,8 @@ def load_artifact_model(manifest: Manifest) -> Checkpoint:
         raise CheckpointError(f"weights file {path} does not match its manifest {manifest.path} (sha256 differs)")
     model = load_weights(path, manifest.model)
     training = (manifest.extra.get("checkpoint") or {}).get("training") or {}
-    return Checkpoint(model, manifest.model, manifest.schedule, dict(manifest.data), dict(training), path)
+    return Checkpoint(model, manifest.model, manifest.schedule, dict(manifest.data), dict(training), path,
+                      manifest.features)
 
 
 def check_exported_from(manifest: Manifest, run_dir) -> None:

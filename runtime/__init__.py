@@ -2,6 +2,7 @@
 
     from dil.runtime import Forecaster
     forecast = Forecaster.load("engines/metro-traffic.onnx").predict(history, num_samples=100)
+    # a model with covariates: .predict(history, covariates=frame), the history's rows then the horizon's
 
 onnxruntime is imported when an engine is loaded and pandas only where a DataFrame is read or
 written, so importing this package stays quick.
@@ -17,6 +18,7 @@ from dil.runtime.quantiles import QUANTILE_LEVELS
 from dil.runtime.rng import SeriesStreams
 from dil.runtime.sampling.config import SamplerConfig
 from dil.runtime.sampling.stats import SamplerStats
+from dil.runtime.window_features import WindowFeatures
 
 __all__ = [
     "EngineError",
@@ -32,5 +34,6 @@ __all__ = [
     "SamplerConfig",
     "SamplerStats",
     "SeriesStreams",
+    "WindowFeatures",
     "load_manifest",
 ]

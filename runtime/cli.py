@@ -117,7 +117,35 @@ def _bad_series(table, context: int, skip: bool):
     return table.select(kept), f"warning: skipped {len(bad)} of {table.n_series} series with {what}: {_name_list(bad)}"
 
 
-def _summary(table, forecast, config, wall: float, out, plot) -> str:
+def _future_rows(table, spec):
+    """(history table, note line or None): for a model with known covariates
+    the rows after the last row with an observed target are the future steps, whose covariates
+    the forecast uses (docs/model.md section 5); they are not part of the history. Other models
+    take the whole table as history (trailing empty rows are missing context values)."""
+    import numpy as np
+
+    T = table.n_steps
+    if not spec.known_covariates:
+        return table, None
+    observed = np.flatnonzero(~np.isnan(table.values).all(axis=1))
+    end = int(observed[-1]) + 1 if observed.size else T
+    if end == T:
+        return table, None
+    when = f" (from {pd_time(table.timestamps[end])})" if table.timestamps is not None else ""
+    note = (f"note: the last {T - end} rows of {table.source}{when}, after the last observed value, are the forecast "
+            f"steps: their known covariates ({', '.join(spec.known_covariates)}) are used")
+    return table.slice(0, end), note
+
+
+def pd_time(t) -> str:
+    import pandas as pd
+
+    return str(pd.Timestamp(t))
+
+
+def _summary(table, forecast, config, wall: float, out, plot, spec) -> str:
+    from dil.runtime.window_features import describe
+
     G, N, H = forecast.samples.shape
     where = f" -> {out}" if out else ""
     if config.plain:
@@ -127,7 +155,7 @@ def _summary(table, forecast, config, wall: float, out, plot) -> str:
         how = f"the fast sampler ({' + '.join(parts)}, {forecast.stats.token_fraction:.0%} of tokens computed)"
     text = (
         f"forecast {G} series x {H} steps from {table.source} ({N} samples, {config.steps} steps of "
-        f"{how}) in {wall:.2f} s{where}"
+        f"{how}; model inputs: {describe(spec)}) in {wall:.2f} s{where}"
     )
     if not plot:
         return text
@@ -186,7 +214,10 @@ def _settings(kwargs: dict) -> dict:
                    "[default: the shipped metro-traffic model]")
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="Table to forecast (.csv, .csv.gz, .txt, .parquet): rows are time steps, columns are series. "
-                   "The last context_length rows of each series are used; empty cells are missing values.")
+                   "The last context_length rows of each series are used; empty cells are missing values. A model "
+                   "trained with covariates reads its covariate columns (named in its manifest) too; with known "
+                   "covariates, the rows after the last observed value (series empty, covariates filled) are the "
+                   "future steps and must hold them for every forecast step.")
 @click.option("--date-column", default=None, metavar="C", help="Name of the timestamp column (gives dated forecasts).")
 @click.option("--date-format", default=None, metavar="FMT",
               help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' [default: ISO dates as such; other "
@@ -232,6 +263,12 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
     (by name), else every numeric column (a note on stderr names them). Notes and warnings about
     the input (duplicate timestamps, unsorted rows, skipped series) go to stderr, one line each.
 
+    A model trained with time features needs --date-column; one trained with covariates reads
+    them from the columns its manifest names (never forecast). Known-future covariates (e.g. a
+    holiday calendar, a weather forecast) of the forecast steps go in the rows after the last
+    observed value: series cells empty, covariate cells filled, one row per forecast step. The
+    summary line says which inputs the model used.
+
     Output: one row per series and future step with the columns series, timestamp (or step
     1..H when the table has no date column), mean, median and the 19 quantiles q05, q10, ..., q95.
 
@@ -248,7 +285,7 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
     from dil.runtime.table import DataError, load_table
     from dil.runtime.backends.onnx_engine import EngineError
     from dil.runtime.forecaster import ForecastError, Forecaster
-    from dil.runtime.manifest import ManifestError
+    from dil.runtime.manifest import ManifestError, default_artifact, load_manifest
 
     from dil.runtime.sampling.config import sampler_config
 
@@ -258,20 +295,25 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
                                 **_settings(sampler_settings))
         _check_outputs(out, plot)
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+        spec = load_manifest(engine if engine is not None else default_artifact()).features  # checked before any work
+        if spec.time_features and date_column is None:
+            raise DataError(f"the model uses time features ({', '.join(spec.time_features)}): pass --date-column")
         table = load_table(input_path, date_column=date_column, columns=cols, date_format=date_format,
-                           dayfirst=dayfirst)
+                           dayfirst=dayfirst, covariates=[c.name for c in spec.covariates])
         for line in table.notes:
             _say(line)
         forecaster = Forecaster.load(engine, threads=threads)
         table, note = _series_to_forecast(table, forecaster.manifest.data.get("columns"), cols is not None)
+        covariates = table.covariates  # every row: the history's, then the future steps'
+        table, future = _future_rows(table, spec)
         table, warning = _bad_series(table, forecaster.context_length, skip_bad_series)
-        for line in (note, warning):
+        for line in (note, future, warning):
             if line:
                 _say(line)
         forecast = forecaster.predict(
             table.values, num_samples=samples, seed=seed, series_ids=table.names,
             timestamps=table.timestamps, freq=table.freq, batch_series=batch_series,
-            progress=True, config=config,
+            progress=True, config=config, covariates=covariates,
         )
         frame = forecast.to_frame()
         image = None
@@ -294,7 +336,7 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
 
     wall = time.perf_counter() - start
     echo = (lambda s: click.echo(s, err=True)) if out is None else click.echo
-    echo(_summary(table, forecast, config, wall, out, plot))
+    echo(_summary(table, forecast, config, wall, out, plot, spec))
     if show_stats:
         echo(_stats_text(forecast.stats))
 

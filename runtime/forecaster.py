@@ -11,6 +11,12 @@ own noise stream keyed by its name (dil.runtime.rng), so its forecast is the sam
 series share the call, in whatever order, and whatever `batch_series` and `memory_budget` are.
 Samples run in blocks of at most SAMPLE_BLOCK per sampler call, so memory does not grow with
 num_samples (dil.runtime.sampling.chunks, docs/sampler.md section 12).
+
+A model trained with time features or covariates (`Forecaster.features`, the manifest's
+FeatureSpec) gets them too: `predict` computes the time features from the history's dates and the
+future steps' and takes the covariates from `covariates=` (the history's rows, then the future
+steps' rows, which must hold every known covariate); `predict_windows` takes them ready-made as a
+`WindowFeatures` (dil.runtime.window_features, what the evaluation builds from a table's rows).
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from dil.runtime.sampling.config import SamplerConfig, check_int, sampler_config
 from dil.runtime.sampling.contracts import Engine
 from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.stats import SamplerStats
-from dil.runtime.scaling import ScalingError, context_features, context_scale, standardise
+from dil.runtime.scaling import ScalingError, context_scale, standardise
+from dil.runtime.window_features import (FeatureInputError, WindowFeatures, check_window_features, future_dates,
+                                         history_features)
 
 DEFAULT_BATCH_SERIES = 16
 
@@ -40,7 +48,8 @@ class ArtifactEngine(Engine, Protocol):
 
 
 class ForecastError(ValueError):
-    """The history cannot be forecast (too short, Inf values, an all-missing context, ...)."""
+    """The history cannot be forecast (too short, Inf values, an all-missing context, missing
+    dates or covariates the model needs, ...)."""
 
 
 @dataclass
@@ -130,21 +139,6 @@ def _as_table(history, series_ids, timestamps, freq):
     return values, names, timestamps, freq
 
 
-def _future_timestamps(timestamps, freq, horizon: int):
-    """datetime64[ns] [H] after the last history timestamp, or None without a known step."""
-    if timestamps is None:
-        return None
-    import pandas as pd
-
-    index = pd.DatetimeIndex(timestamps)
-    if freq is None and len(index) >= 3:
-        freq = pd.infer_freq(index)
-    if freq is None or len(index) == 0:
-        return None
-    future = pd.date_range(index[-1], periods=horizon + 1, freq=freq)[1:]
-    return future.to_numpy(dtype="datetime64[ns]")
-
-
 def _check_finite(values: np.ndarray, names, where: str) -> None:
     """values: [rows, C]; raise ForecastError naming the first Inf's series and row."""
     inf = np.isinf(values)
@@ -184,10 +178,15 @@ class Forecaster:
     def horizon(self) -> int:
         return self.config.horizon
 
+    @property
+    def features(self):
+        """The model's inputs beyond the target (dil.runtime.features.FeatureSpec, from the manifest)."""
+        return self.manifest.features
+
     def predict(self, history, num_samples: int = 100, steps: int | None = None, seed: int = 0, series_ids=None,
                 timestamps=None, freq: str | None = None, batch_series: int = DEFAULT_BATCH_SERIES,
                 solver_order: int | None = None, progress: bool = False, config: SamplerConfig | None = None,
-                memory_budget: int = DEFAULT_MEMORY_BUDGET, **settings) -> Forecast:
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, covariates=None, **settings) -> Forecast:
         """Forecast the next `horizon` steps of every series in `history`.
 
         history: float array [T] (one series) or [T, C] (rows = time steps, columns = series), or a
@@ -203,28 +202,46 @@ class Forecaster:
         solver_order and any other SamplerConfig field given by name (e.g. lattice=False,
         cache=False, K=3, entropy_budget=0.1) override it. Bad settings raise ValueError naming
         the setting and its valid range before any engine call.
+
+        A model with features (`self.features`): time features need the history's dates (a
+        DatetimeIndex or timestamps=; the future steps follow at freq, inferred, else the model's);
+        covariates: a DataFrame (or dict of columns) holding the model's covariate columns as
+        written in a table (numbers or text, NaN/None = missing), by position: the T history rows,
+        then the H future rows, where every known covariate must be present (rows beyond T + H
+        are ignored; past-only covariates need only the history rows). Columns the model does not
+        use are ignored. Missing dates or covariates raise ForecastError naming what is missing
+        (the column and the future rows), before any engine call.
         """
         sampler_config(config, inference_steps=steps, solver_order=solver_order, **settings)  # before any work
         values, names, times, freq = _as_table(history, series_ids, timestamps, freq)
-        L = self.context_length
+        L, H = self.context_length, self.horizon
         if values.shape[0] < L:
             raise ForecastError(f"history has {values.shape[0]} rows, the model needs at least {L} (context_length)")
         if times is not None and len(times) != values.shape[0]:
             raise ForecastError(f"timestamps has {len(times)} entries for {values.shape[0]} history rows")
         _check_finite(values, names, "the history")
+        try:
+            future = future_dates(self.features, times, freq, H)
+            one = history_features(self.features, values.shape[0], L, H, times, future, covariates)
+        except FeatureInputError as exc:
+            raise ForecastError(str(exc)) from None
+        C = values.shape[1]
+        features = None if one is None else WindowFeatures(*(np.repeat(a, C, axis=0) for a in (
+            one.context_known, one.context_past, one.horizon_known)))
         contexts = values[-L:].T  # [C, L]
         forecast = self.predict_windows(
             contexts, num_samples, steps, seed, series_keys=names, batch_series=batch_series,
             solver_order=solver_order, progress=progress, names=names, config=config,
-            memory_budget=memory_budget, **settings,
+            memory_budget=memory_budget, features=features, **settings,
         )
-        forecast.timestamps = _future_timestamps(times, freq, self.horizon)
+        forecast.timestamps = future
         return forecast
 
     def predict_windows(self, contexts, num_samples: int = 100, steps: int | None = None, seed: int = 0,
                         series_keys=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int | None = None,
                         progress: bool = False, names=None, config: SamplerConfig | None = None,
-                        memory_budget: int = DEFAULT_MEMORY_BUDGET, **settings) -> Forecast:
+                        memory_budget: int = DEFAULT_MEMORY_BUDGET, features: WindowFeatures | None = None,
+                        **settings) -> Forecast:
         """Forecast from G context windows at once (the evaluation harness's entry point).
 
         contexts: float [G, L'] with L' >= context_length (the last context_length values are used),
@@ -232,6 +249,10 @@ class Forecaster:
         (default 0..G-1; give each window a distinct key, e.g. series * n_origins + origin, for
         independent noise; see dil.runtime.rng.series_key). names: G labels for Forecast.series
         (default: the keys). config, steps, solver_order, memory_budget, settings: as in predict.
+        features: the windows' time features and covariates (WindowFeatures: context_known
+        [G, L', Fk], context_past [G, L', Fp], horizon_known [G, H, Fk], encoded as
+        dil.runtime.features.row_features does), required when the model has features; a
+        missing or misshapen one raises ForecastError before any engine call.
 
         Memory: each sampler call runs one block of at most SAMPLE_BLOCK (1024) samples for as many
         series as memory_budget allows, so its working memory is at most max(memory_budget,
@@ -260,6 +281,10 @@ class Forecaster:
         if len(streams) != G or len(names) != G:
             raise ForecastError(f"got {len(streams)} series keys and {len(names)} names for {G} windows")
         _check_finite(ctx.T, names, "its context window")
+        try:
+            known, past, hor = check_window_features(self.features, features, G, L, H)
+        except FeatureInputError as exc:
+            raise ForecastError(str(exc)) from None
         empty = np.isnan(ctx).all(axis=1)
         if empty.any():
             raise ForecastError(f"series {names[int(np.argmax(empty))]!r} has no observed value in its last {L} rows")
@@ -269,7 +294,7 @@ class Forecaster:
             raise ForecastError(str(exc)) from None
         z = standardise(ctx, loc, scale)
 
-        x0, stats = self._sample(z, streams, num_samples, config, progress,
+        x0, stats = self._sample(z, (known, past, hor), streams, num_samples, config, progress,
                                  series_per_call(self.config, steps, num_samples, memory_budget, batch_series,
                                                  self.engine.max_batch))
 
@@ -281,10 +306,15 @@ class Forecaster:
             timestamps=None, series=names, loc=loc, scale=scale, stats=stats,
         )
 
-    def _sample(self, z: np.ndarray, streams: SeriesStreams, num_samples: int, config: SamplerConfig,
+    def _sample(self, z: np.ndarray, feats: tuple, streams: SeriesStreams, num_samples: int, config: SamplerConfig,
                 progress: bool, batch: int) -> tuple[np.ndarray, SamplerStats]:
         """x0 float64 [G, N, H] (standardised scale) and the summed stats, from standardised contexts
-        z [G, L]: `batch` series per call, one sample block per call (dil.runtime.sampling.chunks)."""
+        z [G, L] and feats = (context known [G, L, Fk], context past [G, L, Fp], horizon known
+        [G, H, Fk]) or Nones: `batch` series per call, one sample block per call
+        (dil.runtime.sampling.chunks)."""
+        from dil.runtime.features import context_inputs
+
+        known, past, hor = feats
         G, H = z.shape[0], self.horizon
         blocks = sample_blocks(num_samples)
         bar = _progress_bar(progress, -(-G // batch) * len(blocks), config.steps)
@@ -295,10 +325,13 @@ class Forecaster:
                 part = slice(start, min(G, start + batch))
                 part_streams = streams.subset(part)
                 x_T = part_streams.initial_noise(num_samples, H)  # every sample's x_T, drawn once
-                features = context_features(z[part])
+                ctx = context_inputs(z[part], None if known is None else known[part], None if past is None else past[part])
+                # The sampler's hor_feat: only a model with known features has any (None: Fh == 1).
+                extra = {} if hor is None or not hor.shape[-1] else {"hor_feat": hor[part].astype(np.float32)}
                 for n0, n1 in blocks:
-                    result = sample(self.engine, self.schedule, features, x_T[:, n0:n1], config,
-                                    part_streams.from_sample(n0), progress=bar.update if bar is not None else None)
+                    result = sample(self.engine, self.schedule, ctx, x_T[:, n0:n1], config,
+                                    part_streams.from_sample(n0), progress=bar.update if bar is not None else None,
+                                    **extra)
                     x0[part, n0:n1] = result.x0
                     stats = stats.merge(result.stats) if stats.series else result.stats
         finally:

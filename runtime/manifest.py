@@ -36,7 +36,8 @@ GRAPHS = ("encode", "denoise")
 _SUFFIXES = (".encode.onnx", ".denoise.onnx", ".encode.plan", ".denoise.plan", ".cache_update.plan", ".onnx", ".plan",
              ".json")
 # Keys of the manifest JSON that Manifest holds as fields; everything else goes to Manifest.extra.
-_FIELDS = ("format_version", "name", "precision", "model", "schedule", "data", "graphs", "io", "validation", "versions")
+_FIELDS = ("format_version", "name", "precision", "model", "schedule", "data", "graphs", "io", "validation", "versions",
+           "features")
 # Fields every format-1 manifest carries (what dil-export has always written), with their JSON types.
 _REQUIRED = {"name": str, "precision": str, "model": dict, "schedule": dict, "data": dict, "graphs": dict}
 _MODEL_KEYS = ("context_length", "horizon", "d_model", "num_heads", "num_layers", "ffn_dim", "time_embed_dim",
@@ -89,6 +90,13 @@ def inside(folder: Path, name, what: str) -> Path:
     return path
 
 
+def _no_features():
+    # dil.runtime.features imports pandas: loaded on first use, not when dil.runtime is imported.
+    from dil.runtime.features import FeatureSpec
+
+    return FeatureSpec()
+
+
 def manifest_path(engine) -> Path:
     """NAME.json for any path naming the artifact (see module docstring)."""
     p = Path(engine)
@@ -101,7 +109,12 @@ def manifest_path(engine) -> Path:
 
 @dataclass
 class Manifest:
-    """Parsed manifest. `graphs[name]` = {"file": relative file name, "sha256": ...}."""
+    """Parsed manifest. `graphs[name]` = {"file": relative file name, "sha256": ...}.
+
+    features: the dil.runtime.features.FeatureSpec of the model's inputs beyond the target (time
+    features, covariates); the JSON key "features", absent in artifacts exported before it
+    existed (= FeatureSpec(): the target only).
+    """
 
     name: str
     model: ModelConfig
@@ -112,6 +125,7 @@ class Manifest:
     validation: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    features: object = field(default_factory=_no_features)  # FeatureSpec
     path: Path | None = None  # where it was read from
     # Artifacts written by the same export (the FP16 variant); not part of the JSON.
     variants: list = field(default_factory=list, repr=False, compare=False)
@@ -131,6 +145,7 @@ class Manifest:
             },
             "validation": self.validation,
             "versions": self.versions,
+            "features": self.features.to_dict(),
         }
         d.update(self.extra)
         return d
@@ -212,6 +227,8 @@ def load_manifest(engine) -> Manifest:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"manifest {mpath} is invalid: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    m.features = _features(d.get("features"), mpath)
+    _check_widths(m)
     paths = {g: m.graph_path(g) for g in GRAPHS}  # all refused or accepted before any file is read
     for g, p in paths.items():
         if not p.is_file():
@@ -219,6 +236,37 @@ def load_manifest(engine) -> Manifest:
         if sha256_file(p) != m.graphs[g]["sha256"]:
             raise ManifestError(f"graph file {p} does not match its manifest {mpath} (sha256 differs): re-export")
     return m
+
+
+def _features(d, mpath: Path):
+    """The FeatureSpec of the manifest's "features" (None: an artifact from before it existed)."""
+    from dil.runtime.features import TIME_FEATURES, FeatureSpec
+
+    if d is None:
+        return FeatureSpec()
+    if not isinstance(d, dict):
+        raise ManifestError(f"manifest {mpath}: field 'features' is a {type(d).__name__}, expected a dict")
+    try:
+        spec = FeatureSpec.from_dict(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"manifest {mpath}: field 'features' is invalid ({str(exc).splitlines()[0]})") from None
+    unknown = [n for n in spec.time_features if n not in TIME_FEATURES]
+    if unknown:
+        raise ManifestError(f"manifest {mpath}: unknown time feature {unknown[0]!r} in 'features'")
+    for cov in spec.covariates:
+        if cov.kind not in ("numeric", "categorical"):
+            raise ManifestError(f"manifest {mpath}: covariate {cov.name!r} has kind {cov.kind!r}, expected "
+                                "'numeric' or 'categorical'")
+    return spec
+
+
+def _check_widths(m: Manifest) -> None:
+    """The model's per-step input widths are what its features make (docs/model.md section 1.4)."""
+    f, model = m.features, m.model
+    for key, want in (("context_features", f.context_width), ("horizon_features", f.horizon_width)):
+        if getattr(model, key) != want:
+            raise ManifestError(f"manifest {m.path}: model.{key} is {getattr(model, key)} but its 'features' make "
+                                f"{want} per step: re-export with dil-export")
 
 
 def checkpoint_run(manifest: Manifest, checkpoint=None) -> Path:

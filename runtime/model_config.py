@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+# What the network may predict (dil.runtime.sampling.parametrisation converts either output into the
+# data and noise predictions). Defined here because the runtime's sampling package imports this
+# module, not the other way round.
+PREDICTIONS = ("epsilon", "v")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -16,9 +21,13 @@ class ModelConfig:
     horizon: H, forecast steps (24).
     d_model: D, token width. num_heads: attention heads (D % num_heads == 0). num_layers: blocks.
     ffn_dim: hidden width of each block's MLP. time_embed_dim: E, diffusion-time feature size.
-    context_features: F_in of a context token (value, observed mask).
-    horizon_features: features of a horizon token (its noisy value).
-    prediction: what the network predicts; "epsilon" (the noise).
+    context_features: Fc, features per context STEP: value, observed mask, then the known features
+        and past-only covariates (2 + Fk + Fp).
+    horizon_features: Fh, features per horizon token: its noisy value, then its known features (1 + Fk).
+    prediction: what the network outputs: "epsilon" (the noise) or "v" (alpha eps - sigma x0);
+        docs/model.md section 2.2. Old manifests without the key are epsilon models.
+    context_patch: P, context steps per context token (P consecutive steps, P * Fc values, form one
+        token); context_length % P == 0. Old manifests without the key have P = 1.
     """
 
     context_length: int = 168
@@ -31,6 +40,7 @@ class ModelConfig:
     context_features: int = 2
     horizon_features: int = 1
     prediction: str = "epsilon"
+    context_patch: int = 1
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -40,8 +50,25 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.time_embed_dim % 2:
             raise ValueError("time_embed_dim must be even")
-        if self.prediction != "epsilon":
-            raise ValueError("only prediction='epsilon' is supported")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        P = self.context_patch
+        if not isinstance(P, int) or P < 1 or self.context_length % P:
+            raise ValueError(f"context_patch must be an integer >= 1 that divides context_length "
+                             f"({self.context_length}), got {self.context_patch!r}")
+        for name, low in (("context_features", 2), ("horizon_features", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+
+    @property
+    def context_tokens(self) -> int:
+        """Context tokens of a full context: context_length // context_patch."""
+        return self.context_length // self.context_patch
+
+    @property
+    def known_features(self) -> int:
+        """Fk, known features per horizon token (horizon_features - 1)."""
+        return self.horizon_features - 1
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,6 +11,13 @@ Dates: ISO dates (year first) are read as such; other text dates are read month-
 day-first, whichever reads every row. When both do but disagree (every day value is at most 12,
 e.g. `01/02/2016`, or a `01.07.2016`-style file shorter than 13 days) the table is refused rather
 than guessed: pass `dayfirst` (--dayfirst / --monthfirst) or `date_format` (--date-format, strptime).
+
+Covariates (`covariates=[names]`, docs/model.md section 1.4) are read raw into
+`SeriesTable.covariates`, row for row with `values`: a column whose non-empty cells are all numbers
+becomes float64 (empty = NaN); any other column keeps every non-empty cell as its text (pandas' NA
+spellings such as "None" or "NA" are not missing here: metro's `holiday` is "None" on ordinary
+days) and only an empty cell is missing. Whether such a text column is categorical or numbers with
+NA words is decided by dil.runtime.features. Covariates are never forecast targets.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class SeriesTable:
     source: the file name. sha256: hex digest of the file's bytes.
     notes: one line per repair made while reading (duplicate timestamps dropped, rows sorted,
     missing steps added, no regular step), each starting "warning:" or "note:".
+    covariates: the raw covariate columns (pandas DataFrame [T, k], float64 or text, missing =
+    NaN / NA; RangeIndex 0..T-1, the same rows as `values`), or None when none were read.
     """
 
     values: np.ndarray
@@ -57,6 +66,7 @@ class SeriesTable:
     source: str = ""
     sha256: str = ""
     notes: list[str] = field(default_factory=list)
+    covariates: pd.DataFrame | None = None
 
     @property
     def n_steps(self) -> int:
@@ -81,9 +91,10 @@ class SeriesTable:
         return replace(self, values=self.values[:, cols], names=list(columns))
 
     def slice(self, start: int, end: int) -> "SeriesTable":
-        """Rows [start, end)."""
+        """Rows [start, end) (the covariates' too, renumbered from 0)."""
         ts = None if self.timestamps is None else self.timestamps[start:end]
-        return replace(self, values=self.values[start:end], timestamps=ts)
+        cov = None if self.covariates is None else self.covariates.iloc[start:end].reset_index(drop=True)
+        return replace(self, values=self.values[start:end], timestamps=ts, covariates=cov)
 
     def to_frame(self) -> pd.DataFrame:
         index = pd.DatetimeIndex(self.timestamps) if self.timestamps is not None else None
@@ -107,8 +118,11 @@ def _first_line_is_numeric(path: Path) -> bool:
     return bool(pd.to_numeric(head.iloc[0], errors="coerce").notna().all())
 
 
-def _read_frame(path: Path, names) -> pd.DataFrame:
+def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
+    """The file as a DataFrame; raw: CSV cells as text, with no NA spelling recognised (the
+    covariates' reading, see the module docstring)."""
     kind = _kind(path)
+    text = dict(dtype=str, keep_default_na=False) if raw else {}
     try:
         if kind == "parquet":
             from dil.runtime.deps import require
@@ -117,10 +131,10 @@ def _read_frame(path: Path, names) -> pd.DataFrame:
             return pd.read_parquet(path)
         headerless = kind == "txt" or names is not None or _first_line_is_numeric(path)
         if headerless:
-            frame = pd.read_csv(path, header=None)
+            frame = pd.read_csv(path, header=None, **text)
             frame.columns = list(names) if names is not None else [str(i) for i in range(frame.shape[1])]
             return frame
-        return pd.read_csv(path)
+        return pd.read_csv(path, **text)
     except DataError:
         raise
     except ImportError as exc:
@@ -130,6 +144,33 @@ def _read_frame(path: Path, names) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types; report one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path.name}: cannot read the file ({first})") from None
+
+
+def _covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
+    """One raw covariate column (file order): float64 (NaN = missing) when every non-empty cell is a
+    number, else text ("string" dtype, NA = missing: an empty or blank cell) keeping every other
+    cell as written."""
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = s.astype("string")
+        empty = text.isna() | (text.str.strip() == "")
+        parsed = pd.to_numeric(text[~empty].str.strip(), errors="coerce")
+        if parsed.isna().any() or not len(parsed):
+            return text.mask(empty).reset_index(drop=True)
+        x = np.full(len(s), np.nan)
+        x[np.flatnonzero(~empty.to_numpy())] = parsed.to_numpy(dtype=np.float64)
+    inf = np.isinf(x)
+    if inf.any():
+        raise DataError(f"{source}: covariate {name!r} has an infinite value at data row {int(np.argmax(inf)) + 1}")
+    return pd.Series(x, name=name)
+
+
+def _covariates(path: Path, frame: pd.DataFrame, names, covariates, source: str) -> pd.DataFrame:
+    """The covariate columns [T, k] in file order, read raw (see _covariate_column)."""
+    raw = frame if _kind(path) == "parquet" else _read_frame(path, names, raw=True)
+    raw.columns = [str(c) for c in raw.columns]
+    return pd.DataFrame({c: _covariate_column(raw[c], c, source) for c in covariates})
 
 
 def _numeric_column(frame: pd.DataFrame, col: str, source: str, explicit: bool) -> np.ndarray | None:
@@ -222,15 +263,16 @@ def _regular_step(times: pd.DatetimeIndex) -> tuple[str | None, pd.DatetimeIndex
 
 
 def load_table(path, date_column=None, columns=None, *, names=None, missing_values=(), date_format=None,
-               dayfirst=None) -> SeriesTable:
+               dayfirst=None, covariates=None) -> SeriesTable:
     """Read a table file into a SeriesTable (see the module docstring for the cleaning).
 
     date_column: name of the timestamp column, or None. columns: the target columns (None: every
     numeric column). names: column names for a headerless file. missing_values: sentinel values
     that mean "missing" (become NaN). date_format: strptime format of the date column (e.g.
     "%d.%m.%Y %H:%M"). dayfirst: True reads text dates day-first, False month-first, None decides
-    from the data and refuses an ambiguous column (ISO dates are always year-first). Raises
-    DataError with a one-line message.
+    from the data and refuses an ambiguous column (ISO dates are always year-first). covariates:
+    names of covariate columns, read raw into SeriesTable.covariates (see the module docstring);
+    they are never targets. Raises DataError with a one-line message.
     """
     path = Path(path)
     source = path.name
@@ -252,7 +294,15 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
                 raise DataError(f"{source}: unknown column {c!r}; columns are {', '.join(header)}")
             if c == date_column:
                 raise DataError(f"{source}: column {c!r} is the date column, not a series")
-    candidates = columns if columns is not None else [c for c in header if c != date_column]
+    covariates = [str(c) for c in covariates or ()]
+    for c in covariates:
+        if c not in header:
+            raise DataError(f"{source}: the covariate column {c!r} is missing; columns are {', '.join(header)}")
+        if c == date_column:
+            raise DataError(f"{source}: covariate {c!r} is the date column")
+        if columns is not None and c in columns:
+            raise DataError(f"{source}: column {c!r} is a covariate, not a series to forecast")
+    candidates = columns if columns is not None else [c for c in header if c != date_column and c not in covariates]
 
     kept, arrays = [], []
     for c in candidates:
@@ -270,11 +320,15 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         row, col = np.argwhere(inf)[0]
         raise DataError(f"{source}: column {kept[col]!r} has an infinite value at data row {row + 1}")
 
+    cov = _covariates(path, frame, names, covariates, source) if covariates else None
+
     timestamps, freq, notes = None, None, []
     if date_column is not None:
         times = _parse_dates(frame, date_column, source, date_format, dayfirst)
-        times, values, freq, notes = _clean_times(times, values, f"{source}: column {date_column!r}")
+        times, values, freq, notes, rows = _clean_times(times, values, f"{source}: column {date_column!r}")
         timestamps = times.to_numpy(dtype="datetime64[ns]")
+        if cov is not None:  # the same rows as the values; an added step (-1) has missing covariates
+            cov = cov.reindex(rows).reset_index(drop=True)
     return SeriesTable(
         values=np.ascontiguousarray(values, dtype=np.float64),
         names=kept,
@@ -283,6 +337,7 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         source=source,
         sha256=sha256_file(path),
         notes=notes,
+        covariates=cov,
     )
 
 
@@ -293,8 +348,9 @@ def _count(n: int, noun: str) -> str:
 def _clean_times(times: pd.DatetimeIndex, values: np.ndarray, where: str):
     """Sort by time, keep the first row of each timestamp, reindex a regular step.
 
-    times [T] in file order, values [T, C]. Returns (times, values, freq, notes) with one note line
-    per repair made.
+    times [T] in file order, values [T, C]. Returns (times, values, freq, notes, rows) with one note
+    line per repair made; rows: int64 [T'], the file row (0-based) of each returned row, -1 for an
+    added missing step.
     """
     notes = []
     earlier = np.flatnonzero(np.diff(times.asi8) < 0)
@@ -302,7 +358,7 @@ def _clean_times(times: pd.DatetimeIndex, values: np.ndarray, where: str):
         row = int(earlier[0]) + 2  # 1-based data row of the first timestamp earlier than its predecessor
         notes.append(f"note: {where}: rows are not in time order (data row {row} goes back in time); sorted by time")
     order = np.argsort(times.asi8, kind="stable")
-    times, values = times[order], values[order]
+    times, values, rows = times[order], values[order], order.astype(np.int64)
     first = ~times.duplicated(keep="first")
     dropped = int((~first).sum())
     if dropped:
@@ -311,16 +367,18 @@ def _clean_times(times: pd.DatetimeIndex, values: np.ndarray, where: str):
         notes.append(f"warning: {where}: {_count(dropped, 'row')} {verb} the timestamp of an earlier row "
                      f"({_count(repeated, 'timestamp')}, first {times[~first][0]}); the first row in the file of "
                      "each timestamp is kept")
-    times, values = times[first], values[first]
+    times, values, rows = times[first], values[first], rows[first]
     freq, full = _regular_step(times)
     if full is not None and len(full) != len(times):
         pos = full.get_indexer(times)
         grid = np.full((len(full), values.shape[1]), np.nan)
         grid[pos] = values
+        rows, kept = np.full(len(full), -1, dtype=np.int64), rows
+        rows[pos] = kept
         notes.append(f"note: {where}: {_count(len(full) - len(times), 'missing step')} of {freq} between the first "
                      "and last timestamp added as missing values")
         times, values = full, grid
     if freq is None and len(times) >= 3:
         notes.append(f"note: {where}: the timestamps follow no regular step; the rows are used as equally "
                      "spaced steps (forecasts get step numbers, not timestamps)")
-    return times, values, freq, notes
+    return times, values, freq, notes, rows

@@ -99,3 +99,44 @@ def tiny_artifact_without_weights(tiny_artifact, tmp_path_factory):
     del manifest["weights"]
     (out / "tiny.json").write_text(json.dumps(manifest, indent=2))
     return out / "tiny.json"
+
+
+# The tiny feature model's inputs, named after metro-traffic's columns: 2 time features of hourly
+# rows, known covariates temp (numeric, kelvin) and holiday (categorical, "None" on ordinary days),
+# past-only covariate rain_1h. Fk = 2 + 1 + 2 = 5, Fp = 1: context_features 8, horizon_features 6.
+FEATURE_SPEC = dict(
+    freq="h", time_features=("hour_of_day", "day_of_week"),
+    covariates=(dict(name="temp", kind="numeric", known=True, mean=280.0, std=12.0),
+                dict(name="holiday", kind="categorical", known=True, categories=("Christmas Day", "None")),
+                dict(name="rain_1h", kind="numeric", known=False, mean=0.5, std=2.0)),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_feature_artifact(tmp_path_factory):
+    """The manifest path of a tiny exported model with time features and covariates (FEATURE_SPEC),
+    v-prediction, context patches of 2 steps, "trained on" metro-traffic's traffic_volume;
+    randomly initialised like tiny_model (~20 s, once)."""
+    torch = pytest.importorskip("torch")
+    from dil.export.artifact import ExportOptions, export_artifact
+    from dil.runtime.features import FeatureSpec
+    from dil.runtime.model_config import ModelConfig
+    from dil.runtime.sampling.schedule import NoiseSchedule
+    from dil.train.checkpoint import save_checkpoint
+    from dil.train.model import ScoreNet
+
+    spec = FeatureSpec.from_dict(FEATURE_SPEC)
+    config = ModelConfig(**TINY, context_features=spec.context_width, horizon_features=spec.horizon_width,
+                         prediction="v", context_patch=2)
+    torch.manual_seed(1)
+    model = ScoreNet(config)
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.2)
+        model.head.bias.normal_(0.0, 0.1)
+    run = tmp_path_factory.mktemp("feature-runs") / "tinyfeat"
+    data = {"dataset": "metro-traffic", "columns": ["traffic_volume"], "date_column": "date_time", "freq": "h",
+            "season": 168, "context_length": config.context_length, "horizon": config.horizon,
+            "scaling": "context-mean-std"}
+    save_checkpoint(run, model.eval(), NoiseSchedule(), data, {"epochs": 0}, features=spec)
+    out = tmp_path_factory.mktemp("feature-engines")
+    return export_artifact(run, out, ExportOptions(name="tinyfeat")).path

@@ -97,3 +97,39 @@ def test_noise_streams_x_T_first_and_batch_independent(tiny_model, tiny_config):
     np.testing.assert_allclose(swapped.samples[1], both.samples[0], rtol=0, atol=1e-5)
     # Original scale = standardised scale * scale + loc.
     np.testing.assert_allclose(both.samples, both.samples_std * both.scale[:, None, None] + both.loc[:, None, None])
+
+
+def test_v_model_with_features_matches_float64_numpy():
+    """A v-prediction model with context patches and known features: its output v becomes
+    eps = sigma_k x + alpha_k v (written out here, not through the parametrisation module)."""
+    from dil.runtime.model_config import ModelConfig
+    from dil.train.model import ScoreNet
+
+    torch.manual_seed(1)
+    model = ScoreNet(ModelConfig(context_length=8, horizon=4, d_model=8, num_heads=2, num_layers=1, ffn_dim=8,
+                                 time_embed_dim=4, context_features=4, horizon_features=2, prediction="v",
+                                 context_patch=2)).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.3)
+    schedule = NoiseSchedule(num_steps=6, beta_start=0.05, beta_end=0.4)
+    rng = np.random.default_rng(3)
+    ctx = rng.standard_normal((2, 8, 4)).astype(np.float32)
+    feat = rng.uniform(-0.5, 0.5, (2, 4, 1)).astype(np.float32)
+    alpha, sigma = schedule.alpha(np.arange(6)), schedule.sigma(np.arange(6))
+    got = ancestral_sample(model, schedule, ctx, seed=2, keys=[0, 1], num_samples=3, hor_feat=feat)
+
+    def eps_of(x, k):
+        t_feat = torch.from_numpy(diffusion_time_features(np.full((2, 3), float(k)), 4)).float()
+        x_in = torch.cat([torch.from_numpy(x).float()[..., None],
+                          torch.from_numpy(np.broadcast_to(feat[:, None], (2, 3, 4, 1)).copy())], -1)
+        with torch.no_grad():
+            k_ctx, v_ctx = model.encode(torch.from_numpy(ctx))
+            zeros = torch.zeros(1, 2, 3, 4, 8)
+            v, _, _ = model.denoise(x_in, torch.arange(4).expand(2, 3, 4), t_feat, k_ctx, v_ctx, zeros, zeros,
+                                    torch.zeros(2, 3, 4))
+        return sigma[k] * x + alpha[k] * v[..., 0].double().numpy()
+
+    want = numpy_ddpm(eps_of, 6, 0.05, 0.4, 2, [0, 1], 3, 4)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="pass hor_feat"):
+        ancestral_sample(model, schedule, ctx, seed=2, keys=[0, 1], num_samples=3)

@@ -251,6 +251,23 @@ def test_resolve_user_file_and_conflicts(tmp_path):
     assert table.names == ["OT", "HUFL"] and spec.columns == ("OT", "HUFL")
 
 
+def test_resolve_reads_covariates_beside_the_targets(tmp_path):
+    raw = pd.read_csv(get_spec("metro-traffic").path, keep_default_na=False)
+    spec, table = resolve(dataset="metro-traffic", covariates="holiday,temp")
+    assert table.names == ["traffic_volume"] and list(table.covariates.columns) == ["holiday", "temp"]
+    assert table.covariates.shape[0] == table.n_steps
+    # the first row is the file's first: an ordinary day is the category "None", not a missing cell
+    assert (table.covariates["holiday"][0], table.covariates["temp"][0]) == (raw["holiday"][0], raw["temp"][0])
+    path = tmp_path / "u.csv"
+    path.write_text("date,a,b\n" + "".join(f"2024-01-{d:02d},{d},{2 * d}\n" for d in range(1, 29)))
+    spec, table = resolve(data=path, date_column="date", covariates=["b"])
+    assert table.names == ["a"] and table.covariates["b"].tolist() == [2.0 * d for d in range(1, 29)]
+    with pytest.raises(DataError, match="'b' is both a covariate and a target column"):
+        resolve(data=path, date_column="date", columns="a,b", covariates="b")
+    with pytest.raises(DataError, match="'nope'"):
+        resolve(data=path, date_column="date", covariates="nope")
+
+
 # -- splits and windows -----------------------------------------------------------------------------
 def test_made_folders_removed_again_on_failure(tmp_path):
     from dil.runtime.files import folder_problem, made_folders
@@ -315,6 +332,16 @@ def test_gather_windows_and_counts():
     np.testing.assert_array_equal(ctx_n, (~np.isnan(ctx)).sum(1).reshape(2, C))
     np.testing.assert_array_equal(tgt_n, (~np.isnan(tgt)).sum(1).reshape(2, C))
     assert ctx_n[1, 1] == 3 and tgt_n[0, 1] == 1
+
+
+def test_gather_rows_context_and_horizon():
+    from dil.data.windows import gather_rows
+
+    rows = np.arange(10 * 2, dtype=float).reshape(10, 2)  # row t holds (2t, 2t + 1)
+    ctx, hor = gather_rows(rows, [4, 7], -3, 3), gather_rows(rows, [4, 7], 0, 2)
+    assert ctx.shape == (2, 3, 2) and hor.shape == (2, 2, 2)
+    np.testing.assert_array_equal(ctx[1, :, 0], [8.0, 10.0, 12.0])  # rows 4, 5, 6
+    np.testing.assert_array_equal(hor[0, :, 1], [9.0, 11.0])  # rows 4, 5
 
 
 def test_usable_windows_skips_empty_context_and_target():

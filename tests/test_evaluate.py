@@ -416,3 +416,161 @@ def test_dil_eval_ddpm_checkpoint_errors(tiny_artifact, tmp_path, monkeypatch):
     assert len(res.output.strip().splitlines()) == 1
     res = _cli(base)  # a checkpoint without --ddpm-windows would be silently unused
     assert res.exit_code != 0 and "--ddpm-windows" in res.output and list(tmp_path.iterdir()) == []
+
+
+# --- time features and covariates: each window gets its table rows' features ---------------------
+
+
+def _feature_table():
+    """synthetic-like hourly table of 2 series with a known covariate temp and a past-only rain."""
+    from dil.runtime.table import SeriesTable as Table
+
+    rng = np.random.default_rng(1)
+    T = 400
+    times = np.array(np.datetime64("2024-01-01T00:00", "ns") + np.arange(T) * np.timedelta64(1, "h"))
+    t = np.arange(T)
+    values = np.stack([10 + 3 * np.sin(2 * np.pi * t / SEASON), 20 + rng.normal(0, 1, T)], axis=1)
+    import pandas as pd
+
+    cov = pd.DataFrame({"temp": 280 + 10 * np.cos(t / 50), "rain": rng.uniform(0, 3, T)})
+    cov.loc[350, "temp"] = np.nan  # a missing known value inside a test horizon: encoded 0
+    table = Table(values=values, names=["a", "b"], timestamps=times, freq="h", source="feat", covariates=cov)
+    spec = DatasetSpec(name="feat", file="feat.csv", date_column="date", columns=None, freq="h", season=SEASON,
+                       context_length=L, horizon=H, splits=Splits(0.5, 0.2, 0.3), bundled=False)
+    return table, spec
+
+
+def test_windows_get_the_features_of_their_table_rows():
+    """forecast_fn's third argument holds, for window "<series>@o", context rows [o - L, o) and horizon
+    rows [o, o + H) of the table's features (hand-computed); forecasters without features keep
+    their two-argument form when the evaluation has none."""
+    from dil.runtime.features import Covariate, FeatureSpec
+
+    table, spec = _feature_table()
+    fs = FeatureSpec(freq="h", time_features=("hour_of_day",), covariates=(
+        Covariate("temp", "numeric", True, 280.0, 10.0), Covariate("rain", "numeric", False, 1.0, 2.0)))
+    hours = (np.arange(400) % 24) / 23 - 0.5
+    temp = np.nan_to_num((table.covariates["temp"].to_numpy() - 280) / 10)
+    rain = (table.covariates["rain"].to_numpy() - 1) / 2
+    seen = []
+
+    def fn(ctx, ids, features):
+        for i, wid in enumerate(ids):
+            o = _origin(wid)
+            np.testing.assert_allclose(features.context_known[i], np.stack([hours, temp], 1)[o - L:o], atol=1e-12)
+            np.testing.assert_allclose(features.context_past[i, :, 0], rain[o - L:o], atol=1e-12)
+            np.testing.assert_allclose(features.horizon_known[i], np.stack([hours, temp], 1)[o:o + H], atol=1e-12)
+            seen.append(wid)
+        return naive_fn(ctx, ids)
+
+    report = Hn.evaluate(fn, table, spec, L, H, features=fs, samples=20, batch_size=7, progress=False)
+    assert len(seen) == report["protocol"]["series_windows"] > 0
+    plain = Hn.evaluate(naive_fn, table, spec, L, H, samples=20, progress=False)  # no features: two arguments
+    assert plain["model"] == report["model"]
+    with pytest.raises(ValueError, match="has no dates"):
+        Hn.evaluate(fn, SeriesTable(values=table.values, names=["a", "b"], covariates=table.covariates), spec, L, H,
+                    features=fs, samples=20, progress=False)
+
+
+def test_dil_eval_feature_model_equals_predict_on_each_history(tiny_feature_artifact, tmp_path):
+    """dil-eval of the feature model on metro-traffic (its covariates read from the table) scores
+    the forecasts Forecaster.predict makes from each window's history and the covariate rows up to
+    the end of its horizon (a second, independent path to the same features)."""
+    import json
+
+    from dil.data import load_dataset
+    from dil.runtime import Forecaster
+
+    out = tmp_path / "eval.json"
+    res = _cli(["--engine", tiny_feature_artifact, "--windows", 2, "--samples", 4, "--steps", 3, "--json", out])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    p = report["protocol"]
+    assert p["dataset"] == "metro-traffic" and p["series_windows"] == 2
+    assert p["inputs"] == ("2 time features (hour_of_day, day_of_week), known covariates temp, holiday, "
+                           "past covariate rain_1h") and "model inputs: 2 time features" in res.output
+
+    import pandas as pd
+
+    table = load_dataset("metro-traffic", covariates=["temp", "holiday", "rain_1h"])
+    fc = Forecaster.load(tiny_feature_artifact, threads=1)
+    samples, targets = [], []
+    for o in origins_of("metro-traffic", table.n_steps, 16, 8, 2):
+        history = pd.DataFrame(table.values[:o], columns=table.names, index=pd.DatetimeIndex(table.timestamps[:o]))
+        f = fc.predict(history, num_samples=4, steps=3, series_ids=[f"traffic_volume@{o}"],
+                       covariates=table.covariates.iloc[: o + 8])
+        samples.append(f.samples[0])
+        targets.append(table.values[o:o + 8, 0])
+    assert report["model"]["crps"] == pytest.approx(M.crps_quantile(np.array(targets), np.array(samples)), rel=1e-9)
+
+
+def test_torch_baseline_gets_the_same_features(tiny_feature_artifact):
+    """torch-full (the runtime's plain solver in PyTorch) with the windows' features agrees with
+    the runtime's plain sampler on the same windows: the features reach the torch module too."""
+    pytest.importorskip("torch")
+    from dil.data.datasets import resolve
+    from dil.evaluate.engine_eval import forecaster_fn
+    from dil.evaluate.torch_baselines import load_reference, torch_full_forecast_fn
+    from dil.runtime import Forecaster
+
+    fc = Forecaster.load(tiny_feature_artifact, threads=1)
+    spec, table = resolve("metro-traffic", covariates=["temp", "holiday", "rain_1h"])
+    ref = load_reference(tiny_feature_artifact)
+    ev = Hn.run_evaluation(forecaster_fn(fc, 4, 3, 0, lattice=False, cache=False), table, spec, 16, 8,
+                           Hn.EvalOptions(n_windows=2, samples=4, steps=3, progress=False),
+                           baselines={"torch-full": torch_full_forecast_fn(ref, 4, 3, 0)}, features=fc.features)
+    model, torch_full = ev.report["model"], ev.report["baselines"]["torch-full"]
+    assert torch_full["crps"] == pytest.approx(model["crps"], rel=1e-4)
+    assert torch_full["mae"] == pytest.approx(model["mae"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "columns, extra, message",
+    [
+        (["date", "traffic_volume", "temp", "rain_1h"], ["--date-column", "date"],
+         "mine.csv: the covariate column 'holiday' is missing"),
+        (["traffic_volume", "temp", "holiday", "rain_1h"], [], "the model uses time features but the table has no dates"),
+    ],
+)
+def test_dil_eval_feature_model_bad_table(tiny_feature_artifact, tmp_path, monkeypatch, columns, extra, message):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    t = np.arange(200)
+    frame = pd.DataFrame({"date": pd.date_range("2024-01-01", periods=200, freq="h").strftime("%Y-%m-%d %H:%M"),
+                          "traffic_volume": 100 + 10 * np.sin(t / 4), "temp": 280.0, "holiday": "None", "rain_1h": 0.0})
+    frame[columns].to_csv(tmp_path / "mine.csv", index=False)
+    res = _cli(["--engine", tiny_feature_artifact, "--data", "mine.csv", "--season", 24, "--samples", 2, "--steps", 2,
+                "--json", "out.json", *extra])
+    assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]
+
+
+def test_dil_bench_feeds_the_feature_model_its_windows_features(tiny_feature_artifact):
+    """dil-bench's CRPS windows of the feature model (in-process runtime-full and torch-full) score
+    what Forecaster.predict forecasts from each window's history and covariate rows."""
+    pytest.importorskip("torch")
+    import pandas as pd
+
+    from dil.data import load_dataset
+    from dil.evaluate.bench import BenchConfig, run_bench
+    from dil.runtime import Forecaster
+
+    cfg = BenchConfig(engine=tiny_feature_artifact, steps=(2,), large_steps=(2,), series=(1,), samples=4, repeats=1,
+                      windows=2, threads=1, names=("runtime-full", "torch-full"), isolate=False)
+    rep = run_bench(cfg, progress=False)
+    runs = {r["name"]: r for r in rep["runs"]}
+    ids = rep["protocol"]["crps_window_ids"]
+    table = load_dataset("metro-traffic", covariates=["temp", "holiday", "rain_1h"])
+    fc = Forecaster.load(tiny_feature_artifact, threads=1)
+    samples, targets = [], []
+    for wid in ids:
+        o = int(wid.rsplit("@", 1)[1])
+        history = pd.DataFrame(table.values[:o], columns=table.names, index=pd.DatetimeIndex(table.timestamps[:o]))
+        samples.append(fc.predict(history, num_samples=4, steps=2, series_ids=[wid], lattice=False, cache=False,
+                                  covariates=table.covariates.iloc[: o + 8]).samples[0])
+        targets.append(table.values[o:o + 8, 0])
+    expected = M.crps_quantile(np.array(targets), np.array(samples))
+    assert runs["runtime-full"]["crps"] == pytest.approx(expected, rel=1e-9)
+    assert runs["torch-full"]["crps"] == pytest.approx(expected, rel=1e-4)

@@ -154,3 +154,56 @@ def test_dil_run_refuses_a_traversing_manifest_in_one_line(tmp_path):
     assert len(lines) == 1 and "'../../etc/passwd' is not inside the artifact's folder" in lines[0], result.output
     assert not out.exists()
 
+
+
+# -- "features": the model's inputs beyond the target (docs/model.md section 1.4) -----------------
+def test_an_artifact_without_features_has_none(tmp_path):
+    """The shipped model (and every artifact exported before issue 10) records no "features": it
+    loads as FeatureSpec(), whose widths (2, 1) are the model's, and writes them back explicitly."""
+    from dil.runtime.features import FeatureSpec
+
+    path, d = _copy(tmp_path)
+    assert "features" not in d
+    m = load_manifest(path)
+    assert m.features == FeatureSpec() and (m.model.context_features, m.model.horizon_features) == (2, 1)
+    assert m.to_dict()["features"] == {"freq": None, "time_features": [], "covariates": []}
+
+
+def test_features_round_trip_and_match_the_model_widths(tmp_path):
+    path, d = _copy(tmp_path)
+    d["features"] = {"freq": "h", "time_features": ["hour_of_day"],
+                     "covariates": [{"name": "holiday", "kind": "categorical", "known": True,
+                                     "categories": ["None", "Xmas"]},
+                                    {"name": "rain", "kind": "numeric", "known": False, "mean": 1.5, "std": 2.0}]}
+    d["model"]["context_features"], d["model"]["horizon_features"] = 2 + 3 + 1, 1 + 3  # Fk = 1 + 2, Fp = 1
+    path.write_text(json.dumps(d))
+    m = load_manifest(path)
+    f = m.features
+    assert (f.known_covariates, f.past_covariates, f.known_width, f.past_width) == (("holiday",), ("rain",), 3, 1)
+    assert f.covariates[1].mean == 1.5 and f.covariates[0].categories == ("None", "Xmas")
+    assert m.to_dict()["features"] == d["features"] | {"covariates": [
+        {**d["features"]["covariates"][0], "mean": 0.0, "std": 1.0},
+        {**d["features"]["covariates"][1], "categories": []}]}
+
+    d["model"]["horizon_features"] = 1  # the graphs' widths no longer what the features make
+    path.write_text(json.dumps(d))
+    _refused(path, "model.horizon_features is 1 but its 'features' make 4 per step")
+    d["model"]["horizon_features"], d["model"]["context_features"] = 4, 2
+    path.write_text(json.dumps(d))
+    _refused(path, "model.context_features is 2 but its 'features' make 6 per step")
+
+
+@pytest.mark.parametrize(
+    "features, phrase",
+    [
+        ([1, 2], ("field 'features' is a list, expected a dict",)),
+        ({"time_features": ["hour_of_week"]}, ("'features'", "time feature", "'hour_of_week'")),
+        ({"covariates": [{"name": "x", "kind": "text", "known": True}]}, ("'features'", "'x'", "kind", "'text'")),
+        ({"covariates": [{"name": "x", "known": True}]}, ("field 'features' is invalid", "kind")),
+    ],
+)
+def test_bad_features_are_refused_in_one_line(tmp_path, features, phrase):
+    path, d = _copy(tmp_path)
+    d["features"] = features
+    path.write_text(json.dumps(d))
+    _refused(path, *phrase)

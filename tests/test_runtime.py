@@ -266,3 +266,243 @@ def test_import_dil_runtime_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# -- tables with covariates (dil.runtime.table) -------------------------------------------------------
+def test_covariates_are_read_raw_and_follow_the_rows(tmp_path):
+    """Text covariates keep every non-empty cell ("None" and "NA" are categories), only an empty cell
+    is missing; numeric ones are float64; sorting, de-duplication and reindexing move them with the
+    values; a covariate is never a target."""
+    from dil.runtime.table import load_table
+
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "date,y,temp,holiday,code\n"
+        "2024-01-01 03:00,4,1.5,None,\n"       # file row 0 -> table row 3
+        "2024-01-01 00:00,1,,NA,a\n"           # row 1 -> table row 0
+        "2024-01-01 01:00,2,2.5,Xmas,b\n"      # row 2 -> table row 1
+        "2024-01-01 01:00,9,9.5,dup,c\n"       # a repeated timestamp: dropped
+        "2024-01-01 04:00,5,4,,\n"             # table row 4 (row 2 is an added missing step)
+        "2024-01-01 05:00,,3,None,a\n"         # table row 5
+    )
+    t = load_table(path, "date", covariates=["temp", "holiday", "code"])
+    assert t.names == ["y"] and t.n_steps == 6
+    np.testing.assert_array_equal(t.values[:, 0], [1, 2, np.nan, 4, 5, np.nan])
+    cov = t.covariates
+    assert list(cov.columns) == ["temp", "holiday", "code"] and isinstance(cov.index, pd.RangeIndex)
+    assert cov["temp"].dtype == np.float64
+    np.testing.assert_array_equal(cov["temp"].to_numpy(), [np.nan, 2.5, np.nan, 1.5, 4.0, 3.0])
+    assert cov["holiday"].tolist()[:2] == ["NA", "Xmas"] and cov["holiday"].tolist()[3] == "None"
+    assert cov["holiday"].isna().tolist() == [False, False, True, False, True, False]
+    assert cov["code"].isna().tolist() == [False, False, True, True, True, False]
+    part = t.slice(1, 4)
+    assert part.covariates["holiday"].tolist()[0] == "Xmas" and list(part.covariates.index) == [0, 1, 2]
+    assert t.select(["y"]).covariates is cov
+    assert load_table(path, "date").covariates is None
+    # Without dates the file order is kept; a numeric target list never includes a covariate.
+    plain = load_table(path, covariates=["temp"])
+    assert plain.names == ["y"] and plain.covariates["temp"].tolist()[2:4] == [2.5, 9.5]
+
+
+def test_parquet_covariates(tmp_path):
+    from dil.runtime.table import load_table
+
+    frame = pd.DataFrame({"y": [1.0, 2.0, 3.0], "holiday": ["None", None, "Xmas"], "rain": [0.5, None, 1.0]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    cov = load_table(tmp_path / "t.parquet", covariates=["holiday", "rain"]).covariates
+    assert cov["holiday"].tolist()[::2] == ["None", "Xmas"] and cov["holiday"].isna().tolist() == [False, True, False]
+    np.testing.assert_array_equal(cov["rain"].to_numpy(), [0.5, np.nan, 1.0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(covariates=["wind"]), "the covariate column 'wind' is missing; columns are date, y, temp"),
+        (dict(covariates=["date"]), "covariate 'date' is the date column"),
+        (dict(columns=["y", "temp"], covariates=["temp"]), "column 'temp' is a covariate, not a series"),
+        (dict(covariates=["gust"]), "covariate 'gust' has an infinite value at data row 2"),
+    ],
+)
+def test_bad_covariate_columns_raise_one_line(tmp_path, kwargs, match):
+    from dil.runtime.table import DataError, load_table
+
+    path = tmp_path / "t.csv"
+    path.write_text("date,y,temp,gust\n2024-01-01,1,2,3\n2024-01-02,2,3,inf\n")
+    with pytest.raises(DataError, match=match) as err:
+        load_table(path, "date", **kwargs)
+    assert "\n" not in str(err.value)
+
+
+# -- a model with time features and covariates (conftest FEATURE_SPEC) ---------------------------------
+def _hand_known(times, temp, holiday):
+    """Known features by hand: hour / 23 - 0.5, weekday / 6 - 0.5, (temp - 280) / 12 (missing 0),
+    holiday one-hot over ("Christmas Day", "None") (missing or unseen: zeros)."""
+    rows = []
+    for t, x, h in zip(pd.DatetimeIndex(times), temp, holiday):
+        rows.append([t.hour / 23 - 0.5, t.weekday() / 6 - 0.5, 0.0 if np.isnan(x) else (x - 280) / 12,
+                     float(h == "Christmas Day"), float(h == "None")])
+    return np.array(rows)
+
+
+def test_history_features_hand_worked_example():
+    """3 history rows and 2 future rows of a model with L = 3, H = 2 (window_features.history_features)."""
+    from dil.runtime.features import FeatureSpec
+    from dil.runtime.window_features import history_features
+
+    from conftest import FEATURE_SPEC
+
+    spec = FeatureSpec.from_dict(FEATURE_SPEC)
+    times = pd.to_datetime(["2024-12-24 22:00", "2024-12-24 23:00", "2024-12-25 00:00"])  # Tue, Tue, Wed
+    future = pd.to_datetime(["2024-12-25 01:00", "2024-12-25 02:00"]).to_numpy()
+    cov = pd.DataFrame({"temp": [292.0, 268.0, np.nan, 280.0, 286.0],
+                        "holiday": ["None", "None", "NA", "Christmas Day", "Christmas Day"],
+                        "rain_1h": [1.5, np.nan, 0.5, np.nan, 99.0],
+                        "unused": ["x"] * 5})
+    f = history_features(spec, 3, 3, 2, times, future, cov)
+    tue, wed = 1 / 6 - 0.5, 2 / 6 - 0.5
+    np.testing.assert_allclose(f.context_known[0], [[22 / 23 - 0.5, tue, 1.0, 0, 1],
+                                                    [0.5, tue, -1.0, 0, 1],
+                                                    [-0.5, wed, 0.0, 0, 0]], atol=1e-15)
+    np.testing.assert_allclose(f.context_past[0], [[0.5], [0.0], [0.0]], atol=1e-15)
+    np.testing.assert_allclose(f.horizon_known[0], [[1 / 23 - 0.5, wed, 0.0, 1, 0],
+                                                    [2 / 23 - 0.5, wed, 0.5, 1, 0]], atol=1e-15)
+
+
+@pytest.fixture(scope="module")
+def feature_forecaster(tiny_feature_artifact):
+    return Forecaster.load(tiny_feature_artifact, threads=1)
+
+
+def _feature_inputs(T=24, H=8):
+    """A history of 3 hourly series [T] from 2024-12-24 00:00 and its covariates [T + H]."""
+    rng = np.random.default_rng(5)
+    index = pd.date_range("2024-12-24", periods=T, freq="h")
+    history = pd.DataFrame(300 + rng.standard_normal((T, 3)).cumsum(axis=0), index=index, columns=["a", "b", "c"])
+    cov = pd.DataFrame({"temp": 275 + 5 * np.sin(np.arange(T + H) / 3),
+                        "holiday": ["None"] * 24 + ["Christmas Day"] * (T + H - 24),
+                        "rain_1h": rng.uniform(0, 2, T + H)})
+    cov.loc[5, "temp"] = np.nan  # a missing context value of a known covariate is allowed
+    return history, cov
+
+
+class _Recording:
+    """The real engine, with the inputs of its calls kept (encode's ctx, denoise's x_sub and pos_sub)."""
+
+    def __init__(self, engine):
+        self._engine, self.ctx, self.x_sub = engine, [], []
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def encode(self, ctx):
+        self.ctx.append(ctx.copy())
+        return self._engine.encode(ctx)
+
+    def denoise(self, x_sub, pos_sub, *rest):
+        self.x_sub.append((x_sub.copy(), pos_sub.copy()))
+        return self._engine.denoise(x_sub, pos_sub, *rest)
+
+
+def test_forecaster_feeds_the_model_its_features(feature_forecaster):
+    """The ctx the engine gets is (value, observed, known, past) of the last L rows, and every
+    computed horizon token carries its step's known features (hand-built, see _hand_known)."""
+    fc = Forecaster(_Recording(feature_forecaster.engine))
+    history, cov = _feature_inputs()
+    T, L, H = 24, fc.context_length, fc.horizon
+    fc.predict(history, covariates=cov, num_samples=3, steps=3, lattice=False, cache=False)
+    times = pd.date_range("2024-12-24", periods=T + H, freq="h")
+    known = _hand_known(times, cov["temp"].to_numpy(), cov["holiday"].tolist())
+    past = ((cov["rain_1h"].to_numpy() - 0.5) / 2.0)[:, None]
+    ctx_vals = history.to_numpy()[-L:]
+    z = (ctx_vals - ctx_vals.mean(axis=0)) / ctx_vals.std(axis=0)
+    ctx = fc.engine.ctx[0]
+    assert ctx.shape == (3, L, 8) and ctx.dtype == np.float32
+    np.testing.assert_allclose(ctx[..., 0], z.T, atol=2e-6)
+    np.testing.assert_array_equal(ctx[..., 1], 1.0)
+    for g in range(3):
+        np.testing.assert_allclose(ctx[g, :, 2:7], known[T - L:T], atol=1e-6)
+        np.testing.assert_allclose(ctx[g, :, 7:], past[T - L:T], atol=1e-6)
+    for x_sub, pos in fc.engine.x_sub:
+        assert x_sub.shape[-1] == 6
+        padded = np.concatenate([known[T:T + H], np.zeros((1, 5))])  # padding tokens (pos H): zeros
+        np.testing.assert_allclose(x_sub[..., 1:], padded[pos], atol=1e-6)
+
+
+def test_feature_forecasts_are_batch_independent_and_match_predict_windows(feature_forecaster):
+    from dil.runtime.window_features import WindowFeatures
+
+    fc = feature_forecaster
+    history, cov = _feature_inputs()
+    kw = dict(num_samples=6, steps=4, seed=2, covariates=cov)
+    together = fc.predict(history, **kw)
+    np.testing.assert_array_equal(fc.predict(history, batch_series=1, **kw).samples, together.samples)
+    np.testing.assert_array_equal(fc.predict(history[["c"]], **kw).samples[0], together.samples[2])
+    np.testing.assert_array_equal(together.timestamps, pd.date_range("2024-12-25", periods=8, freq="h").to_numpy())
+    # predict_windows with the same features, built by hand.
+    L, T = fc.context_length, 24
+    known = _hand_known(pd.date_range("2024-12-24", periods=32, freq="h"), cov["temp"].to_numpy(),
+                        cov["holiday"].tolist())
+    past = ((cov["rain_1h"].to_numpy() - 0.5) / 2.0)[:, None]
+    feats = WindowFeatures(np.repeat(known[None, T - L:T], 3, 0), np.repeat(past[None, T - L:T], 3, 0),
+                           np.repeat(known[None, T:], 3, 0))
+    w = fc.predict_windows(history.to_numpy()[-L:].T, num_samples=6, steps=4, seed=2, series_keys=["a", "b", "c"],
+                           features=feats)
+    np.testing.assert_allclose(w.samples, together.samples, rtol=0, atol=1e-9)
+    # The inputs matter: a future known covariate and the dates change the forecast; rows past
+    # T + H and the past-only covariate's future rows do not.
+    warm = cov.copy()
+    warm.loc[T + 3, "temp"] += 30
+    assert np.abs(fc.predict(history, **{**kw, "covariates": warm}).samples - together.samples).max() > 1e-3
+    later = history.set_axis(history.index + pd.Timedelta(hours=5))
+    assert np.abs(fc.predict(later, **kw).samples - together.samples).max() > 1e-3
+    longer = pd.concat([cov, cov.iloc[:4]], ignore_index=True)
+    longer.loc[T:, "rain_1h"] = np.nan
+    np.testing.assert_array_equal(fc.predict(history, **{**kw, "covariates": longer}).samples, together.samples)
+
+
+def _future_gap(cov):
+    cov = cov.copy()
+    cov.loc[24 + 2:24 + 4, "temp"] = np.nan
+    return cov
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda h, c: (h.to_numpy(), dict(covariates=c)), r"uses time features \(hour_of_day, day_of_week\) but the "
+                                                          "history has no dates"),
+        (lambda h, c: (h, {}), r"uses covariates \(temp, holiday, rain_1h\): pass covariates="),
+        (lambda h, c: (h, dict(covariates=c.drop(columns="holiday"))), "covariates has no column 'holiday'"),
+        (lambda h, c: (h, dict(covariates=_future_gap(c))), "covariate 'temp' is empty in future rows 3-5 of 8"),
+        (lambda h, c: (h, dict(covariates=c.iloc[:27])),
+         r"covariate 'temp' is empty in future rows 4-8 of 8 \(covariates has 3 rows after the history\)"),
+        (lambda h, c: (h, dict(covariates=c.iloc[:20])), "covariates has 20 rows, fewer than the 24 history rows"),
+        (lambda h, c: (h, dict(covariates=c.astype({"temp": object}).assign(temp=lambda f: f["temp"].where(
+            f.index != 3, "warm")))), "covariate 'temp' is text where numbers are expected: data row 4 holds 'warm'"),
+        (lambda h, c: (h.set_axis(pd.date_range("2024-01-01", periods=24, freq="D")), dict(covariates=c)),
+         "rows are 'D' apart but the model's time features are for rows of 'h'"),
+    ],
+)
+def test_missing_features_raise_one_line_before_any_engine_call(feature_forecaster, make, match):
+    history, cov = _feature_inputs()
+    data, kw = make(history, cov)
+    calls = feature_forecaster.engine.stats.encode_calls
+    with pytest.raises(ForecastError, match=match) as err:
+        feature_forecaster.predict(data, num_samples=2, steps=2, **kw)
+    assert "\n" not in str(err.value)
+    assert feature_forecaster.engine.stats.encode_calls == calls
+
+
+def test_predict_windows_needs_the_features_of_a_feature_model(feature_forecaster, forecaster):
+    from dil.runtime.window_features import WindowFeatures
+
+    ctx = np.random.default_rng(0).standard_normal((2, 16))
+    with pytest.raises(ForecastError, match="the model uses 2 time features .* pass features=WindowFeatures"):
+        feature_forecaster.predict_windows(ctx, num_samples=2, steps=2)
+    bad = WindowFeatures(np.zeros((2, 16, 5)), np.zeros((2, 16, 1)), np.zeros((2, 7, 5)))
+    with pytest.raises(ForecastError, match=r"features.horizon_known has shape \(2, 7, 5\), the model needs \[2, 8, 5\]"):
+        feature_forecaster.predict_windows(ctx, num_samples=2, steps=2, features=bad)
+    # A model without features forecasts as before; given features of width 0 it ignores them.
+    empty = WindowFeatures(np.zeros((2, 16, 0)), np.zeros((2, 16, 0)), np.zeros((2, 8, 0)))
+    np.testing.assert_array_equal(forecaster.predict_windows(ctx, 2, 2, features=empty).samples,
+                                  forecaster.predict_windows(ctx, 2, 2).samples)

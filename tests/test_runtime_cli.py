@@ -327,3 +327,88 @@ def test_all_missing_series_stops_or_is_skipped(tiny_artifact, table_csv, tmp_pa
     assert _run(["--engine", tiny_artifact, "--input", table_csv, "--date-column", "date", *FAST,
                  "--out", ref]).exit_code == 0
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(ref))
+
+
+# -- a model with time features and covariates (conftest FEATURE_SPEC) ---------------------------------
+@pytest.fixture()
+def feature_csv(tmp_path):
+    """40 hourly rows of north and south, then 8 future rows (series empty, covariates filled):
+    temp (numeric), holiday (text, "None" on ordinary days), rain_1h (past-only: empty in the
+    future) and a text column the model does not use."""
+    rng = np.random.default_rng(3)
+    T, H = 40, 8
+    frame = pd.DataFrame({"date": pd.date_range("2024-12-23", periods=T + H, freq="h").strftime("%Y-%m-%d %H:%M")})
+    frame["north"] = np.r_[300 + rng.standard_normal(T).cumsum(), [np.nan] * H]
+    frame["south"] = np.r_[280 + rng.standard_normal(T).cumsum(), [np.nan] * H]
+    frame["temp"] = np.round(275 + 5 * np.sin(np.arange(T + H) / 3), 2)
+    frame["holiday"] = ["None"] * (T + 2) + ["Christmas Day"] * (H - 2)
+    frame["rain_1h"] = np.r_[np.round(rng.uniform(0, 2, T), 2), [np.nan] * H]
+    frame["remark"] = "ok"
+    path = tmp_path / "in" / "features.csv"
+    path.parent.mkdir()
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_dil_run_feeds_a_feature_model_the_future_covariates(tiny_feature_artifact, feature_csv, tmp_path):
+    """The rows after the last observed value are the forecast steps: the forecast starts there and
+    equals Forecaster.predict given the history and the covariate rows read independently."""
+    from dil.runtime import Forecaster
+
+    out, plot = tmp_path / "f.csv", tmp_path / "f.png"
+    result = _run(["--engine", tiny_feature_artifact, "--input", feature_csv, "--date-column", "date", *FAST,
+                   "--out", out, "--plot", plot])
+    assert result.exit_code == 0, result.output
+    assert ("model inputs: 2 time features (hour_of_day, day_of_week), known covariates temp, holiday, past "
+            "covariate rain_1h)") in result.output
+    assert ("note: the last 8 rows of features.csv (from 2024-12-24 16:00:00), after the last observed value, are "
+            "the forecast steps: their known covariates (temp, holiday) are used") in result.output
+    frame = pd.read_csv(out, parse_dates=["timestamp"])
+    assert frame["series"].unique().tolist() == ["north", "south"]  # covariates are never forecast
+    assert frame["timestamp"].iloc[0] == pd.Timestamp("2024-12-24 16:00") and len(frame) == 2 * 8
+
+    raw = pd.read_csv(feature_csv, keep_default_na=False, na_values={"north": [""], "south": [""], "temp": [""],
+                                                                       "rain_1h": [""]})
+    history = raw[["north", "south"]].iloc[:40].set_axis(pd.DatetimeIndex(raw["date"].iloc[:40]))
+    ref = Forecaster.load(tiny_feature_artifact, threads=1).predict(
+        history, num_samples=4, steps=3, covariates=raw[["temp", "holiday", "rain_1h"]])
+    np.testing.assert_allclose(frame["mean"].to_numpy(), ref.mean.reshape(-1), rtol=1e-12)
+
+
+FEATURE_BAD_INPUTS = {
+    "future gap": (lambda f: f.assign(temp=f["temp"].where(~f.index.isin([42, 43, 44]))), ["--date-column", "date"],
+                   "covariate 'temp' is empty in future rows 3-5 of 8: the model needs the known covariates"),
+    "no future rows": (lambda f: f.head(40), ["--date-column", "date"],
+                       "covariate 'temp' is empty in future rows 1-8 of 8 (covariates has 0 rows after the history)"),
+    "missing column": (lambda f: f.drop(columns="holiday"), ["--date-column", "date"],
+                       "features.csv: the covariate column 'holiday' is missing"),
+    "no dates": (lambda f: f, [], "the model uses time features (hour_of_day, day_of_week): pass --date-column"),
+    "covariate as series": (lambda f: f, ["--date-column", "date", "--columns", "north,temp"],
+                            "column 'temp' is a covariate, not a series to forecast"),
+}
+
+
+@pytest.mark.parametrize("case", list(FEATURE_BAD_INPUTS))
+def test_feature_model_bad_input_exits_with_one_line_and_writes_nothing(tiny_feature_artifact, feature_csv,
+                                                                        tmp_path, case):
+    make, extra, match = FEATURE_BAD_INPUTS[case]
+    _write(feature_csv, make(pd.read_csv(feature_csv, keep_default_na=False, na_values={"temp": [""]})))
+    out_dir = tmp_path / "out"
+    result = _run(["--engine", tiny_feature_artifact, "--input", feature_csv, *FAST, *extra,
+                   "--out", out_dir / "f.csv", "--plot", out_dir / "f.png"])
+    _assert_clean_failure(result, match)
+    assert not out_dir.exists()
+
+
+def test_model_without_covariates_keeps_trailing_empty_rows_as_missing_context(tiny_artifact, table_csv, tmp_path):
+    """As before covariates: for a model without known covariates, trailing rows with empty series
+    are missing context steps and the forecast starts after the table's last row."""
+    frame = pd.read_csv(table_csv)
+    dates = pd.date_range("2024-05-02 16:00", periods=3, freq="h").strftime("%Y-%m-%d %H:%M")
+    frame = pd.concat([frame, pd.DataFrame({"date": dates})], ignore_index=True)
+    path = _write(tmp_path / "in" / "trailing.csv", frame)
+    out = tmp_path / "f.csv"
+    result = _run(["--engine", tiny_artifact, "--input", path, "--date-column", "date", *FAST, "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "model inputs: the series only" in result.output
+    assert pd.read_csv(out, parse_dates=["timestamp"])["timestamp"].iloc[0] == pd.Timestamp("2024-05-02 19:00")

@@ -85,6 +85,29 @@ def test_profile_input_shapes(tiny_config):
     assert input_shapes("encode", c, p)["ctx"][2] == (3, c.context_length, c.context_features)
 
 
+def test_profile_with_context_patches_counts_steps_and_feeds_tokens(tiny_config):
+    """P = 4: the profile's L is in steps (multiples of 4, else refused naming context_patch); the
+    engines' k_ctx/v_ctx get L / 4 tokens; a call's context is reported back in steps."""
+    from dataclasses import replace
+
+    c = replace(tiny_config, context_patch=4, context_features=5, horizon_features=3)
+    p = resolve_profile(c, L=(8, 16, 16))
+    assert input_shapes("encode", c, p)["ctx"] == ((1, 8, 5), (16, 16, 5), (32, 16, 5))
+    assert input_shapes("denoise", c, p)["k_ctx"] == ((c.num_layers, 1, 2, c.d_model), (c.num_layers, 16, 4, c.d_model),
+                                                      (c.num_layers, 32, 4, c.d_model))
+    assert input_shapes("denoise", c, p)["x_sub"][2] == (32, 128, c.horizon, 3)
+    assert resolve_profile(c)["L"] == {"min": 16, "opt": 16, "max": 16}
+    with pytest.raises(ProfileError, match=r"^profile L 6,16,16 must be multiples of the model's context_patch 4"):
+        resolve_profile(c, L=(6, 16, 16))
+    feeds = _denoise_feeds(c, 2, 3, 4, L=2)  # 2 context tokens = 8 steps
+    feeds["x_sub"] = np.zeros((2, 3, 4, 3))
+    assert check_shapes("denoise", feeds, c, p, "REBUILD")["L"] == 8
+    feeds = _denoise_feeds(c, 2, 3, 4, L=1)  # 4 steps: below the profile's 8
+    feeds["x_sub"] = np.zeros((2, 3, 4, 3))
+    with pytest.raises(ProfileError, match=r"L=4 is outside the engine's profile L \[8, 16\]"):
+        check_shapes("denoise", feeds, c, p, "REBUILD")
+
+
 def _denoise_feeds(c, G, N, S, H=None, L=None):
     H, L = H or c.horizon, L or c.context_length
     z = np.zeros

@@ -18,7 +18,7 @@ from dil.data import get_spec  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
 from dil.train.checkpoint import load_checkpoint  # noqa: E402
 from dil.train.cli import main  # noqa: E402
-from dil.train.dataset import WindowSet, draw_noise  # noqa: E402
+from dil.train.dataset import WindowSet, draw_noise, fit_feature_spec  # noqa: E402
 from dil.train.model import ScoreNet  # noqa: E402
 from dil.train.trainer import TrainConfig, init_time_embeddings, lr_at  # noqa: E402
 
@@ -47,6 +47,52 @@ def test_window_set_skips_unusable_windows_and_scales_like_float64():
         np.testing.assert_allclose(b.ctx[i, :, 0], np.nan_to_num((ctx[i] - loc) / scale), rtol=1e-6)
         np.testing.assert_array_equal(b.ctx[i, :, 1], ~np.isnan(ctx[i]))
     np.testing.assert_array_equal(b.mask, 1.0)
+    assert b.ctx.shape == (2, 4, 2) and b.hor_feat.shape == (2, 2, 0)  # no features: (value, observed)
+
+
+def test_window_features_are_the_rows_of_context_and_target():
+    from dil.runtime.features import RowFeatures
+
+    # 2 series over T=12 rows, L=4, H=3; row t's known features (t, -t), past feature 100 + t.
+    T = 12
+    v = np.arange(T * 2, dtype=float).reshape(T, 2)
+    t = np.arange(T, dtype=float)
+    rf = RowFeatures(known=np.stack([t, -t], axis=1), past=(100 + t)[:, None], known_missing=np.zeros((T, 0), bool))
+    ws = WindowSet(v, 4, 3, 0, T, features=rf)
+    np.testing.assert_array_equal(ws.origins, np.repeat(np.arange(4, 10), 2))  # every (origin, series)
+    pick = np.array([0, 11])  # origin 4 series 0, origin 9 series 1
+    b = ws.batch(pick)
+    assert b.ctx.shape == (2, 4, 5) and b.hor_feat.shape == (2, 3, 2)
+    assert b.ctx.dtype == b.hor_feat.dtype == np.float32
+    # Fc = (value, observed, known 2, past 1): context rows [o-4, o), horizon rows [o, o+3)
+    np.testing.assert_array_equal(b.ctx[0, :, 2:], [[0, 0, 100], [1, -1, 101], [2, -2, 102], [3, -3, 103]])
+    np.testing.assert_array_equal(b.ctx[1, :, 2:], [[5, -5, 105], [6, -6, 106], [7, -7, 107], [8, -8, 108]])
+    np.testing.assert_array_equal(b.hor_feat[0], [[4, -4], [5, -5], [6, -6]])
+    np.testing.assert_array_equal(b.hor_feat[1], [[9, -9], [10, -10], [11, -11]])
+    # the value channel is series 1's context [10, 12, 14, 16] standardised
+    ctx1 = v[5:9, 1]
+    np.testing.assert_allclose(b.ctx[1, :, 0], (ctx1 - ctx1.mean()) / ctx1.std(), rtol=1e-6)
+
+
+def test_fit_feature_spec_uses_the_train_rows_and_the_frequency():
+    import pandas as pd
+
+    from dil.runtime.features import FeatureError
+    from dil.runtime.table import SeriesTable
+
+    times = pd.date_range("2024-01-01", periods=6, freq="h").to_numpy()
+    cov = pd.DataFrame({"temp": [1.0, 3.0, 100.0, 100.0, 100.0, 100.0], "kind": ["a", "b", "c", "a", "b", "c"]})
+    table = SeriesTable(values=np.zeros((6, 1)), names=["y"], timestamps=times, freq="h", covariates=cov)
+    spec = fit_feature_spec(table, "h", ["kind"], ["temp"], None, (0, 2))
+    assert spec.time_features == ("hour_of_day", "day_of_week", "day_of_month", "day_of_year") and spec.freq == "h"
+    assert [(c.name, c.known, c.mean, c.std, c.categories) for c in spec.covariates] == [
+        ("kind", True, 0.0, 1.0, ("a", "b")), ("temp", False, 2.0, 1.0, ())]  # rows 0..1 only
+    assert (spec.context_width, spec.horizon_width) == (2 + 4 + 2 + 1, 1 + 4 + 2)
+    assert fit_feature_spec(table, "h", time_features=False).time_features == ()
+    undated = SeriesTable(values=np.zeros((6, 1)), names=["y"])
+    assert fit_feature_spec(undated, "B") == fit_feature_spec(undated, None) == type(spec)()
+    with pytest.raises(FeatureError, match="--time-features: the table has no dates"):
+        fit_feature_spec(undated, "B", time_features=True)
 
 
 def test_missing_target_steps_are_masked_not_zero():
@@ -65,22 +111,40 @@ def test_noise_draw_follows_schedule():
     sigma = np.sqrt(1.0 - sch.alphas_cumprod[d.k])[..., None]
     np.testing.assert_allclose(d.x, alpha * y[:, None, :] + sigma * d.eps, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(d.t_feat, diffusion_time_features(d.k, 8).astype(np.float32))
+    np.testing.assert_array_equal(d.net_target, d.eps)  # epsilon: the target is the noise
+
+
+def test_v_target_is_alpha_eps_minus_sigma_y():
+    sch = NoiseSchedule()
+    y = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
+    d = draw_noise(np.random.default_rng(2), sch, y, 4, 8, prediction="v")
+    abar = sch.alphas_cumprod[d.k][..., None]  # float64 reference from the schedule's table
+    v = np.sqrt(abar) * d.eps.astype(np.float64) - np.sqrt(1.0 - abar) * y[:, None, :].astype(np.float64)
+    np.testing.assert_allclose(d.net_target, v, rtol=1e-6, atol=1e-6)
+    # v-prediction inverts to the clean value: x0 = alpha x - sigma v
+    np.testing.assert_allclose(np.sqrt(abar) * d.x - np.sqrt(1 - abar) * v, np.broadcast_to(y[:, None], v.shape),
+                               atol=2e-6)
 
 
 def test_masked_mse_ignores_missing_target_steps():
     from dil.train.trainer import masked_mse, masked_squared_error
 
     class FixedPrediction:  # full_step's output is given: the loss arithmetic alone is checked
-        def full_step(self, ctx, x, t_feat):
+        def full_step(self, ctx, x, t_feat, hor_feat):
+            self.hor_feat = hor_feat
             return torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]]).unsqueeze(-1)
 
-    eps = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]])  # B=1, N=2, H=3
+    target = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]])  # B=1, N=2, H=3 (eps or v)
     mask = torch.tensor([[1.0, 0.0, 1.0]])  # the middle target step is missing
-    args = (torch.zeros(1, 4, 2), torch.zeros(1, 2, 3), torch.zeros(1, 2, 8), eps, mask)
-    sse, count = masked_squared_error(FixedPrediction(), *args)
+    hor_feat = torch.ones(1, 3, 2)
+    args = (torch.zeros(1, 4, 6), torch.zeros(1, 2, 3), torch.zeros(1, 2, 8), hor_feat, target, mask)
+    net = FixedPrediction()
+    sse, count = masked_squared_error(net, *args)
     # observed squared errors: row 0: 1 and 4; row 1: 1 and 1
-    assert (float(sse), float(count)) == (7.0, 4.0)
-    assert float(masked_mse(FixedPrediction(), *args)) == 7.0 / 4.0
+    assert (float(sse), float(count)) == (7.0, 4.0) and net.hor_feat is hor_feat
+    assert float(masked_mse(net, *args)) == 7.0 / 4.0
+    masked_squared_error(net, *args[:3], torch.zeros(1, 3, 0), *args[4:])
+    assert net.hor_feat is None  # no known features: the model gets none
 
 
 def test_lr_warmup_then_cosine():
@@ -104,6 +168,18 @@ def test_time_embeddings_share_the_seasonal_phase(tiny_config):
     np.testing.assert_allclose(hor[0, 8:16], 1.0)  # cos(0) for every frequency at time 0
 
 
+def test_time_embeddings_of_patched_context_tokens(tiny_config):
+    from dataclasses import replace
+
+    model = ScoreNet(replace(tiny_config, context_patch=4))  # 4 tokens of 4 steps
+    init_time_embeddings(model, 4)
+    ctx = model.ctx_pos.weight.detach().numpy()
+    assert ctx.shape == (4, 16)
+    t = np.arange(4) * 4 + 1.5 - 16  # each token at the time of its middle: -14.5, -10.5, -6.5, -2.5
+    np.testing.assert_allclose(ctx[:, 0], np.sin(2 * np.pi * t / 4), atol=1e-6)  # first harmonic of season 4
+    np.testing.assert_allclose(ctx[:, 8], np.cos(2 * np.pi * t / 4), atol=1e-6)
+
+
 # -- dil-train end to end ---------------------------------------------------------------------------
 def _run(args):
     return CliRunner().invoke(main, args, catch_exceptions=False)
@@ -122,8 +198,13 @@ def test_cli_trains_a_loadable_checkpoint(tiny_run):
 
     out, output = tiny_run
     assert "checkpoint:" in output and "best val loss" in output
-    expect = ModelConfig(context_length=16, horizon=8, d_model=16, num_heads=2, num_layers=2, ffn_dim=32)
+    # metro-traffic is hourly: 4 time features on every token (Fc = 2 + 4, Fh = 1 + 4); 24 does not
+    # divide 16, so a context token is 8 steps; new runs predict v
+    expect = ModelConfig(context_length=16, horizon=8, d_model=16, num_heads=2, num_layers=2, ffn_dim=32,
+                         context_features=6, horizon_features=5, prediction="v", context_patch=8)
     ck = load_checkpoint(out, expect=expect)
+    assert ck.features.time_features == ("hour_of_day", "day_of_week", "day_of_month", "day_of_year")
+    assert ck.features.freq == "h" and ck.features.covariates == ()
     spec = get_spec("metro-traffic")
     assert ck.data["dataset"] == "metro-traffic" and ck.data["columns"] == ["traffic_volume"]
     assert ck.data["sha256"] == "07d3c0566e342648f11db21f0b12c362e6fee9e3b6aa292917cb25d3cb981d69"

@@ -127,7 +127,7 @@ def test_controller_check_detects_a_controller_that_differs(tiny_model, tiny_con
 
     monkeypatch.setattr(vr, "reference_controller", lambda config: ReferenceFullController(1))
     rng = np.random.default_rng(0)
-    ctx, x_T, streams = prepare_inputs(rng.standard_normal((2, 20)), tiny_config.context_length, tiny_config.horizon, 3, 0)
+    ctx, _, x_T, streams = prepare_inputs(rng.standard_normal((2, 20)), tiny_config, 3, 0)
     config = SamplerConfig(inference_steps=4, solver_order=2)
     check = controller_check(tiny_model, NoiseSchedule(), ctx, x_T, config, streams)
     # Steps 1 and 2 differ (order 2 vs 1) on every token; step 0 (history cap) and 3 (last) agree.
@@ -161,7 +161,7 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
             return super().denoise(*(np.array(a) for a in args))
 
     windows, _ = training_windows({"dataset": "etth1"}, tiny_config.context_length, tiny_config.horizon, 4)
-    ctx, x_T, streams = prepare_inputs(windows[0], tiny_config.context_length, tiny_config.horizon, SAMPLES, 0)
+    ctx, _, x_T, streams = prepare_inputs(windows[0], tiny_config, SAMPLES, 0)
     run = free_run(Perturbed(other), tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS, **BUSY_CACHE),
                    streams)
     assert 0.9 < run["decision_agreement"] < 1.0 and run["first_flips"] >= 1
@@ -173,7 +173,7 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
 
 def test_free_run_reports_runtime_stats(engine, tiny_model, tiny_config):
     rng = np.random.default_rng(1)
-    ctx, x_T, streams = prepare_inputs(5 + rng.standard_normal((2, 30)), tiny_config.context_length, tiny_config.horizon, 4, 3)
+    ctx, _, x_T, streams = prepare_inputs(5 + rng.standard_normal((2, 30)), tiny_config, 4, 3)
     run = free_run(engine, tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=3), streams)
     assert run["runtime_stats"]["engine_calls"] == 3
     assert run["units"] == 3 * (2 * 4 * tiny_config.horizon + 2)

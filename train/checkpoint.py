@@ -1,7 +1,9 @@
 """Checkpoints: safetensors weights + a JSON config, written atomically (never pickle).
 
 A run folder runs/NAME/ holds
-    config.json        {"format_version", "model", "schedule", "data", "training"}
+    config.json        {"format_version", "model", "schedule", "data", "training", "features"}
+                       ("features": dil.runtime.features.FeatureSpec.to_dict(), what the tokens carry
+                       beyond the target; absent in runs from before it existed = none)
     model.safetensors  the EMA weights of the ScoreNet (what export and inference use)
     state.safetensors  + state.json: raw weights, optimizer and progress, for --resume
     log.jsonl          one line per epoch
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dil.runtime.features import FeatureError, FeatureSpec
 from dil.runtime.files import atomic_path, write_text
 from dil.runtime.model_config import ModelConfig
 from dil.runtime.sampling.schedule import NoiseSchedule
@@ -37,6 +40,7 @@ class Checkpoint:
     data: dict = field(default_factory=dict)  # dataset name, sha256, columns, freq, splits, scaling
     training: dict = field(default_factory=dict)  # epochs, lr, seed, best val loss, ...
     path: Path | None = None
+    features: FeatureSpec = field(default_factory=FeatureSpec)  # time features and covariates
 
 
 def save_tensors(path, tensors: dict) -> None:
@@ -46,8 +50,16 @@ def save_tensors(path, tensors: dict) -> None:
         save_file(clean, str(tmp))
 
 
-def save_checkpoint(run_dir, model: ScoreNet, schedule: NoiseSchedule, data: dict, training: dict) -> None:
-    """Write model.safetensors then config.json (last) into run_dir (created if missing)."""
+def save_checkpoint(run_dir, model: ScoreNet, schedule: NoiseSchedule, data: dict, training: dict,
+                    features: FeatureSpec | None = None) -> None:
+    """Write model.safetensors then config.json (last) into run_dir (created if missing).
+    features: the model's FeatureSpec (None: none); its widths must be the model config's."""
+    features = features or FeatureSpec()
+    cfg = model.config
+    if (cfg.context_features, cfg.horizon_features) != (features.context_width, features.horizon_width):
+        raise CheckpointError(f"model widths context_features {cfg.context_features}, horizon_features "
+                              f"{cfg.horizon_features} do not match the features ({features.context_width}, "
+                              f"{features.horizon_width})")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(run_dir / "model.safetensors", model.state_dict())
@@ -57,6 +69,7 @@ def save_checkpoint(run_dir, model: ScoreNet, schedule: NoiseSchedule, data: dic
         "schedule": schedule.to_dict(),
         "data": data,
         "training": training,
+        "features": features.to_dict(),
     }
     write_text(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
 
@@ -86,13 +99,21 @@ def load_checkpoint(run_dir, expect: ModelConfig | None = None) -> Checkpoint:
         schedule = NoiseSchedule.from_dict(cfg["schedule"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{run_dir}/config.json: invalid model config: {exc}") from None
+    try:
+        features = FeatureSpec.from_dict(cfg.get("features"))
+    except FeatureError as exc:
+        raise CheckpointError(f"{run_dir}/config.json: {exc}") from None
+    if (config.context_features, config.horizon_features) != (features.context_width, features.horizon_width):
+        raise CheckpointError(f"{run_dir}/config.json: the model's input widths ({config.context_features}, "
+                              f"{config.horizon_features}) are not what its features make ({features.context_width}, "
+                              f"{features.horizon_width})")
     if expect is not None and config != expect:
         raise CheckpointError(f"checkpoint {run_dir} has model config {config}, expected {expect}")
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"no weights in {run_dir} (missing model.safetensors)")
     model = load_weights(weights, config)
-    return Checkpoint(model, config, schedule, cfg.get("data", {}), cfg.get("training", {}), run_dir)
+    return Checkpoint(model, config, schedule, cfg.get("data", {}), cfg.get("training", {}), run_dir, features)
 
 
 def load_weights(path, config: ModelConfig) -> ScoreNet:

@@ -11,8 +11,29 @@ from dil.data.registry import DATASETS, DEFAULT_DATASET
 
 # Options that default to the run's stored value on --resume and to the library default otherwise.
 MODEL_OPTIONS = {"context": "context_length", "horizon": "horizon", "d_model": "d_model", "heads": "num_heads",
-                 "layers": "num_layers", "ffn_dim": "ffn_dim"}
+                 "layers": "num_layers", "ffn_dim": "ffn_dim", "prediction": "prediction",
+                 "context_patch": "context_patch"}
 TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "noise_draws", "lr", "seed", "device", "patience")
+# What a new run predicts (docs/model.md section 2.2); runs keep what they were trained with.
+DEFAULT_PREDICTION = "v"
+# Context steps per context token (docs/model.md section 4): a day for hourly rows, else the largest
+# of these dividing the context length.
+HOURLY_PATCH = 24
+PATCHES = (12, 8, 6, 4, 2, 1)
+
+
+def default_context_patch(context_length: int, freq: str | None) -> int:
+    """The context patch of a new run: 24 (a day) for hourly rows when it divides the context
+    length, else the largest of 12, 8, 6, 4, 2, 1 that does."""
+    if freq and context_length % HOURLY_PATCH == 0:
+        import pandas as pd
+
+        try:
+            if pd.tseries.frequencies.to_offset(freq) == pd.tseries.frequencies.to_offset("h"):
+                return HOURLY_PATCH
+        except ValueError:
+            pass
+    return next(p for p in PATCHES if context_length % p == 0)
 
 
 def _stored(run_dir: Path) -> dict:
@@ -25,17 +46,56 @@ def _stored(run_dir: Path) -> dict:
         return {}  # the trainer reports the broken file
 
 
-def _configs(opts: dict, spec, stored: dict):
+def _names(value: str | None) -> list[str]:
+    return [c.strip() for c in (value or "").split(",") if c.strip()]
+
+
+def _covariate_names(opts: dict, stored: dict) -> tuple[list[str], list[str]]:
+    """(known-future, past-only) covariate names: the options, else (on --resume) the run's."""
+    covs = (stored.get("features") or {}).get("covariates") or []
+    known = _names(opts["covariates"]) if opts["covariates"] is not None else [c["name"] for c in covs if c["known"]]
+    past = (_names(opts["past_covariates"]) if opts["past_covariates"] is not None
+            else [c["name"] for c in covs if not c["known"]])
+    return known, past
+
+
+def _configs(opts: dict, spec, table, stored: dict, known, past):
+    """(ModelConfig, TrainConfig, FeatureSpec) of the run: options, else the run's values on
+    --resume, else the defaults; the features fitted on the table's train part."""
+    from dil.data.windows import split_bounds
     from dil.runtime.model_config import ModelConfig
+    from dil.train.dataset import fit_feature_spec
     from dil.train.trainer import TrainConfig
 
     model = dict(stored.get("model") or {})
     if not model:
-        model = dict(ModelConfig().to_dict(), context_length=spec.context_length, horizon=spec.horizon)
+        model = dict(ModelConfig().to_dict(), context_length=spec.context_length, horizon=spec.horizon,
+                     prediction=DEFAULT_PREDICTION)
     model.update({field: opts[opt] for opt, field in MODEL_OPTIONS.items() if opts[opt] is not None})
+    freq = table.freq or spec.freq
+    L, P = model["context_length"], model.get("context_patch")
+    if opts["context_patch"] is None and not stored.get("model"):
+        model["context_patch"] = P = default_context_patch(L, freq) if L >= 1 else 1
+    if P is not None and P >= 1 and L % P:
+        raise ValueError(f"--context-patch {P} does not divide --context-length {L}")
+    time_features = opts["time_features"]
+    if time_features is None and stored:
+        time_features = bool((stored.get("features") or {}).get("time_features"))
+    features = fit_feature_spec(table, freq, known, past, time_features, split_bounds(spec, table.n_steps)["train"])
+    model.update(context_features=features.context_width, horizon_features=features.horizon_width)
     train = dict(stored.get("train") or {})
     train.update({k: opts[k] for k in TRAIN_OPTIONS if opts[k] is not None})
-    return ModelConfig.from_dict(model), TrainConfig.from_dict(train)
+    return ModelConfig.from_dict(model), TrainConfig.from_dict(train), features
+
+
+def _describe(features) -> str:
+    """One line: what the tokens carry beyond the target."""
+    parts = [f"time features {', '.join(features.time_features)} ({features.freq})" if features.time_features
+             else "no time features"]
+    for c in features.covariates:
+        kind = f"{len(c.categories)} categories" if c.kind == "categorical" else "numeric"
+        parts.append(f"{c.name} ({'known' if c.known else 'past-only'}, {kind})")
+    return "features: " + "; ".join(parts)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -50,10 +110,26 @@ def _configs(opts: dict, spec, stored: dict):
 @click.option("--dayfirst/--monthfirst", "dayfirst", default=None,
               help="Read --date-column day-first (13.07.2016) or month-first (07/13/2016) [decided from the data].")
 @click.option("--columns", default=None, help="Comma-separated series to train on (default: every numeric column).")
-@click.option("--context", type=int, default=None, help="Context length L in steps [dataset default, e.g. 168].")
+@click.option("--context-length", "--context", "context", type=int, default=None,
+              help="Context length L in steps [dataset default, e.g. 336 for metro-traffic].")
 @click.option("--horizon", type=int, default=None, help="Forecast horizon H in steps [dataset default, e.g. 24].")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs [18]; with --resume, the new total.")
-@click.option("--steps-per-epoch", type=int, default=None, help="Optimizer steps per epoch [60].")
+@click.option("--context-patch", type=int, default=None,
+              help="Context steps per context token; must divide the context length [24 for hourly rows when it "
+                   "divides it, else the largest of 12, 8, 6, 4, 2, 1 that does].")
+@click.option("--prediction", type=click.Choice(["epsilon", "v"]), default=None,
+              help="What the network learns to output: v = alpha*eps - sigma*x0, or the noise eps [v].")
+@click.option("--covariates", default=None, metavar="A,B",
+              help="Known-future covariate columns (their future values are known when forecasting, e.g. "
+                   "holiday): context and horizon tokens carry them. Numbers are standardised with the train "
+                   "part's mean and std, text is one-hot over the train part's categories; an empty cell is "
+                   "missing (0).")
+@click.option("--past-covariates", default=None, metavar="C,D",
+              help="Past-only covariate columns (observed, not known ahead, e.g. temp): context tokens only.")
+@click.option("--time-features/--no-time-features", "time_features", default=None,
+              help="Calendar features of each row's timestamp (hour of day, day of week, ...; GluonTS's set for "
+                   "the row frequency) [on when the table has dates with a regular frequency].")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs [20]; with --resume, the new total.")
+@click.option("--steps-per-epoch", type=int, default=None, help="Optimizer steps per epoch [150].")
 @click.option("--batch-size", type=int, default=None, help="Windows per step [64].")
 @click.option("--noise-draws", type=int, default=None, help="Noise levels per window sharing one context encoding [4].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (AdamW, cosine schedule) [2e-3].")
@@ -66,7 +142,8 @@ def _configs(opts: dict, spec, stored: dict):
 @click.option("--ffn-dim", type=int, default=None, help="MLP hidden width [128].")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder to write, e.g. runs/metro (missing folders are created when training starts).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out (same model and data; unspecified options keep the run's values).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out (same model, data and features; unspecified "
+              "options keep the run's values).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(**opts) -> None:
@@ -76,8 +153,9 @@ def main(**opts) -> None:
     Examples:
       dil-train --out runs/metro                      # bundled metro-traffic, default preset
       dil-train --dataset etth1 --epochs 20 --out runs/etth1
-      dil-train --data my.csv --date-column date --columns load --context 96 --horizon 24 --out runs/mine
+      dil-train --data my.csv --date-column date --columns load --context-length 96 --horizon 24 --out runs/mine
       dil-train --data meter.csv --date-column time --dayfirst --out runs/meter   # 01.07.2016-style dates
+      dil-train --covariates holiday --past-covariates temp,rain_1h --out runs/metro-cov
       dil-train --out runs/metro --resume --epochs 20  # continue a run
     """
     from dil.runtime.deps import MissingDependency, require
@@ -120,14 +198,15 @@ def _run(opts: dict) -> None:
         if dataset is None and opts["data"] is None:
             dataset = (stored.get("data") or {}).get("dataset") if stored else None
             dataset = dataset if dataset in DATASETS else DEFAULT_DATASET
+        known, past = _covariate_names(opts, stored)
         spec, table = resolve(dataset, opts["data"], opts["date_column"], opts["columns"],
-                              date_format=opts["date_format"], dayfirst=opts["dayfirst"])
+                              date_format=opts["date_format"], dayfirst=opts["dayfirst"], covariates=known + past)
         for line in table.notes:
             click.echo(line, err=True)
-        model_config, train_config = _configs(opts, spec, stored)
+        model_config, train_config, features = _configs(opts, spec, table, stored, known, past)
         with made_folders(opts["out"]):  # removed again if training fails before writing anything
             summary = train(spec, table, model_config, train_config, opts["out"], resume=opts["resume"],
-                            progress=not opts["quiet"], overwrite=opts["overwrite"])
+                            progress=not opts["quiet"], overwrite=opts["overwrite"], features=features)
     except (DataError, CheckpointError, ScalingError, ValueError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     best = summary["best_val_loss"]
@@ -138,6 +217,8 @@ def _run(opts: dict) -> None:
     )
     click.echo(f"best val loss {best:.4f} at epoch {summary['best_epoch']}; "
                f"windows train {summary['windows']['train']}, val {summary['windows']['val']}")
+    click.echo(f"model: {model_config.prediction}-prediction, context {model_config.context_length} steps in "
+               f"tokens of {model_config.context_patch}; {_describe(features)}")
     click.echo(f"checkpoint: {summary['run_dir']}")
 
 

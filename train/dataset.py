@@ -1,8 +1,9 @@
-"""Training and validation windows, scaled exactly as the runtime scales them.
+"""Training and validation windows, scaled and featured exactly as the runtime does it.
 
 Channel-independent: one network row is one (origin, series) window. Every window is scaled from its
-own context by `dil.runtime.scaling` (the single source of truth), so training sees the inputs the
-runtime will feed. Missing target steps are masked out of the loss, never treated as zeros.
+own context by `dil.runtime.scaling`, and its tokens get the table rows' time features and
+covariates from `dil.runtime.features` (the single sources of truth), so training sees the inputs
+the runtime will feed. Missing target steps are masked out of the loss, never treated as zeros.
 """
 
 from __future__ import annotations
@@ -11,21 +12,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dil.data.windows import gather_series, observed_counts, window_origins
-from dil.runtime.scaling import context_features, context_scale, standardise
+from dil.data.windows import gather_rows, gather_series, observed_counts, split_bounds, window_origins
+from dil.runtime.features import (FeatureError, FeatureSpec, RowFeatures, context_inputs, fit_covariates, row_features,
+                                  time_feature_names)
+from dil.runtime.scaling import context_scale, standardise
+from dil.runtime.table import DataError
 
 
 @dataclass
 class WindowBatch:
     """A batch of B scaled windows.
 
-    ctx: float32 [B, L, 2] context features (value, observed mask) on the standardised scale.
+    ctx: float32 [B, L, Fc] context features (value, observed mask on the standardised scale, then
+        the rows' known and past features; dil.runtime.features.context_inputs).
+    hor_feat: float32 [B, H, Fk] the known features of the target rows (time features, known-future
+        covariates), the horizon tokens' inputs beside their noisy values.
     target: float32 [B, H] standardised target with missing steps set to 0.
     mask: float32 [B, H], 1 where the target is observed (the loss weight).
     loc, scale: float64 [B] the per-window scaling (for turning predictions back).
     """
 
     ctx: np.ndarray
+    hor_feat: np.ndarray
     target: np.ndarray
     mask: np.ndarray
     loc: np.ndarray
@@ -38,12 +46,20 @@ class WindowSet:
     A window is usable when at least `min_observed` of its context steps are observed (a share in
     (0, 1], at least one step) and at least one target step is observed: a context with almost no
     data gives a degenerate scale, and a target with no data gives no loss.
-    values: float64 [T, C] with NaN = missing.
+    values: float64 [T, C] with NaN = missing. features: the table's RowFeatures (known [T, Fk],
+    past [T, Fp]; shared by its C series), None for none (Fk = Fp = 0).
     """
 
-    def __init__(self, values: np.ndarray, context: int, horizon: int, start: int, end: int, min_observed: float = 0.5):
+    def __init__(self, values: np.ndarray, context: int, horizon: int, start: int, end: int, min_observed: float = 0.5,
+                 features: RowFeatures | None = None):
         self.values = np.asarray(values, dtype=np.float64)
         self.context, self.horizon = int(context), int(horizon)
+        T = self.values.shape[0]
+        empty = np.zeros((T, 0))
+        self.known = empty if features is None else np.asarray(features.known, dtype=np.float64)
+        self.past = empty if features is None else np.asarray(features.past, dtype=np.float64)
+        if self.known.shape[0] != T or self.past.shape[0] != T:
+            raise ValueError(f"features have {self.known.shape[0]} rows, the table {T}")
         origins = window_origins(self.values.shape[0], self.context, self.horizon, start, end)
         if origins.size == 0:
             self.origins = self.channels = np.zeros(0, dtype=np.int64)
@@ -58,13 +74,16 @@ class WindowSet:
 
     def batch(self, index: np.ndarray) -> WindowBatch:
         """The windows at positions `index` (int [B]) of this set, scaled."""
-        ctx, tgt = gather_series(self.values, self.origins[index], self.channels[index], self.context, self.horizon)
+        origins = self.origins[index]
+        ctx, tgt = gather_series(self.values, origins, self.channels[index], self.context, self.horizon)
         loc, scale = context_scale(ctx)
         z_ctx = standardise(ctx, loc, scale)
         y = standardise(tgt, loc, scale)
         observed = ~np.isnan(y)
+        L, H = self.context, self.horizon
         return WindowBatch(
-            ctx=context_features(z_ctx),
+            ctx=context_inputs(z_ctx, gather_rows(self.known, origins, -L, L), gather_rows(self.past, origins, -L, L)),
+            hor_feat=gather_rows(self.known, origins, 0, H).astype(np.float32),
             target=np.where(observed, y, 0.0).astype(np.float32),
             mask=observed.astype(np.float32),
             loc=loc,
@@ -88,16 +107,22 @@ class NoiseDraw:
 
     k: int64 [B, N] diffusion steps; eps: float32 [B, N, H] the noise;
     x: float32 [B, N, H] noisy horizon alpha_k * y + sigma_k * eps; t_feat: float32 [B, N, E].
+    net_target: float32 [B, N, H] what the network is trained to output (eps, or v = alpha eps -
+        sigma y), from dil.runtime.sampling.parametrisation.training_target.
     """
 
     k: np.ndarray
     eps: np.ndarray
     x: np.ndarray
     t_feat: np.ndarray
+    net_target: np.ndarray
 
 
-def draw_noise(rng: np.random.Generator, schedule, target: np.ndarray, n_draws: int, time_dim: int) -> NoiseDraw:
-    """k ~ U{0..T-1}, eps ~ N(0, I), x_k = alpha_k y + sigma_k eps (float64, cast once at the end)."""
+def draw_noise(rng: np.random.Generator, schedule, target: np.ndarray, n_draws: int, time_dim: int,
+               prediction: str = "epsilon") -> NoiseDraw:
+    """k ~ U{0..T-1}, eps ~ N(0, I), x_k = alpha_k y + sigma_k eps and the network's training target
+    for `prediction` (all float64, cast once at the end). target: y, float [B, H]."""
+    from dil.runtime.sampling.parametrisation import training_target
     from dil.runtime.sampling.schedule import diffusion_time_features
 
     B, H = target.shape
@@ -105,10 +130,81 @@ def draw_noise(rng: np.random.Generator, schedule, target: np.ndarray, n_draws: 
     eps = rng.standard_normal((B, n_draws, H))
     alpha = schedule.alpha(k)[..., None]
     sigma = schedule.sigma(k)[..., None]
-    x = alpha * target[:, None, :].astype(np.float64) + sigma * eps
+    y = target[:, None, :].astype(np.float64)
+    x = alpha * y + sigma * eps
     return NoiseDraw(
         k=k,
         eps=eps.astype(np.float32),
         x=x.astype(np.float32),
         t_feat=diffusion_time_features(k, time_dim).astype(np.float32),
+        net_target=training_target(y, eps, alpha, sigma, prediction).astype(np.float32),
     )
+
+
+def fit_feature_spec(table, freq: str | None, known=(), past=(), time_features: bool | None = None,
+                     train_rows: tuple[int, int] | None = None) -> FeatureSpec:
+    """The FeatureSpec of a training run on `table` (a SeriesTable whose `covariates` hold the named
+    columns): the time features of `freq` (time_features None: when the table has dates and a
+    frequency; True: required, FeatureError without them; False: none), the known-future and
+    past-only covariates with their statistics from the rows [train_rows) only (the train part)."""
+    has_dates = table.timestamps is not None and bool(freq)
+    if time_features and not has_dates:
+        raise FeatureError("--time-features: the table has no dates with a regular frequency "
+                           "(give --date-column, or pass --no-time-features)")
+    names = time_feature_names(freq) if (has_dates if time_features is None else time_features) else ()
+    covs = ()
+    if known or past:
+        if table.covariates is None:
+            raise FeatureError(f"covariates {', '.join([*known, *past])} were not read from the table")
+        a, b = train_rows if train_rows is not None else (0, table.n_steps)
+        covs = fit_covariates(table.covariates, list(known), list(past), slice(a, b))
+    return FeatureSpec(freq=freq if names else None, time_features=names, covariates=covs)
+
+
+def data_record(spec, table, context: int, horizon: int, bounds: dict,
+                features: FeatureSpec | None = None) -> dict:
+    """The checkpoint's description of the training data (read by export, runtime and eval).
+    "covariates" lists the covariate columns read beside the targets (known-future, then past-only)."""
+    features = features or FeatureSpec()
+    return {
+        "dataset": spec.name,
+        "source": table.source,
+        "sha256": table.sha256,
+        "columns": list(table.names),
+        "date_column": spec.date_column,
+        "date_format": spec.date_format,  # how the dates were read: export re-reads the file the same way
+        "dayfirst": spec.dayfirst,
+        "freq": table.freq or spec.freq,
+        "season": spec.season,
+        "context_length": context,
+        "horizon": horizon,
+        "scaling": "context-mean-std",
+        "splits": {k: [int(a), int(b)] for k, (a, b) in bounds.items()},
+        "covariates": [c.name for c in features.covariates],
+    }
+
+
+class SplitWindows:
+    """The train and val WindowSets of a table (`.train`, `.val`, `.bounds` = split_bounds), with
+    the rows' features, validated up front: bad data fails before anything is written.
+    config: the ModelConfig (window, and per-step widths that must be the features')."""
+
+    def __init__(self, spec, table, config, min_observed: float, features: FeatureSpec):
+        L, H = config.context_length, config.horizon
+        T = table.n_steps
+        if T < L + H:
+            raise DataError(f"{table.source}: {T} rows, but one window needs context {L} + horizon {H} = {L + H}")
+        for key, want in (("context_features", features.context_width), ("horizon_features", features.horizon_width)):
+            if getattr(config, key) != want:
+                raise FeatureError(f"model {key} is {getattr(config, key)} but the features make {want} per step")
+        self.bounds = split_bounds(spec, T)
+        rows = row_features(features, table.timestamps, table.covariates, rows=T)
+        self.train = WindowSet(table.values, L, H, *self.bounds["train"], min_observed=min_observed, features=rows)
+        self.val = WindowSet(table.values, L, H, *self.bounds["val"], min_observed=min_observed, features=rows)
+        for part, ws in (("train", self.train), ("val", self.val)):
+            if len(ws) == 0:
+                a, b = self.bounds[part]
+                raise DataError(
+                    f"{table.source}: the {part} part (rows {a}..{b - 1}) holds no usable window of "
+                    f"context {L} + horizon {H}; use a shorter --context-length/--horizon or more rows"
+                )

@@ -1,8 +1,10 @@
 """The score network: a pre-LayerNorm transformer with two entry points (docs/model.md section 3).
 
-Tokens are time steps. Block attention rule: context tokens attend to context tokens only; horizon
-tokens attend to every token. So the context's per-layer keys/values do not depend on the noisy
-horizon and are computed once per forecast by `encode`, then reused by every `denoise` call.
+Horizon tokens are time steps; a context token is `context_patch` (P) consecutive context steps,
+their P * Fc features in one Linear (the graph reshapes [G, L, Fc] -> [G, L/P, P*Fc]). Block
+attention rule: context tokens attend to context tokens only; horizon tokens attend to every token.
+So the context's per-layer keys/values do not depend on the noisy horizon and are computed once
+per forecast by `encode`, then reused by every `denoise` call.
 
 `denoise` computes a subset of S horizon tokens per row. Each computed token attends to
   (a) its context's keys (one batched matmul per (G, head) over all N*S queries: never copied per
@@ -43,12 +45,14 @@ class Block(nn.Module):
 
 
 class ScoreNet(nn.Module):
-    """Epsilon-prediction network over (context, horizon) tokens.
+    """Denoising network over (context, horizon) tokens. Its output is eps or v as
+    config.prediction says (dil.runtime.sampling.parametrisation turns it into x0 and eps).
 
-    encode(ctx [G, L, Fc]) -> k_ctx, v_ctx [layers, G, L, D]
+    encode(ctx [G, L, Fc]) -> k_ctx, v_ctx [layers, G, L/P, D]      (L a multiple of P)
     denoise(x_sub [G, N, S, Fh], pos_sub i64 [G, N, S], t_feat [G, N, E],
-            k_ctx, v_ctx [layers, G, L, D], k_hor, v_hor [layers, G, N, H, D], hor_valid [G, N, H])
-        -> eps_sub [G, N, S, 1], k_sub, v_sub [layers, G, N, S, D]
+            k_ctx, v_ctx [layers, G, L/P, D], k_hor, v_hor [layers, G, N, H, D], hor_valid [G, N, H])
+        -> out_sub [G, N, S, 1], k_sub, v_sub [layers, G, N, S, D]
+    x_sub[..., 0] is the noisy value, x_sub[..., 1:] the token's Fk = Fh - 1 known features.
     """
 
     def __init__(self, config: ModelConfig):
@@ -57,9 +61,10 @@ class ScoreNet(nn.Module):
         D = config.d_model
         self.num_heads = config.num_heads
         self.head_dim = D // config.num_heads
-        self.ctx_in = nn.Linear(config.context_features, D)
+        P = config.context_patch
+        self.ctx_in = nn.Linear(P * config.context_features, D)
         self.hor_in = nn.Linear(config.horizon_features, D)
-        self.ctx_pos = nn.Embedding(config.context_length, D)
+        self.ctx_pos = nn.Embedding(config.context_length // P, D)
         self.hor_pos = nn.Embedding(config.horizon, D)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_embed_dim, D), nn.SiLU(), nn.Linear(D, D))
         self.blocks = nn.ModuleList(Block(D, config.ffn_dim) for _ in range(config.num_layers))
@@ -72,12 +77,19 @@ class ScoreNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def encode(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context keys/values of every layer. ctx: [G, L, Fc] -> ([layers, G, L, D], same)."""
+        """Context keys/values of every layer. ctx: [G, L, Fc] -> ([layers, G, L/P, D], same).
+
+        L is any multiple of P up to context_length; token j holds steps [jP, (j+1)P), its features
+        step-major (step 0's Fc values, then step 1's, ...).
+        """
+        P = self.config.context_patch
+        if P > 1:  # -1: L is a dynamic axis of the exported graph
+            ctx = ctx.reshape(ctx.shape[0], -1, P * ctx.shape[2])
         G, L = ctx.shape[0], ctx.shape[1]
         Hh, dh = self.num_heads, self.head_dim
-        # The last context step always uses the last position embedding: shorter contexts use the
+        # The last context token always uses the last position embedding: shorter contexts use the
         # tail of the table, so position = distance to the forecast origin.
-        pos = torch.arange(L, device=ctx.device) + (self.config.context_length - L)
+        pos = torch.arange(L, device=ctx.device) + (self.config.context_length // P - L)
         h = self.ctx_in(ctx) + self.ctx_pos(pos)
         keys, values = [], []
         for i, blk in enumerate(self.blocks):
@@ -107,7 +119,7 @@ class ScoreNet(nn.Module):
         v_hor: torch.Tensor,
         hor_valid: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Noise prediction and fresh keys/values of the S computed horizon tokens (shapes above)."""
+        """Network output (eps or v) and fresh keys/values of the S computed horizon tokens (shapes above)."""
         G, N, S = x_sub.shape[0], x_sub.shape[1], x_sub.shape[2]
         L, H = k_ctx.shape[2], k_hor.shape[3]
         Hh, dh = self.num_heads, self.head_dim
@@ -143,19 +155,37 @@ class ScoreNet(nn.Module):
             o = o_ctx.permute(0, 2, 1, 3, 4) + p_hor @ v_h + p_sub @ v_s  # [G, N, Hh, S, dh]
             h = h + blk.proj(o.transpose(2, 3).reshape(G, N, S, Hh * dh))
             h = h + blk.mlp(blk.norm2(h))
-        eps = self.head(self.norm_out(h))
-        return eps, torch.stack(keys), torch.stack(values)
+        out = self.head(self.norm_out(h))
+        return out, torch.stack(keys), torch.stack(values)
 
     # ------------------------------------------------------------------------------------------
-    def full_step(self, ctx: torch.Tensor, x: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
-        """Every horizon token at once (training and the plain reference): eps [G, N, H, 1].
+    def full_step(self, ctx: torch.Tensor, x: torch.Tensor, t_feat: torch.Tensor,
+                  hor_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Every horizon token at once (training and the plain reference): out [G, N, H, 1], eps or
+        v per config.prediction.
 
-        ctx: [G, L, Fc]; x: noisy horizon [G, N, H, Fh]; t_feat: [G, N, E].
+        ctx: [G, L, Fc]; x: noisy horizon values [G, N, H, 1]; t_feat: [G, N, E]; hor_feat: the
+        horizon steps' known features [G, H, Fk] (the same for every sample of a series), None only
+        for a model without known features (horizon_features == 1).
         """
         G, N, H = x.shape[0], x.shape[1], x.shape[2]
+        x_in = x
+        if hor_feat is not None or self.config.horizon_features > 1:
+            x_in = torch.cat([x, horizon_inputs(self.config, hor_feat, G, N, H).to(x.dtype)], dim=-1)
         k_ctx, v_ctx = self.encode(ctx)
         layers, D = k_ctx.shape[0], k_ctx.shape[3]
         pos = torch.arange(H, device=x.device).expand(G, N, H)
         empty = x.new_zeros(layers, G, N, H, D)
-        eps, _, _ = self.denoise(x, pos, t_feat, k_ctx, v_ctx, empty, empty, x.new_zeros(G, N, H))
-        return eps
+        out, _, _ = self.denoise(x_in, pos, t_feat, k_ctx, v_ctx, empty, empty, x.new_zeros(G, N, H))
+        return out
+
+
+def horizon_inputs(config: ModelConfig, hor_feat: torch.Tensor | None, G: int, N: int, H: int) -> torch.Tensor:
+    """hor_feat [G, H, Fk] broadcast over the N samples: [G, N, H, Fk]. ValueError (one line) when
+    it is missing for a model with known features or its shape is not [G, H, horizon_features - 1]."""
+    Fk = config.horizon_features - 1
+    if hor_feat is None:
+        raise ValueError(f"the model takes {Fk} known features per horizon step: pass hor_feat [G, H, {Fk}]")
+    if tuple(hor_feat.shape) != (G, H, Fk):
+        raise ValueError(f"hor_feat has shape {list(hor_feat.shape)}, expected [G, H, Fk] = [{G}, {H}, {Fk}]")
+    return hor_feat[:, None].expand(G, N, H, Fk)

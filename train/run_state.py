@@ -2,9 +2,10 @@
 
 state.safetensors holds flat tensors (raw weights "model.*", EMA weights "ema.*", optimizer state
 "optim.IDX.KEY"); state.json holds the scalars: progress (epoch, step, best_val_loss, best_epoch,
-bad_epochs, seconds), the model config, the data record, the training config ("train") and the
-optimizer's param groups. Both are rewritten after every epoch, so together with log.jsonl they say
-how far a run got: `training_progress` reads them (dil-export refuses a run that did not finish).
+bad_epochs, seconds), the model config, the data record, the training config ("train"), the features
+("features": FeatureSpec.to_dict()) and the optimizer's param groups. Both are rewritten after every
+epoch, so together with log.jsonl they say how far a run got: `training_progress` reads them
+(dil-export refuses a run that did not finish).
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def load_state(run_dir: Path, model, ema, opt) -> dict:
     return meta
 
 
-def read_resume_meta(run_dir: Path, config: ModelConfig, data: dict) -> dict:
-    """state.json of a run folder, refusing one trained with another model or other data."""
+def read_resume_meta(run_dir: Path, config: ModelConfig, data: dict, features=None) -> dict:
+    """state.json of a run folder, refusing one trained with another model, other data or other
+    features (a dil.runtime.features.FeatureSpec; a run without the record had none)."""
+    from dil.runtime.features import FeatureSpec
+
     path = run_dir / "state.json"
     if not path.is_file() or not (run_dir / "state.safetensors").is_file():
         raise CheckpointError(f"cannot resume: {run_dir} has no state.json/state.safetensors")
@@ -58,15 +62,27 @@ def read_resume_meta(run_dir: Path, config: ModelConfig, data: dict) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot resume: {path} is not valid JSON ({exc})") from None
-    old_model, new_model = meta.get("model") or {}, config.to_dict()
-    if old_model != new_model:
-        diff = ", ".join(f"{k} {old_model.get(k)!r} (run) vs {v!r}" for k, v in new_model.items() if old_model.get(k) != v)
-        raise CheckpointError(f"cannot resume {run_dir}: the model config differs: {diff}")
     old = meta.get("data", {})
     for key in ("sha256", "columns", "context_length", "horizon"):
         if old.get(key) != data[key]:
             raise CheckpointError(f"cannot resume: {run_dir} was trained on other data ({key} differs)")
+    old_f, new_f = (meta.get("features") or FeatureSpec().to_dict()), (features or FeatureSpec()).to_dict()
+    if old_f != new_f:  # before the model config: other features also change the model's input widths
+        diff = ", ".join(f"{k} {_brief(old_f.get(k))} (run) vs {_brief(v)}"
+                         for k, v in new_f.items() if old_f.get(k) != v)
+        raise CheckpointError(f"cannot resume {run_dir}: the features differ: {diff}")
+    old_model, new_model = meta.get("model") or {}, config.to_dict()
+    if old_model != new_model:
+        diff = ", ".join(f"{k} {old_model.get(k)!r} (run) vs {v!r}" for k, v in new_model.items() if old_model.get(k) != v)
+        raise CheckpointError(f"cannot resume {run_dir}: the model config differs: {diff}")
     return meta
+
+
+def _brief(value) -> str:
+    """A feature record's field for a one-line message: covariates by name (and kind), else repr."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "[" + ", ".join(f"{c.get('name')} ({'known' if c.get('known') else 'past'})" for c in value) + "]"
+    return repr(value)
 
 
 # -- how far a run got ------------------------------------------------------------------------------

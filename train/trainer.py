@@ -1,8 +1,9 @@
-"""The training loop: epsilon-prediction denoising on the standardised horizon (docs/model.md sections 2 and 4).
+"""The training loop: denoising on the standardised horizon (docs/model.md sections 2 and 4).
 
 Per step: B windows from the train part, N noise draws each; the context is encoded once per window
 and shared by its N draws (`ScoreNet.full_step` = `encode` + one full `denoise`, exactly the
-exported computation). Loss = mean squared error of the predicted noise over observed target steps.
+exported computation). Loss = mean squared error of the network output against its training target
+(eps or v, `dil.runtime.sampling.parametrisation.training_target`) over observed target steps.
 AdamW, linear warm-up then cosine decay, gradient clipping, EMA weights. After each epoch the EMA
 model's loss on a fixed validation set with fixed noise (comparable across epochs) drives early
 stopping; the best EMA weights are the checkpoint.
@@ -20,22 +21,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dil.runtime.features import FeatureSpec
 from dil.runtime.files import write_text
 from dil.data.registry import DatasetSpec
 from dil.runtime.table import DataError, SeriesTable
-from dil.data.windows import split_bounds
 from dil.runtime.model_config import ModelConfig
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.train.checkpoint import CheckpointError, save_checkpoint
-from dil.train.dataset import WindowSet, draw_noise
+from dil.train.dataset import SplitWindows, WindowSet, data_record, draw_noise
 from dil.train.model import ScoreNet
 from dil.train.run_state import load_state, read_resume_meta, save_state
 
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters. The defaults are the bundled metro-traffic preset, sized to
-    finish in well under 10 minutes on 2 CPU cores.
+    """Training hyper-parameters. The defaults are the bundled metro-traffic preset (with its
+    336-step context in day tokens), sized to finish within 10 minutes on 2 CPU cores
+    (docs/model.md section 4).
 
     epochs: maximum epochs. steps_per_epoch: optimizer steps per epoch (windows are drawn at random
     with replacement, so an epoch is a fixed amount of work, not a pass over the data).
@@ -50,8 +52,8 @@ class TrainConfig:
     seed: seeds the initial weights, the batches and the noise. device: "auto" | "cpu" | "cuda".
     """
 
-    epochs: int = 18
-    steps_per_epoch: int = 60
+    epochs: int = 20
+    steps_per_epoch: int = 150
     batch_size: int = 64
     noise_draws: int = 4
     lr: float = 2e-3
@@ -90,27 +92,29 @@ class TrainConfig:
 
 
 def init_time_embeddings(model: ScoreNet, season: int, amplitude: float = 1.0) -> None:
-    """Start the position embeddings as sinusoids of one shared timeline (context step p at time
-    p - L, horizon step j at time j), with harmonics of the seasonal period among the frequencies.
+    """Start the position embeddings as sinusoids of one shared timeline (context token j, steps
+    [jP, (j+1)P), at the time of its middle step jP + (P-1)/2 - L; horizon step j at time j), with
+    harmonics of the seasonal period among the frequencies.
 
     Why: with the default small random embeddings the network first learns to ignore the context
     (the loss plateaus at the "forecast the mean" solution for hundreds of steps). Sinusoids of time
     let attention express "same phase of the season" from the first step, which is what a forecast
     of a seasonal series needs. The embeddings stay trainable; the computation is unchanged.
     """
-    L, H = model.config.context_length, model.config.horizon
+    L, H, P = model.config.context_length, model.config.horizon, model.config.context_patch
     D = model.config.d_model
     n_freq = D // 2
     n_harm = min(n_freq // 2, max(season // 2, 0)) if season > 1 else 0
     harmonics = np.arange(1, n_harm + 1, dtype=np.float64) / season
     geometric = 1.0 / np.geomspace(2.0, 2.0 * (L + H), n_freq - n_harm) if n_freq > n_harm else np.zeros(0)
     freqs = np.concatenate([harmonics, geometric])
-    t = np.concatenate([np.arange(-L, 0), np.arange(H)]).astype(np.float64)[:, None]
+    t_ctx = np.arange(L // P) * P + (P - 1) / 2.0 - L
+    t = np.concatenate([t_ctx, np.arange(H)]).astype(np.float64)[:, None]
     emb = np.concatenate([np.sin(2 * np.pi * freqs * t), np.cos(2 * np.pi * freqs * t)], axis=1)
     emb = np.pad(emb, ((0, 0), (0, D - emb.shape[1]))) * amplitude
     with torch.no_grad():
-        model.ctx_pos.weight.copy_(torch.from_numpy(emb[:L]).float())
-        model.hor_pos.weight.copy_(torch.from_numpy(emb[L:]).float())
+        model.ctx_pos.weight.copy_(torch.from_numpy(emb[: L // P]).float())
+        model.hor_pos.weight.copy_(torch.from_numpy(emb[L // P :]).float())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,57 +135,25 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def data_record(spec: DatasetSpec, table: SeriesTable, context: int, horizon: int, bounds: dict) -> dict:
-    """The checkpoint's description of the training data (read by export, runtime and eval)."""
-    return {
-        "dataset": spec.name,
-        "source": table.source,
-        "sha256": table.sha256,
-        "columns": list(table.names),
-        "date_column": spec.date_column,
-        "date_format": spec.date_format,  # how the dates were read: export re-reads the file the same way
-        "dayfirst": spec.dayfirst,
-        "freq": table.freq or spec.freq,
-        "season": spec.season,
-        "context_length": context,
-        "horizon": horizon,
-        "scaling": "context-mean-std",
-        "splits": {k: [int(a), int(b)] for k, (a, b) in bounds.items()},
-    }
+def masked_squared_error(model: ScoreNet, ctx, x, t_feat, hor_feat, target, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of squared errors of the network output against `target` over observed target steps,
+    their count): the training loss is their ratio. ctx [B, L, Fc], x/target [B, N, H] (target: eps
+    or v, NoiseDraw.net_target), t_feat [B, N, E], hor_feat [B, H, Fk], mask [B, H] (1 = observed)."""
+    out = model.full_step(ctx, x.unsqueeze(-1), t_feat, hor_feat if hor_feat.shape[-1] else None).squeeze(-1)
+    w = mask.unsqueeze(1).expand_as(target)
+    return ((out - target) ** 2 * w).sum(), w.sum()
 
 
-class _Windows:
-    """Train/val window sets of a table, validated up front (bad data fails before any write)."""
-
-    def __init__(self, spec: DatasetSpec, table: SeriesTable, config: ModelConfig, cfg: TrainConfig):
-        L, H = config.context_length, config.horizon
-        T = table.n_steps
-        if T < L + H:
-            raise DataError(f"{table.source}: {T} rows, but one window needs context {L} + horizon {H} = {L + H}")
-        self.bounds = split_bounds(spec, T)
-        self.train = WindowSet(table.values, L, H, *self.bounds["train"], min_observed=cfg.min_observed)
-        self.val = WindowSet(table.values, L, H, *self.bounds["val"], min_observed=cfg.min_observed)
-        for part, ws in (("train", self.train), ("val", self.val)):
-            if len(ws) == 0:
-                a, b = self.bounds[part]
-                raise DataError(
-                    f"{table.source}: the {part} part (rows {a}..{b - 1}) holds no usable window of "
-                    f"context {L} + horizon {H}; use a shorter --context/--horizon or more rows"
-                )
-
-
-def masked_squared_error(model: ScoreNet, ctx, x, t_feat, eps, mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of squared eps errors over observed target steps, their count): the training loss is
-    their ratio. ctx [B, L, 2], x/eps [B, N, H], t_feat [B, N, E], mask [B, H] (1 = observed)."""
-    eps_hat = model.full_step(ctx, x.unsqueeze(-1), t_feat).squeeze(-1)
-    w = mask.unsqueeze(1).expand_as(eps)
-    return ((eps_hat - eps) ** 2 * w).sum(), w.sum()
-
-
-def masked_mse(model: ScoreNet, ctx, x, t_feat, eps, mask) -> torch.Tensor:
-    """Masked epsilon MSE of one batch (shapes as masked_squared_error)."""
-    sse, count = masked_squared_error(model, ctx, x, t_feat, eps, mask)
+def masked_mse(model: ScoreNet, ctx, x, t_feat, hor_feat, target, mask) -> torch.Tensor:
+    """Masked MSE of one batch (shapes as masked_squared_error)."""
+    sse, count = masked_squared_error(model, ctx, x, t_feat, hor_feat, target, mask)
     return sse / count.clamp_min(1.0)
+
+
+def batch_tensors(batch, noise, device) -> tuple:
+    """masked_squared_error's tensor arguments (after the model) for a WindowBatch and its NoiseDraw."""
+    arrays = (batch.ctx, noise.x, noise.t_feat, batch.hor_feat, noise.net_target, batch.mask)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)
 
 
 class _ValSet:
@@ -189,12 +161,10 @@ class _ValSet:
 
     def __init__(self, windows: WindowSet, schedule, cfg: TrainConfig, config: ModelConfig, device, chunk=256):
         batch = windows.batch(windows.evenly_spaced(cfg.val_windows))
-        noise = draw_noise(np.random.default_rng([cfg.seed, 7]), schedule, batch.target, cfg.noise_draws, config.time_embed_dim)
-        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        self.parts = [
-            tuple(as_t(a[i : i + chunk]) for a in (batch.ctx, noise.x, noise.t_feat, noise.eps, batch.mask))
-            for i in range(0, batch.ctx.shape[0], chunk)
-        ]
+        noise = draw_noise(np.random.default_rng([cfg.seed, 7]), schedule, batch.target, cfg.noise_draws,
+                           config.time_embed_dim, config.prediction)
+        whole = batch_tensors(batch, noise, device)
+        self.parts = [tuple(a[i : i + chunk] for a in whole) for i in range(0, batch.ctx.shape[0], chunk)]
 
     @torch.no_grad()
     def loss(self, model: ScoreNet) -> float:
@@ -287,11 +257,12 @@ class _Run:
     """One call of `train`: the data, networks and progress of a run folder, and its epoch steps."""
 
     def __init__(self, spec: DatasetSpec, table: SeriesTable, config: ModelConfig, cfg: TrainConfig, run_dir: Path,
-                 resume: bool):
-        self.cfg, self.config, self.run_dir = cfg, config, run_dir
-        self.windows = _Windows(spec, table, config, cfg)
-        self.data = data_record(spec, table, config.context_length, config.horizon, self.windows.bounds)
-        meta = read_resume_meta(run_dir, config, self.data) if resume else None  # refuses before any work
+                 resume: bool, features: FeatureSpec):
+        self.cfg, self.config, self.run_dir, self.features = cfg, config, run_dir, features
+        self.windows = SplitWindows(spec, table, config, cfg.min_observed, features)
+        self.data = data_record(spec, table, config.context_length, config.horizon, self.windows.bounds, features)
+        # refuses another model, other data or other features before any work
+        meta = read_resume_meta(run_dir, config, self.data, features) if resume else None
         self.device = resolve_device(cfg.device)
         self.schedule = NoiseSchedule()
         self.nets = _Networks.build(config, cfg, spec.season, self.device)
@@ -322,10 +293,9 @@ class _Run:
             step = self.progress.step
             lr = lr_at(step, self.total_steps, cfg)
             batch = self.windows.train.sample(rng, cfg.batch_size)
-            noise = draw_noise(rng, self.schedule, batch.target, cfg.noise_draws, self.config.time_embed_dim)
-            tensors = tuple(torch.from_numpy(a).to(self.device)
-                            for a in (batch.ctx, noise.x, noise.t_feat, noise.eps, batch.mask))
-            loss = self.nets.step(tensors, lr, step, cfg)
+            noise = draw_noise(rng, self.schedule, batch.target, cfg.noise_draws, self.config.time_embed_dim,
+                               self.config.prediction)
+            loss = self.nets.step(batch_tensors(batch, noise, self.device), lr, step, cfg)
             self.progress.step = step + 1
             running += loss
             bar.update(1)
@@ -338,9 +308,10 @@ class _Run:
         improved = self.progress.record(epoch, val_loss, seconds)
         if improved:
             training = dict(self.cfg.to_dict(), **asdict(self.progress), torch_version=torch.__version__)
-            save_checkpoint(self.run_dir, self.nets.ema, self.schedule, self.data, training)
+            save_checkpoint(self.run_dir, self.nets.ema, self.schedule, self.data, training, self.features)
         save_state(self.run_dir, self.nets.model, self.nets.ema, self.nets.opt,
-                   dict(asdict(self.progress), model=self.config.to_dict(), data=self.data, train=self.cfg.to_dict()))
+                   dict(asdict(self.progress), model=self.config.to_dict(), data=self.data, train=self.cfg.to_dict(),
+                        features=self.features.to_dict()))
         self.log_lines.append(json.dumps({
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
             "seconds": round(seconds, 3), "best": improved,
@@ -371,14 +342,18 @@ def train(
     resume: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    features: FeatureSpec | None = None,
 ) -> dict:
     """Train a ScoreNet on `table` and write the run folder `out_dir` (see dil.train.checkpoint).
+
+    features: what the tokens carry beyond the target (dil.train.dataset.fit_feature_spec; None:
+    nothing); model_config's context_features / horizon_features must be its widths.
 
     Returns a summary: run_dir, epochs (completed in total), best_val_loss, best_epoch, steps,
     seconds (this call), stopped_early, windows (train/val counts).
     """
     run_dir = check_run_dir(out_dir, resume, overwrite)
-    run = _Run(spec, table, model_config, train_config, run_dir, resume)
+    run = _Run(spec, table, model_config, train_config, run_dir, resume, features or FeatureSpec())
     run_dir.mkdir(exist_ok=True)
     started = time.perf_counter()
     stopped_early = False

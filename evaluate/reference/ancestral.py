@@ -9,7 +9,8 @@ with the posterior standard deviation s_k = sqrt(beta_tilde_k),
 beta_tilde_k = (1 - abar_{k-1}) / (1 - abar_k) * beta_k (eq. 7; abar_{-1} = 1, so s_0 = 0 and the
 last update adds no noise). One network evaluation per training step: T = 1000 calls of the torch
 ScoreNet's `full_step` (every token recomputed), the baseline cost the fast sampler is measured
-against (`reference-ddpm1000` in dil-eval and dil-bench).
+against (`reference-ddpm1000` in dil-eval and dil-bench). A v-prediction network's output is
+turned into eps_hat with dil.runtime.sampling.parametrisation.to_x0_eps at step k's alpha, sigma.
 
 Randomness comes from the runtime's per-series NumPy streams, so the result of a series does not
 depend on the batch: series g draws from `series_stream(seed, key_g, "noise")` first x_T
@@ -27,10 +28,11 @@ import numpy as np
 import torch
 
 from dil.runtime.rng import SeriesStreams, series_stream
-from dil.runtime.scaling import context_features, unstandardise
+from dil.runtime.sampling.parametrisation import to_x0_eps
+from dil.runtime.scaling import unstandardise
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
-from dil.evaluate.reference.sampler import standardised_contexts
+from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
 
 @dataclass(frozen=True)
@@ -79,21 +81,26 @@ def ancestral_loop(eps_fn, schedule: NoiseSchedule, generators, num_samples: int
 
 @torch.no_grad()
 def ancestral_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, seed: int, keys,
-                     num_samples: int, progress=None) -> np.ndarray:
-    """T-step ancestral sampling of the torch module. ctx: float32 [G, L, 2] context features
-    (dil.runtime.scaling.context_features); keys: G non-negative stream keys.
-    Returns x0: float64 [G, N, H] on the standardised scale."""
+                     num_samples: int, progress=None, hor_feat=None) -> np.ndarray:
+    """T-step ancestral sampling of the torch module. ctx: float32 [G, L, Fc] context features;
+    keys: G non-negative stream keys; hor_feat: float [G, H, Fk], the horizon steps' known features
+    (None when the model has none). Returns x0: float64 [G, N, H] on the standardised scale."""
     model = model.eval()
     dtype = next(model.parameters()).dtype
     cfg = model.config
     G = np.shape(ctx)[0]
+    check_context(model, ctx)
     ctx_t = torch.from_numpy(np.asarray(ctx)).to(dtype)
+    feat = horizon_features_tensor(model, hor_feat, G, cfg.horizon)
+    feat = None if feat is None else feat.to(dtype)
     t_table = torch.from_numpy(diffusion_time_features(np.arange(schedule.num_steps), cfg.time_embed_dim)).to(dtype)
+    alphas, sigmas = schedule.alpha(np.arange(schedule.num_steps)), schedule.sigma(np.arange(schedule.num_steps))
 
     def eps_fn(x, k):
         t_feat = t_table[k].expand(G, num_samples, -1)
-        eps = model.full_step(ctx_t, torch.from_numpy(x).to(dtype)[..., None], t_feat)
-        return eps[..., 0].to(torch.float64).numpy()
+        out = model.full_step(ctx_t, torch.from_numpy(x).to(dtype)[..., None], t_feat, feat)
+        out = out[..., 0].to(torch.float64).numpy()
+        return to_x0_eps(out, x, float(alphas[k]), float(sigmas[k]), cfg.prediction)[1]
 
     gens = [series_stream(seed, k, "noise") for k in keys]
     return ancestral_loop(eps_fn, schedule, gens, num_samples, cfg.horizon, progress)
@@ -111,14 +118,15 @@ class AncestralForecast:
 
 
 def ancestral_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, seed: int,
-                       series_keys=None, progress=None) -> AncestralForecast:
+                       series_keys=None, progress=None, ctx_extra=None, hor_feat=None) -> AncestralForecast:
     """Forecast G context windows by T-step ancestral sampling of the torch module.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used).
     seed, series_keys: the noise streams (dil.runtime.rng.SeriesStreams; keys default 0..G-1), as
-    in the runtime.
+    in the runtime. ctx_extra, hor_feat: a model's features, as in reference_forecast.
     """
     z, loc, scale = standardised_contexts(model, contexts)
     streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
-    x0 = ancestral_sample(model, schedule, context_features(z), streams.seed, streams.keys, num_samples, progress)
+    x0 = ancestral_sample(model, schedule, network_context(model, z, ctx_extra), streams.seed, streams.keys,
+                          num_samples, progress, hor_feat)
     return AncestralForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)

@@ -15,6 +15,11 @@ Two samplers live here:
   computed, per-token solver order, full steps) so that `dil-validate` can compare them with the
   runtime's. It can be advanced one step at a time (`step()`), which lets the validation feed the
   runtime the very network outputs the reference computed (the controller check).
+
+Both turn the network's output (eps or v, the model's config.prediction) into x0_hat with
+dil.runtime.sampling.parametrisation.to_x0_eps (on torch tensors: the one definition), and give
+each horizon token its known features (hor_feat [G, H, Fk]) next to its noisy value; context patches
+are the module's own business (`encode`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import torch
 from dil.runtime.rng import SeriesStreams
 from dil.runtime.sampling.chunks import sample_blocks
 from dil.runtime.sampling.config import X0_CLIP_DEFAULT
-from dil.runtime.scaling import context_features, context_scale, standardise, unstandardise
+from dil.runtime.sampling.parametrisation import to_x0_eps
+from dil.runtime.scaling import unstandardise
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
+from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
 
 @dataclass
@@ -85,13 +92,18 @@ def dpm_solver_pp_update(x, m, lam_t, lam_s, alpha_t, sigma_t, sigma_s, order):
 
 @torch.no_grad()
 def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
-                     solver_order: int = 2, x0_clip: float = X0_CLIP_DEFAULT) -> np.ndarray:
-    """The plain sampler in torch. ctx: float32 [G, L, 2] context features; x_T: float64 [G, N, H];
-    x0_clip: the data-prediction guard (0 = off). Returns x0: float64 [G, N, H] on the standardised
-    scale."""
+                     solver_order: int = 2, x0_clip: float = X0_CLIP_DEFAULT, hor_feat=None) -> np.ndarray:
+    """The plain sampler in torch. ctx: float32 [G, L, Fc] context features; x_T: float64 [G, N, H];
+    x0_clip: the data-prediction guard (0 = off); hor_feat: float [G, H, Fk] known features of the
+    horizon steps (None when the model has none). Returns x0: float64 [G, N, H] on the
+    standardised scale."""
     model = model.eval()
     dtype = next(model.parameters()).dtype
     G, N, H = x_T.shape
+    prediction = model.config.prediction
+    check_context(model, ctx)
+    feat = horizon_features_tensor(model, hor_feat, G, H)
+    feat = None if feat is None else feat.to(dtype)
     kappas = schedule.sampling_grid(steps)
     f64 = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64)  # noqa: E731
     alphas, sigmas, lambdas = f64(schedule.alpha(kappas)), f64(schedule.sigma(kappas)), f64(schedule.lam(kappas))
@@ -101,8 +113,8 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     history, lam_hist = [], []
     for i in range(steps):
         t_feat = t_feats[i].expand(G, N, -1)
-        eps = model.full_step(ctx_t, x.to(dtype)[..., None], t_feat)[..., 0].to(torch.float64)
-        x0 = guard_x0((x - sigmas[i] * eps) / alphas[i], x0_clip)
+        out = model.full_step(ctx_t, x.to(dtype)[..., None], t_feat, feat)[..., 0].to(torch.float64)
+        x0 = guard_x0(to_x0_eps(out, x, alphas[i], sigmas[i], prediction)[0], x0_clip)
         history, lam_hist = [x0] + history[:2], [lambdas[i]] + lam_hist[:2]
         if i == steps - 1:
             x = x0  # last update to clean data: alpha = 1, sigma = 0
@@ -112,18 +124,9 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     return x.numpy()
 
 
-def standardised_contexts(model: ScoreNet, contexts):
-    """The runtime's preparation of G context windows: (z float64 [G, L] standardised, NaN kept as
-    missing; loc, scale [G]). contexts: float [G, L'] with L' >= context_length."""
-    L = model.config.context_length
-    ctx = np.ascontiguousarray(np.asarray(contexts, dtype=np.float64)[:, -L:])
-    loc, scale = context_scale(ctx)
-    return standardise(ctx, loc, scale), loc, scale
-
-
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
                        seed: int, series_keys=None, solver_order: int = 2, config=None,
-                       x0_clip: float = X0_CLIP_DEFAULT) -> ReferenceForecast:
+                       x0_clip: float = X0_CLIP_DEFAULT, ctx_extra=None, hor_feat=None) -> ReferenceForecast:
     """Forecast G context windows with the torch module and the torch solver.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used);
@@ -132,21 +135,24 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     settings (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole
     fast sampler through ReferenceSampler and dil.evaluate.reference.controller, run in the
     runtime's sample blocks (dil.runtime.sampling.chunks); its steps and x0_clip override `steps`
-    and `x0_clip` (the data-prediction guard of the plain sampler, 0 = off).
+    and `x0_clip` (the data-prediction guard of the plain sampler, 0 = off). A model with features
+    takes ctx_extra [G, L', Fc - 2] (per context step: known features, then past-only covariates)
+    and hor_feat [G, H, Fk] (the horizon steps' known features), see `network_context`.
     """
     z, loc, scale = standardised_contexts(model, contexts)
+    ctx = network_context(model, z, ctx_extra)
     streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
     x_T = streams.initial_noise(num_samples, model.config.horizon)
     if config is None:
-        x0 = reference_sample(model, schedule, context_features(z), x_T, steps, solver_order, x0_clip)
+        x0 = reference_sample(model, schedule, ctx, x_T, steps, solver_order, x0_clip, hor_feat=hor_feat)
     else:
         from dil.evaluate.reference.controller import ReferenceController
 
         x0 = np.empty_like(x_T)
         for n0, n1 in sample_blocks(num_samples):
-            x0[:, n0:n1] = ReferenceSampler(model, schedule, context_features(z), x_T[:, n0:n1], config.steps,
+            x0[:, n0:n1] = ReferenceSampler(model, schedule, ctx, x_T[:, n0:n1], config.steps,
                                             streams.from_sample(n0), ReferenceController(config),
-                                            bucket=getattr(config, "bucket", 1)).run()
+                                            bucket=getattr(config, "bucket", 1), hor_feat=hor_feat).run()
     return ReferenceForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)
 
 
@@ -206,34 +212,39 @@ class ReferenceFullController:
 class ReferenceCache:
     """Per row (g, n) and horizon token h, what was last computed for it (torch).
 
-    k, v: float32 [layers, G, N, H, D]; x0_hat, eps, x_in: float64 [G, N, H] (data prediction,
-    noise prediction and the noisy input it came from); age: int64 [G, N, H], steps since it was
-    computed; valid: bool [G, N, H], computed at least once. x0_clip: the guard of every x0_hat it
-    forms (0 = off).
+    k, v: float32 [layers, G, N, H, D]; out: float64 [G, N, H], the network's output (eps or v,
+    `prediction`); x0_hat, eps, x_in: float64 [G, N, H] (data prediction, noise prediction and the
+    noisy input it came from); age: int64 [G, N, H], steps since it was computed; valid: bool
+    [G, N, H], computed at least once. x0_clip: the guard of every x0_hat it forms (0 = off).
     """
 
-    def __init__(self, layers: int, G: int, N: int, H: int, D: int, x0_clip: float = 0.0):
+    def __init__(self, layers: int, G: int, N: int, H: int, D: int, x0_clip: float = 0.0,
+                 prediction: str = "epsilon"):
         self.x0_clip = float(x0_clip)
+        self.prediction = prediction
         self.k = torch.zeros((layers, G, N, H, D), dtype=torch.float32)
         self.v = torch.zeros_like(self.k)
         self.x0_hat = torch.zeros((G, N, H), dtype=torch.float64)
+        self.out = torch.zeros_like(self.x0_hat)
         self.eps = torch.zeros_like(self.x0_hat)
         self.x_in = torch.zeros_like(self.x0_hat)
         self.age = torch.zeros((G, N, H), dtype=torch.int64)
         self.valid = torch.zeros((G, N, H), dtype=torch.bool)
 
-    def store(self, computed, pos_sub, x, eps_sub, k_sub, v_sub, alpha, sigma) -> None:
+    def store(self, computed, pos_sub, x, out_sub, k_sub, v_sub, alpha, sigma) -> None:
         """Scatter one denoise call's outputs to their horizon positions (padding entries, pos == H,
-        land in a dropped extra column) and refresh x0_hat = (x - sigma eps) / alpha there, clamped
-        to [-x0_clip, x0_clip] when the guard is on."""
+        land in a dropped extra column) and refresh (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma,
+        prediction) there, x0_hat clamped to [-x0_clip, x0_clip] when the guard is on."""
         layers, G, N, H, D = self.k.shape
         idx = pos_sub[None, ..., None].expand(layers, G, N, pos_sub.shape[-1], D)
         for name, new in (("k", k_sub), ("v", v_sub)):
             full = torch.zeros((layers, G, N, H + 1, D), dtype=new.dtype).scatter(3, idx, new)[:, :, :, :H]
             setattr(self, name, torch.where(computed[None, ..., None], full, getattr(self, name)))
-        eps = torch.zeros((G, N, H + 1), dtype=torch.float64).scatter(2, pos_sub, eps_sub[..., 0].double())[..., :H]
+        out = torch.zeros((G, N, H + 1), dtype=torch.float64).scatter(2, pos_sub, out_sub[..., 0].double())[..., :H]
+        self.out = torch.where(computed, out, self.out)
+        x0_hat, eps = to_x0_eps(self.out, x, alpha, sigma, self.prediction)
         self.eps = torch.where(computed, eps, self.eps)
-        self.x0_hat = torch.where(computed, guard_x0((x - sigma * self.eps) / alpha, self.x0_clip), self.x0_hat)
+        self.x0_hat = torch.where(computed, guard_x0(x0_hat, self.x0_clip), self.x0_hat)
         self.x_in = torch.where(computed, x, self.x_in)
         self.age = torch.where(computed, torch.zeros_like(self.age), self.age + 1)
         self.valid = self.valid | computed
@@ -273,13 +284,15 @@ class ReferenceSampler:
     updates every token with its order and lets the controller observe.
     x0_clip: the data-prediction guard of the cache (0 = off); None: the controller's settings'
     (`controller.cfg.x0_clip`), else the SamplerConfig default, as the runtime would run them.
-    After a step, `last_eps` (float32 [G, N, H]) and `cache.k/v` hold the fresh outputs at the
-    computed positions, and `decisions` its StepDecision.
+    hor_feat: float [G, H, Fk], the horizon steps' known features (None when the model has none);
+    a computed token's input is (noisy value, its features), a padding entry's all zeros.
+    After a step, `last_out` (float32 [G, N, H], the network's outputs, eps or v) and `cache.k/v`
+    hold the fresh outputs at the computed positions, and `decisions` its StepDecision.
     """
 
     def __init__(self, model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
                  streams: SeriesStreams, controller=None, solver_order: int = 2, bucket: int = 1,
-                 x0_clip: float | None = None):
+                 x0_clip: float | None = None, hor_feat=None):
         self.model = model.eval()
         self.schedule = schedule
         self.steps = int(steps)
@@ -294,15 +307,19 @@ class ReferenceSampler:
         self.x = torch.from_numpy(np.array(x_T, dtype=np.float64))
         G, N, H = self.x.shape
         self.shape = (G, N, H)
+        check_context(model, ctx)
+        feat = horizon_features_tensor(model, hor_feat, G, H)
+        # Padding entries (pos == H) read a zero row.
+        self.feat_pad = None if feat is None else torch.cat([feat, torch.zeros((G, 1, feat.shape[2]))], dim=1)
         if x0_clip is None:
             x0_clip = settings_x0_clip(getattr(controller, "cfg", None))
-        self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model, x0_clip)
+        self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model, x0_clip, cfg.prediction)
         self.history: list[torch.Tensor] = []  # x0_hat per step, newest first
         self.lam_hist: list[torch.Tensor] = []
         self.decisions: list[StepDecision] = []
         self.step_index = 0
         self.k_ctx = self.v_ctx = None
-        self.last_eps = None
+        self.last_out = None
         self.last_pos_sub = None
         self.controller = controller if controller is not None else ReferenceFullController(solver_order)
         if len(streams) != G:
@@ -311,7 +328,7 @@ class ReferenceSampler:
 
     @torch.no_grad()
     def encode(self):
-        """Context keys/values (once per forecast): float32 [layers, G, L, D] each, as NumPy."""
+        """Context keys/values (once per forecast): float32 [layers, G, L/P, D] each, as NumPy."""
         if self.k_ctx is None:
             self.k_ctx, self.v_ctx = self.model.encode(self.ctx)
         return self.k_ctx.numpy(), self.v_ctx.numpy()
@@ -330,15 +347,14 @@ class ReferenceSampler:
         plan = self.controller.plan(i, self)
         computed = plan.computed
         pos_sub = subset_positions(computed, self.bucket)
-        x_pad = torch.cat([self.x, torch.zeros((G, N, 1), dtype=torch.float64)], dim=2)
-        x_sub = torch.gather(x_pad, 2, pos_sub).to(torch.float32)[..., None]
+        x_sub = self.inputs(pos_sub)
         t_feat = self.t_feats[i].expand(G, N, -1)
         hor_valid = (self.cache.valid & ~computed).to(torch.float32)
-        eps_sub, k_sub, v_sub = self.model.denoise(x_sub, pos_sub, t_feat, self.k_ctx, self.v_ctx,
+        out_sub, k_sub, v_sub = self.model.denoise(x_sub, pos_sub, t_feat, self.k_ctx, self.v_ctx,
                                                    self.cache.k, self.cache.v, hor_valid)
         alpha, sigma = self.alphas[i], self.sigmas[i]
-        self.cache.store(computed, pos_sub, self.x, eps_sub, k_sub, v_sub, alpha, sigma)
-        self.last_eps = self.cache.eps.to(torch.float32)
+        self.cache.store(computed, pos_sub, self.x, out_sub, k_sub, v_sub, alpha, sigma)
+        self.last_out = self.cache.out.to(torch.float32)
         self.last_pos_sub = pos_sub
         if hasattr(self.controller, "adjust"):  # a controller may move reused tokens' x0_hat
             self.controller.adjust(i, self, computed)
@@ -356,6 +372,17 @@ class ReferenceSampler:
         self.controller.observe(i, self)
         self.step_index = i + 1
         return decision
+
+    def inputs(self, pos_sub: torch.Tensor) -> torch.Tensor:
+        """x_sub float32 [G, N, S, 1 + Fk] of the tokens pos_sub [G, N, S] at the current x: noisy
+        value, then known features; padding entries (pos == H) all zeros."""
+        G, N, _ = self.shape
+        x_pad = torch.cat([self.x, torch.zeros((G, N, 1), dtype=torch.float64)], dim=2)
+        x_sub = torch.gather(x_pad, 2, pos_sub).to(torch.float32)[..., None]
+        if self.feat_pad is None:
+            return x_sub
+        feats = self.feat_pad[torch.arange(G)[:, None, None], pos_sub]  # [G, N, S, Fk]
+        return torch.cat([x_sub, feats], dim=-1)
 
     def run(self) -> np.ndarray:
         """The remaining steps; returns x0: float64 [G, N, H] on the standardised scale."""

@@ -2,7 +2,7 @@
 
     engine = OnnxEngine.load("engines/metro-traffic.onnx", providers=["CPUExecutionProvider"], threads=2)
     k_ctx, v_ctx = engine.encode(ctx)
-    eps_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
+    out_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
 
 The engine checks on load that each graph's input/output names, element types and fixed dimensions
 match the manifest contract (`dil.runtime.manifest`), and it accumulates the time spent inside
@@ -55,7 +55,7 @@ def _contract(cfg: ModelConfig) -> dict:
     """Expected (element type, shape) of every graph input/output; a str dim is dynamic."""
     layers, D, E = cfg.num_layers, cfg.d_model, cfg.time_embed_dim
     f32, i64 = "tensor(float)", "tensor(int64)"
-    kv_ctx = (f32, (layers, "G", "L", D))
+    kv_ctx = (f32, (layers, "G", "Lp", D))  # Lp = L / context_patch context tokens
     kv_hor = (f32, (layers, "G", "N", "H", D))
     kv_sub = (f32, (layers, "G", "N", "S", D))
     return {
@@ -224,7 +224,7 @@ class OnnxEngine:
         return result
 
     def encode(self, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ctx f32 [G, L, F] -> (k_ctx, v_ctx) f32 [layers, G, L, D]."""
+        """ctx f32 [G, L, Fc] (L a multiple of context_patch P) -> (k_ctx, v_ctx) f32 [layers, G, L/P, D]."""
         self.stats.encode_calls += 1
         k, v = self._run("encode", ENCODE_OUTPUTS, {"ctx": np.ascontiguousarray(ctx, dtype=np.float32)})
         return k, v
@@ -232,9 +232,10 @@ class OnnxEngine:
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
         """One network evaluation of S horizon tokens per row (shapes in docs/architecture.md section 4).
 
-        x_sub f32 [G, N, S, 1], pos_sub i64 [G, N, S] (H = padding), t_feat f32 [G, N, E],
-        k_ctx/v_ctx f32 [layers, G, L, D], k_hor/v_hor f32 [layers, G, N, H, D], hor_valid f32 [G, N, H]
-        -> eps_sub f32 [G, N, S, 1], k_sub/v_sub f32 [layers, G, N, S, D].
+        x_sub f32 [G, N, S, Fh] (noisy value, known features), pos_sub i64 [G, N, S] (H = padding),
+        t_feat f32 [G, N, E], k_ctx/v_ctx f32 [layers, G, L/P, D], k_hor/v_hor f32 [layers, G, N, H, D],
+        hor_valid f32 [G, N, H] -> eps_sub f32 [G, N, S, 1] (the network's output: eps or v per
+        config.prediction), k_sub/v_sub f32 [layers, G, N, S, D].
         """
         self.stats.denoise_calls += 1
         f32 = np.float32

@@ -248,14 +248,15 @@ class TrtEngine:
             raise EngineError(str(exc)) from None
 
     def encode(self, ctx: np.ndarray) -> tuple[DeviceTensor, DeviceTensor]:
-        """ctx f32 [G, L, F] -> (k_ctx, v_ctx) DeviceTensors f32 [layers, G, L, D] (kept on the GPU)."""
+        """ctx f32 [G, L, Fc] -> (k_ctx, v_ctx) DeviceTensors f32 [layers, G, L/P, D] (kept on the
+        GPU; P = context_patch)."""
         feeds = {"ctx": np.asarray(ctx, dtype=np.float32)}
         self._check("encode", feeds)
         start = time.perf_counter()
         try:
             plan = self._plans["encode"]
             G, L = feeds["ctx"].shape[:2]
-            shape = (self.config.num_layers, G, L, self.config.d_model)
+            shape = (self.config.num_layers, G, L // self.config.context_patch, self.config.d_model)
             # Fresh buffers: the keys/values live as long as the caller holds them (the forecast).
             outs = {n: DeviceTensor(DeviceBuffer(int(np.prod(shape)) * 4), shape, np.float32, self._stream)
                     for n in ("k_ctx", "v_ctx")}
@@ -280,7 +281,8 @@ class TrtEngine:
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
         """OnnxEngine.denoise on TensorRT; any input may be a DeviceTensor (bound without a copy).
 
-        Returns host arrays: eps_sub f32 [G, N, S, 1], k_sub/v_sub f32 [layers, G, N, S, D].
+        Returns host arrays: eps_sub f32 [G, N, S, 1] (the network's output, eps or v per
+        config.prediction), k_sub/v_sub f32 [layers, G, N, S, D].
         """
         feeds = self._denoise_feeds(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
         self._check("denoise", feeds)

@@ -8,6 +8,10 @@ A profile gives every dynamic axis of the graphs (docs/architecture.md section 4
     L  context steps                        default (L, L, L)     the runtime always feeds context_length
     H  horizon steps                        default (H, H, H)     the runtime always forecasts horizon
 
+With context patches (P = context_patch > 1) L stays in steps and every L of the profile must be a
+multiple of P; the keys/values k_ctx, v_ctx carry Lp = L / P context tokens (the axis "Lp" below,
+derived from L, never a profile axis of its own).
+
 `dil-export` builds the engines for these ranges and records them in the manifest; the runtime
 checks every call against them before it reaches TensorRT (`check_shapes`), and checks that a plan
 was built by this TensorRT version for this GPU (`check_plan_record`) before deserialising it.
@@ -26,7 +30,7 @@ DEFAULT_N = (1, 100, 128)
 # The tensors of the engines' contracts, as axis names and fixed sizes (runtime.engine checks the
 # ONNX graphs against the same). "cache_update" is the TensorRT-only scatter of fresh keys/values
 # into the device-resident token cache (dil.export.tensorrt.cache_update_graph).
-_KV_CTX, _KV_HOR, _KV_SUB = ("layers", "G", "L", "D"), ("layers", "G", "N", "H", "D"), ("layers", "G", "N", "S", "D")
+_KV_CTX, _KV_HOR, _KV_SUB = ("layers", "G", "Lp", "D"), ("layers", "G", "N", "H", "D"), ("layers", "G", "N", "S", "D")
 INPUT_SHAPES = {
     "encode": {"ctx": ("G", "L", "Fc")},
     "denoise": {
@@ -64,8 +68,9 @@ def _fixed(config: ModelConfig) -> dict[str, int]:
 def resolve_profile(config: ModelConfig, **ranges) -> dict[str, dict[str, int]]:
     """{axis: {"min", "opt", "max"}} for every axis; ranges: axis=(min, opt, max) or None (default).
 
-    Raises ProfileError unless 1 <= min <= opt <= max, L <= context_length, H <= horizon and
-    S max <= H max (a call never computes more tokens than the horizon has).
+    Raises ProfileError unless 1 <= min <= opt <= max, L <= context_length, H <= horizon,
+    S max <= H max (a call never computes more tokens than the horizon has) and every L is a
+    multiple of the model's context_patch.
     """
     L, H = config.context_length, config.horizon
     defaults = {"G": DEFAULT_G, "N": DEFAULT_N, "L": (L, L, L), "H": (H, H, H)}
@@ -81,6 +86,11 @@ def resolve_profile(config: ModelConfig, **ranges) -> dict[str, dict[str, int]]:
             raise ProfileError(f"profile {axis} max {out[axis]['max']} exceeds the model's {what} {limit}")
     if out["S"]["max"] > out["H"]["max"]:
         raise ProfileError(f"profile S max {out['S']['max']} exceeds H max {out['H']['max']}")
+    P = config.context_patch
+    if any(v % P for v in out["L"].values()):
+        lo, opt, hi = (out["L"][k] for k in ("min", "opt", "max"))
+        raise ProfileError(f"profile L {lo},{opt},{hi} must be multiples of the model's context_patch {P} "
+                           f"(context steps; {P} steps make one context token)")
     return out
 
 
@@ -105,15 +115,20 @@ def parse_range(text: str) -> tuple[int, int, int]:
 
 
 def input_shapes(graph: str, config: ModelConfig, profile: dict) -> dict[str, tuple[tuple, tuple, tuple]]:
-    """{input name: (min shape, opt shape, max shape)} of one engine, for set_shape."""
+    """{input name: (min shape, opt shape, max shape)} of one engine, for set_shape (k_ctx, v_ctx:
+    the profile's L in context tokens, L / context_patch)."""
     fixed = _fixed(config)
-    out = {}
-    for name, dims in INPUT_SHAPES[graph].items():
-        out[name] = tuple(
-            tuple(fixed[d] if d in fixed else (profile[d][k] if d in profile else d) for d in dims)
-            for k in ("min", "opt", "max")
-        )
-    return out
+    P = config.context_patch
+
+    def size(d, k):
+        if d in fixed:
+            return fixed[d]
+        if d == "Lp":
+            return profile["L"][k] // P
+        return profile[d][k] if d in profile else d
+
+    return {name: tuple(tuple(size(d, k) for d in dims) for k in ("min", "opt", "max"))
+            for name, dims in INPUT_SHAPES[graph].items()}
 
 
 def check_shapes(graph: str, feeds: dict, config: ModelConfig, profile: dict, rebuild: str) -> dict[str, int]:
@@ -121,8 +136,10 @@ def check_shapes(graph: str, feeds: dict, config: ModelConfig, profile: dict, re
 
     feeds: {input name: array or anything with .shape}. rebuild: the command to print when a size is
     outside the profile. Raises ProfileError with one line naming the axis, its size and its range.
+    The context axis is reported in steps (L): k_ctx's Lp tokens count as L = Lp * context_patch.
     """
     fixed = _fixed(config)
+    P = config.context_patch
     sizes: dict[str, int] = {}
     for name, dims in INPUT_SHAPES[graph].items():
         if name not in feeds:
@@ -134,6 +151,8 @@ def check_shapes(graph: str, feeds: dict, config: ModelConfig, profile: dict, re
             want = fixed.get(d, d if isinstance(d, int) else None)
             if want is not None and size != want:
                 raise ProfileError(f"{graph}: input {name} has shape {list(shape)}, axis {d} must be {want}")
+            if d == "Lp":
+                size, d = size * P, "L"
             if d in profile:
                 if sizes.setdefault(d, size) != size:
                     raise ProfileError(f"{graph}: axis {d} is {sizes[d]} in one input and {size} in {name}")

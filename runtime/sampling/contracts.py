@@ -5,7 +5,9 @@
 validation's recording controller). `isinstance(x, Engine)` checks that the members exist.
 
 Shapes: G series, N samples per series, H horizon tokens, S computed tokens per row (padding
-entries have position H), L context tokens, D = d_model, E = time_embed_dim, layers = num_layers.
+entries have position H), L context steps, P = context_patch (context steps per context token),
+Lp = L / P context tokens, Fc = context_features (per step), Fh = horizon_features = 1 + Fk,
+D = d_model, E = time_embed_dim, layers = num_layers.
 """
 
 from __future__ import annotations
@@ -31,19 +33,23 @@ class CallStats(Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
-    """The two graphs of an artifact. config: the model (num_layers, d_model, time_embed_dim, ...).
-    max_batch: the most series one call may carry (a TensorRT profile's G max), None without limit."""
+    """The two graphs of an artifact. config: the model (num_layers, d_model, time_embed_dim,
+    prediction, context_patch, horizon_features, ...). max_batch: the most series one call may
+    carry (a TensorRT profile's G max), None without limit."""
 
     config: ModelConfig
     stats: CallStats
     max_batch: int | None
 
     def encode(self, ctx: np.ndarray) -> tuple[Any, Any]:
-        """ctx f32 [G, L, F] -> (k_ctx, v_ctx) [layers, G, L, D], in whatever form denoise takes back."""
+        """ctx f32 [G, L, Fc] (L a multiple of P) -> (k_ctx, v_ctx) [layers, G, Lp, D], in whatever
+        form denoise takes back. The graph groups P consecutive steps into one context token."""
 
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x_sub f32 [G, N, S, 1], pos_sub i64 [G, N, S], t_feat f32 [G, N, E], k_hor/v_hor f32
-        [layers, G, N, H, D], hor_valid f32 [G, N, H] -> eps_sub f32 [G, N, S, 1],
+        """x_sub f32 [G, N, S, Fh] (x_sub[..., 0] the noisy value, x_sub[..., 1:] the token's Fk
+        known features; padding entries all 0), pos_sub i64 [G, N, S], t_feat f32 [G, N, E],
+        k_hor/v_hor f32 [layers, G, N, H, D], hor_valid f32 [G, N, H] -> out_sub f32 [G, N, S, 1]
+        (eps or v as config.prediction says; the graph output keeps the name eps_sub),
         k_sub/v_sub f32 [layers, G, N, S, D]."""
 
     def device_cache(self, G: int, N: int, H: int) -> Any | None:
@@ -52,7 +58,7 @@ class Engine(Protocol):
 
     def denoise_cached(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache: Any, hor_valid) -> np.ndarray:
         """denoise attending to `cache` (from device_cache), whose computed tokens' keys/values the
-        engine then updates itself; returns eps_sub f32 [G, N, S, 1]. Called only with a cache."""
+        engine then updates itself; returns out_sub f32 [G, N, S, 1] (eps or v). Called only with a cache."""
 
 
 @runtime_checkable

@@ -3,11 +3,13 @@
 Each step:
     plan   = controller.plan(i, cache)        which tokens to compute (pos_sub [G, N, S]) and the
                                               per-token solver order
-    x_sub  = gather(x, plan.pos_sub)           noisy inputs of the computed tokens
-    eps_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx,
+    x_sub  = gather(x, hor_feat, plan.pos_sub) noisy values and known features of the computed
+                                              tokens (padding entries: value 0, features 0)
+    out_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx,
                                            cache.k, cache.v, cache.hor_valid(plan))
-    cache.store(...)                           x0_hat = (x - sigma eps) / alpha for computed tokens,
-                                              clipped to [-x0_clip, x0_clip] (the guard);
+    cache.store(...)                           (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma,
+                                              engine.config.prediction) for computed tokens,
+                                              x0_hat clipped to [-x0_clip, x0_clip] (the guard);
                                               reused tokens keep their cached x0_hat
     controller.adjust(i, cache, computed)      may move reused tokens' x0_hat (core follow)
     x      = solver.step(x, cache.x0_hat, plan.order)
@@ -56,16 +58,20 @@ class SampleResult:
 
 
 def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, config: SamplerConfig,
-           streams: SeriesStreams, controller: Controller | None = None, progress=None) -> SampleResult:
+           streams: SeriesStreams, controller: Controller | None = None, progress=None,
+           hor_feat: np.ndarray | None = None) -> SampleResult:
     """Run the sampler for G contexts and N samples each.
 
-    engine: see contracts.Engine. ctx: float32 [G, L, F] context features
-    (dil.runtime.scaling.context_features). x_T: float64 [G, N, H] initial noise; the caller draws
-    it from the same streams (streams.initial_noise(N, H)) so that a forecast can draw all its
-    samples once and run them in blocks; tests may pass any x_T. streams: the G series' random
-    streams (rng.SeriesStreams), handed to the controller at start. controller: decides the
-    tokens and orders per step (default: make_controller(config)). progress: optional callable,
-    called with 1 after every step.
+    engine: see contracts.Engine. ctx: float32 [G, L, Fc] context features (value, observed mask,
+    known features, past-only covariates per step; L a multiple of the model's context_patch).
+    x_T: float64 [G, N, H] initial noise; the caller draws it from the same streams
+    (streams.initial_noise(N, H)) so that a forecast can draw all its samples once and run them in
+    blocks; tests may pass any x_T. streams: the G series' random streams (rng.SeriesStreams),
+    handed to the controller at start. controller: decides the tokens and orders per step
+    (default: make_controller(config)). progress: optional callable, called with 1 after every
+    step. hor_feat: float32 [G, H, Fk], the known features of the horizon steps (the same for
+    every sample of a series), Fk = the model's horizon_features - 1; None only when Fk = 0.
+    Bad shapes raise ValueError before any engine call.
     """
     wall0 = time.perf_counter()
     if config.num_diffusion_steps != schedule.num_steps:
@@ -76,13 +82,16 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     if len(streams) != G:
         raise ValueError(f"got the random streams of {len(streams)} series for a batch of {G} series")
     cfg = engine.config
+    _check_context(ctx, cfg, G)
+    feat_pad = _padded_features(hor_feat, cfg, G, H)
     controller = controller or make_controller(config)
     solver = DPMSolverPP(schedule, config.steps)
     controller.start(G, N, H, solver, streams)
     # An engine that can keep the token cache's keys/values on its device (TensorRT with a
     # cache_update plan) does so: no per-step copy of [layers, G, N, H, D] through the host.
     device_kv = engine.device_cache(G, N, H)
-    cache = TokenCache(cfg.num_layers, G, N, H, cfg.d_model, keep_kv=device_kv is None, x0_clip=config.x0_clip)
+    cache = TokenCache(cfg.num_layers, G, N, H, cfg.d_model, keep_kv=device_kv is None, x0_clip=config.x0_clip,
+                       prediction=getattr(cfg, "prediction", "epsilon"))
     stats = SamplerStats(series=G, samples=N, steps=config.steps, full_tokens=G * N * H * config.steps)
 
     k_ctx, v_ctx = engine.encode(ctx)
@@ -96,20 +105,20 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
         computed = plan.computed(H)
         if plan.pos_sub.shape[2] > 0:
             x_pad[:, :, :H] = x
-            x_sub = np.take_along_axis(x_pad, plan.pos_sub, axis=2)[..., None].astype(np.float32)
+            x_sub = gather_inputs(x_pad, feat_pad, plan.pos_sub)
             t_feat = np.broadcast_to(t_table[i], (G, N, t_table.shape[1]))
-            if device_kv is not None:  # keys/values stay on the device; only eps comes back
-                eps_sub = engine.denoise_cached(x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, device_kv,
+            if device_kv is not None:  # keys/values stay on the device; only the output comes back
+                out_sub = engine.denoise_cached(x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, device_kv,
                                                 cache.hor_valid(computed))
                 k_sub = v_sub = None
             else:
-                eps_sub, k_sub, v_sub = engine.denoise(
+                out_sub, k_sub, v_sub = engine.denoise(
                     x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, cache.k, cache.v, cache.hor_valid(computed)
                 )
             stats.slots_computed += plan.pos_sub.size
         else:
-            eps_sub = k_sub = v_sub = None
-        cache.store(plan, computed, x, eps_sub, k_sub, v_sub, solver.alphas[i], solver.sigmas[i])
+            out_sub = k_sub = v_sub = None
+        cache.store(plan, computed, x, out_sub, k_sub, v_sub, solver.alphas[i], solver.sigmas[i])
         controller.adjust(i, cache, computed)
         _count_orders(stats, plan.order, solver.max_order(i), (G, N, H))
         x = solver.step(x, cache.x0_hat, plan.order)
@@ -128,6 +137,52 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     stats.wall_seconds = time.perf_counter() - wall0
     stats.control_seconds = stats.wall_seconds - stats.engine_seconds
     return SampleResult(x0=x, stats=stats)
+
+
+def _check_context(ctx, cfg, G: int) -> None:
+    """ValueError unless ctx is [G, L, Fc] with L a multiple of the model's context_patch. Checked
+    where the engine's config says (test engines may carry a partial config)."""
+    shape = np.shape(ctx)
+    Fc, P = getattr(cfg, "context_features", None), getattr(cfg, "context_patch", 1)
+    if len(shape) != 3 or shape[0] != G or (Fc is not None and shape[2] != Fc):
+        want = "Fc" if Fc is None else Fc
+        raise ValueError(f"ctx has shape {list(shape)}, expected [G, L, Fc] = [{G}, L, {want}]")
+    if shape[1] < 1 or shape[1] % P:
+        raise ValueError(f"the context length {shape[1]} is not a positive multiple of the model's context_patch {P}")
+
+
+def _padded_features(hor_feat, cfg, G: int, H: int) -> np.ndarray | None:
+    """float32 [G, H + 1, Fk]: hor_feat with a zero row at position H (what padding entries read);
+    None for a model without known features. ValueError (one line) for a missing or misshapen
+    hor_feat, or non-finite values."""
+    Fk = getattr(cfg, "horizon_features", 1) - 1
+    if hor_feat is None:
+        if Fk:
+            raise ValueError(f"the model takes {Fk} known features per horizon step: pass hor_feat [G, H, Fk] = "
+                             f"[{G}, {H}, {Fk}]")
+        return None
+    feat = np.asarray(hor_feat)
+    if feat.shape != (G, H, Fk):
+        raise ValueError(f"hor_feat has shape {list(feat.shape)}, expected [G, H, Fk] = [{G}, {H}, {Fk}] "
+                         f"(Fk = the model's horizon_features - 1)")
+    if not np.isfinite(feat).all():
+        raise ValueError("hor_feat has NaN or infinite values: known features must be given for every horizon step")
+    if Fk == 0:
+        return None
+    pad = np.zeros((G, H + 1, Fk), dtype=np.float32)
+    pad[:, :H] = feat
+    return pad
+
+
+def gather_inputs(x_pad: np.ndarray, feat_pad: np.ndarray | None, pos_sub: np.ndarray) -> np.ndarray:
+    """x_sub f32 [G, N, S, 1 + Fk]: the noisy values x_pad [G, N, H + 1] (float64, 0 at H) and the
+    known features feat_pad [G, H + 1, Fk] (None: Fk = 0) of the tokens pos_sub [G, N, S]."""
+    values = np.take_along_axis(x_pad, pos_sub, axis=2)[..., None].astype(np.float32)
+    if feat_pad is None:
+        return values
+    G = pos_sub.shape[0]
+    feats = feat_pad[np.arange(G)[:, None, None], pos_sub]  # [G, N, S, Fk]
+    return np.concatenate([values, feats], axis=-1)
 
 
 def _count_orders(stats: SamplerStats, order, cap: int, shape) -> None:

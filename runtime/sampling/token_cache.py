@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dil.runtime.sampling.parametrisation import to_x0_eps
 from dil.runtime.sampling.step_plan import StepPlan
 
 
@@ -16,7 +17,8 @@ def clip_x0(x0_hat: np.ndarray, x0_clip: float) -> np.ndarray:
     Why: an epsilon network's data prediction (x - sigma eps) / alpha carries the network's eps
     error times sigma / alpha, about 160 at the first step of the shipped schedule, so that a small
     eps error puts x0_hat tens of context standard deviations out; the solver then writes it into
-    x and later steps follow it (benchmarks/x0_error.py).
+    x and later steps follow it (benchmarks/x0_error.py). A v network's x0 error is its output
+    error times sigma (parametrisation.py); the guard stays as a bound on what the sampler writes.
     """
     return np.clip(x0_hat, -x0_clip, x0_clip) if x0_clip else x0_hat
 
@@ -29,11 +31,16 @@ class TokenCache:
     the noisy input it was computed from. age: int32 [G, N, H], steps since it was computed.
     valid: bool [G, N, H], computed at least once. x: float64 [G, N, H], the current noisy horizon
     (set by the sampler before each plan, so that controllers can read it). x0_clip: the guard of
-    every x0_hat the cache forms (`clip_x0`; 0 = off).
+    every x0_hat the cache forms (`clip_x0`; 0 = off). prediction: what the network outputs
+    ("epsilon" or "v", the engine's config.prediction); `store` converts it with
+    parametrisation.to_x0_eps.
     """
 
-    def __init__(self, layers: int, G: int, N: int, H: int, D: int, keep_kv: bool = True, x0_clip: float = 0.0):
+    def __init__(self, layers: int, G: int, N: int, H: int, D: int, keep_kv: bool = True, x0_clip: float = 0.0,
+                 prediction: str = "epsilon"):
         self.x0_clip = float(x0_clip)
+        self.prediction = prediction
+        self._out = np.zeros((G, N, H))  # the network's raw outputs, scattered (computed tokens read)
         self.x = np.zeros((G, N, H))
         # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None.
         self.k = np.zeros((layers, G, N, H, D), dtype=np.float32) if keep_kv else None
@@ -52,13 +59,14 @@ class TokenCache:
         """float32 [G, N, H]: 1 where a cached key may be attended to (valid, not recomputed now)."""
         return (self.valid & ~computed).astype(np.float32)
 
-    def store(self, plan: StepPlan, computed: np.ndarray, x: np.ndarray, eps_sub, k_sub, v_sub,
+    def store(self, plan: StepPlan, computed: np.ndarray, x: np.ndarray, out_sub, k_sub, v_sub,
               alpha: float, sigma: float) -> None:
-        """Scatter a denoise call's outputs into the cache and refresh x0_hat of computed tokens
-        (clipped to [-x0_clip, x0_clip] when the guard is on; eps is kept as the network gave it).
+        """Scatter a denoise call's outputs into the cache and refresh x0_hat and eps of computed
+        tokens: (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma, prediction), x0_hat then clipped to
+        [-x0_clip, x0_clip] when the guard is on (eps is kept unclipped).
 
-        x: float64 [G, N, H], the current noisy horizon; eps_sub f32 [G, N, S, 1];
-        k_sub/v_sub f32 [layers, G, N, S, D]. alpha, sigma: the step's noise level.
+        x: float64 [G, N, H], the current noisy horizon; out_sub f32 [G, N, S, 1], the network's
+        output (eps or v); k_sub/v_sub f32 [layers, G, N, S, D]. alpha, sigma: the step's noise level.
         """
         self.age += 1
         if plan.pos_sub.shape[2] == 0:  # nothing computed: every token reused
@@ -67,7 +75,7 @@ class TokenCache:
         if plan.full:  # pos_sub is arange(H) in every row: outputs are already in cache order
             if kv:
                 self.k, self.v = k_sub, v_sub
-            self.eps = eps_sub[..., 0].astype(np.float64)
+            self._out = out_sub[..., 0].astype(np.float64)
         else:  # flat scatter: entry (g, n, s) -> token (g, n, pos_sub[g, n, s]); padding dropped
             G, N, S = plan.pos_sub.shape
             H = self.horizon
@@ -81,9 +89,11 @@ class TokenCache:
                 cached_rows, new_rows = cached.reshape(layers, G * N * H, D), new.reshape(layers, G * N * S, D)
                 for layer in range(layers):  # row copies along axis 0: numpy's fast path
                     cached_rows[layer][dst] = new_rows[layer][src]
-            self.eps.reshape(-1)[dst] = eps_sub.reshape(-1)[src]
-        # x0_hat = (x - sigma * eps) / alpha: the data prediction of an epsilon network (docs/model.md).
-        self.x0_hat = np.where(computed, clip_x0((x - sigma * self.eps) / alpha, self.x0_clip), self.x0_hat)
+            self._out.reshape(-1)[dst] = out_sub.reshape(-1)[src]
+        # epsilon: x0_hat = (x - sigma * eps) / alpha; v: x0_hat = alpha x - sigma v (docs/model.md 2.2).
+        x0_hat, eps = to_x0_eps(self._out, x, alpha, sigma, self.prediction)
+        self.eps = np.where(computed, eps, self.eps)
+        self.x0_hat = np.where(computed, clip_x0(x0_hat, self.x0_clip), self.x0_hat)
         self.x_in = np.where(computed, x, self.x_in)
         self.age[computed] = 0
         self.valid |= computed
