@@ -10,7 +10,8 @@ The protocol, the same for every model of a run:
 
 - Data: the bundled metro-traffic table (traffic_volume) exactly as dil.data builds it: hourly rows,
   hours missing from the file NaN, 52,551 rows; split 70/10/20 into rows [0, 36786) train,
-  [36786, 42041) validation and [42041, 52551) test.
+  [36786, 42041) validation and [42041, 52551) test. The dil model's covariate columns (those its
+  manifest names, e.g. temp) are read too, for dil only.
 - Test windows: dil-eval's. Origins 42041 + 24k while origin + 24 <= 52551 (437 windows), horizon
   24, 100 samples per window; missing target hours count in no score. --windows N keeps N evenly
   spaced origins (first and last included).
@@ -21,14 +22,20 @@ The protocol, the same for every model of a run:
   its target), watched by EarlyStopping(val_loss, patience 5, min_delta 1e-3); GluonTS keeps the
   weights of the best validation epoch. Models: 3x64 (3 LSTM layers of 64), 2x40 (2 of 40), both
   with context_length 168 and the default lags (reaching 721 hours back), and 2x40-168: 2x40 held
-  to the 168 rows dil sees (context_length 145, lags 1..7, 23, 24).
+  to 168 rows of history (context_length 145, lags 1..7, 23, 24; the context of dil's first
+  metro-traffic model).
 - DeepAR forecasts each window from the whole series before its origin (predict, 100 samples).
-  dil (the shipped model, or --engine) forecasts it from the 168 hours before the origin, through
+  dil (the shipped model, or --engine) forecasts it from its context, the L hours before the
+  origin (L = the manifest's model.context_length), with the inputs its manifest's FeatureSpec
+  names: calendar features of those hours and of the forecast hours, covariate columns of the
+  table (known ones for the forecast hours too), exactly as dil-eval builds them. It runs through
   dil-eval's forecaster: default sampler and steps, seed 0, each window's noise keyed by its id.
+  The test windows do not depend on L (dil-eval's origins, for any L up to 42041).
 - Scores: dil.evaluate.metrics, as dil-eval computes them. CRPS: the weighted quantile loss at the
   19 levels 0.05..0.95 (quantiles of the samples by numpy's linear interpolation), averaged over
   the levels and divided by sum |y|; MAE of the median (traffic volume, vehicles per hour);
-  coverage of the central 50% and 90% intervals.
+  coverage of the central 50% and 90% intervals. Seasonal naive (lag 168) is dil-eval's: the hour
+  a week before, from the whole series before the origin (the same whatever dil's context).
 - Times, wall clock in this process: DeepAR training is the whole fit (validation included); "all
   windows" is one predict call over every window for DeepAR and every window through dil-eval's
   batches for dil; "one window" is the median of 5 single-window forecasts, after a warm-up call
@@ -77,7 +84,8 @@ class PeerModel:
 MODELS = {
     "3x64": PeerModel(3, 64, label="DeepAR 3x64"),
     "2x40": PeerModel(2, 40, label="DeepAR 2x40"),
-    # 145 context rows + the longest lag (24) = the 168 rows of history dil conditions on.
+    # 145 context rows + the longest lag (24) = 168 rows of history, the context of dil's first
+    # metro-traffic model.
     "2x40-168": PeerModel(2, 40, context_length=145, lags_seq=(1, 2, 3, 4, 5, 6, 7, 23, 24),
                           label="DeepAR 2x40, history held to 168 rows"),
 }
@@ -102,7 +110,8 @@ class PeerData:
     values: float64 [T] (NaN = missing); start: the time of row 0. train_end: rows [0, train_end)
     train DeepAR. val_origins: int64 [V], validation windows (targets [o, o + 24) inside the
     validation rows). windows: dil.evaluate.harness.EvalWindows of the test origins (contexts of the
-    dil engine's length). test_origins: int64 [W], the origins of the valid (scored) test windows.
+    dil model's length L, and its WindowFeatures where it has features). test_origins: int64 [W],
+    the origins of the valid (scored) test windows.
     """
 
     values: np.ndarray
@@ -113,8 +122,12 @@ class PeerData:
     test_origins: np.ndarray
 
 
-def peer_data(table, spec, context: int, n_windows: int | None = None) -> PeerData:
-    """The protocol's bookkeeping from a single-series dil.data table and its DatasetSpec."""
+def peer_data(table, spec, context: int, n_windows: int | None = None, features=None,
+              horizon: int = HORIZON) -> PeerData:
+    """The protocol's bookkeeping from a single-series dil.data table and its DatasetSpec, for a dil
+    model of context `context` and FeatureSpec `features` (None: none; the table then holds the dates
+    and covariate columns it needs). horizon: the test windows' (the protocol's 24; another only to
+    test a model of another horizon); the validation windows are always the protocol's."""
     from dil.data.windows import split_bounds, window_origins
     from dil.evaluate.harness import protocol_windows
 
@@ -124,7 +137,7 @@ def peer_data(table, spec, context: int, n_windows: int | None = None) -> PeerDa
     bounds = split_bounds(spec, values.shape[0])
     (_, train_end), (val_start, val_end) = bounds["train"], bounds["val"]
     val_origins = window_origins(values.shape[0], 1, HORIZON, val_start, val_end, stride=HORIZON)
-    w = protocol_windows(table, spec, context, HORIZON, n_windows)
+    w = protocol_windows(table, spec, context, horizon, n_windows, features=features)
     return PeerData(values=values[:, 0], start=np.asarray(table.timestamps)[0], train_end=int(train_end),
                     val_origins=val_origins, windows=w, test_origins=w.origins[w.valid[:, 0]])
 
@@ -214,7 +227,9 @@ def deepar_forecasts(predictor, data: PeerData, samples: int, seed: int = 0) -> 
 
 
 def dil_scores(forecaster, data: PeerData, samples: int, seed: int = 0) -> dict:
-    """The dil forecaster's scores on the scored test windows and its times {all_s, one_ms}."""
+    """The dil forecaster's scores on the scored test windows and its times {all_s, one_ms}. Each
+    window gets its WindowFeatures (data.windows.features) when the model has features, as in
+    dil-eval."""
     from dil.evaluate.engine_eval import forecaster_fn
     from dil.evaluate.harness import ALL, EvalOptions, stream_forecasts, window_ids
 
@@ -222,16 +237,17 @@ def dil_scores(forecaster, data: PeerData, samples: int, seed: int = 0) -> dict:
     fn = forecaster_fn(forecaster, samples, None, seed)
     spent = []
 
-    def timed(contexts, ids):
+    def timed(contexts, ids, *features):
         out = []
-        spent.append(_seconds(lambda: out.append(fn(contexts, ids))))
+        spent.append(_seconds(lambda: out.append(fn(contexts, ids, *features))))
         return out[0]
 
     o, c = np.argwhere(w.valid)[0]
-    one_ctx, one_id = w.contexts[o, c][None], [window_ids(w.names, w.origins)[o][c]]
-    fn(one_ctx, one_id)  # warm-up: ONNX Runtime's first run sizes its arenas
+    one = (w.contexts[o, c][None], [window_ids(w.names, w.origins)[o][c]],
+           *(() if w.features is None else (w.features.take(np.array([o])),)))
+    fn(*one)  # warm-up: ONNX Runtime's first run sizes its arenas
     scores = stream_forecasts(timed, w, w.valid, EvalOptions(samples=samples, seed=seed), desc="dil").scores(ALL)
-    return {**scores, "all_s": sum(spent), "one_ms": _timed_single(lambda: fn(one_ctx, one_id))}
+    return {**scores, "all_s": sum(spent), "one_ms": _timed_single(lambda: fn(*one))}
 
 
 def load_dil(engine=None, threads: int | None = None):
@@ -245,16 +261,45 @@ def load_dil(engine=None, threads: int | None = None):
     return fc
 
 
+def peer_inputs(fc, n_windows: int | None = None, horizon: int = HORIZON) -> tuple:
+    """(DatasetSpec, SeriesTable, PeerData) of the protocol for the dil Forecaster `fc`: the bundled
+    table with the covariate columns its model reads, the windows of its context and features.
+    DataError / FeatureError (one line) when the table lacks what the model needs."""
+    from dil.data.datasets import resolve
+
+    spec, table = resolve(DATASET, covariates=[c.name for c in fc.features.covariates] or None)
+    return spec, table, peer_data(table, spec, fc.context_length, n_windows, fc.features, horizon)
+
+
+def dil_inputs(context: int, features) -> str:
+    """What dil forecasts a window from, in words (features: the model's FeatureSpec), e.g. "the 336
+    hours before it and the calendar features (hour_of_day, ...) of those and the forecast hours"."""
+    def plural(names):
+        return "s" * (len(names) != 1) + " " + ", ".join(names)
+
+    parts, ahead = [f"the {context} hours before it"], []
+    if features.time_features:
+        ahead.append(f"the calendar features ({', '.join(features.time_features)})")
+    if features.known_covariates:
+        ahead.append(f"the covariate{plural(features.known_covariates)}")
+    if ahead:
+        parts.append(" and ".join(ahead) + " of those and the forecast hours")
+    if features.past_covariates:
+        parts.append(f"the past-only covariate{plural(features.past_covariates)} of those hours")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def run_peers(models: dict, fc, engine=None, samples: int = 100, n_windows: int | None = None,
-              training: Training = Training(), threads: int | None = None, keep_samples: bool = False) -> dict:
+              training: Training = Training(), threads: int | None = None, keep_samples: bool = False,
+              inputs: tuple | None = None) -> dict:
     """The whole comparison of the dil Forecaster `fc` (loaded from `engine`, None: the shipped
     model) with DeepAR `models` {key: PeerModel}: {"protocol", "rows": {key: scores and times},
     "machine", "versions"}. threads: torch's intra-op threads (None: its default; give ONNX Runtime
     the same through load_dil). keep_samples: also return DeepAR's samples per model, float64
-    [W, samples, 24], under result["samples"] (arrays, not JSON)."""
+    [W, samples, 24], under result["samples"] (arrays, not JSON). inputs: peer_inputs(fc, n_windows)
+    when already at hand."""
     import torch
 
-    from dil.data.datasets import resolve
     from dil.evaluate.harness import score_point, score_samples
     from dil.evaluate.machine import busy, machine_info
     from dil.runtime.sampling.config import SamplerConfig
@@ -263,8 +308,7 @@ def run_peers(models: dict, fc, engine=None, samples: int = 100, n_windows: int 
     if threads is not None:
         torch.set_num_threads(threads)
     machine = {**machine_info(threads), "busy": busy()}
-    spec, table = resolve(DATASET)
-    data = peer_data(table, spec, fc.context_length, n_windows)
+    spec, table, data = inputs or peer_inputs(fc, n_windows)
     w = data.windows
     seconds = ((fc.manifest.extra.get("checkpoint") or {}).get("training") or {}).get("seconds")
     rows = {"dil": {"label": f"dil ({fc.manifest.name}, {SamplerConfig().steps} steps)", "train_s": seconds,
@@ -295,7 +339,7 @@ def protocol(data: PeerData, fc, engine, samples: int, training: Training, table
             "test_windows": int(data.test_origins.size), "first_origin": int(w.origins[0]),
             "last_origin": int(w.origins[-1]), "horizon": HORIZON, "samples": samples,
             "dil_engine": str(engine) if engine else "shipped default", "dil_context": fc.context_length,
-            "training": asdict(training)}
+            "dil_inputs": dil_inputs(fc.context_length, fc.features), "training": asdict(training)}
 
 
 def _versions() -> dict:
@@ -324,7 +368,7 @@ def markdown(result: dict, command: str) -> str:
         f"horizon {p['horizon']}, {p['samples']} samples) and are scored by the same code (dil.evaluate.metrics). "
         f"DeepAR (GluonTS) learns from rows 0..{p['train_rows'][1] - 1} with the {p['validation_windows']} "
         f"validation windows for early stopping (at most {p['training']['epochs']} epochs) and forecasts each "
-        "window from the whole series before it; dil forecasts it from the 168 hours before it.",
+        f"window from the whole series before it; dil forecasts it from {p['dil_inputs']}.",
         "",
         f"Machine: {m['cpu']} ({m['usable_cpus']} usable cores), intra-op threads of torch and ONNX Runtime: "
         f"{m['threads'] or 'their defaults'}, load average at start {m['load_average_at_start']}"
@@ -424,10 +468,11 @@ def main(argv=None) -> None:
             raise ValueError(problem)
         require_peers()
         fc = load_dil(args.engine, args.threads)
-    except (ImportError, ValueError) as exc:  # MissingDependency, ManifestError, EngineError, ...
+        inputs = peer_inputs(fc, args.windows)
+    except (ImportError, ValueError) as exc:  # MissingDependency, ManifestError, EngineError, DataError, ...
         raise SystemExit(f"error: {exc}") from None
     result = run_peers(models, fc, args.engine, args.samples, args.windows, Training(epochs=args.epochs),
-                       args.threads)
+                       args.threads, inputs=inputs)
     command = ["python", "benchmarks/peers.py"] + list(sys.argv[1:] if argv is None else argv)
     section = markdown(result, shlex.join(command))
     print(section)

@@ -256,7 +256,8 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
     n_windows: evenly spaced test origins (None: all). features: the model's FeatureSpec (None or
     one without features: none), whose row features (dil.runtime.features.row_features of the
     table) give each window's WindowFeatures. Windows whose context or target has no observed
-    value are not valid (skipped); `baseline` is the seasonal naive.
+    value are not valid (skipped); `baseline` is the seasonal naive from all the rows before each
+    origin (seasonal_naive_at), the same whatever the context.
     """
     from dil.data.windows import test_origins
 
@@ -268,9 +269,7 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
         raise EvaluationError(
             f"{spec.name}: no test window of context {context} + horizon {horizon} fits in {t} rows"
         )
-    lookback = max(context, lag)  # seasonal naive may look further back than the model's context
-    hist = gather(values, origins, lookback, 0)
-    ctx = hist[..., lookback - context :]
+    ctx = gather(values, origins, context, 0)
     tgt = gather(values, origins, 0, horizon)
     valid = ~np.all(np.isnan(ctx), axis=-1) & ~np.all(np.isnan(tgt), axis=-1)
     if not valid.any():
@@ -281,10 +280,33 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
         contexts=ctx,
         targets=tgt,
         valid=valid,
-        baseline=M.seasonal_naive(hist, lag, horizon),
+        baseline=seasonal_naive_at(values, origins, lag, horizon),
         timestamps=None if table.timestamps is None else np.asarray(table.timestamps)[origins],
         features=table_features(table, features, origins, context, horizon),
     )
+
+
+def seasonal_naive_at(values: np.ndarray, origins: np.ndarray, lag: int, horizon: int) -> np.ndarray:
+    """metrics.seasonal_naive of every origin with the whole table before it as history: float64
+    [O, C, horizon] from values float [T, C] (NaN = missing) and origins int [O].
+
+    The history is never the model's context, so a window's baseline is the same whatever model is
+    evaluated (a missing lag value takes the same phase as many seasons back as it takes). Runs in
+    O(T C) memory instead of gathering O x T histories.
+    """
+    t, c = values.shape
+    origins = np.asarray(origins, dtype=np.int64)
+    seen = np.where(np.isnan(values), -1, np.arange(t)[:, None])  # [T, C] the row where observed
+    k = -(-t // lag)
+    phase = np.concatenate([seen, np.full((k * lag - t, c), -1)]).reshape(k, lag, c)
+    by_phase = np.maximum.accumulate(phase, axis=0).reshape(k * lag, c)  # latest observed row r - j*lag
+    latest = np.maximum.accumulate(seen, axis=0)  # latest observed row <= r
+    src = origins[:, None] - lag + np.arange(horizon) % lag  # [O, H], < origin
+    row = np.where((src >= 0)[..., None], by_phase[np.maximum(src, 0)], -1)  # [O, H, C]
+    last = np.where((origins > 0)[:, None], latest[np.maximum(origins - 1, 0)], -1)  # [O, C]
+    row = np.where(row >= 0, row, last[:, None, :])
+    out = np.where(row >= 0, values[np.maximum(row, 0), np.arange(c)], np.nan)
+    return np.ascontiguousarray(np.moveaxis(out, 2, 1), dtype=np.float64)
 
 
 def subset(valid: np.ndarray, count: int) -> np.ndarray:

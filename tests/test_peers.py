@@ -53,6 +53,63 @@ def test_rows_and_windows_are_the_protocols(peers, metro):
         np.testing.assert_array_equal(test[i]["target"][-168:], w.contexts[i, 0].astype(np.float32))
 
 
+def test_windows_follow_the_models_context_and_time_features(peers, metro):
+    # A model of context 336 with calendar features: the same 437 scored windows as dil-eval's (the
+    # origins do not depend on the context), contexts the 336 rows before each origin, and features
+    # of those rows and the 24 forecast rows. By hand (GluonTS's scaling): hour / 23 - 0.5,
+    # weekday (Monday 0) / 6 - 0.5.
+    import pandas as pd
+
+    from dil.runtime.features import FeatureSpec
+
+    features = FeatureSpec(freq="h", time_features=("hour_of_day", "day_of_week"))
+    data = peers.peer_data(metro[1], metro[0], context=336, features=features)
+    np.testing.assert_array_equal(data.test_origins, 42041 + 24 * np.arange(437))
+    w, times = data.windows, pd.DatetimeIndex(metro[1].timestamps)
+    assert w.contexts.shape == (437, 1, 336)
+    assert w.features.context_known.shape == (437, 336, 2) and w.features.horizon_known.shape == (437, 24, 2)
+    _, _, test = peers.peer_entries(data)
+    for i in (0, 436):
+        o = 42041 + 24 * i
+        np.testing.assert_array_equal(w.contexts[i, 0], data.values[o - 336 : o])
+        np.testing.assert_array_equal(test[i]["target"][-336:], w.contexts[i, 0].astype(np.float32))
+        known = w.features.context_known[i], w.features.horizon_known[i]
+        for rows, got in zip((slice(o - 336, o), slice(o, o + 24)), known):
+            hand = np.stack([times[rows].hour / 23 - 0.5, times[rows].day_of_week / 6 - 0.5], axis=1)
+            np.testing.assert_allclose(got, hand, rtol=0, atol=1e-15)
+    assert peers.dil_inputs(336, features) == (
+        "the 336 hours before it and the calendar features (hour_of_day, day_of_week) of those and the forecast hours"
+    )
+    assert peers.dil_inputs(168, FeatureSpec()) == "the 168 hours before it"
+
+
+def test_dil_side_with_a_feature_model_is_dil_evals(peers, tiny_feature_artifact):
+    # The tiny model with time features, known covariates (temp, holiday) and a past-only one
+    # (rain_1h), context 16, horizon 8, "trained on" metro-traffic: its side of the comparison
+    # (table with the covariate columns, windows of its context and features, forecasts given the
+    # window features) scores exactly what dil-eval scores on the same windows.
+    from dil.evaluate.engine_eval import evaluate_engine
+    from dil.evaluate.harness import EvalOptions, score_point
+    from dil.runtime import Forecaster
+
+    fc = Forecaster.load(tiny_feature_artifact, threads=1)
+    spec, table, data = peers.peer_inputs(fc, n_windows=4, horizon=fc.horizon)
+    assert list(table.covariates.columns) == ["temp", "holiday", "rain_1h"]
+    w = data.windows
+    assert w.contexts.shape == (4, 1, 16) and w.features.context_past.shape == (4, 16, 1)
+    got = peers.dil_scores(fc, data, samples=8)
+    ev = evaluate_engine(tiny_feature_artifact, EvalOptions(n_windows=4, samples=8, steps=None, progress=False))
+    np.testing.assert_array_equal(ev.windows.origins[ev.windows.valid[:, 0]], data.test_origins)
+    model = ev.report["model"]
+    assert {k: got[k] for k in model} == model
+    assert 0 < model["crps"] < 10 and got["all_s"] > 0 and got["one_ms"] > 0
+    assert score_point(w, w.baseline) == ev.report["baselines"]["seasonal_naive"]
+    assert peers.protocol(data, fc, tiny_feature_artifact, 8, peers.Training(), table)["dil_inputs"] == (
+        "the 16 hours before it, the calendar features (hour_of_day, day_of_week) and the covariates temp, "
+        "holiday of those and the forecast hours and the past-only covariate rain_1h of those hours"
+    )
+
+
 def test_window_subset_keeps_first_and_last(peers, metro):
     data = peers.peer_data(metro[1], metro[0], context=168, n_windows=3)
     np.testing.assert_array_equal(data.test_origins, [42041, 42041 + 24 * 218, 42041 + 24 * 436])
