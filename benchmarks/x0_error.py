@@ -199,7 +199,7 @@ def trajectories(engine: str, split: str, n_windows: int, samples: int, steps: i
     beyond = np.abs(x0[:, w_idx, n_idx, h_idx]) > WILD[0]  # [steps, paths]
     stays = np.flip(np.cumprod(np.flip(beyond, 0), axis=0), 0).astype(bool)
     first = np.where(stays.any(axis=0), stays.argmax(axis=0), steps)
-    kappas = fc.schedule.sampling_grid(steps)
+    kappas = fc.schedule.sampling_grid(steps, config.spacing)
     rows = [{"step": i, "kappa": float(kappas[i]), "alpha": float(fc.schedule.alpha(kappas[i])),
              "paths_beyond_5": float(out_now[i].mean()),
              "wild_paths_beyond_5": float(out_now[i][wild].mean()) if wild.any() else 0.0,

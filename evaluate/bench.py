@@ -32,6 +32,7 @@ import numpy as np
 from dil.evaluate import bench_worker as W
 from dil.evaluate import machine
 from dil.evaluate.harness import finite_or_none, protocol_windows, score_samples, subset
+from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 from dil.runtime.window_features import table_features
 
 TORCH_NAMES = ("torch-full", "reference-ddpm1000")
@@ -53,7 +54,8 @@ class BenchConfig:
     windows: W test windows (series-windows) every CRPS is computed on. threads: intra-op threads of
     torch and ONNX Runtime (default: the cores available). names: the samplers to run.
     isolate: one fresh process per configuration (peak RSS per configuration); False runs them in
-    this process (quick checks; no RSS figure).
+    this process (quick checks; no RSS figure). spacing: the step grid of the stepped samplers
+    ("logsnr" or "time", NoiseSchedule.sampling_grid; the same for torch-full and the runtime).
     """
 
     engine: Path
@@ -72,6 +74,7 @@ class BenchConfig:
     seed: int = 0
     names: tuple = W.NAMES
     isolate: bool = True
+    spacing: str = DEFAULT_SPACING
 
     def __post_init__(self) -> None:
         if self.threads <= 0:
@@ -83,6 +86,8 @@ class BenchConfig:
                               ("ddpm_series", self.ddpm_series)):
             if not values or min(values) < 1:
                 raise BenchError(f"{label} must be positive integers, got {list(values)}")
+        if self.spacing not in SPACINGS:
+            raise BenchError(f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
         if max(self.steps + self.large_steps) > 1000:
             raise BenchError("steps must be <= 1000")
         for label in ("samples", "repeats", "large_repeats", "ddpm_repeats", "windows"):
@@ -111,6 +116,7 @@ class BenchRun:
     crps_out: str | None = None
     timing_feat: str | None = None  # .npz of the windows' WindowFeatures (None: the model has none)
     crps_feat: str | None = None
+    spacing: str | None = None  # the step grid of a stepped sampler (None: the sampler's default)
 
 
 def plan_runs(cfg: BenchConfig) -> list[BenchRun]:
@@ -122,7 +128,8 @@ def plan_runs(cfg: BenchConfig) -> list[BenchRun]:
         for name in (n for n in STEPPED_NAMES if n in cfg.names):
             for s in sorted(set(steps)):
                 warm = "full" if reps > 1 else "short"  # a single timed repeat: do not pay twice
-                runs.append(BenchRun(name, s, g, cfg.samples, reps, warm, cfg.threads, cfg.seed, str(cfg.engine), None))
+                runs.append(BenchRun(name, s, g, cfg.samples, reps, warm, cfg.threads, cfg.seed, str(cfg.engine), None,
+                                     spacing=cfg.spacing))
         if "reference-ddpm1000" in cfg.names and g in cfg.ddpm_series:
             runs.append(BenchRun("reference-ddpm1000", None, g, cfg.samples, cfg.ddpm_repeats, "short", cfg.threads,
                                  cfg.seed, str(cfg.engine), None))

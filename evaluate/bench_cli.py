@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
+from dil.runtime.cli import SPACING_HELP
 from dil.runtime.files import write_text
+from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 from dil.evaluate.bench_worker import NAMES
 
 
@@ -84,12 +86,14 @@ def format_runs(report: dict) -> str:
                    "compare accuracy on more windows with dil-eval --ddpm-windows).")
 @click.option("--threads", default=0, type=click.IntRange(min=0),
               help="Intra-op threads of torch and ONNX Runtime (default: the cores available).")
+@click.option("--spacing", metavar="|".join(SPACINGS), default=DEFAULT_SPACING, show_default=True,
+              help=SPACING_HELP + " Applies to torch-full, runtime-full and runtime-dil alike.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
 @click.option("--only", help=f"Comma-separated samplers to run (default: all of {', '.join(NAMES)}).")
 @click.option("--in-process", is_flag=True,
               help="Run every configuration in this process (quicker; no per-configuration peak RSS).")
 def main(engine, dataset, checkpoint, json_path, plot_path, steps, large_steps, series, samples, repeats,
-         large_repeats, ddpm_repeats, ddpm_series, windows, threads, seed, only, in_process):
+         large_repeats, ddpm_repeats, ddpm_series, windows, threads, spacing, seed, only, in_process):
     """Benchmark the samplers of an exported model in one run on this machine.
 
     Per forecast of 1 series x 100 samples and 50 series x 100 samples: torch-full (the PyTorch
@@ -122,7 +126,7 @@ def main(engine, dataset, checkpoint, json_path, plot_path, steps, large_steps, 
             large_steps=_ints(large_steps, "--large-steps"), series=_ints(series, "--series"), samples=samples,
             repeats=repeats, large_repeats=large_repeats, ddpm_repeats=ddpm_repeats,
             ddpm_series=_ints(ddpm_series, "--ddpm-series"), windows=windows, threads=threads, seed=seed,
-            names=names, isolate=not in_process,
+            names=names, isolate=not in_process, spacing=spacing,
         )
         report = run_bench(cfg, progress=True, say=lambda line: click.echo(line, err=True))
     except click.BadParameter as exc:

@@ -105,13 +105,14 @@ def _runtime(spec: dict):
 
     fc = Forecaster.load(spec["engine"], threads=spec["threads"])
     opts = _runtime_options(spec["name"] == "runtime-dil", spec["name"] == "runtime-dil", fc.predict_windows)
+    spacing = {"spacing": spec["spacing"]} if spec.get("spacing") else {}  # None: the sampler's default grid
 
     def forecast(ctx, ids, steps, feats=None):
         kw = dict(opts)
         if "config" in kw:
-            kw["config"] = SamplerConfig(inference_steps=steps, **kw["config"])
+            kw["config"] = SamplerConfig(inference_steps=steps, **kw["config"], **spacing)
         else:
-            kw["steps"] = steps
+            kw.update(steps=steps, **spacing)
         f = fc.predict_windows(ctx, num_samples=spec["samples"], seed=spec["seed"], series_keys=list(ids),
                                batch_series=len(ids), features=feats, **kw)
         st = f.stats
@@ -144,6 +145,7 @@ def _torch(spec: dict):
     timed = _Timed(model.full_step)
     model.full_step = timed  # instance attribute: the samplers' model.full_step(...) calls land here
     H = model.config.horizon
+    spacing = {"spacing": spec["spacing"]} if spec.get("spacing") else {}  # None: the sampler's default grid
 
     def forecast(ctx, ids, steps, feats=None):
         calls0, sec0 = timed.calls, timed.seconds
@@ -153,7 +155,7 @@ def _torch(spec: dict):
             steps = schedule.num_steps
         else:
             out = reference_forecast(model, schedule, ctx, spec["samples"], steps, spec["seed"], list(ids),
-                                     **extra).samples
+                                     **extra, **spacing).samples
         calls = timed.calls - calls0
         # full_step computes every horizon token of every row (and re-encodes the context).
         tokens = len(ids) * spec["samples"] * H * calls

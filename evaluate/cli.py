@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from dil.runtime.cli import SPACING_HELP
 from dil.runtime.files import write_text
+from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 
 _ROWS = ("crps", "crps_sample", "crps_sum", "mae", "mse", "coverage_50", "coverage_90")
 
@@ -22,11 +24,13 @@ def _fmt(v) -> str:
 def format_report(report: dict) -> str:
     """A small text table: model vs seasonal naive and their ratio (model / baseline)."""
     p, model = report["protocol"], report["model"]
+    spacing = (p.get("sampler") or {}).get("spacing")  # dil-eval's runs record it; a bare harness report has none
     naive = report["baselines"]["seasonal_naive"]
     lines = [
         f"{p['dataset']}: {p['windows']} test origins x {p['series']} series = {p['series_windows']} windows"
         f" ({p['skipped_windows']} skipped), context {p['context']}, horizon {p['horizon']},"
-        f" {p['samples']} samples" + (f", {p['steps']} steps" if p.get("steps") else "") + f", seed {p['seed']}"
+        f" {p['samples']} samples" + (f", {p['steps']} steps" if p.get("steps") else "")
+        + (f" ({spacing} spacing)" if spacing else "") + f", seed {p['seed']}"
         + (f"; model inputs: {p['inputs']}" if p.get("inputs") else ""),
         f"{'metric':<12} {'model':>12} {'seasonal naive':>15} {'ratio':>7}",
     ]
@@ -96,6 +100,8 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
               help="Lattice controller (per-token solver orders, refresh priority).")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help="E2-CRF token cache; --no-lattice --no-cache is the plain DPM-Solver++ sampler.")
+@click.option("--spacing", metavar="|".join(SPACINGS), default=DEFAULT_SPACING, show_default=True,
+              help=SPACING_HELP + " Recorded in the report's protocol.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
 @click.option("--season", type=click.IntRange(min=1),
               help="Seasonal-naive lag in steps (default: the dataset's, or from the row frequency).")
@@ -117,7 +123,7 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
               help="Write fan charts and a calibration plot (PNG) to this folder, created when missing (needs "
                    "dil[plot]).")
 def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_windows, samples, steps, lattice,
-         cache, seed, season, batch_size, ddpm_windows, checkpoint, json_path, plots_dir):
+         cache, spacing, seed, season, batch_size, ddpm_windows, checkpoint, json_path, plots_dir):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
@@ -133,6 +139,7 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
     from dil.evaluate.harness import EvalOptions, EvaluationError
     from dil.evaluate.torch_baselines import ReferenceUnavailable
     from dil.runtime.manifest import ManifestError
+    from dil.runtime.sampling.config import sampler_config
 
     if checkpoint is not None and not ddpm_windows:
         raise click.UsageError("--checkpoint is only used by --ddpm-windows N (the PyTorch DDPM reference)")
@@ -143,11 +150,13 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
             from dil.runtime.deps import require
 
             require("matplotlib", "plot")
+        sampler = {"lattice": lattice, "cache": cache, "spacing": spacing}
+        sampler_config(None, **sampler)  # a bad setting: one line, before any work
         options = EvalOptions(n_windows=n_windows, samples=samples, steps=steps, seed=seed, season=season,
                               batch_size=batch_size, progress=True)
         ev = evaluate_engine(
             engine, options, dataset=dataset, data=data, date_column=date_column, columns=columns,
-            date_format=date_format, dayfirst=dayfirst, sampler={"lattice": lattice, "cache": cache},
+            date_format=date_format, dayfirst=dayfirst, sampler=sampler,
             ddpm_windows=ddpm_windows, checkpoint=checkpoint,
         )
     except (DataError, ManifestError, EvaluationError, MissingDependency, ReferenceUnavailable, ValueError,

@@ -116,12 +116,20 @@ def evaluate_engine(
     tokens, full = sum(c.tokens_computed for c in costs), sum(c.full_tokens for c in costs)
     # The runtime's default sampler (lattice + cache where the build has them): its share of the
     # network work of full recomputation over every forecast of the evaluation.
-    ev.report["protocol"]["sampler"] = {"lattice": True, "cache": True, **(sampler or {})}
+    ev.report["protocol"]["sampler"] = {"lattice": True, "cache": True, "spacing": _default_spacing(),
+                                        **(sampler or {})}
     ev.report["protocol"]["tokens_computed"] = int(tokens)
     ev.report["protocol"]["token_fraction"] = tokens / full if full else None
     ev.report["protocol"]["inputs"] = describe(fc.features)  # the time features and covariates the model used
     ev.notes = list(table.notes)  # what reading a user file repaired
     return ev
+
+
+def _default_spacing() -> str:
+    """The sampler's default step spacing (what a forecast without `spacing` runs)."""
+    from dil.runtime.sampling.config import SamplerConfig
+
+    return SamplerConfig().spacing
 
 
 def _default_steps() -> int:

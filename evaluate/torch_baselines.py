@@ -124,13 +124,17 @@ def ddpm_forecast_fn(ref: Reference, num_samples: int = 100, seed: int = 0, prog
     return fn
 
 
-def torch_full_forecast_fn(ref: Reference, num_samples: int = 100, steps: int = 20, seed: int = 0):
+def torch_full_forecast_fn(ref: Reference, num_samples: int = 100, steps: int = 20, seed: int = 0,
+                           spacing: str | None = None):
     """A harness forecast_fn: the runtime's plain DPM-Solver++ sampler in PyTorch (torch-full), with
-    the batch's features (WindowFeatures) when the model has any."""
+    the batch's features (WindowFeatures) when the model has any. spacing: the step grid ("logsnr"
+    or "time"; None: the sampler's default)."""
     from dil.evaluate.reference.sampler import reference_forecast
+
+    extra = {} if spacing is None else {"spacing": spacing}
 
     def fn(contexts, ids, features=None):
         return reference_forecast(ref.model, ref.schedule, contexts, num_samples, steps, seed, list(ids),
-                                  **feature_arguments(features)).samples
+                                  **feature_arguments(features), **extra).samples
 
     return fn

@@ -29,7 +29,7 @@ import numpy as np
 
 from dil.runtime.quantiles import sample_quantiles
 from dil.runtime.rng import SeriesStreams
-from dil.evaluate.reference.sampler import ReferenceSampler, StepDecision
+from dil.evaluate.reference.sampler import ReferenceSampler, StepDecision, settings_spacing
 from dil.evaluate.validation_inputs import prepare_inputs
 
 # Gates of a passing validation (issue 3), standardised scale.
@@ -61,7 +61,8 @@ def reference_controller(config):
 
 def reference_sampler(model, schedule, ctx, x_T, config, streams: SeriesStreams, hor_feat=None) -> ReferenceSampler:
     return ReferenceSampler(model, schedule, ctx, x_T, config.steps, streams, reference_controller(config),
-                            solver_order=config.solver_order, bucket=getattr(config, "bucket", 1), hor_feat=hor_feat)
+                            solver_order=config.solver_order, bucket=getattr(config, "bucket", 1), hor_feat=hor_feat,
+                            spacing=settings_spacing(config))
 
 
 def effective_order(order, i: int, steps: int, shape) -> np.ndarray:

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import click
 
+from dil.runtime.sampling.schedule import SPACINGS
+
+# Help of --spacing (dil-run, dil-eval, dil-bench): the step grid of NoiseSchedule.sampling_grid.
+SPACING_HELP = ("Step spacing of the solver's grid: logsnr (uniform in log signal-to-noise ratio, DPM-Solver++'s "
+                "spacing; the last network call is made close to clean data) or time (uniform in diffusion time, the "
+                "grid of earlier versions: its last call, at noise level 0.17 for 20 steps, left the samples "
+                "under-dispersed). See docs/model.md section 5.1.")
+
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
@@ -174,6 +182,7 @@ def _stats_text(stats) -> str:
 
 # dil-run option -> SamplerConfig field, for the sampler settings (docs/sampler.md section 1).
 SAMPLER_OPTIONS = [
+    ("--spacing", "spacing", SPACINGS, SPACING_HELP),
     ("--num-diffusion-steps", "num_diffusion_steps", int, "Training steps T of the model (a check)."),
     ("--max-scales", "max_scales", int, "Lattice levels."),
     ("--entropy-budget", "entropy_budget", float, "Share of lattice nodes given top refresh priority, 0..1."),
@@ -199,7 +208,10 @@ def _sampler_options(func):
 
     defaults = SamplerConfig()
     for flag, name, kind, text in reversed(SAMPLER_OPTIONS):
-        func = click.option(flag, name, type=kind, default=None, help=f"{text} [default: {getattr(defaults, name)}]")(func)
+        # A tuple of names is a choice; SamplerConfig checks it, so a bad one is a one-line error as for
+        # every other setting.
+        typed = {"type": str, "metavar": "|".join(kind)} if isinstance(kind, tuple) else {"type": kind}
+        func = click.option(flag, name, default=None, help=f"{text} [default: {getattr(defaults, name)}]", **typed)(func)
     return func
 
 

@@ -123,6 +123,36 @@ def test_isolated_worker_measures_its_own_memory(tiny_artifact):
     assert run["tokens_computed"] == N * H * 2 and run["engine_calls"] == 2
 
 
+def test_bench_spacing_reaches_torch_full_and_the_runtime(tiny_artifact, tiny_checkpoint):
+    """--spacing time: runtime-full's CRPS is that of the Forecaster with spacing="time" (not the
+    default grid's), torch-full runs the same grid (same CRPS), and the report records it."""
+    from dil.data import get_spec
+    from dil.evaluate.harness import protocol_windows, subset
+    from dil.runtime import Forecaster
+
+    cfg = B.BenchConfig(engine=tiny_artifact, checkpoint=tiny_checkpoint, steps=(3,), series=(1,), samples=N,
+                        repeats=1, windows=2, threads=1, names=("torch-full", "runtime-full"), isolate=False,
+                        spacing="time")
+    assert [r.spacing for r in B.plan_runs(cfg)] == ["time", "time"]
+    rep = B.run_bench(cfg, progress=False)
+    assert rep["protocol"]["config"]["spacing"] == "time"
+    by = {r["name"]: r["crps"] for r in rep["runs"]}
+    table, spec = load_dataset("etth1"), get_spec("etth1")
+    w = protocol_windows(table, spec, L, H)
+    mask = subset(w.valid, 2)
+    ids = [f"{w.names[c]}@{int(w.origins[o])}" for o, c in np.argwhere(mask)]
+    fc = Forecaster.load(tiny_artifact)
+
+    def crps(**spacing):
+        s = fc.predict_windows(w.contexts[mask], num_samples=N, steps=3, seed=0, series_keys=ids, lattice=False,
+                               cache=False, **spacing).samples
+        return M.crps_quantile(w.targets[mask], s)
+
+    assert by["runtime-full"] == pytest.approx(crps(spacing="time"), rel=1e-9)
+    assert by["runtime-full"] != pytest.approx(crps(), rel=1e-3)  # the default grid gives another CRPS
+    assert by["torch-full"] == pytest.approx(by["runtime-full"], rel=1e-4)
+
+
 def test_timing_windows_cycle_when_the_test_part_is_short():
     from dil.data import DatasetSpec, SeriesTable, Splits
 
@@ -144,6 +174,7 @@ def test_timing_windows_cycle_when_the_test_part_is_short():
         (["--only", "nope"], "unknown sampler"),
         (["--checkpoint", "no-such-run"], "not a training run folder"),
         (["--json", "/dev/null/b.json"], "/dev/null is not a folder"),  # a missing folder is created
+        (["--spacing", "uniform"], "spacing must be one of logsnr, time, got 'uniform'"),
     ],
 )
 def test_dil_bench_bad_input(tiny_artifact, tmp_path, monkeypatch, extra, message):

@@ -202,6 +202,7 @@ def test_forecaster_fast_default_is_seeded_and_batch_independent(tiny_artifact):
         (dict(cache="yes"), "cache must be true or false"),
         (dict(num_diffusion_steps=500), r"num_diffusion_steps must equal the model's training steps \(1000\)"),
         (dict(budget=0.1), "unknown sampler setting 'budget'"),
+        (dict(spacing="linear"), r"^spacing must be one of logsnr, time, got 'linear'$"),
     ],
 )
 def test_bad_settings_are_refused_before_any_engine_call(tiny_artifact, settings, match):
@@ -227,6 +228,7 @@ def _csv(tmp_path, rows: int = 40):
         (["--max-solver-order", "4"], r"max_solver_order must be an integer in \[1, 3\]"),
         (["--random-probe-ratio", "2"], r"random_probe_ratio must be a number in \[0, 1\]"),
         (["--steps", "0"], r"inference_steps must be an integer in \[1, 1000\]"),
+        (["--spacing", "uniform"], r"spacing must be one of logsnr, time, got 'uniform'"),
     ],
 )
 def test_dil_run_rejects_bad_settings_in_one_line(tiny_artifact, tmp_path, args, match):

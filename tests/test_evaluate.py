@@ -296,9 +296,11 @@ def test_dil_eval_cli_end_to_end(tiny_artifact, tmp_path):
     assert res2.stdout.splitlines()[:9] == res.stdout.splitlines()[:9]  # stderr: progress lines
 
 
-def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path):
+@pytest.mark.parametrize("spacing", [None, "time"], ids=["default", "time"])
+def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path, spacing):
     """--no-lattice --no-cache scores the plain DPM-Solver++ sampler: every token computed, and
-    the same CRPS as Forecaster.predict_windows with lattice=False, cache=False."""
+    the same CRPS as Forecaster.predict_windows with lattice=False, cache=False (and the same step
+    spacing, recorded in the protocol: logsnr by default)."""
     import json
 
     from dil.data import load_dataset
@@ -306,10 +308,11 @@ def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path):
 
     out = tmp_path / "eval.json"
     res = _cli(["--engine", tiny_artifact, "--windows", 2, "--samples", 8, "--steps", 5, "--no-lattice",
-                "--no-cache", "--json", out])
+                "--no-cache", "--json", out] + ([] if spacing is None else ["--spacing", spacing]))
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert report["protocol"]["sampler"] == {"lattice": False, "cache": False}
+    assert report["protocol"]["sampler"] == {"lattice": False, "cache": False, "spacing": spacing or "logsnr"}
+    assert f"5 steps ({spacing or 'logsnr'} spacing)" in res.stdout.splitlines()[0]
     assert report["protocol"]["token_fraction"] == 1.0
 
     table = load_dataset("etth1")
@@ -318,7 +321,8 @@ def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path):
     tgt = np.concatenate([table.values[o : o + 8].T for o in origins])
     ids = [f"{n}@{o}" for o in origins for n in table.names]
     s = Forecaster.load(tiny_artifact).predict_windows(ctx, num_samples=8, steps=5, seed=0, series_keys=ids,
-                                                       lattice=False, cache=False).samples
+                                                       lattice=False, cache=False,
+                                                       **({} if spacing is None else {"spacing": spacing})).samples
     assert report["model"]["crps"] == pytest.approx(M.crps_quantile(tgt, s), rel=1e-9)
 
 
@@ -329,6 +333,7 @@ def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path):
         (["--dataset", "etth1", "--data", "x.csv"], "not both"),
         (["--json", "/dev/null/out.json"], "/dev/null is not a folder"),  # a missing folder is created
         (["--data", "no-such-file.csv"], "no-such-file.csv"),
+        (["--spacing", "uniform"], "spacing must be one of logsnr, time, got 'uniform'"),
     ],
 )
 def test_dil_eval_cli_bad_input(tiny_artifact, tmp_path, monkeypatch, extra, message):

@@ -20,10 +20,11 @@ STEPS, H, N = 10, 8, 4
 BAD = (0, 1, 2)  # (series, sample, token) whose eps is wrong at the highest noise levels
 PLAIN = dict(lattice=False, cache=False)
 # (settings, wrong steps, eps error): at kappa = 999, sigma / alpha = 157, so an eps error of -8 puts
-# x0_hat about +1260 standard deviations out. The exact Gaussian network below corrects a one-step
-# error under 2M (its multistep difference subtracts it again), so there the error lasts two steps,
-# as the shipped network's does (benchmarks/x0_error.py trajectories).
-CASES = {"plain DDIM": ({**PLAIN, "solver_order": 1}, 1, -8.0), "plain 2M": (PLAIN, 2, -12.0), "fast": ({}, 1, -8.0)}
+# x0_hat about +1260 standard deviations out. On the default (logsnr) grid, where consecutive lambda
+# steps are equal (r = 1), 2M's multistep difference over-corrects a one-step error: the unguarded
+# sample ends on the other side (about -11 for an error of -20; a two-step error, as the shipped
+# network's in benchmarks/x0_error.py trajectories, largely cancels there), so 2M gets a larger one.
+CASES = {"plain DDIM": ({**PLAIN, "solver_order": 1}, 1, -8.0), "plain 2M": (PLAIN, 1, -20.0), "fast": ({}, 1, -8.0)}
 
 
 class GaussianEngine:
@@ -97,7 +98,7 @@ def test_high_noise_error_leaves_the_range_without_the_guard_only(case):
     guarded = run(error, wrong_steps, **settings)  # the default settings
     c = X0_CLIP_DEFAULT
     assert np.abs(clean).max() < c
-    assert off[BAD] > c + 1.0 and off[BAD] - clean[BAD] > 5.0
+    assert abs(off[BAD]) > c + 1.0 and abs(off[BAD] - clean[BAD]) > 5.0
     assert np.abs(guarded).max() <= c
     assert np.abs(guarded - clean).max() < 0.2
 

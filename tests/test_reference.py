@@ -39,6 +39,18 @@ def test_runtime_equals_torch_reference(tiny_artifact, tiny_model, contexts, ord
     assert np.abs(other.samples_std - ref.samples_std).max() > 1e-2
 
 
+def test_runtime_equals_torch_reference_on_the_time_grid(tiny_artifact, tiny_model, contexts):
+    """spacing="time" reaches both samplers (the Forecaster as a setting, reference_forecast as an
+    argument): they agree; the default (logsnr) grid gives clearly different samples."""
+    keys = ["north", "south", 7]
+    runtime = Forecaster.load(tiny_artifact, threads=1).predict_windows(
+        contexts, num_samples=8, steps=10, seed=5, series_keys=keys, lattice=False, cache=False, spacing="time")
+    ref = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=5, series_keys=keys, spacing="time")
+    assert np.abs(runtime.standardised() - ref.samples_std).max() <= 1e-4
+    logsnr = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=5, series_keys=keys)
+    assert np.abs(logsnr.samples_std - ref.samples_std).max() > 1e-2
+
+
 @pytest.mark.parametrize("order,expected", [(1, 4.0), (2, 8.0), (3, 16.0)])
 def test_reference_update_has_the_order_of_the_method(order, expected):
     """The reference's own solver on Gaussian data (exact x0_hat, exact flow): local error O(h^(k+1))."""

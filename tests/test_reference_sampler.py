@@ -270,9 +270,11 @@ def test_core_follow_weights_interpolate_like_numpy():
         np.testing.assert_array_equal(follow_weights(core, H).numpy(), want)
 
 
-def test_forecaster_fast_sampler_equals_reference_forecast(tiny_artifact, tiny_model, tiny_config):
+@pytest.mark.parametrize("spacing", ["logsnr", "time"])
+def test_forecaster_fast_sampler_equals_reference_forecast(tiny_artifact, tiny_model, tiny_config, spacing):
     """The public paths end to end: Forecaster (named series, batches of 2) and reference_forecast
-    with the same settings draw the same noise and control streams and agree within 1e-4."""
+    with the same settings (the step spacing included) draw the same noise and control streams and
+    agree within 1e-4."""
     from dil.runtime import Forecaster
     from dil.runtime.sampling.config import SamplerConfig
     from dil.evaluate.reference.sampler import reference_forecast
@@ -280,7 +282,8 @@ def test_forecaster_fast_sampler_equals_reference_forecast(tiny_artifact, tiny_m
     rng = np.random.default_rng(11)
     ctx = 5.0 + rng.standard_normal((3, tiny_config.context_length)).cumsum(axis=1)
     keys = ["north", "south", 7]
-    config = SamplerConfig(inference_steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100, x0_clip=0.0)
+    config = SamplerConfig(inference_steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100, x0_clip=0.0,
+                           spacing=spacing)
     rt = Forecaster.load(tiny_artifact, threads=1).predict_windows(ctx, 8, seed=5, series_keys=keys,
                                                                   batch_series=2, config=config)
     ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, STEPS, seed=5, series_keys=keys, config=config)

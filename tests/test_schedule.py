@@ -66,12 +66,73 @@ def test_cosine_schedule_matches_closed_form():
     np.testing.assert_allclose(sch.alphas_cumprod[unclipped], abar[unclipped], rtol=1e-10)
 
 
-def test_sampling_grid_is_time_uniform_from_T_minus_1():
+def test_time_grid_is_the_time_uniform_formula_bit_for_bit():
     sch = NoiseSchedule()
-    np.testing.assert_allclose(sch.sampling_grid(4), [999.0, 749.25, 499.5, 249.75])
-    assert sch.sampling_grid(1).tolist() == [999.0]
+    np.testing.assert_allclose(sch.sampling_grid(4, "time"), [999.0, 749.25, 499.5, 249.75], rtol=1e-15)
+    assert sch.sampling_grid(1, "time").tolist() == [999.0]
+    for steps in (1, 2, 7, 20, 999, 1000):
+        old = np.linspace(999, 0.0, steps + 1, dtype=np.float64)[:-1]  # the grid before spacings existed
+        assert np.array_equal(sch.sampling_grid(steps, "time"), old)
+        np.testing.assert_allclose(old, 999.0 * (1.0 - np.arange(steps) / steps), rtol=1e-13, atol=1e-12)
     with pytest.raises(ValueError):
-        sch.sampling_grid(0)
+        sch.sampling_grid(0, "time")
+
+
+def _hand_kappa_of_lambda(lam: float, log_a: np.ndarray) -> float:
+    """kappa whose linearly interpolated log alpha gives lambda, by a search over the table."""
+    la = -0.5 * math.log1p(math.exp(-2.0 * lam))  # log alpha = -0.5 log(1 + e^(-2 lambda))
+    j = 0
+    while j + 1 < len(log_a) and log_a[j + 1] >= la:  # log_a decreasing: the segment [j, j+1] holds la
+        j += 1
+    if j + 1 == len(log_a):
+        return float(j)
+    return j + (log_a[j] - la) / (log_a[j] - log_a[j + 1])
+
+
+def test_logsnr_grid_against_float64_hand_computation():
+    sch = NoiseSchedule()
+    abar = _hand_alphas_cumprod()
+    lam = 0.5 * np.log(abar / (1.0 - abar))
+    lo, hi = lam[-1], lam[0]
+    assert (lo, hi) == (pytest.approx(-5.058837, abs=1e-6), pytest.approx(0.5 * math.log((1 - 1e-4) / 1e-4), rel=1e-12))
+    log_a = 0.5 * np.log(abar)
+    for steps in (1, 4, 20, 97):
+        lams = [lo + i / steps * (hi - lo) for i in range(steps)]
+        want = [999.0] + [_hand_kappa_of_lambda(x, log_a) for x in lams[1:]]
+        got = sch.sampling_grid(steps)  # logsnr is the default
+        assert got[0] == 999.0
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(sch.lam(got), lams, rtol=0, atol=1e-9)  # lambda equally spaced
+        assert np.all(np.diff(got) < 0)
+    # 20 steps: the last network call is at sigma ~ 0.016 (the time grid's at kappa 49.95: sigma ~ 0.17).
+    assert sch.sigma(sch.sampling_grid(20)[-1]) == pytest.approx(0.0162, abs=1e-4)
+    assert sch.sigma(sch.sampling_grid(20, "time")[-1]) == pytest.approx(0.173, abs=1e-3)
+
+
+@pytest.mark.parametrize("sch", [NoiseSchedule(), NoiseSchedule(kind="cosine"), NoiseSchedule(num_steps=50, kind="cosine")],
+                         ids=["linear", "cosine", "cosine-T50"])
+def test_logsnr_grid_strictly_decreasing_for_every_step_count_up_to_1000(sch):
+    """No two kappas of the interpolated inverse collide, at any M <= 1000 (the closest pair at
+    T = 1000 is > 0.004 apart)."""
+    T = sch.num_steps
+    lo, hi = float(sch.lam(T - 1.0)), float(sch.lam(0.0))
+    for steps in range(1, 1001):
+        k = sch.sampling_grid(steps, "logsnr")
+        assert k.shape == (steps,) and k[0] == T - 1 and k[-1] > 0.0
+        assert np.all(np.diff(k) < 0), steps
+    np.testing.assert_allclose(np.diff(sch.lam(k)), (hi - lo) / 1000, rtol=0, atol=1e-9)
+
+
+def test_sampling_grid_refuses_a_bad_spacing_and_a_schedule_without_finite_lambda():
+    with pytest.raises(ValueError, match=r"^spacing must be one of logsnr, time, got 'uniform'$"):
+        NoiseSchedule().sampling_grid(4, "uniform")
+    with pytest.raises(ValueError, match=r"^steps must be >= 1"):
+        NoiseSchedule().sampling_grid(0)
+    # beta_start = 0: sigma(0) = 0, lambda(0) = inf; the time grid still works.
+    sch = NoiseSchedule(beta_start=0.0)
+    with pytest.raises(ValueError, match="spacing 'logsnr' needs a finite lambda"):
+        sch.sampling_grid(4)
+    assert sch.sampling_grid(2, "time").tolist() == [999.0, 499.5]
 
 
 def test_time_features_hand_worked_example():

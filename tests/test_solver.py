@@ -156,6 +156,21 @@ def test_grid_validation():
         DPMSolverPP(SCH)
     with pytest.raises(ValueError):
         DPMSolverPP(SCH, kappas=[10.0, 20.0])
+    with pytest.raises(ValueError, match="spacing must be one of logsnr, time"):
+        DPMSolverPP(SCH, 5, spacing="linear")
+
+
+def test_solver_grid_follows_the_spacing():
+    """Default: uniform in lambda from T-1 (lambda steps (lambda(0) - lambda(T-1)) / M); "time":
+    kappa_i = (T-1)(1 - i/M)."""
+    steps = 8
+    default, logsnr = DPMSolverPP(SCH, steps), DPMSolverPP(SCH, steps, spacing="logsnr")
+    time = DPMSolverPP(SCH, steps, spacing="time")
+    assert np.array_equal(default.kappas, logsnr.kappas)
+    assert default.kappas[0] == 999.0
+    np.testing.assert_allclose(np.diff(default.lambdas), (SCH.lam(0.0) - SCH.lam(999.0)) / steps, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(time.kappas, 999.0 * (1.0 - np.arange(steps) / steps), rtol=1e-14)
+    np.testing.assert_allclose(time.lambdas, SCH.lam(time.kappas), rtol=0, atol=0)
 
 
 class _OracleEngine:
@@ -165,8 +180,9 @@ class _OracleEngine:
     solver) be checked against a known answer; the real graphs are checked in test_reference.py.
     """
 
-    def __init__(self, x_star, steps, layers=1, D=4, E=4):
-        self.x_star, self.kappas = x_star, SCH.sampling_grid(steps)
+    def __init__(self, x_star, steps, layers=1, D=4, E=4, spacing="logsnr"):
+        self.x_star, self.kappas = x_star, SCH.sampling_grid(steps, spacing)
+        self.t_feats = []  # the time features of every denoise call
         self.config = ModelConfig(context_length=3, horizon=x_star.shape[2], d_model=D, num_heads=1,
                                   num_layers=layers, ffn_dim=4, time_embed_dim=E)
         self.stats, self.call = EngineStats(), 0
@@ -187,6 +203,7 @@ class _OracleEngine:
 
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
         self.stats.denoise_calls += 1
+        self.t_feats.append(np.array(t_feat))
         k = self.kappas[self.call]
         self.call += 1
         a, s = SCH.alpha(k), SCH.sigma(k)
@@ -210,3 +227,23 @@ def test_sampler_loop_returns_the_data_for_an_exact_network(order):
     np.testing.assert_allclose(result.x0, x_star, rtol=0, atol=1e-6)
     assert result.stats.engine_calls == steps and result.stats.encode_calls == 1
     assert result.stats.tokens_computed == result.stats.full_tokens == 2 * 3 * 5 * steps
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "time"])
+def test_sampler_evaluates_the_network_on_the_configs_grid(spacing):
+    """SamplerConfig.spacing picks the grid: the time features of every call are those of
+    sampling_grid(M, spacing), and an exact network for that grid gives back the data."""
+    from dil.runtime.sampling.schedule import diffusion_time_features
+
+    rng = np.random.default_rng(7)
+    steps = 6
+    x_star = rng.standard_normal((1, 2, 4)).astype(np.float32).astype(np.float64)
+    engine = _OracleEngine(x_star, steps, spacing=spacing)
+    result = sample(engine, SCH, np.zeros((1, 3, 2), np.float32), rng.standard_normal(x_star.shape),
+                    SamplerConfig(inference_steps=steps, spacing=spacing, lattice=False, cache=False),
+                    SeriesStreams(0, range(1)))
+    want = diffusion_time_features(SCH.sampling_grid(steps, spacing), 4).astype(np.float32)
+    assert len(engine.t_feats) == steps
+    for i, t_feat in enumerate(engine.t_feats):
+        np.testing.assert_array_equal(t_feat, np.broadcast_to(want[i], t_feat.shape))
+    np.testing.assert_allclose(result.x0, x_star, rtol=0, atol=1e-6)

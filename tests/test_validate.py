@@ -120,6 +120,23 @@ def test_runtime_and_reference_agree_on_real_windows(engine, tiny_model, tiny_co
         assert stats["refinements"] > 0 and len(set(stats["order_histogram"])) == 3
 
 
+@pytest.mark.parametrize("spacing", ["logsnr", "time"])
+def test_validation_reference_runs_the_configs_grid(tiny_model, tiny_config, spacing):
+    """Both sides of dil-validate take the step grid from the one SamplerConfig (--set spacing=time)."""
+    from dil.evaluate.validate_cli import parse_settings
+    from dil.evaluate.validation_report import reference_sampler
+    from dil.runtime.sampling.solver import DPMSolverPP
+
+    settings = parse_settings([f"spacing={spacing}"])
+    assert settings == {"spacing": spacing}
+    config = SamplerConfig(inference_steps=5, **settings)
+    ctx, _, x_T, streams = prepare_inputs(np.random.default_rng(0).standard_normal((1, 20)), tiny_config, 2, 0)
+    ref = reference_sampler(tiny_model, NoiseSchedule(), ctx, x_T, config, streams)
+    want = NoiseSchedule().sampling_grid(5, spacing)
+    np.testing.assert_array_equal(ref.kappas, want)
+    np.testing.assert_array_equal(DPMSolverPP(NoiseSchedule(), 5, spacing=config.spacing).kappas, want)
+
+
 def test_controller_check_detects_a_controller_that_differs(tiny_model, tiny_config, monkeypatch):
     """The check can fail: a reference that takes order 1 where the runtime takes order 2."""
     import dil.evaluate.validation_report as vr
@@ -162,8 +179,10 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
 
     windows, _ = training_windows({"dataset": "etth1"}, tiny_config.context_length, tiny_config.horizon, 4)
     ctx, _, x_T, streams = prepare_inputs(windows[0], tiny_config, SAMPLES, 0)
-    run = free_run(Perturbed(other), tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS, **BUSY_CACHE),
-                   streams)
+    # The time grid: there this perturbation flips near-tied decisions (on the logsnr grid the tiny
+    # model's decisions have wider margins and none flips, even at 3e-4); both sides run the config's grid.
+    config = SamplerConfig(inference_steps=STEPS, spacing="time", **BUSY_CACHE)
+    run = free_run(Perturbed(other), tiny_model, NoiseSchedule(), ctx, x_T, config, streams)
     assert 0.9 < run["decision_agreement"] < 1.0 and run["first_flips"] >= 1
     firsts = [f["consequence"] for f in run["flips"]]
     assert firsts == sorted(firsts)  # first flips, then consequences

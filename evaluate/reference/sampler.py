@@ -34,7 +34,7 @@ from dil.runtime.sampling.chunks import sample_blocks
 from dil.runtime.sampling.config import X0_CLIP_DEFAULT
 from dil.runtime.sampling.parametrisation import to_x0_eps
 from dil.runtime.scaling import unstandardise
-from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
+from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
 from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
@@ -60,6 +60,12 @@ def settings_x0_clip(settings) -> float:
     """The guard of a settings object (a SamplerConfig or any object with its attribute names);
     the SamplerConfig default when it has none."""
     return float(getattr(settings, "x0_clip", X0_CLIP_DEFAULT))
+
+
+def settings_spacing(settings) -> str:
+    """The step spacing of a settings object ("logsnr" or "time", NoiseSchedule.sampling_grid);
+    the SamplerConfig default when it has none."""
+    return str(getattr(settings, "spacing", DEFAULT_SPACING))
 
 
 def dpm_solver_pp_update(x, m, lam_t, lam_s, alpha_t, sigma_t, sigma_s, order):
@@ -92,11 +98,12 @@ def dpm_solver_pp_update(x, m, lam_t, lam_s, alpha_t, sigma_t, sigma_s, order):
 
 @torch.no_grad()
 def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
-                     solver_order: int = 2, x0_clip: float = X0_CLIP_DEFAULT, hor_feat=None) -> np.ndarray:
+                     solver_order: int = 2, x0_clip: float = X0_CLIP_DEFAULT, hor_feat=None,
+                     spacing: str = DEFAULT_SPACING) -> np.ndarray:
     """The plain sampler in torch. ctx: float32 [G, L, Fc] context features; x_T: float64 [G, N, H];
     x0_clip: the data-prediction guard (0 = off); hor_feat: float [G, H, Fk] known features of the
-    horizon steps (None when the model has none). Returns x0: float64 [G, N, H] on the
-    standardised scale."""
+    horizon steps (None when the model has none); spacing: the step grid ("logsnr" or "time",
+    NoiseSchedule.sampling_grid). Returns x0: float64 [G, N, H] on the standardised scale."""
     model = model.eval()
     dtype = next(model.parameters()).dtype
     G, N, H = x_T.shape
@@ -104,7 +111,7 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     check_context(model, ctx)
     feat = horizon_features_tensor(model, hor_feat, G, H)
     feat = None if feat is None else feat.to(dtype)
-    kappas = schedule.sampling_grid(steps)
+    kappas = schedule.sampling_grid(steps, spacing)
     f64 = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64)  # noqa: E731
     alphas, sigmas, lambdas = f64(schedule.alpha(kappas)), f64(schedule.sigma(kappas)), f64(schedule.lam(kappas))
     t_feats = torch.from_numpy(diffusion_time_features(kappas, model.config.time_embed_dim)).to(dtype)
@@ -126,7 +133,8 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
 
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
                        seed: int, series_keys=None, solver_order: int = 2, config=None,
-                       x0_clip: float = X0_CLIP_DEFAULT, ctx_extra=None, hor_feat=None) -> ReferenceForecast:
+                       x0_clip: float = X0_CLIP_DEFAULT, ctx_extra=None, hor_feat=None,
+                       spacing: str = DEFAULT_SPACING) -> ReferenceForecast:
     """Forecast G context windows with the torch module and the torch solver.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used);
@@ -134,8 +142,9 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     in the runtime. config: None for the plain sampler (every token, `solver_order`), or sampler
     settings (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole
     fast sampler through ReferenceSampler and dil.evaluate.reference.controller, run in the
-    runtime's sample blocks (dil.runtime.sampling.chunks); its steps and x0_clip override `steps`
-    and `x0_clip` (the data-prediction guard of the plain sampler, 0 = off). A model with features
+    runtime's sample blocks (dil.runtime.sampling.chunks); its steps, x0_clip and spacing override
+    `steps`, `x0_clip` (the data-prediction guard of the plain sampler, 0 = off) and `spacing` (the
+    step grid, "logsnr" or "time", NoiseSchedule.sampling_grid). A model with features
     takes ctx_extra [G, L', Fc - 2] (per context step: known features, then past-only covariates)
     and hor_feat [G, H, Fk] (the horizon steps' known features), see `network_context`.
     """
@@ -144,7 +153,8 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
     x_T = streams.initial_noise(num_samples, model.config.horizon)
     if config is None:
-        x0 = reference_sample(model, schedule, ctx, x_T, steps, solver_order, x0_clip, hor_feat=hor_feat)
+        x0 = reference_sample(model, schedule, ctx, x_T, steps, solver_order, x0_clip, hor_feat=hor_feat,
+                              spacing=spacing)
     else:
         from dil.evaluate.reference.controller import ReferenceController
 
@@ -152,7 +162,8 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
         for n0, n1 in sample_blocks(num_samples):
             x0[:, n0:n1] = ReferenceSampler(model, schedule, ctx, x_T[:, n0:n1], config.steps,
                                             streams.from_sample(n0), ReferenceController(config),
-                                            bucket=getattr(config, "bucket", 1), hor_feat=hor_feat).run()
+                                            bucket=getattr(config, "bucket", 1), hor_feat=hor_feat,
+                                            spacing=settings_spacing(config)).run()
     return ReferenceForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)
 
 
@@ -284,6 +295,8 @@ class ReferenceSampler:
     updates every token with its order and lets the controller observe.
     x0_clip: the data-prediction guard of the cache (0 = off); None: the controller's settings'
     (`controller.cfg.x0_clip`), else the SamplerConfig default, as the runtime would run them.
+    spacing: the step grid ("logsnr" or "time", NoiseSchedule.sampling_grid); None: the controller's
+    settings' (`controller.cfg.spacing`), else the SamplerConfig default.
     hor_feat: float [G, H, Fk], the horizon steps' known features (None when the model has none);
     a computed token's input is (noisy value, its features), a padding entry's all zeros.
     After a step, `last_out` (float32 [G, N, H], the network's outputs, eps or v) and `cache.k/v`
@@ -292,12 +305,14 @@ class ReferenceSampler:
 
     def __init__(self, model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
                  streams: SeriesStreams, controller=None, solver_order: int = 2, bucket: int = 1,
-                 x0_clip: float | None = None, hor_feat=None):
+                 x0_clip: float | None = None, hor_feat=None, spacing: str | None = None):
         self.model = model.eval()
         self.schedule = schedule
         self.steps = int(steps)
         self.bucket = int(bucket)
-        self.kappas = schedule.sampling_grid(self.steps)
+        if spacing is None:
+            spacing = settings_spacing(getattr(controller, "cfg", None))
+        self.kappas = schedule.sampling_grid(self.steps, spacing)
         f64 = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), dtype=torch.float64)  # noqa: E731
         self.alphas, self.sigmas = f64(schedule.alpha(self.kappas)), f64(schedule.sigma(self.kappas))
         self.lambdas = f64(schedule.lam(self.kappas))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 from dil.runtime.sampling.solver import MAX_ORDER
 
 # x0_clip: the default and the range of a clip that is on (docs/sampler.md section 2). A clip below 1
@@ -52,8 +53,9 @@ class SamplerConfig:
     """Settings of the sampler (defaults documented in docs/sampler.md, section 1).
 
     Plain DPM-Solver++: num_diffusion_steps (T of the model, a check), inference_steps (M; also
-    readable as the property `steps`), solver_order (used when the
-    lattice is off). Switches: lattice, cache (both off = the plain sampler, bit for bit).
+    readable as the property `steps`), solver_order (used when the lattice is off), spacing (the
+    step grid: "logsnr", uniform in log-SNR, or "time", uniform in diffusion time; see
+    NoiseSchedule.sampling_grid). Switches: lattice, cache (both off = the plain sampler, bit for bit).
     Lattice: max_scales, entropy_budget, temperature, max_solver_order, stability_threshold_low/high,
     refine_threshold, refine_gap, merge_threshold, entropy_weights (score, solver, temporal,
     spectral, guidance). Cache: K, tau_0, energy_eps, max_age, R, warmup_steps, tau_warn,
@@ -65,6 +67,7 @@ class SamplerConfig:
     num_diffusion_steps: int = 1000
     inference_steps: int = 20
     solver_order: int = 2
+    spacing: str = DEFAULT_SPACING
     lattice: bool = True
     cache: bool = True
     # lattice controller (docs/sampler.md section 5)
@@ -111,6 +114,8 @@ class SamplerConfig:
         check_int("num_diffusion_steps", self.num_diffusion_steps, 1, 100_000)
         check_int("inference_steps", self.inference_steps, 1, 1000)
         check_int("solver_order", self.solver_order, 1, MAX_ORDER)
+        if not isinstance(self.spacing, str) or self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
         _check_bool("lattice", self.lattice)
         _check_bool("cache", self.cache)
         check_int("max_scales", self.max_scales, 1, 16)

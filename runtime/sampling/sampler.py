@@ -85,7 +85,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     _check_context(ctx, cfg, G)
     feat_pad = _padded_features(hor_feat, cfg, G, H)
     controller = controller or make_controller(config)
-    solver = DPMSolverPP(schedule, config.steps)
+    solver = DPMSolverPP(schedule, config.steps, spacing=config.spacing)
     controller.start(G, N, H, solver, streams)
     # An engine that can keep the token cache's keys/values on its device (TensorRT with a
     # cache_update plan) does so: no per-step copy of [layers, G, N, H, D] through the host.

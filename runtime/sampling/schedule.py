@@ -19,6 +19,9 @@ from functools import cached_property
 import numpy as np
 
 SCHEDULE_KINDS = ("linear", "cosine")
+# Step spacings of the sampler's grid (NoiseSchedule.sampling_grid); the first is the default.
+SPACINGS = ("logsnr", "time")
+DEFAULT_SPACING = SPACINGS[0]
 
 
 @dataclass(frozen=True)
@@ -87,15 +90,41 @@ class NoiseSchedule:
         table = self._log_alpha_table  # decreasing in k
         return np.interp(la, table[::-1], np.arange(self.num_steps, dtype=np.float64)[::-1])
 
-    def sampling_grid(self, steps: int) -> np.ndarray:
-        """The M model-evaluation times of an M-step sampler, float64 [M], from T-1 down.
+    def sampling_grid(self, steps: int, spacing: str = DEFAULT_SPACING) -> np.ndarray:
+        """The M model-evaluation times of an M-step sampler, float64 [M], strictly decreasing from
+        kappa_0 = T-1 (exactly). The sampler's last update goes from kappa_{M-1} to clean data
+        (alpha = 1, sigma = 0).
 
-        Time-uniform: kappa_i = (T-1) * (1 - i/M). The sampler's last update goes from kappa_{M-1}
-        to clean data (alpha = 1, sigma = 0).
+        spacing "logsnr" (the default): uniform in lambda, as recommended for DPM-Solver++ (Lu et al.
+        2022): lambda_i = lambda(T-1) + (i/M) (lambda(0) - lambda(T-1)), kappa_i = kappa(lambda_i)
+        (kappa_of_lambda), i = 0..M-1.
+        spacing "time": uniform in kappa, kappa_i = (T-1)(1 - i/M).
+
+        Why logsnr: the last update replaces the noise left at kappa_{M-1} by the model's
+        conditional mean, so whatever noise is left then is spread the samples lack. On the time
+        grid kappa_{M-1} = (T-1)/M (about 50 at 20 steps, sigma ~ 0.17 on the standardised scale):
+        the samples came out under-dispersed (metro-traffic, plain sampler, 20 steps: 50%/90%
+        interval coverage 0.40/0.79 on the time grid against 0.52/0.90 on the logsnr grid, whose
+        last evaluation is at sigma ~ 0.016; docs/model.md section 5.1).
+        The logsnr grid is strictly decreasing in exact arithmetic; in float64 too for every M up to
+        1000 with the linear and cosine schedules (at T = 1000 the closest kappas lie > 0.004 apart,
+        far from a rounding collision; tests/test_schedule.py checks every M).
         """
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        return np.linspace(self.num_steps - 1, 0.0, steps + 1, dtype=np.float64)[:-1]
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+        T = self.num_steps
+        if spacing == "time":
+            return np.linspace(T - 1, 0.0, steps + 1, dtype=np.float64)[:-1]
+        with np.errstate(divide="ignore"):  # sigma(0) = 0 (beta_start = 0): lambda(0) = inf, refused below
+            lo, hi = float(self.lam(T - 1.0)), float(self.lam(0.0))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"spacing 'logsnr' needs a finite lambda at kappa 0 and T-1 (got {hi}, {lo}): "
+                             "use spacing 'time' with this schedule")
+        kappas = self.kappa_of_lambda(np.linspace(lo, hi, steps + 1, dtype=np.float64)[:-1])
+        kappas[0] = T - 1  # the inverse's round trip may be off by an ulp; the first time is T-1
+        return kappas
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.sampling.schedule import NoiseSchedule
+from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule
 
 MAX_ORDER = 3
 
@@ -45,17 +45,19 @@ MAX_ORDER = 3
 class DPMSolverPP:
     """Multistep DPM-Solver++ over a fixed grid of M model-evaluation times.
 
-    schedule: the noise schedule; steps: M, on the schedule's default grid
-    (NoiseSchedule.sampling_grid), or kappas: float [M], any decreasing grid of evaluation times.
+    schedule: the noise schedule; steps: M, on the schedule's grid of that `spacing`
+    (NoiseSchedule.sampling_grid: "logsnr", the default, or "time"), or kappas: float [M], any
+    decreasing grid of evaluation times (spacing is then unused).
     Step i evaluates the model at kappas[i] and updates x from kappas[i] to kappas[i+1] (to clean
     data for i = M-1). State: the last MAX_ORDER x0_hat arrays and their lambdas (newest first).
     """
 
-    def __init__(self, schedule: NoiseSchedule, steps: int | None = None, kappas=None):
+    def __init__(self, schedule: NoiseSchedule, steps: int | None = None, kappas=None,
+                 spacing: str = DEFAULT_SPACING):
         if (steps is None) == (kappas is None):
             raise ValueError("give either steps or kappas")
         if kappas is None:
-            kappas = schedule.sampling_grid(int(steps))
+            kappas = schedule.sampling_grid(int(steps), spacing)
         self.kappas = np.asarray(kappas, dtype=np.float64)
         if self.kappas.ndim != 1 or len(self.kappas) < 1 or np.any(np.diff(self.kappas) >= 0):
             raise ValueError("kappas must be a non-empty decreasing 1-D grid")
