@@ -263,12 +263,12 @@ def sweep(engine: str, split: str, clips: list, n_windows, samples: int, steps: 
         inner = forecaster_fn(fc, samples, steps, seed, **extra)
         count = OutlierCount()
 
-        def fn(contexts, ids, inner=inner, count=count):
-            s = inner(contexts, ids)
+        def fn(contexts, ids, *features, inner=inner, count=count):
+            s = inner(contexts, ids, *features)
             count.add(np.asarray(contexts)[:, -L:], s)
             return s
 
-        report = run_evaluation(fn, table, spec, L, fc.horizon, options).report
+        report = run_evaluation(fn, table, spec, L, fc.horizon, options, features=fc.features).report
         m = report["model"]
         rows.append({"x0_clip": "none (setting absent)" if clip is None else clip, "crps": m["crps"], "mae": m["mae"],
                      "coverage_50": m["coverage_50"], "coverage_90": m["coverage_90"],

@@ -85,7 +85,8 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
 @click.option("--dataset", help="Bundled dataset to evaluate on (default: the one the engine was trained on).")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
               help="Evaluate on a local table instead (CSV, CSV.GZ, TXT or Parquet; rows = time steps).")
-@click.option("--date-column", help="Timestamp column of --data.")
+@click.option("--date-column", help="Timestamp column of --data (default: for a model with time features, the date "
+                                    "column of its training data when --data has it, with a note).")
 @click.option("--date-format", metavar="FMT",
               help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' (default: ISO dates as such; other "
                    "dates month-first or day-first, whichever reads every row; when both do, an error).")

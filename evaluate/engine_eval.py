@@ -39,9 +39,12 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     """(DatasetSpec, SeriesTable) to evaluate an engine on: `dataset` (bundled name) or `data` (a
     file, its dates read as `dates` say: date_format, dayfirst), else the bundled dataset and series
     the manifest says it was trained on. The table holds the covariate columns the model uses
-    (manifest.features), read raw."""
+    (manifest.features), read raw. A file without `date_column` for a model with time features
+    takes its dates from the model's training date column (a note in the table's notes says so;
+    dil.runtime.cli.date_column_default)."""
     from dil.data.registry import DATASETS
     from dil.data.datasets import resolve
+    from dil.runtime.cli import date_column_default
     from dil.runtime.table import DataError
 
     trained_on = manifest.data or {}
@@ -53,8 +56,14 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
             )
         if columns is None and trained_on.get("columns"):
             columns = list(trained_on["columns"])
+    note = None
+    if data is not None and dataset is None and date_column is None:
+        date_column, note = date_column_default(data, manifest)
     covariates = [c.name for c in manifest.features.covariates]
-    return resolve(dataset, data, date_column, columns, covariates=covariates or None, **dates)
+    spec, table = resolve(dataset, data, date_column, columns, covariates=covariates or None, **dates)
+    if note:
+        table.notes.insert(0, note)
+    return spec, table
 
 
 def evaluate_engine(

@@ -102,6 +102,26 @@ def _series_to_forecast(table, trained, explicit: bool):
                    "--columns picks the series")
 
 
+def date_column_default(path, manifest) -> tuple[str | None, str | None]:
+    """(date column, note line) for a table read without --date-column: the column the model's
+    training data took its dates from (the manifest's data.date_column) when the model uses time
+    features and the table has it (its header alone is read); (None, None) for a model without
+    time features. A model with time features and no such column: a DataError naming the option.
+    """
+    from dil.runtime.table import DataError, table_columns
+
+    feats = manifest.features.time_features
+    if not feats:
+        return None, None
+    trained = (manifest.data or {}).get("date_column")
+    need = f"the model uses time features ({', '.join(feats)}): pass --date-column"
+    if not trained:
+        raise DataError(need)
+    if str(trained) not in table_columns(path):
+        raise DataError(f"{need} (it was trained with {trained!r}; {Path(path).name} has no such column)")
+    return str(trained), f"note: dates from column {trained!r} (the model's training data)"
+
+
 def _bad_series(table, context: int, skip: bool):
     """The table without the series that have no observed value in their last `context` rows (the
     model's context): an error naming them, or with skip a warning line listing them."""
@@ -230,7 +250,9 @@ def _settings(kwargs: dict) -> dict:
                    "trained with covariates reads its covariate columns (named in its manifest) too; with known "
                    "covariates, the rows after the last observed value (series empty, covariates filled) are the "
                    "future steps and must hold them for every forecast step.")
-@click.option("--date-column", default=None, metavar="C", help="Name of the timestamp column (gives dated forecasts).")
+@click.option("--date-column", default=None, metavar="C",
+              help="Name of the timestamp column (gives dated forecasts) [default: for a model with time features, "
+                   "the date column of its training data (date_time for the shipped model) when the table has it].")
 @click.option("--date-format", default=None, metavar="FMT",
               help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' [default: ISO dates as such; other "
                    "dates month-first or day-first, whichever reads every row; when both do, an error].")
@@ -275,11 +297,12 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
     (by name), else every numeric column (a note on stderr names them). Notes and warnings about
     the input (duplicate timestamps, unsorted rows, skipped series) go to stderr, one line each.
 
-    A model trained with time features needs --date-column; one trained with covariates reads
-    them from the columns its manifest names (never forecast). Known-future covariates (e.g. a
-    holiday calendar, a weather forecast) of the forecast steps go in the rows after the last
-    observed value: series cells empty, covariate cells filled, one row per forecast step. The
-    summary line says which inputs the model used.
+    A model trained with time features needs the table's dates: --date-column, by default the
+    column its training data's dates came from when the table has it (a note says so). One
+    trained with covariates reads them from the columns its manifest names (never forecast).
+    Known-future covariates (e.g. a holiday calendar, a weather forecast) of the forecast steps
+    go in the rows after the last observed value: series cells empty, covariate cells filled,
+    one row per forecast step. The summary line says which inputs the model used.
 
     Output: one row per series and future step with the columns series, timestamp (or step
     1..H when the table has no date column), mean, median and the 19 quantiles q05, q10, ..., q95.
@@ -307,12 +330,13 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
                                 **_settings(sampler_settings))
         _check_outputs(out, plot)
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-        spec = load_manifest(engine if engine is not None else default_artifact()).features  # checked before any work
-        if spec.time_features and date_column is None:
-            raise DataError(f"the model uses time features ({', '.join(spec.time_features)}): pass --date-column")
+        manifest = load_manifest(engine if engine is not None else default_artifact())  # checked before any work
+        spec, dates_note = manifest.features, None
+        if date_column is None:
+            date_column, dates_note = date_column_default(input_path, manifest)
         table = load_table(input_path, date_column=date_column, columns=cols, date_format=date_format,
                            dayfirst=dayfirst, covariates=[c.name for c in spec.covariates])
-        for line in table.notes:
+        for line in ([dates_note] if dates_note else []) + table.notes:
             _say(line)
         forecaster = Forecaster.load(engine, threads=threads)
         table, note = _series_to_forecast(table, forecaster.manifest.data.get("columns"), cols is not None)

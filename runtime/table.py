@@ -146,6 +146,38 @@ def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
         raise DataError(f"{path.name}: cannot read the file ({first})") from None
 
 
+def table_columns(path) -> list[str]:
+    """The column names load_table sees in a table file, read from its header alone (a CSV's first
+    row, a Parquet file's schema): a CLI can pick a default column before reading a large file.
+    Raises DataError (one line) as load_table does for a missing, unsupported or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    kind = _kind(path)
+    try:
+        if kind == "parquet":
+            from dil.runtime.deps import require
+
+            require("pyarrow", "parquet")
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(path)
+            index = (schema.pandas_metadata or {}).get("index_columns", [])  # restored as the index by pandas
+            return [str(n) for n in schema.names if n not in index]
+        if kind == "txt" or _first_line_is_numeric(path):
+            return [str(i) for i in range(pd.read_csv(path, header=None, nrows=1).shape[1])]
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except DataError:
+        raise
+    except ImportError as exc:
+        raise DataError(str(exc)) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path.name}: the file has no rows") from None
+    except Exception as exc:  # noqa: BLE001 - as _read_frame: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path.name}: cannot read the file ({first})") from None
+
+
 def _covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
     """One raw covariate column (file order): float64 (NaN = missing) when every non-empty cell is a
     number, else text ("string" dtype, NA = missing: an empty or blank cell) keeping every other

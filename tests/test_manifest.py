@@ -1,7 +1,8 @@
 """The manifest is untrusted input: files only inside the artifact's folder, hashes always checked,
 a missing field named in one line (dil.runtime.manifest).
 
-Works on copies of the shipped artifact (no torch, no export needed).
+Works on copies of the shipped artifact (no torch, no export needed), but for the artifact from before
+"features", a copy of the tiny exported model of tests/conftest.py (the shipped model has features).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from dil.runtime import Forecaster, ManifestError, OnnxEngine
@@ -39,11 +42,33 @@ def _refused(path, *phrases) -> str:
     return text
 
 
+def _graph_shapes(path):
+    """{initializer or input name: shape} of an ONNX graph (its stored tensors, not the manifest)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    for v in graph.input:
+        shapes[v.name] = [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+    return shapes
+
+
 def test_a_copy_of_the_shipped_artifact_loads(tmp_path):
+    """Its model config is the one its graphs were built with: one positional embedding per
+    context patch and per horizon step, inputs of the widths its features make."""
     path, _ = _copy(tmp_path)
     m = load_manifest(path)
     assert m.graph_path("denoise") == tmp_path / f"{NAME}.denoise.onnx"
-    assert m.model.context_length == 168 and m.model.horizon == 24
+    encode, denoise = (_graph_shapes(m.graph_path(g)) for g in ("encode", "denoise"))
+    patches, d_model = encode["model.ctx_pos.weight"]
+    assert m.model.context_length == patches * m.model.context_patch
+    ctx = np.zeros((1, m.model.context_length, m.model.context_features), np.float32)
+    k_ctx = ort.InferenceSession(m.graph_path("encode"), providers=["CPUExecutionProvider"]).run(None, {"ctx": ctx})[0]
+    assert k_ctx.shape[2] == patches  # a full context makes one token per positional embedding
+    assert [m.model.horizon, m.model.d_model] == denoise["model.hor_pos.weight"] == [m.data["horizon"], d_model]
+    assert m.model.context_length == m.data["context_length"]  # the windows it was trained on
+    assert encode["ctx"][-1] == m.model.context_features == m.features.context_width
+    assert denoise["x_sub"][-1] == m.model.horizon_features == m.features.horizon_width
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../x.onnx"])
@@ -157,15 +182,22 @@ def test_dil_run_refuses_a_traversing_manifest_in_one_line(tmp_path):
 
 
 # -- "features": the model's inputs beyond the target (docs/model.md section 1.4) -----------------
-def test_an_artifact_without_features_has_none(tmp_path):
-    """The shipped model (and every artifact exported before issue 10) records no "features": it
-    loads as FeatureSpec(), whose widths (2, 1) are the model's, and writes them back explicitly."""
+def test_an_artifact_without_features_has_none(tiny_artifact, tmp_path):
+    """An artifact exported before issue 10 records no "features": it loads as FeatureSpec(),
+    whose widths (2, 1) are its graphs' (the tiny model has no features), and writes them back
+    explicitly."""
     from dil.runtime.features import FeatureSpec
 
-    path, d = _copy(tmp_path)
-    assert "features" not in d
+    for suffix in (".encode.onnx", ".denoise.onnx"):
+        shutil.copy(tiny_artifact.parent / f"tiny{suffix}", tmp_path / f"tiny{suffix}")
+    d = json.loads(tiny_artifact.read_text())
+    del d["features"], d["weights"]  # as dil-export wrote it then
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(d))
     m = load_manifest(path)
     assert m.features == FeatureSpec() and (m.model.context_features, m.model.horizon_features) == (2, 1)
+    assert (_graph_shapes(m.graph_path("encode"))["ctx"][-1], _graph_shapes(m.graph_path("denoise"))["x_sub"][-1]) \
+        == (2, 1)
     assert m.to_dict()["features"] == {"freq": None, "time_features": [], "covariates": []}
 
 

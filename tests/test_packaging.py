@@ -41,13 +41,37 @@ def _gitignore_whitelist() -> set:
     return {line[len("!/engines/"):] for line in lines if line.startswith("!/engines/")}
 
 
+# The hours the traffic_csv fixture lacks: inside the shipped model's context (its last 336 hours).
+MISSING_HOURS = pd.date_range("2018-09-25 10:00", periods=3, freq="h")
+
+
 @pytest.fixture(scope="module")
 def traffic_csv(tmp_path_factory):
-    """The last 200 hourly rows (date_time, traffic_volume) of the bundled metro-traffic table."""
+    """The last 500 rows (date_time, traffic_volume) of the bundled metro-traffic table less the
+    MISSING_HOURS: 369 of the 372 hours from 2018-09-15 12:00 on, some of them on several rows, as
+    the whole file repeats and skips hours."""
     frame = pd.read_csv(ROOT / "data" / "files" / "metro_traffic.csv.gz", usecols=["date_time", "traffic_volume"])
+    frame = frame.tail(500)
+    frame = frame[~pd.to_datetime(frame["date_time"]).isin(MISSING_HOURS)]
     path = tmp_path_factory.mktemp("input") / "traffic.csv"
-    frame.tail(200).to_csv(path, index=False)
+    frame.to_csv(path, index=False)
     return path
+
+
+def _readme_example() -> str:
+    """The README's Python quick start (its first python code block), which reads the bundled file."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"data/files/metro_traffic.csv.gz"' in code and "forecast = Forecaster.load().predict(" in code
+    return code
+
+
+def _readme_history(path):
+    """The history as the README's Python quick start reads it, from `path`."""
+    code = _readme_example().split("forecast = ", 1)[0].replace('"data/files/metro_traffic.csv.gz"', repr(str(path)))
+    scope = {}
+    exec(code, scope)  # noqa: S102 - the README's own lines
+    return scope["history"]
 
 
 def test_package_data_and_gitignore_name_the_same_shipped_files():
@@ -75,17 +99,26 @@ def test_default_artifact_is_the_package_data_of_dil_engines(tmp_path, monkeypat
 
 
 def test_dil_run_and_forecaster_use_the_shipped_model_from_any_folder(tmp_path, monkeypatch, traffic_csv):
+    """The quick start: dil-run reads the dates from date_time (the model's training column) by
+    itself; the Forecaster given the history as the README reads it makes the same forecast."""
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["--input", str(traffic_csv), "--columns", "traffic_volume", "--out", "f.csv",
                                        "--samples", "16", "--steps", "6"])
     assert result.exit_code == 0, result.output
     assert "forecast 1 series x 24 steps" in result.output
-    frame = pd.read_csv(tmp_path / "f.csv")
-    history = pd.read_csv(traffic_csv)["traffic_volume"].to_numpy(dtype=np.float64)
+    assert "note: dates from column 'date_time' (the model's training data)" in result.stderr.splitlines()
+    assert "3 missing steps of h" in result.stderr  # the MISSING_HOURS, added as missing values
+    frame = pd.read_csv(tmp_path / "f.csv", parse_dates=["timestamp"])
+    last = pd.Timestamp(pd.read_csv(traffic_csv)["date_time"].iloc[-1])
+    assert frame["timestamp"].tolist() == list(pd.date_range(last, periods=25, freq="h")[1:])
+
+    history = _readme_history(traffic_csv)
+    assert len(history) == 372 and history.loc[MISSING_HOURS].isna().all() and history.notna().sum() == 369
     want = Forecaster.load(ROOT / "engines" / f"{DEFAULT_ARTIFACT}.onnx").predict(
-        history, num_samples=16, steps=6, seed=0, series_ids=["traffic_volume"])
+        history, num_samples=16, steps=6, seed=0)
     np.testing.assert_allclose(frame["median"].to_numpy(), want.median[0], rtol=1e-12)
-    got = Forecaster.load().predict(history, num_samples=16, steps=6, seed=0, series_ids=["traffic_volume"])
+    np.testing.assert_array_equal(want.timestamps, frame["timestamp"].to_numpy(dtype="datetime64[ns]"))
+    got = Forecaster.load().predict(history, num_samples=16, steps=6, seed=0)
     np.testing.assert_array_equal(got.samples, want.samples)
 
 
@@ -203,20 +236,18 @@ def test_the_wheel_installed_without_torch_forecasts_from_any_folder(tmp_path, t
                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "forecast 1 series x 24 steps" in run.stdout
+    assert "note: dates from column 'date_time' (the model's training data)" in run.stderr.splitlines()
     cli = pd.read_csv(elsewhere / "f.csv")
     assert len(cli) == 24 and cli["series"].eq("traffic_volume").all()
 
-    # The library example with the checkout as the working folder: the installed package is imported.
-    example = f"""
+    # The README's library example, verbatim but for the input's path, with the checkout as the
+    # working folder: the installed package is imported.
+    example = _readme_example().replace('"data/files/metro_traffic.csv.gz"', repr(str(traffic_csv))) + """
 import importlib.util, json, sys
-import pandas as pd
-from dil.runtime import Forecaster
 import dil.engines
-history = pd.read_csv({str(traffic_csv)!r})["traffic_volume"]
-forecast = Forecaster.load().predict(history, num_samples=100, seed=0)
-print(json.dumps({{"runtime": sys.modules["dil.runtime"].__file__, "engines": dil.engines.__file__,
+print(json.dumps({"runtime": sys.modules["dil.runtime"].__file__, "engines": dil.engines.__file__,
                   "torch_importable": importlib.util.find_spec("torch") is not None,
-                  "torch_imported": "torch" in sys.modules, "median": forecast.median[0].tolist()}}))
+                  "torch_imported": "torch" in sys.modules, "median": forecast.median[0].tolist()}))
 """
     lib = subprocess.run([python, "-c", example], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert lib.returncode == 0, lib.stderr
@@ -228,5 +259,5 @@ print(json.dumps({{"runtime": sys.modules["dil.runtime"].__file__, "engines": di
     # checkout's artifact run in this process.
     np.testing.assert_allclose(got["median"], cli["median"].to_numpy(), rtol=1e-12)
     here = Forecaster.load(ROOT / "engines" / f"{DEFAULT_ARTIFACT}.json").predict(
-        pd.read_csv(traffic_csv)["traffic_volume"], num_samples=100, seed=0)
+        _readme_history(traffic_csv), num_samples=100, seed=0)
     np.testing.assert_allclose(here.median[0], cli["median"].to_numpy(), rtol=1e-9)

@@ -382,7 +382,8 @@ FEATURE_BAD_INPUTS = {
                        "covariate 'temp' is empty in future rows 1-8 of 8 (covariates has 0 rows after the history)"),
     "missing column": (lambda f: f.drop(columns="holiday"), ["--date-column", "date"],
                        "features.csv: the covariate column 'holiday' is missing"),
-    "no dates": (lambda f: f, [], "the model uses time features (hour_of_day, day_of_week): pass --date-column"),
+    "no dates": (lambda f: f, [], "the model uses time features (hour_of_day, day_of_week): pass --date-column (it "
+                                  "was trained with 'date_time'; features.csv has no such column)"),
     "covariate as series": (lambda f: f, ["--date-column", "date", "--columns", "north,temp"],
                             "column 'temp' is a covariate, not a series to forecast"),
 }
@@ -398,6 +399,28 @@ def test_feature_model_bad_input_exits_with_one_line_and_writes_nothing(tiny_fea
                    "--out", out_dir / "f.csv", "--plot", out_dir / "f.png"])
     _assert_clean_failure(result, match)
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".parquet"])
+def test_a_feature_model_reads_its_training_date_column_by_default(tiny_feature_artifact, feature_csv, tmp_path,
+                                                                   suffix):
+    """Without --date-column the dates come from the column the model was trained with (date_time,
+    found in the header of a CSV or the schema of a Parquet file): the same forecast as naming it."""
+    frame = pd.read_csv(feature_csv, keep_default_na=False, na_values={"north": [""], "south": [""], "temp": [""],
+                                                                        "rain_1h": [""]})
+    frame = frame.rename(columns={"date": "date_time"})
+    path = tmp_path / "in" / f"dated{suffix}"  # beside feature_csv
+    frame.to_parquet(path, index=False) if suffix == ".parquet" else frame.to_csv(path, index=False)
+    named = _run(["--engine", tiny_feature_artifact, "--input", path, "--date-column", "date_time", *FAST,
+                  "--out", tmp_path / "named.csv"])
+    assert named.exit_code == 0, named.output
+    result = _run(["--engine", tiny_feature_artifact, "--input", path, *FAST, "--out", tmp_path / "f.csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == "note: dates from column 'date_time' (the model's training data)"
+    assert result.stderr.splitlines()[1:] == named.stderr.splitlines()
+    got = pd.read_csv(tmp_path / "f.csv", parse_dates=["timestamp"])
+    assert got["timestamp"].iloc[0] == pd.Timestamp("2024-12-24 16:00")  # the first row after the history
+    pd.testing.assert_frame_equal(got, pd.read_csv(tmp_path / "named.csv", parse_dates=["timestamp"]))
 
 
 def test_model_without_covariates_keeps_trailing_empty_rows_as_missing_context(tiny_artifact, table_csv, tmp_path):
