@@ -534,7 +534,8 @@ def test_torch_baseline_gets_the_same_features(tiny_feature_artifact):
     [
         (["date", "traffic_volume", "temp", "rain_1h"], ["--date-column", "date"],
          "mine.csv: the covariate column 'holiday' is missing"),
-        (["traffic_volume", "temp", "holiday", "rain_1h"], [], "the model uses time features but the table has no dates"),
+        (["traffic_volume", "temp", "holiday", "rain_1h"], [],
+         "pass --date-column (it was trained with 'date_time'; mine.csv has no such column)"),
     ],
 )
 def test_dil_eval_feature_model_bad_table(tiny_feature_artifact, tmp_path, monkeypatch, columns, extra, message):
