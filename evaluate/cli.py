@@ -80,8 +80,9 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--engine", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Exported artifact: NAME.onnx, NAME.plan or NAME.json (any resolves to the manifest).")
+@click.option("--engine", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Exported artifact: NAME.onnx, NAME.plan or NAME.json (any resolves to the manifest); "
+                   "default: the shipped metro-traffic model.")
 @click.option("--dataset", help="Bundled dataset to evaluate on (default: the one the engine was trained on).")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
               help="Evaluate on a local table instead (CSV, CSV.GZ, TXT or Parquet; rows = time steps).")
@@ -151,6 +152,10 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
             from dil.runtime.deps import require
 
             require("matplotlib", "plot")
+        if engine is None:
+            from dil.runtime.manifest import default_artifact
+
+            engine = default_artifact()
         sampler = {"lattice": lattice, "cache": cache, "spacing": spacing}
         sampler_config(None, **sampler)  # a bad setting: one line, before any work
         options = EvalOptions(n_windows=n_windows, samples=samples, steps=steps, seed=seed, season=season,

@@ -73,8 +73,9 @@ def summary_lines(report: dict) -> list[str]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--engine", required=True, metavar="PATH",
-              help="Exported artifact: NAME.onnx, NAME.json or any sibling file of it.")
+@click.option("--engine", default=None, metavar="PATH",
+              help="Exported artifact: NAME.onnx, NAME.json or any sibling file of it (default: the shipped "
+                   "metro-traffic model).")
 @click.option("--checkpoint", default=None, type=click.Path(path_type=Path), metavar="RUN_DIR",
               help="The dil-train run the artifact was exported from; refused when its model.safetensors is "
                    "not the exported weights (sha256) [default: the weights the artifact ships, "
@@ -134,7 +135,7 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     from dil.evaluate.validation_inputs import ValidationInputError
     from dil.evaluate.validation_report import run_validation
     from dil.runtime.backends.onnx_engine import EngineError
-    from dil.runtime.manifest import ManifestError
+    from dil.runtime.manifest import ManifestError, default_artifact
 
     bar = tqdm(total=3, file=sys.stderr, disable=True if quiet else None, leave=False,
                bar_format="{desc} [stage {n}/{total}, {elapsed}]")
@@ -144,6 +145,8 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
         bar.update(1)
 
     try:
+        if engine is None:
+            engine = default_artifact()
         report = run_validation(engine, checkpoint, dataset, series, samples, steps, seed, sampler_settings,
                                 threads=threads, progress=progress)
     except (ManifestError, EngineError, ValidationInputError, ValueError) as exc:

@@ -42,3 +42,19 @@ def test_dil_eval_peak_memory_on_the_shipped_model(tmp_path):
     assert res.returncode == 0, res.stderr
     peak_kib = int(res.stdout.split("peak KiB:")[1])
     assert peak_kib < 1e6, f"peak RSS {peak_kib / 1024:.0f} MiB"
+
+
+def test_dil_eval_without_engine_scores_the_shipped_model(tmp_path):
+    """Like dil-run, dil-eval without --engine evaluates the shipped default model: the same report
+    as naming its artifact explicitly, from a folder that is not the checkout."""
+    import json
+
+    args = ["--windows", 2, "--samples", 4, "--steps", 2]
+    implicit = _run_piped([*args, "--json", tmp_path / "implicit.json"], tmp_path)
+    explicit = _run_piped([*args, "--engine", ROOT / "engines" / "metro-traffic.onnx", "--json",
+                           tmp_path / "explicit.json"], tmp_path)
+    assert implicit.returncode == 0 and explicit.returncode == 0, implicit.stderr + explicit.stderr
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("implicit", "explicit"))
+    assert a["model"] == b["model"] and a["protocol"]["windows"] == b["protocol"]["windows"]
+    shipped = json.loads((ROOT / "engines" / "metro-traffic.json").read_text())
+    assert a["protocol"]["context"] == shipped["model"]["context_length"]
