@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -118,23 +119,11 @@ def _first_line_is_numeric(path: Path) -> bool:
     return bool(pd.to_numeric(head.iloc[0], errors="coerce").notna().all())
 
 
-def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
-    """The file as a DataFrame; raw: CSV cells as text, with no NA spelling recognised (the
-    covariates' reading, see the module docstring)."""
-    kind = _kind(path)
-    text = dict(dtype=str, keep_default_na=False) if raw else {}
+@contextmanager
+def _read_errors(path: Path):
+    """Any failure of reading `path` (pandas and pyarrow raise many types) as one DataError line."""
     try:
-        if kind == "parquet":
-            from dil.runtime.deps import require
-
-            require("pyarrow", "parquet")
-            return pd.read_parquet(path)
-        headerless = kind == "txt" or names is not None or _first_line_is_numeric(path)
-        if headerless:
-            frame = pd.read_csv(path, header=None, **text)
-            frame.columns = list(names) if names is not None else [str(i) for i in range(frame.shape[1])]
-            return frame
-        return pd.read_csv(path, **text)
+        yield
     except DataError:
         raise
     except ImportError as exc:
@@ -146,6 +135,25 @@ def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
         raise DataError(f"{path.name}: cannot read the file ({first})") from None
 
 
+def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
+    """The file as a DataFrame; raw: CSV cells as text, with no NA spelling recognised (the
+    covariates' reading, see the module docstring)."""
+    kind = _kind(path)
+    text = dict(dtype=str, keep_default_na=False) if raw else {}
+    with _read_errors(path):
+        if kind == "parquet":
+            from dil.runtime.deps import require
+
+            require("pyarrow", "parquet")
+            return pd.read_parquet(path)
+        headerless = kind == "txt" or names is not None or _first_line_is_numeric(path)
+        if headerless:
+            frame = pd.read_csv(path, header=None, **text)
+            frame.columns = list(names) if names is not None else [str(i) for i in range(frame.shape[1])]
+            return frame
+        return pd.read_csv(path, **text)
+
+
 def table_columns(path) -> list[str]:
     """The column names load_table sees in a table file, read from its header alone (a CSV's first
     row, a Parquet file's schema): a CLI can pick a default column before reading a large file.
@@ -154,7 +162,7 @@ def table_columns(path) -> list[str]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     kind = _kind(path)
-    try:
+    with _read_errors(path):
         if kind == "parquet":
             from dil.runtime.deps import require
 
@@ -167,15 +175,6 @@ def table_columns(path) -> list[str]:
         if kind == "txt" or _first_line_is_numeric(path):
             return [str(i) for i in range(pd.read_csv(path, header=None, nrows=1).shape[1])]
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except DataError:
-        raise
-    except ImportError as exc:
-        raise DataError(str(exc)) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path.name}: the file has no rows") from None
-    except Exception as exc:  # noqa: BLE001 - as _read_frame: one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path.name}: cannot read the file ({first})") from None
 
 
 def _covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
