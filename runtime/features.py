@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from dil.runtime.scaling import context_features
+
 
 class FeatureError(ValueError):
     """Bad covariate or feature input; the message is one line naming the column, row or option."""
@@ -335,10 +337,9 @@ def row_features(spec: FeatureSpec, timestamps=None, covariates: pd.DataFrame | 
 def context_inputs(z: np.ndarray, known: np.ndarray | None = None, past: np.ndarray | None = None) -> np.ndarray:
     """Network input for the context: float32 [G, L, 2 + Fk + Fp] = (value, observed, known, past).
 
-    z: standardised context [G, L], NaN = missing (value 0, observed 0, so the network can tell it
-    from an observed 0). known: [G, L, Fk], past: [G, L, Fp] (None: width 0).
+    z: standardised context [G, L], NaN = missing (value and observed as in
+    dil.runtime.scaling.context_features). known: [G, L, Fk], past: [G, L, Fp] (None: width 0).
     """
-    observed = ~np.isnan(z)
-    parts = [np.where(observed, z, 0.0)[..., None], observed[..., None].astype(np.float64)]
-    parts += [a for a in (known, past) if a is not None and a.shape[-1]]
-    return np.concatenate(parts, axis=-1).astype(np.float32)
+    parts = [context_features(z)]
+    parts += [a.astype(np.float32) for a in (known, past) if a is not None and a.shape[-1]]
+    return np.concatenate(parts, axis=-1)
