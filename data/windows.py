@@ -113,12 +113,6 @@ def gather_series(values: np.ndarray, origins, channels, context: int, horizon: 
     return values[_offsets(origins, -context, context), ch], values[_offsets(origins, 0, horizon), ch]
 
 
-def gather_rows(rows: np.ndarray, origins, start: int, length: int) -> np.ndarray:
-    """Per-row arrays of each window: rows [T, F] -> [W, length, F], window w holding rows
-    [origins[w] + start, origins[w] + start + length) (start -L: the context, 0: the horizon)."""
-    return np.asarray(rows)[_offsets(origins, start, length)]
-
-
 def observed_counts(values: np.ndarray, origins, context: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Observed steps per window without gathering it: (context count, target count), int64 [W, C]."""
     observed = ~np.isnan(np.asarray(values, dtype=np.float64))

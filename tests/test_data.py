@@ -334,11 +334,15 @@ def test_gather_windows_and_counts():
     assert ctx_n[1, 1] == 3 and tgt_n[0, 1] == 1
 
 
-def test_gather_rows_context_and_horizon():
-    from dil.data.windows import gather_rows
+def test_window_rows_context_and_horizon():
+    """Training and the runtime take a window's feature rows from the same WindowFeatures.from_rows."""
+    from dil.runtime.features import RowFeatures
+    from dil.runtime.window_features import WindowFeatures
 
     rows = np.arange(10 * 2, dtype=float).reshape(10, 2)  # row t holds (2t, 2t + 1)
-    ctx, hor = gather_rows(rows, [4, 7], -3, 3), gather_rows(rows, [4, 7], 0, 2)
+    w = WindowFeatures.from_rows(RowFeatures(known=rows, past=rows, known_missing=np.zeros((10, 0), bool)), [4, 7], 3, 2)
+    ctx, hor = w.context_known, w.horizon_known
+    np.testing.assert_array_equal(w.context_past, ctx)
     assert ctx.shape == (2, 3, 2) and hor.shape == (2, 2, 2)
     np.testing.assert_array_equal(ctx[1, :, 0], [8.0, 10.0, 12.0])  # rows 4, 5, 6
     np.testing.assert_array_equal(hor[0, :, 1], [9.0, 11.0])  # rows 4, 5

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dil.data.windows import gather_rows, gather_series, observed_counts, split_bounds, window_origins
+from dil.data.windows import gather_series, observed_counts, split_bounds, window_origins
 from dil.runtime.features import (FeatureError, FeatureSpec, RowFeatures, context_inputs, fit_covariates, row_features,
                                   time_feature_names)
 from dil.runtime.scaling import context_scale, standardise
 from dil.runtime.table import DataError
+from dil.runtime.window_features import WindowFeatures
 
 
 @dataclass
@@ -56,10 +57,9 @@ class WindowSet:
         self.context, self.horizon = int(context), int(horizon)
         T = self.values.shape[0]
         empty = np.zeros((T, 0))
-        self.known = empty if features is None else np.asarray(features.known, dtype=np.float64)
-        self.past = empty if features is None else np.asarray(features.past, dtype=np.float64)
-        if self.known.shape[0] != T or self.past.shape[0] != T:
-            raise ValueError(f"features have {self.known.shape[0]} rows, the table {T}")
+        self.rows = features or RowFeatures(known=empty, past=empty, known_missing=empty.astype(bool))
+        if self.rows.known.shape[0] != T or self.rows.past.shape[0] != T:
+            raise ValueError(f"features have {self.rows.known.shape[0]} rows, the table {T}")
         origins = window_origins(self.values.shape[0], self.context, self.horizon, start, end)
         if origins.size == 0:
             self.origins = self.channels = np.zeros(0, dtype=np.int64)
@@ -80,10 +80,10 @@ class WindowSet:
         z_ctx = standardise(ctx, loc, scale)
         y = standardise(tgt, loc, scale)
         observed = ~np.isnan(y)
-        L, H = self.context, self.horizon
+        rows = WindowFeatures.from_rows(self.rows, origins, self.context, self.horizon)
         return WindowBatch(
-            ctx=context_inputs(z_ctx, gather_rows(self.known, origins, -L, L), gather_rows(self.past, origins, -L, L)),
-            hor_feat=gather_rows(self.known, origins, 0, H).astype(np.float32),
+            ctx=context_inputs(z_ctx, rows.context_known, rows.context_past),
+            hor_feat=rows.horizon_known.astype(np.float32),
             target=np.where(observed, y, 0.0).astype(np.float32),
             mask=observed.astype(np.float32),
             loc=loc,
