@@ -1,14 +1,14 @@
 """Cost of one `denoise` call (ONNX Runtime CPU): a proposed model configuration against today's.
 
-    python benchmarks/denoise_cost.py --context-length 336 --context-patch 24 --known-features 5
+    python benchmarks/denoise_cost.py --context-length 336 --context-patch 24 --horizon-patch 4 --known-features 4
     python benchmarks/denoise_cost.py --engine engines/metro-traffic.onnx      # S sweep of one artifact
 
 Default mode: two random-initialised ScoreNets, "today" (the shipped configuration: d_model 64,
 3 layers, 4 heads, MLP 128, context 168 in one-step tokens, no features) and "new" (the options),
 exported to a temporary folder and run in this one process, so both are measured on the same
 machine under the same load (their calls alternate within each repeat). For 1 x 100 and 50 x 100
-(series x samples) rows it prints the median time of a full denoise call (S = H, every horizon
-token) and of the encode call, and the ratio new / today. The weights are random: the cost of a
+(series x samples) rows it prints the median time of a full denoise call (S = T, every horizon
+token; T = horizon / horizon_patch) and of the encode call, and the ratio new / today. The weights are random: the cost of a
 graph does not depend on their values.
 
 --engine mode: for one exported artifact, the median time of a denoise call with S = 4, 8, 12, 16,
@@ -45,15 +45,15 @@ def _median_seconds(fns: dict, repeats: int) -> dict:
 
 def call_inputs(cfg, G: int, N: int, S: int, rng: np.random.Generator) -> dict:
     """Random inputs of one call: ctx [G, L, Fc] and the denoise arguments for S tokens per row
-    (positions 0..S-1; the other tokens cached and valid)."""
-    H, L, D, layers = cfg.horizon, cfg.context_length, cfg.d_model, cfg.num_layers
+    (positions 0..S-1; the other tokens cached and valid; H = the horizon's tokens)."""
+    H, L, D, layers = cfg.horizon_tokens, cfg.context_length, cfg.d_model, cfg.num_layers
     ctx = rng.standard_normal((G, L, cfg.context_features)).astype(np.float32)
     ctx[..., 1] = 1.0  # observed mask
     valid = np.ones((G, N, H), np.float32)
     valid[..., :S] = 0
     return {
         "ctx": ctx,
-        "x_sub": rng.standard_normal((G, N, S, cfg.horizon_features)).astype(np.float32),
+        "x_sub": rng.standard_normal((G, N, S, cfg.horizon_patch * cfg.horizon_features)).astype(np.float32),
         "pos_sub": np.broadcast_to(np.arange(S, dtype=np.int64), (G, N, S)).copy(),
         "t_feat": rng.standard_normal((G, N, cfg.time_embed_dim)).astype(np.float32),
         "k_hor": rng.standard_normal((layers, G, N, H, D)).astype(np.float32),
@@ -94,7 +94,7 @@ def random_engine(config, folder: Path, name: str, threads: int | None, seed: in
 
 
 def compare(new: dict, repeats: int = 7, threads: int | None = None, rows=ROWS) -> list[dict]:
-    """Full-call (S = H) cost of today's configuration and of `new` (ModelConfig fields), per row."""
+    """Full-call (S = T, every token) cost of today's configuration and of `new` (ModelConfig fields), per row."""
     from dil.runtime.model_config import ModelConfig
 
     configs = {"today": ModelConfig(**TODAY), "new": ModelConfig(**{**TODAY, **new})}
@@ -103,7 +103,7 @@ def compare(new: dict, repeats: int = 7, threads: int | None = None, rows=ROWS) 
         engines = {k: random_engine(c, Path(tmp), k, threads) for k, c in configs.items()}
         for G, N in rows:
             fns = {f"{k}_{call}": fn for k, c in configs.items()
-                   for call, fn in calls(engines[k], c, G, N, c.horizon).items()}
+                   for call, fn in calls(engines[k], c, G, N, c.horizon_tokens).items()}
             t = _median_seconds(fns, repeats)
             out.append({"series": G, "samples": N, **t, "ratio_denoise": t["new_denoise"] / t["today_denoise"],
                         "ratio_encode": t["new_encode"] / t["today_encode"]})
@@ -116,7 +116,7 @@ def denoise_cost(engine: str, rows=ROWS, repeats: int = 7, threads: int | None =
 
     eng = OnnxEngine.load(engine, threads=threads)
     cfg = eng.config
-    sizes = sorted({s for s in (4, 8, 12, 16) if s < cfg.horizon} | {cfg.horizon})
+    sizes = sorted({s for s in (4, 8, 12, 16) if s < cfg.horizon_tokens} | {cfg.horizon_tokens})
     out = []
     for G, N in rows:
         t = _median_seconds({S: calls(eng, cfg, G, N, S)["denoise"] for S in sizes}, repeats)
@@ -135,6 +135,7 @@ def main(argv=None) -> None:
                     help="S sweep of this exported artifact instead of the today/new comparison.")
     ap.add_argument("--context-length", type=int, default=TODAY["context_length"], help="new: context steps L.")
     ap.add_argument("--context-patch", type=int, default=1, help="new: context steps per context token P.")
+    ap.add_argument("--horizon-patch", type=int, default=1, help="new: horizon steps per horizon token Ph.")
     ap.add_argument("--d-model", type=int, default=TODAY["d_model"], help="new: token width D.")
     ap.add_argument("--layers", type=int, default=TODAY["num_layers"], help="new: transformer blocks.")
     ap.add_argument("--ffn", type=int, default=TODAY["ffn_dim"], help="new: MLP width.")
@@ -149,7 +150,8 @@ def main(argv=None) -> None:
         for r in denoise_cost(a.engine, repeats=a.repeats, threads=a.threads):
             print(f"| {r['series']} x {r['samples']} | {r['S']} | {r['seconds'] * 1e3:.1f} | {r['vs_full']:.2f} |")
         return
-    new = dict(context_length=a.context_length, context_patch=a.context_patch, d_model=a.d_model,
+    new = dict(context_length=a.context_length, context_patch=a.context_patch, horizon_patch=a.horizon_patch,
+               d_model=a.d_model,
                num_layers=a.layers, ffn_dim=a.ffn, num_heads=a.heads,
                context_features=2 + a.known_features, horizon_features=1 + a.known_features)
     from dil.runtime.model_config import ModelConfig

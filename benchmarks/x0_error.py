@@ -129,19 +129,23 @@ def x0_error(engine: str, n_windows: int, draws: int, steps: int, seed: int, thr
 def eps_output_range(model) -> tuple[float, float]:
     """The range of the output head(norm_out(h)) (eps or v) over every h: the LayerNorm's normalised vector u has
     mean 0 and norm sqrt(D), so w . (gamma u) lies within sqrt(D) times the norm of the zero-mean
-    part of w * gamma, around the offset w . beta + b."""
+    part of w * gamma, around the offset w . beta + b. The head has one row per step of a horizon
+    token (horizon_patch rows): the widest range over them."""
     gamma = model.norm_out.weight.detach().double().numpy()
     beta = model.norm_out.bias.detach().double().numpy()
-    w = model.head.weight.detach().double().numpy()[0]
-    v = w * gamma
-    reach = np.linalg.norm(v - v.mean()) * np.sqrt(v.size)
-    offset = float(w @ beta + model.head.bias.detach().double().numpy()[0])
-    return offset - reach, offset + reach
+    low, high = np.inf, -np.inf
+    for w, b in zip(model.head.weight.detach().double().numpy(), model.head.bias.detach().double().numpy()):
+        v = w * gamma
+        reach = np.linalg.norm(v - v.mean()) * np.sqrt(v.size)
+        offset = float(w @ beta + b)
+        low, high = min(low, offset - reach), max(high, offset + reach)
+    return low, high
 
 
 # -- 2. sampler trajectories ----------------------------------------------------------------------
 class Recorder:
-    """A runtime controller that keeps, after every step's adjust, the x0_hat the solver uses."""
+    """A runtime controller that keeps, after every step's adjust, the x0_hat the solver uses (per
+    horizon step: the cache's x0_steps, [G, N, H] whatever the model's horizon_patch)."""
 
     def __init__(self, inner):
         self.inner, self.x0 = inner, []
@@ -158,7 +162,7 @@ class Recorder:
 
     def adjust(self, i, cache, computed):
         self.inner.adjust(i, cache, computed)
-        self.x0.append(np.array(cache.x0_hat))
+        self.x0.append(np.array(cache.x0_steps))
 
     def observe(self, i, cache):
         self.inner.observe(i, cache)

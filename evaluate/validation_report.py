@@ -19,8 +19,10 @@ features and the horizon's known features are random (`validation_inputs.prepare
 timestamps or covariates here, and both sides receive the same values, which is what is compared.
 
 A decision unit is one token of one row at one step (computed or not, and its solver order, both
-must agree) or one series at one step (computed in full or not). Agreement = identical units / all
-units. Samples and quantiles are compared on the standardised scale (the network's).
+must agree) or one series at one step (computed in full or not). A token is the model's
+horizon_patch consecutive horizon steps (one step for most models): decisions are per token,
+samples per step. Agreement = identical units / all units. Samples and quantiles are compared on
+the standardised scale (the network's).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def reference_sampler(model, schedule, ctx, x_T, config, streams: SeriesStreams,
 
 
 def effective_order(order, i: int, steps: int, shape) -> np.ndarray:
-    """int64 [G, N, H]: the order a token's update uses at step i (the solver's history cap)."""
+    """int64 [G, N, T]: the order a token's steps' update uses at step i (the solver's history cap)."""
     cap = 1 if i == steps - 1 else min(3, i + 1)
     return np.clip(np.broadcast_to(np.asarray(order, dtype=np.int64), shape), 1, cap).copy()
 
@@ -114,10 +116,11 @@ class LockstepEngine:
 
     The reference takes its step i just before the runtime plans step i (RecordingController's
     before_plan = `advance`). When the runtime asks for exactly the tokens the reference computed, it
-    gets the reference's outputs (eps or v)/keys/values for them; otherwise (a decision differs) the
-    call is answered by the torch module on the runtime's own inputs, and counted in
-    `mismatched_calls`. `input_max_abs_diff` tracks |x_sub runtime - reference| (float32, noisy values
-    and known features). No series limit, no device cache.
+    gets the reference's outputs (eps or v per step)/keys/values for them; otherwise (a decision
+    differs) the call is answered by the torch module on the runtime's own inputs, and counted in
+    `mismatched_calls`. `input_max_abs_diff` tracks |x_sub runtime - reference| (float32, the tokens'
+    steps' noisy values and known features). No series limit, no device cache. Positions are
+    horizon tokens (T = horizon / horizon_patch), as in the graphs.
     """
 
     max_batch = None
@@ -140,30 +143,32 @@ class LockstepEngine:
         return self.reference.encode()
 
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
+        import torch
+
         self.stats.denoise_calls += 1
         ref = self.reference
-        G, N, H = ref.shape
-        mine = np.zeros((G, N, H + 1), dtype=bool)
+        G, N, T = ref.shape
+        mine = np.zeros((G, N, T + 1), dtype=bool)
         np.put_along_axis(mine, pos_sub, True, axis=2)
-        if not np.array_equal(mine[..., :H], ref.decisions[-1].computed):
+        if not np.array_equal(mine[..., :T], ref.decisions[-1].computed):
             self.mismatched_calls += 1
             args = (x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
             return self.graphs.denoise(*(np.array(a) for a in args))  # writable copies for torch
-        idx = np.minimum(pos_sub, H - 1)  # padding entries read position H-1; their outputs are discarded
-        x_ref = np.take_along_axis(ref.cache.x_in.numpy(), idx, axis=2).astype(np.float32)[..., None]
-        if ref.feat_pad is not None:  # the reference's known features of the same tokens
-            x_ref = np.concatenate([x_ref, ref.feat_pad.numpy()[np.arange(G)[:, None, None], idx]], axis=-1)
-        real = pos_sub < H
+        idx = np.minimum(pos_sub, T - 1)  # padding entries read token T-1; their outputs are discarded
+        pos = torch.from_numpy(np.ascontiguousarray(pos_sub, dtype=np.int64))
+        x_ref = ref.inputs(pos, ref.cache.x_in_steps).numpy()  # the reference's own inputs of these tokens
+        real = pos_sub < T
         if real.any():
             diff = np.abs(x_ref - np.asarray(x_sub))[real]
             self.input_max_abs_diff = max(self.input_max_abs_diff, float(diff.max()))
-        out = np.take_along_axis(ref.last_out.numpy(), idx, axis=2)[..., None]
+        out_tok = ref.last_out.numpy().reshape(G, N, T, ref.patch)  # step j Ph + k -> token j, entry k
+        out = np.take_along_axis(out_tok, idx[..., None], axis=2)
         kv_idx = idx[None, ..., None]
         k = np.take_along_axis(ref.cache.k.numpy(), kv_idx, axis=3)
         v = np.take_along_axis(ref.cache.v.numpy(), kv_idx, axis=3)
         return out, k, v
 
-    def device_cache(self, G: int, N: int, H: int) -> None:
+    def device_cache(self, G: int, N: int, T: int) -> None:
         return None
 
     def denoise_cached(self, *args):

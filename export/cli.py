@@ -139,9 +139,12 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
               ".plan) for this machine's GPU, validated against ONNX Runtime. Needs an NVIDIA GPU and the 'trt' extra.")
 @click.option("--trt-batch", default=None, metavar="MIN,OPT,MAX", help=_RANGE_HELP.format("G, series per call", "1,16,32"))
 @click.option("--trt-samples", default=None, metavar="MIN,OPT,MAX", help=_RANGE_HELP.format("N, samples", "1,100,128"))
-@click.option("--trt-tokens", default=None, metavar="MIN,OPT,MAX", help=_RANGE_HELP.format("S, tokens computed per call", "1,H,H"))
+@click.option("--trt-tokens", default=None, metavar="MIN,OPT,MAX",
+              help=_RANGE_HELP.format("S, horizon tokens computed per call", "1,T,T"))
 @click.option("--trt-context", default=None, metavar="MIN,OPT,MAX", help=_RANGE_HELP.format("L, context steps", "L,L,L"))
-@click.option("--trt-horizon", default=None, metavar="MIN,OPT,MAX", help=_RANGE_HELP.format("H, horizon steps", "H,H,H"))
+@click.option("--trt-horizon", default=None, metavar="MIN,OPT,MAX",
+              help=_RANGE_HELP.format("H, horizon tokens (T = horizon / horizon_patch; the horizon steps when "
+                                      "horizon_patch is 1)", "T,T,T"))
 @click.option("--strongly-typed", is_flag=True, help="TensorRT 10.x: build FP16 engines from the FP16 ONNX graphs "
               "(strongly typed, as TensorRT 11 always does) instead of the FP16 builder flag.")
 @click.option("--timing-cache", default=None, type=click.Path(dir_okay=False, path_type=Path),

@@ -4,9 +4,12 @@ For each graph, ONNX Runtime (CPU provider) and the PyTorch module get identical
 outputs are compared: max abs error and max rel error, on random inputs and on real inputs (context
 windows of the checkpoint's training data, noisy horizons at a few diffusion times of the schedule),
 at several shapes: S < H, S = H, G = N = 1, L < context_length (a multiple of context_patch),
-H < horizon and padding entries (pos_sub == H). A model's known features and past-only covariates
-are random inputs in both kinds (real windows carry only the target). Then the subset equivalence: `denoise` on a subset of tokens, with the other tokens'
-cache fresh from a full step and valid, reproduces the full step's rows (each engine on its own).
+H < horizon and padding entries (pos_sub == H). H and S count horizon TOKENS (Ph = horizon_patch
+steps each; H at most horizon / Ph): the inputs are made per step, then grouped into tokens. A
+model's known features and past-only covariates are random inputs in both kinds (real windows
+carry only the target). Then the subset equivalence: `denoise` on a subset of tokens, with the
+other tokens' cache fresh from a full step and valid, reproduces the full step's rows (each engine
+on its own).
 
 Errors are on the standardised scale the network works on (eps and keys/values). The relative error
 of an element is |out - ref| / max(|ref|, REL_FLOOR): elements near zero are judged absolutely, so
@@ -37,7 +40,7 @@ REAL_TIMES = 5  # diffusion times of the real noisy horizons (from the sampling 
 @dataclass(frozen=True)
 class Shape:
     """One validation shape: G contexts, N rows each, S computed tokens, context L steps (a
-    multiple of context_patch), horizon H.
+    multiple of context_patch), horizon H tokens (H * horizon_patch steps).
 
     pad: some rows carry padding entries (pos_sub == H) in place of their last tokens.
     """
@@ -55,14 +58,16 @@ class Shape:
 
 def validation_shapes(config: ModelConfig) -> list[Shape]:
     """The shapes every export is checked at (distinct; all within the graphs' dynamic ranges)."""
-    L, H, P = config.context_length, config.horizon, config.context_patch
+    L, H, P = config.context_length, config.horizon_tokens, config.context_patch
     half_h, half_l = max(1, H // 2), max(P, (L // 2) // P * P)  # context lengths are multiples of P
+    # A padded row needs S >= 2: with 2 or 3 horizon tokens (H // 2 == 1) that shape takes S = 2.
+    pad_s = half_h if half_h > 1 else min(2, H)
     shapes = [
-        Shape(2, 3, half_h, L, H, pad=True),  # S < H with padding
+        Shape(2, 3, pad_s, L, H, pad=True),  # S < H (S = H with 2 tokens) with padding
         Shape(2, 2, H, L, H),  # S = H: a full step
         Shape(1, 1, 1, L, H),  # G = N = S = 1
         Shape(3, 2, max(1, H // 3), half_l, H),  # L < context_length
-        Shape(2, 2, max(1, half_h // 2), L, half_h, pad=True),  # H < horizon, padding
+        Shape(2, 2, max(1, half_h // 2), L, half_h, pad=True),  # H < horizon (when H > 1), padding
     ]
     return list(dict.fromkeys(shapes))
 
@@ -122,8 +127,8 @@ def errors(outputs, references) -> tuple[float, float]:
 @dataclass
 class Case:
     """The inputs of one check: ctx f32 [G, L, Fc] (network features); x the horizon tokens' inputs
-    f32 [G, N, H, Fh] (noisy value, then known features); t_feat f32 [G, N, E]. kind: "random" or
-    "real"."""
+    f32 [G, N, H, Ph * Fh] (per step of the token: noisy value, then known features); t_feat f32
+    [G, N, E]. kind: "random" or "real"."""
 
     ctx: np.ndarray
     x: np.ndarray
@@ -149,21 +154,24 @@ def _time_features(kappa: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _with_features(config: ModelConfig, ctx: np.ndarray, x: np.ndarray, rng: np.random.Generator):
-    """(ctx [G, L, Fc], x [G, N, H, Fh]) from (value, mask) ctx [G, L, 2] and noisy values x
-    [G, N, H, 1]: random known features and past-only covariates appended, uniform in [-1, 1]; the
-    horizon's known features are a series' own, the same for all its samples."""
+    """(ctx [G, L, Fc], x [G, N, T, Ph * Fh]) from (value, mask) ctx [G, L, 2] and the noisy values
+    of the horizon steps x [G, N, T * Ph, 1]: random known features and past-only covariates
+    appended, uniform in [-1, 1] (the horizon's known features are a series' own, the same for all
+    its samples), then the steps grouped into tokens of Ph steps, step-major (as the model's
+    full_step does)."""
     G, L = ctx.shape[:2]
-    N, H = x.shape[1:3]
-    extra, Fk = config.context_features - 2, config.horizon_features - 1
+    N, steps = x.shape[1:3]
+    extra, Fk, Ph = config.context_features - 2, config.horizon_features - 1, config.horizon_patch
     ctx = np.concatenate([ctx, rng.uniform(-1, 1, (G, L, extra)).astype(np.float32)], axis=-1)
-    feat = np.broadcast_to(rng.uniform(-1, 1, (G, 1, H, Fk)), (G, N, H, Fk))
-    return ctx, np.concatenate([x, feat.astype(np.float32)], axis=-1)
+    feat = np.broadcast_to(rng.uniform(-1, 1, (G, 1, steps, Fk)), (G, N, steps, Fk))
+    x = np.concatenate([x, feat.astype(np.float32)], axis=-1)
+    return ctx, x.reshape(G, N, steps // Ph, Ph * config.horizon_features)
 
 
 def random_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, rng: np.random.Generator) -> Case:
-    """Standard-normal context values (random observed mask) and noisy horizon; random times and
-    features."""
-    G, N, L, H = shape.G, shape.N, shape.L, shape.H
+    """Standard-normal context values (random observed mask) and noisy horizon (shape.H tokens of
+    horizon_patch steps); random times and features."""
+    G, N, L, H = shape.G, shape.N, shape.L, shape.H * config.horizon_patch
     z = rng.standard_normal((G, L))
     z[rng.random((G, L)) < 0.1] = np.nan  # missing context values, as in real data
     z[:, -1] = rng.standard_normal(G)  # keep every window scalable
@@ -175,12 +183,14 @@ def random_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, rng:
 
 def real_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, windows, rng: np.random.Generator) -> Case:
     """Real context windows (their last shape.L steps, standardised as the runtime does) and their
-    real targets noised at REAL_TIMES times of the sampling grid, one time per row (cycled).
+    real targets (the first shape.H tokens' steps) noised at REAL_TIMES times of the sampling grid,
+    one time per row (cycled).
 
-    windows: (ctx float64 [W, Lmax], target float64 [W, Hmax]) on the original scale, NaN = missing.
+    windows: (ctx float64 [W, Lmax], target float64 [W, Hmax]) on the original scale, NaN = missing;
+    Hmax in steps.
     """
     ctx_all, tgt_all = windows
-    G, N, L, H = shape.G, shape.N, shape.L, shape.H
+    G, N, L, H = shape.G, shape.N, shape.L, shape.H * config.horizon_patch
     pick = np.arange(G) % ctx_all.shape[0]
     ctx, tgt = ctx_all[pick, -L:], tgt_all[pick, :H]
     loc, scale = context_scale(ctx)

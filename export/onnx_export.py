@@ -3,6 +3,10 @@
 `encode` and `denoise` become two graphs with the dynamic axes G, N, S, L, H, exported with the
 dynamo exporter (opset 18: native LayerNormalization). Each file is written atomically.
 
+H counts horizon TOKENS, T = horizon / horizon_patch at most: with horizon patches (Ph > 1) a
+token is Ph steps, so x_sub's last axis is Ph * Fh and eps_sub's is Ph (docs/model.md section 3).
+With Ph = 1 a token is a step and everything is as before.
+
 With context patches (P = context_patch > 1) the context has two lengths: ctx carries L steps
 (a multiple of P, exported as the derived dimension P * Lp) and k_ctx/v_ctx carry Lp = L / P
 tokens; the graphs' I/O name them "L" and "Lp". With P = 1 both are "L", as before.
@@ -52,19 +56,19 @@ class DenoiseGraph(nn.Module):
 def example_inputs(model: ScoreNet, G: int = 2, N: int = 3, S: int | None = None, seed: int = 0):
     """Random example inputs for both graphs (float32; pos_sub int64).
 
-    Returns (ctx [G, L, Fc], denoise_args tuple in DENOISE_INPUTS order; x_sub [G, N, S, Fh] holds
-    the noisy value and Fh - 1 known features). L (a multiple of P) and H are the configured
-    maxima; S defaults to H - 1 so that it differs from H during tracing.
+    Returns (ctx [G, L, Fc], denoise_args tuple in DENOISE_INPUTS order; x_sub [G, N, S, Ph * Fh]
+    holds per step the noisy value and Fh - 1 known features). L (a multiple of P) and the token
+    count H = horizon_tokens are the configured maxima; S defaults to `_example_tokens`.
     """
     cfg = model.config
-    L, H, D, layers = cfg.context_length, cfg.horizon, cfg.d_model, cfg.num_layers
-    S = max(1, H - 1) if S is None else S
+    L, H, D, layers = cfg.context_length, cfg.horizon_tokens, cfg.d_model, cfg.num_layers
+    S = _example_tokens(H) if S is None else S
     g = torch.Generator().manual_seed(seed)
     ctx = torch.randn(G, L, cfg.context_features, generator=g)
     with torch.no_grad():
         k_ctx, v_ctx = model.encode(ctx)
     args = (
-        torch.randn(G, N, S, cfg.horizon_features, generator=g),
+        torch.randn(G, N, S, cfg.horizon_patch * cfg.horizon_features, generator=g),
         torch.randint(0, H, (G, N, S), generator=g),
         torch.randn(G, N, cfg.time_embed_dim, generator=g),
         k_ctx,
@@ -74,6 +78,13 @@ def example_inputs(model: ScoreNet, G: int = 2, N: int = 3, S: int | None = None
         (torch.rand(G, N, H, generator=g) > 0.5).float(),
     )
     return ctx, args
+
+
+def _example_tokens(H: int) -> int:
+    """S of the tracing inputs: H - 1, so that it differs from H, unless that is 0 or 1 (the exporter
+    would fix S at that size: a graph refusing any other S); then H + 1 (a model with 1 or 2
+    horizon tokens, e.g. horizon 8 in tokens of 4; the graph allows S > H, pos_sub holds the tokens)."""
+    return H - 1 if H > 2 else H + 1
 
 
 def _dims(model: ScoreNet):
@@ -90,9 +101,11 @@ def _dims(model: ScoreNet):
         L = P * Lp
     else:
         L = Lp = None
-    H = Dim("H", min=1, max=cfg.horizon)
+    # The horizon tokens T = horizon / Ph; a model with one horizon token has H static, as Lp above.
+    H = Dim("H", min=1, max=cfg.horizon_tokens) if cfg.horizon_tokens > 1 else None
     ctx_axes = {0: G} if L is None else {0: G, 1: L}
     kv_axes = {1: G} if Lp is None else {1: G, 2: Lp}
+    hor_axes = {1: G, 2: N} if H is None else {1: G, 2: N, 3: H}
     encode = (ctx_axes,)
     denoise = (
         {0: G, 1: N, 2: S},
@@ -100,9 +113,9 @@ def _dims(model: ScoreNet):
         {0: G, 1: N},
         kv_axes,
         kv_axes,
-        {1: G, 2: N, 3: H},
-        {1: G, 2: N, 3: H},
-        {0: G, 1: N, 2: H},
+        hor_axes,
+        hor_axes,
+        {0: G, 1: N} if H is None else {0: G, 1: N, 2: H},
     )
     return encode, denoise
 
@@ -202,7 +215,7 @@ def dynamic_axes(config) -> dict:
     """The graphs' dynamic axes and their ranges (None: unbounded), as the manifest records them.
 
     With context patches (P > 1): L (context steps) takes multiples of P ("step": P) and Lp is the
-    number of context tokens, L / P.
+    number of context tokens, L / P. H counts horizon tokens: at most horizon / horizon_patch.
     """
     P = config.context_patch
     axes = {
@@ -210,7 +223,7 @@ def dynamic_axes(config) -> dict:
         "N": {"min": 1, "max": None},
         "S": {"min": 1, "max": None},
         "L": {"min": 1, "max": config.context_length},
-        "H": {"min": 1, "max": config.horizon},
+        "H": {"min": 1, "max": config.horizon_tokens},
     }
     if P > 1:
         axes["L"] = {"min": P, "max": config.context_length, "step": P}

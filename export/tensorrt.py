@@ -4,7 +4,8 @@
 
 Builds NAME.encode.plan, NAME.denoise.plan and NAME.cache_update.plan (the device-side scatter of
 fresh keys/values into the token cache) from the ONNX graphs, with one optimization profile over
-G, N, S, L, H (dil.runtime.backends.trt_profile) and a timing cache shared by the builds in the folder.
+G, N, S, L, H (S and H in horizon tokens; dil.runtime.backends.trt_profile) and a timing cache
+shared by the builds in the folder.
 
 Precision and TensorRT version (`build_mode`):
     fp32                      the float32 ONNX graphs, TF32 off (float32 parity with ONNX Runtime)
@@ -75,7 +76,8 @@ def build_mode(trt_version: str, precision: str, strongly_typed: bool | None = N
 def cache_update_graph(config, opset: int = 18):
     """ONNX graph scattering fresh keys/values into the token cache (TensorRT only).
 
-    k_hor, v_hor f32 [layers, G, N, H, D], pos_sub i64 [G, N, S], k_sub, v_sub f32 [layers, G, N, S, D]
+    k_hor, v_hor f32 [layers, G, N, H, D] (H horizon tokens, horizon / horizon_patch at most),
+    pos_sub i64 [G, N, S], k_sub, v_sub f32 [layers, G, N, S, D]
     -> k_new, v_new f32 [layers, G, N, H, D]: the cache with row (g, n)'s token pos_sub[g, n, s] set to
     k_sub[:, g, n, s] for every pos_sub < H. Padding entries (pos_sub == H) land in an extra slot H
     that is cut off again, so they change nothing.

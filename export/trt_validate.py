@@ -29,7 +29,8 @@ TRT_FP32_TOLERANCE = 1e-3  # TensorRT float32 (TF32 off) vs ONNX Runtime: differ
 
 def profile_shapes(profile: dict) -> list[Shape]:
     """Validation shapes inside the profile: min corner, opt corner, and a padded subset at opt.
-    (The profile's context lengths L are in steps, multiples of the model's context_patch.)"""
+    (The profile's context lengths L are in steps, multiples of the model's context_patch; S and H
+    are horizon tokens, as graph_check's Shape.)"""
     def at(k):
         return {a: profile[a][k] for a in ("G", "N", "S", "L", "H")}
 

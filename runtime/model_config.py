@@ -28,6 +28,9 @@ class ModelConfig:
         docs/model.md section 2.2. Old manifests without the key are epsilon models.
     context_patch: P, context steps per context token (P consecutive steps, P * Fc values, form one
         token); context_length % P == 0. Old manifests without the key have P = 1.
+    horizon_patch: Ph, horizon steps per horizon token (Ph consecutive steps, Ph * Fh values in, Ph
+        outputs); horizon % Ph == 0. The sampler's controllers, the token cache and the graphs' H axis
+        count these tokens (horizon_tokens = horizon / Ph). Old manifests without the key have Ph = 1.
     """
 
     context_length: int = 168
@@ -41,6 +44,7 @@ class ModelConfig:
     horizon_features: int = 1
     prediction: str = "epsilon"
     context_patch: int = 1
+    horizon_patch: int = 1
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -56,6 +60,10 @@ class ModelConfig:
         if not isinstance(P, int) or P < 1 or self.context_length % P:
             raise ValueError(f"context_patch must be an integer >= 1 that divides context_length "
                              f"({self.context_length}), got {self.context_patch!r}")
+        Ph = self.horizon_patch
+        if not isinstance(Ph, int) or Ph < 1 or self.horizon % Ph:
+            raise ValueError(f"horizon_patch must be an integer >= 1 that divides horizon "
+                             f"({self.horizon}), got {self.horizon_patch!r}")
         for name, low in (("context_features", 2), ("horizon_features", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
@@ -64,6 +72,11 @@ class ModelConfig:
     def context_tokens(self) -> int:
         """Context tokens of a full context: context_length // context_patch."""
         return self.context_length // self.context_patch
+
+    @property
+    def horizon_tokens(self) -> int:
+        """T, horizon tokens: horizon // horizon_patch."""
+        return self.horizon // self.horizon_patch
 
     @property
     def known_features(self) -> int:

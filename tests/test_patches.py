@@ -36,8 +36,8 @@ def test_gathered_inputs_against_a_per_token_loop():
     feat = rng.standard_normal((G, H, FK)).astype(np.float32)
     pos = np.sort(np.argsort(rng.random((G, N, H)), axis=-1)[..., :S], axis=-1)
     pos[1, 2, 2:] = H
-    x_pad = np.concatenate([x, np.zeros((G, N, 1))], axis=2)
-    f_pad = np.concatenate([feat, np.zeros((G, 1, FK), np.float32)], axis=1)
+    x_pad = np.concatenate([x, np.zeros((G, N, 1))], axis=2)[..., None]  # [G, N, H + 1, Ph = 1]
+    f_pad = np.concatenate([feat, np.zeros((G, 1, FK), np.float32)], axis=1)[:, :, None]  # [G, H + 1, 1, Fk]
     got = gather_inputs(x_pad, f_pad, pos)
     want = np.zeros((G, N, S, 1 + FK), np.float32)
     for g in range(G):

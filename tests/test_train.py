@@ -199,9 +199,10 @@ def test_cli_trains_a_loadable_checkpoint(tiny_run):
     out, output = tiny_run
     assert "checkpoint:" in output and "best val loss" in output
     # metro-traffic is hourly: 4 time features on every token (Fc = 2 + 4, Fh = 1 + 4); 24 does not
-    # divide 16, so a context token is 8 steps; new runs predict v
+    # divide 16, so a context token is 8 steps; 4 divides the horizon 8, so a horizon token is 4 hours;
+    # new runs predict v
     expect = ModelConfig(context_length=16, horizon=8, d_model=16, num_heads=2, num_layers=2, ffn_dim=32,
-                         context_features=6, horizon_features=5, prediction="v", context_patch=8)
+                         context_features=6, horizon_features=5, prediction="v", context_patch=8, horizon_patch=4)
     ck = load_checkpoint(out, expect=expect)
     assert ck.features.time_features == ("hour_of_day", "day_of_week", "day_of_month", "day_of_year")
     assert ck.features.freq == "h" and ck.features.covariates == ()
@@ -252,6 +253,27 @@ def test_resume_continues_and_refuses_other_model(tiny_run, tmp_path):
     assert res.output.startswith("Error: cannot resume") and res.output.count("\n") == 1
     assert "d_model 16 (run) vs 32" in res.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+
+
+def test_resume_accepts_a_run_written_before_horizon_patches(tmp_path):
+    """A run whose state.json predates a model-config key (here horizon_patch) resumes: the missing
+    key means its default, which is the model the run trained (one step per horizon token)."""
+    out = tmp_path / "run"
+    res = _run(TINY + ["--epochs", "2", "--horizon-patch", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "state.json").read_text())
+    del state["model"]["horizon_patch"]
+    (out / "state.json").write_text(json.dumps(state))
+    res = _run(["--out", str(out), "--resume", "--epochs", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "state.json").read_text())["epoch"] == 3
+
+
+def test_horizon_patch_that_does_not_divide_the_horizon_is_refused(tmp_path):
+    res = CliRunner().invoke(main, TINY + ["--epochs", "1", "--horizon-patch", "3", "--out", str(tmp_path / "run")])
+    assert res.exit_code != 0
+    assert res.output == "Error: --horizon-patch 3 does not divide --horizon 8\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from dil.data.registry import DATASETS, DEFAULT_DATASET
 # Options that default to the run's stored value on --resume and to the library default otherwise.
 MODEL_OPTIONS = {"context": "context_length", "horizon": "horizon", "d_model": "d_model", "heads": "num_heads",
                  "layers": "num_layers", "ffn_dim": "ffn_dim", "prediction": "prediction",
-                 "context_patch": "context_patch"}
+                 "context_patch": "context_patch", "horizon_patch": "horizon_patch"}
 TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "noise_draws", "lr", "seed", "device", "patience")
 # What a new run predicts (docs/model.md section 2.2); runs keep what they were trained with.
 DEFAULT_PREDICTION = "v"
@@ -20,20 +20,33 @@ DEFAULT_PREDICTION = "v"
 # of these dividing the context length.
 HOURLY_PATCH = 24
 PATCHES = (12, 8, 6, 4, 2, 1)
+# Horizon steps per horizon token for hourly rows (docs/model.md section 4): on metro-traffic 4-hour
+# tokens forecast as well as 1-hour ones (docs/results.md) at a quarter of the tokens per call.
+HOURLY_HORIZON_PATCH = 4
+
+
+def _hourly(freq: str | None) -> bool:
+    if not freq:
+        return False
+    import pandas as pd
+
+    try:
+        return pd.tseries.frequencies.to_offset(freq) == pd.tseries.frequencies.to_offset("h")
+    except ValueError:
+        return False
 
 
 def default_context_patch(context_length: int, freq: str | None) -> int:
     """The context patch of a new run: 24 (a day) for hourly rows when it divides the context
     length, else the largest of 12, 8, 6, 4, 2, 1 that does."""
-    if freq and context_length % HOURLY_PATCH == 0:
-        import pandas as pd
-
-        try:
-            if pd.tseries.frequencies.to_offset(freq) == pd.tseries.frequencies.to_offset("h"):
-                return HOURLY_PATCH
-        except ValueError:
-            pass
+    if context_length % HOURLY_PATCH == 0 and _hourly(freq):
+        return HOURLY_PATCH
     return next(p for p in PATCHES if context_length % p == 0)
+
+
+def default_horizon_patch(horizon: int, freq: str | None) -> int:
+    """The horizon patch of a new run: 4 for hourly rows when it divides the horizon, else 1."""
+    return HOURLY_HORIZON_PATCH if horizon % HOURLY_HORIZON_PATCH == 0 and _hourly(freq) else 1
 
 
 def _stored(run_dir: Path) -> dict:
@@ -78,6 +91,11 @@ def _configs(opts: dict, spec, table, stored: dict, known, past):
         model["context_patch"] = P = default_context_patch(L, freq) if L >= 1 else 1
     if P is not None and P >= 1 and L % P:
         raise ValueError(f"--context-patch {P} does not divide --context-length {L}")
+    H, Ph = model["horizon"], model.get("horizon_patch", 1)
+    if opts["horizon_patch"] is None and not stored.get("model"):
+        model["horizon_patch"] = Ph = default_horizon_patch(H, freq) if H >= 1 else 1
+    if Ph is not None and Ph >= 1 and H % Ph:
+        raise ValueError(f"--horizon-patch {Ph} does not divide --horizon {H}")
     time_features = opts["time_features"]
     if time_features is None and stored:
         time_features = bool((stored.get("features") or {}).get("time_features"))
@@ -116,6 +134,9 @@ def _describe(features) -> str:
 @click.option("--context-patch", type=int, default=None,
               help="Context steps per context token; must divide the context length [24 for hourly rows when it "
                    "divides it, else the largest of 12, 8, 6, 4, 2, 1 that does].")
+@click.option("--horizon-patch", type=int, default=None,
+              help="Horizon steps per horizon token (the sampler computes and caches whole tokens); must "
+                   "divide the horizon [4 for hourly rows when it divides the horizon, else 1].")
 @click.option("--prediction", type=click.Choice(["epsilon", "v"]), default=None,
               help="What the network learns to output: v = alpha*eps - sigma*x0, or the noise eps [v].")
 @click.option("--covariates", default=None, metavar="A,B",
@@ -218,7 +239,8 @@ def _run(opts: dict) -> None:
     click.echo(f"best val loss {best:.4f} at epoch {summary['best_epoch']}; "
                f"windows train {summary['windows']['train']}, val {summary['windows']['val']}")
     click.echo(f"model: {model_config.prediction}-prediction, context {model_config.context_length} steps in "
-               f"tokens of {model_config.context_patch}; {_describe(features)}")
+               f"tokens of {model_config.context_patch}, horizon {model_config.horizon} steps in tokens of "
+               f"{model_config.horizon_patch}; {_describe(features)}")
     click.echo(f"checkpoint: {summary['run_dir']}")
 
 

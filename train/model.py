@@ -1,7 +1,9 @@
 """The score network: a pre-LayerNorm transformer with two entry points (docs/model.md section 3).
 
-Horizon tokens are time steps; a context token is `context_patch` (P) consecutive context steps,
-their P * Fc features in one Linear (the graph reshapes [G, L, Fc] -> [G, L/P, P*Fc]). Block
+A context token is `context_patch` (P) consecutive context steps, their P * Fc features in one
+Linear (the graph reshapes [G, L, Fc] -> [G, L/P, P*Fc]); a horizon token is `horizon_patch` (Ph)
+consecutive horizon steps, their Ph * Fh inputs (step-major) in one Linear and Ph outputs from the
+head. Below, H counts horizon TOKENS (horizon / Ph), as the graphs' H axis does. Block
 attention rule: context tokens attend to context tokens only; horizon tokens attend to every token.
 So the context's per-layer keys/values do not depend on the noisy horizon and are computed once
 per forecast by `encode`, then reused by every `denoise` call.
@@ -49,10 +51,12 @@ class ScoreNet(nn.Module):
     config.prediction says (dil.runtime.sampling.parametrisation turns it into x0 and eps).
 
     encode(ctx [G, L, Fc]) -> k_ctx, v_ctx [layers, G, L/P, D]      (L a multiple of P)
-    denoise(x_sub [G, N, S, Fh], pos_sub i64 [G, N, S], t_feat [G, N, E],
-            k_ctx, v_ctx [layers, G, L/P, D], k_hor, v_hor [layers, G, N, H, D], hor_valid [G, N, H])
-        -> out_sub [G, N, S, 1], k_sub, v_sub [layers, G, N, S, D]
-    x_sub[..., 0] is the noisy value, x_sub[..., 1:] the token's Fk = Fh - 1 known features.
+    denoise(x_sub [G, N, S, Ph*Fh], pos_sub i64 [G, N, S], t_feat [G, N, E],
+            k_ctx, v_ctx [layers, G, L/P, D], k_hor, v_hor [layers, G, N, T, D], hor_valid [G, N, T])
+        -> out_sub [G, N, S, Ph], k_sub, v_sub [layers, G, N, S, D]
+    T = horizon / Ph horizon tokens; pos_sub is a token index (T marks padding). Token j holds
+    steps [j Ph, (j+1) Ph); x_sub holds per step the noisy value then its Fk = Fh - 1 known
+    features (step-major, as context patches); out_sub[..., k] is step j Ph + k's eps or v.
     """
 
     def __init__(self, config: ModelConfig):
@@ -63,13 +67,14 @@ class ScoreNet(nn.Module):
         self.head_dim = D // config.num_heads
         P = config.context_patch
         self.ctx_in = nn.Linear(P * config.context_features, D)
-        self.hor_in = nn.Linear(config.horizon_features, D)
+        Ph = config.horizon_patch
+        self.hor_in = nn.Linear(Ph * config.horizon_features, D)
         self.ctx_pos = nn.Embedding(config.context_length // P, D)
-        self.hor_pos = nn.Embedding(config.horizon, D)
+        self.hor_pos = nn.Embedding(config.horizon_tokens, D)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_embed_dim, D), nn.SiLU(), nn.Linear(D, D))
         self.blocks = nn.ModuleList(Block(D, config.ffn_dim) for _ in range(config.num_layers))
         self.norm_out = nn.LayerNorm(D)
-        self.head = nn.Linear(D, 1)
+        self.head = nn.Linear(D, Ph)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         for emb in (self.ctx_pos, self.hor_pos):
@@ -119,7 +124,8 @@ class ScoreNet(nn.Module):
         v_hor: torch.Tensor,
         hor_valid: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Network output (eps or v) and fresh keys/values of the S computed horizon tokens (shapes above)."""
+        """Network output (eps or v) and fresh keys/values of the S computed horizon tokens (shapes
+        above; H here is the token count T = k_hor.shape[3])."""
         G, N, S = x_sub.shape[0], x_sub.shape[1], x_sub.shape[2]
         L, H = k_ctx.shape[2], k_hor.shape[3]
         Hh, dh = self.num_heads, self.head_dim
@@ -172,12 +178,15 @@ class ScoreNet(nn.Module):
         x_in = x
         if hor_feat is not None or self.config.horizon_features > 1:
             x_in = torch.cat([x, horizon_inputs(self.config, hor_feat, G, N, H).to(x.dtype)], dim=-1)
+        Ph = self.config.horizon_patch
+        T = H // Ph
+        x_in = x_in.reshape(G, N, T, Ph * x_in.shape[-1])  # steps -> tokens, step-major
         k_ctx, v_ctx = self.encode(ctx)
         layers, D = k_ctx.shape[0], k_ctx.shape[3]
-        pos = torch.arange(H, device=x.device).expand(G, N, H)
-        empty = x.new_zeros(layers, G, N, H, D)
-        out, _, _ = self.denoise(x_in, pos, t_feat, k_ctx, v_ctx, empty, empty, x.new_zeros(G, N, H))
-        return out
+        pos = torch.arange(T, device=x.device).expand(G, N, T)
+        empty = x.new_zeros(layers, G, N, T, D)
+        out, _, _ = self.denoise(x_in, pos, t_feat, k_ctx, v_ctx, empty, empty, x.new_zeros(G, N, T))
+        return out.reshape(G, N, H, 1)
 
 
 def horizon_inputs(config: ModelConfig, hor_feat: torch.Tensor | None, G: int, N: int, H: int) -> torch.Tensor:

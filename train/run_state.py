@@ -71,7 +71,7 @@ def read_resume_meta(run_dir: Path, config: ModelConfig, data: dict, features=No
         diff = ", ".join(f"{k} {_brief(old_f.get(k))} (run) vs {_brief(v)}"
                          for k, v in new_f.items() if old_f.get(k) != v)
         raise CheckpointError(f"cannot resume {run_dir}: the features differ: {diff}")
-    old_model, new_model = meta.get("model") or {}, config.to_dict()
+    old_model, new_model = _with_defaults(meta.get("model") or {}), config.to_dict()
     if old_model != new_model:
         diff = ", ".join(f"{k} {old_model.get(k)!r} (run) vs {v!r}" for k, v in new_model.items() if old_model.get(k) != v)
         raise CheckpointError(f"cannot resume {run_dir}: the model config differs: {diff}")
@@ -161,3 +161,12 @@ def training_progress(run_dir) -> TrainingProgress:
         bad = next((i for i, rec in enumerate(reversed(log)) if rec.get("best")), len(log))
     stopped = patience is not None and bad is not None and bad >= patience
     return TrainingProgress(max(done) if done else None, planned, stopped)
+
+
+def _with_defaults(model: dict) -> dict:
+    """A stored model config with the keys added since it was written at their defaults (which
+    reproduce the old model: context_patch 1, horizon_patch 1, ...); as stored if it does not load."""
+    try:
+        return ModelConfig.from_dict(model).to_dict()
+    except (TypeError, ValueError):
+        return model

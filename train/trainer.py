@@ -93,7 +93,8 @@ class TrainConfig:
 
 def init_time_embeddings(model: ScoreNet, season: int, amplitude: float = 1.0) -> None:
     """Start the position embeddings as sinusoids of one shared timeline (context token j, steps
-    [jP, (j+1)P), at the time of its middle step jP + (P-1)/2 - L; horizon step j at time j), with
+    [jP, (j+1)P), at the time of its middle step jP + (P-1)/2 - L; horizon token j, steps
+    [j Ph, (j+1) Ph), at the time of its middle step j Ph + (Ph-1)/2), with
     harmonics of the seasonal period among the frequencies.
 
     Why: with the default small random embeddings the network first learns to ignore the context
@@ -102,6 +103,7 @@ def init_time_embeddings(model: ScoreNet, season: int, amplitude: float = 1.0) -
     of a seasonal series needs. The embeddings stay trainable; the computation is unchanged.
     """
     L, H, P = model.config.context_length, model.config.horizon, model.config.context_patch
+    Ph = model.config.horizon_patch
     D = model.config.d_model
     n_freq = D // 2
     n_harm = min(n_freq // 2, max(season // 2, 0)) if season > 1 else 0
@@ -109,7 +111,8 @@ def init_time_embeddings(model: ScoreNet, season: int, amplitude: float = 1.0) -
     geometric = 1.0 / np.geomspace(2.0, 2.0 * (L + H), n_freq - n_harm) if n_freq > n_harm else np.zeros(0)
     freqs = np.concatenate([harmonics, geometric])
     t_ctx = np.arange(L // P) * P + (P - 1) / 2.0 - L
-    t = np.concatenate([t_ctx, np.arange(H)]).astype(np.float64)[:, None]
+    t_hor = np.arange(H // Ph) * Ph + (Ph - 1) / 2.0
+    t = np.concatenate([t_ctx, t_hor]).astype(np.float64)[:, None]
     emb = np.concatenate([np.sin(2 * np.pi * freqs * t), np.cos(2 * np.pi * freqs * t)], axis=1)
     emb = np.pad(emb, ((0, 0), (0, D - emb.shape[1]))) * amplitude
     with torch.no_grad():

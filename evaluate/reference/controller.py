@@ -7,7 +7,11 @@ every plan the margins of its decisions: how far the quantity behind a decision 
 threshold, so that a decision that flips between the runtime and the reference in a free run can be
 told apart from a real disagreement.
 
-Margins (float64, inf where a decision does not hinge on a threshold), per token [G, N, H]:
+It works on the T horizon tokens (T = H / Ph, the model's horizon_patch Ph): every value it reads
+is a token value, the mean over the token's Ph steps (the sampler's `x_tokens`, the cache's x0_hat
+and x_in), and its plans, orders and margins are per token.
+
+Margins (float64, inf where a decision does not hinge on a threshold), per token [G, N, T]:
   change     |mean_n delta - mean_n threshold| of the token's series, where the change rule decides
   selection  |key - cut-off key| of the token's node in the lattice's top-k selection
   lattice    |H_n - refine_threshold| or |H_n - merge_threshold|, the nearer (pre-adapt H_n)
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 
 from dil.runtime.rng import SeriesStreams, series_stream
-from dil.evaluate.reference.sampler import ReferencePlan, guard_x0
+from dil.evaluate.reference.cache import guard_x0
+from dil.evaluate.reference.sampler import ReferencePlan
 from dil.evaluate.reference.lattice import (
     adapt,
     ceil_eps,
@@ -107,7 +112,8 @@ class ReferenceController:
     """The lattice controller and the E2-CRF refresh policy (docs/sampler.md sections 3-7).
 
     config: the sampler settings (any object with the SamplerConfig attribute names); the control
-    streams come with `start`. `counters` holds refinements, merges and probes.
+    streams come with `start`. `counters` holds refinements, merges and probes. H in its code is the
+    number of horizon tokens the sampler plans on (sampler.shape[2], T = horizon / Ph).
     """
 
     def __init__(self, config):
@@ -161,7 +167,7 @@ class ReferenceController:
         series_full = torch.ones(G, dtype=torch.bool)
         computed = torch.ones((G, N, H), dtype=torch.bool)
         if cfg.cache:
-            x, x0c = sampler.x, cache.x0_hat
+            x, x0c = sampler.x_tokens, cache.x0_hat
             forced = self.core.expand(G, N, H) | (cache.age >= cfg.max_age)
             # The change rule is decided per series and token, on means over the series' rows.
             delta = (x - cache.x_in).abs() / (rms_row(x) + RMS_EPS)
@@ -230,7 +236,8 @@ class ReferenceController:
     def adjust(self, i: int, sampler, computed: torch.Tensor) -> None:
         """Core follow: every token not computed at step i moves its x0_hat by the core's change since
         step i-1, interpolated over the horizon (so reused tokens follow the low-frequency shape),
-        and is then held to the cache's data-prediction guard, [-x0_clip, x0_clip]."""
+        and is then held to the cache's data-prediction guard, [-x0_clip, x0_clip]. Token values:
+        the cache moves each reused token's steps by its token's change (ReferenceCache.x0_hat)."""
         if not getattr(self.cfg, "core_follow", False) or i == 0 or self.follow is None or bool(computed.all()):
             return
         cache = sampler.cache

@@ -4,7 +4,8 @@ Written from the specification, independently of dil.runtime.sampling.lattice. T
 held as `lvl` int64 [G, N, H]: the scale s of the active node that holds each token; node (s, j)
 covers tokens [j 2^s, min((j+1) 2^s, H)), so a token's node starts at (h >> s) << s. Node values
 are kept per token (every token of a node carries its node's value); `heads` marks a node's first
-token, which counts the node once.
+token, which counts the node once. H counts horizon tokens (of the model's horizon_patch steps each):
+the lattice reads token values, never single steps.
 """
 
 from __future__ import annotations

@@ -18,8 +18,10 @@ Two samplers live here:
 
 Both turn the network's output (eps or v, the model's config.prediction) into x0_hat with
 dil.runtime.sampling.parametrisation.to_x0_eps (on torch tensors: the one definition), and give
-each horizon token its known features (hor_feat [G, H, Fk]) next to its noisy value; context patches
-are the module's own business (`encode`).
+each horizon step its known features (hor_feat [G, H, Fk]) next to its noisy value; context patches
+are the module's own business (`encode`). A horizon token is the model's horizon_patch (Ph)
+consecutive steps: `ReferenceSampler`'s controller, cache and decisions count T = H / Ph tokens, its
+solver updates the H steps (dil.evaluate.reference.cache).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ from dil.runtime.sampling.parametrisation import to_x0_eps
 from dil.runtime.scaling import unstandardise
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
+from dil.evaluate.reference.cache import (
+    ReferenceCache,
+    guard_x0,
+    subset_positions,
+    token_inputs,
+    token_steps,
+    token_values,
+)
 from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
 
@@ -48,12 +58,6 @@ class ReferenceForecast:
     samples: np.ndarray
     loc: np.ndarray
     scale: np.ndarray
-
-
-def guard_x0(x0_hat: torch.Tensor, x0_clip: float) -> torch.Tensor:
-    """The data-prediction guard of docs/sampler.md section 2, written again: x0_hat clamped to
-    [-x0_clip, x0_clip] (standardised scale); x0_clip = 0 leaves it as it is."""
-    return torch.clamp(x0_hat, -x0_clip, x0_clip) if x0_clip else x0_hat
 
 
 def settings_x0_clip(settings) -> float:
@@ -173,8 +177,8 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
 class StepDecision:
     """What a controller decided at one step (NumPy, for comparison with the runtime's).
 
-    computed: bool [G, N, H], tokens the network computed. order: int64 [G, N, H], the solver order
-    each token's update used (after the history cap; 1 on the last step). full: bool [G], the
+    computed: bool [G, N, T], tokens the network computed. order: int64 [G, N, T], the solver order
+    each token's steps' update used (after the history cap; 1 on the last step). full: bool [G], the
     series' step was computed in full. margins: name -> float64 array, the distance of the quantity
     behind a decision from its threshold (reference only; see dil.evaluate.reference.controller).
     """
@@ -189,7 +193,7 @@ class StepDecision:
 class ReferencePlan:
     """A reference controller's plan for one step (torch).
 
-    computed: bool [G, N, H]; order: int64 [G, N, H] (requested; the sampler caps it by the
+    computed: bool [G, N, T]; order: int64 [G, N, T] (requested; the sampler caps it by the
     history); full: bool [G]; margins: as in StepDecision (NumPy arrays).
     """
 
@@ -209,10 +213,10 @@ class ReferenceFullController:
         pass
 
     def plan(self, i: int, sampler: "ReferenceSampler") -> ReferencePlan:
-        G, N, H = sampler.shape
+        G, N, T = sampler.shape
         return ReferencePlan(
-            computed=torch.ones((G, N, H), dtype=torch.bool),
-            order=torch.full((G, N, H), self.solver_order, dtype=torch.int64),
+            computed=torch.ones((G, N, T), dtype=torch.bool),
+            order=torch.full((G, N, T), self.solver_order, dtype=torch.int64),
             full=torch.ones(G, dtype=torch.bool),
         )
 
@@ -220,62 +224,9 @@ class ReferenceFullController:
         pass
 
 
-class ReferenceCache:
-    """Per row (g, n) and horizon token h, what was last computed for it (torch).
-
-    k, v: float32 [layers, G, N, H, D]; out: float64 [G, N, H], the network's output (eps or v,
-    `prediction`); x0_hat, eps, x_in: float64 [G, N, H] (data prediction, noise prediction and the
-    noisy input it came from); age: int64 [G, N, H], steps since it was computed; valid: bool
-    [G, N, H], computed at least once. x0_clip: the guard of every x0_hat it forms (0 = off).
-    """
-
-    def __init__(self, layers: int, G: int, N: int, H: int, D: int, x0_clip: float = 0.0,
-                 prediction: str = "epsilon"):
-        self.x0_clip = float(x0_clip)
-        self.prediction = prediction
-        self.k = torch.zeros((layers, G, N, H, D), dtype=torch.float32)
-        self.v = torch.zeros_like(self.k)
-        self.x0_hat = torch.zeros((G, N, H), dtype=torch.float64)
-        self.out = torch.zeros_like(self.x0_hat)
-        self.eps = torch.zeros_like(self.x0_hat)
-        self.x_in = torch.zeros_like(self.x0_hat)
-        self.age = torch.zeros((G, N, H), dtype=torch.int64)
-        self.valid = torch.zeros((G, N, H), dtype=torch.bool)
-
-    def store(self, computed, pos_sub, x, out_sub, k_sub, v_sub, alpha, sigma) -> None:
-        """Scatter one denoise call's outputs to their horizon positions (padding entries, pos == H,
-        land in a dropped extra column) and refresh (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma,
-        prediction) there, x0_hat clamped to [-x0_clip, x0_clip] when the guard is on."""
-        layers, G, N, H, D = self.k.shape
-        idx = pos_sub[None, ..., None].expand(layers, G, N, pos_sub.shape[-1], D)
-        for name, new in (("k", k_sub), ("v", v_sub)):
-            full = torch.zeros((layers, G, N, H + 1, D), dtype=new.dtype).scatter(3, idx, new)[:, :, :, :H]
-            setattr(self, name, torch.where(computed[None, ..., None], full, getattr(self, name)))
-        out = torch.zeros((G, N, H + 1), dtype=torch.float64).scatter(2, pos_sub, out_sub[..., 0].double())[..., :H]
-        self.out = torch.where(computed, out, self.out)
-        x0_hat, eps = to_x0_eps(self.out, x, alpha, sigma, self.prediction)
-        self.eps = torch.where(computed, eps, self.eps)
-        self.x0_hat = torch.where(computed, guard_x0(x0_hat, self.x0_clip), self.x0_hat)
-        self.x_in = torch.where(computed, x, self.x_in)
-        self.age = torch.where(computed, torch.zeros_like(self.age), self.age + 1)
-        self.valid = self.valid | computed
-
-
-def subset_positions(computed: torch.Tensor, bucket: int = 1) -> torch.Tensor:
-    """pos_sub int64 [G, N, S]: each row's computed positions, ascending, then padding entries (H).
-
-    S = the largest row count rounded up to a multiple of `bucket` (at most H), at least 1.
-    """
-    G, N, H = computed.shape
-    need = max(1, int(computed.sum(-1).max()))
-    S = min(H, -(-need // bucket) * bucket)
-    key = torch.where(computed, torch.arange(H), torch.full_like(computed, H, dtype=torch.int64))
-    return torch.sort(key, dim=-1).values[..., :S].contiguous()
-
-
 def multistep_update(x, history, lam_t, lam_hist, alpha_t, sigma_t, sigma_s, order: torch.Tensor):
-    """DPM-Solver++ update with a per-token order (int64 tensor like x, already capped by the
-    history): each order's update on every token, then picked per token."""
+    """DPM-Solver++ update with a per-step order (int64 tensor like x, already capped by the
+    history): each order's update on every step, then picked per step."""
     out = dpm_solver_pp_update(x, history, lam_t, lam_hist, alpha_t, sigma_t, sigma_s, 1)
     for k in (2, 3):
         if bool((order == k).any()):
@@ -286,21 +237,24 @@ def multistep_update(x, history, lam_t, lam_hist, alpha_t, sigma_t, sigma_s, ord
 class ReferenceSampler:
     """The fast sampler in torch, one step at a time (docs/sampler.md).
 
-    model: the ScoreNet; ctx: float32 [G, L, F] context features; x_T: float64 [G, N, H];
-    steps: M; streams: the G series' random streams (dil.runtime.rng.SeriesStreams), handed to the
-    controller at start; controller: a reference controller (start/plan/observe; default: every
-    token with `solver_order`); bucket: S is rounded up to a multiple of it (it changes no result: padding
-    entries are masked). Each step plans, calls `denoise` once on the computed tokens, stores the
-    outputs in the cache, lets the controller adjust reused tokens' x0_hat (if it has `adjust`),
-    updates every token with its order and lets the controller observe.
+    model: the ScoreNet; ctx: float32 [G, L, F] context features; x_T: float64 [G, N, H] (H horizon
+    steps, T = H / Ph tokens of the model's horizon_patch Ph); steps: M; streams: the G series'
+    random streams (dil.runtime.rng.SeriesStreams), handed to the controller at start; controller: a
+    reference controller (start/plan/observe; default: every token with `solver_order`); bucket: S
+    is rounded up to a multiple of it (it changes no result: padding entries are masked). Each step
+    plans per token, calls `denoise` once on the computed tokens, stores the outputs in the cache,
+    lets the controller adjust reused tokens' x0_hat (if it has `adjust`), updates every step with
+    its token's order and lets the controller observe.
+    `shape` is (G, N, T), what controllers plan on; `x` float64 [G, N, H] the noisy horizon per step
+    and `x_tokens` its token values (each token's mean).
     x0_clip: the data-prediction guard of the cache (0 = off); None: the controller's settings'
     (`controller.cfg.x0_clip`), else the SamplerConfig default, as the runtime would run them.
     spacing: the step grid ("logsnr" or "time", NoiseSchedule.sampling_grid); None: the controller's
     settings' (`controller.cfg.spacing`), else the SamplerConfig default.
     hor_feat: float [G, H, Fk], the horizon steps' known features (None when the model has none);
-    a computed token's input is (noisy value, its features), a padding entry's all zeros.
-    After a step, `last_out` (float32 [G, N, H], the network's outputs, eps or v) and `cache.k/v`
-    hold the fresh outputs at the computed positions, and `decisions` its StepDecision.
+    a computed token's input is its steps' (noisy value, features), a padding entry's all zeros.
+    After a step, `last_out` (float32 [G, N, H], the network's outputs per step, eps or v) and
+    `cache.k/v` hold the fresh outputs of the computed tokens, and `decisions` its StepDecision.
     """
 
     def __init__(self, model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.ndarray, steps: int,
@@ -317,19 +271,20 @@ class ReferenceSampler:
         self.alphas, self.sigmas = f64(schedule.alpha(self.kappas)), f64(schedule.sigma(self.kappas))
         self.lambdas = f64(schedule.lam(self.kappas))
         cfg = model.config
+        self.patch = cfg.horizon_patch
         self.t_feats = torch.from_numpy(diffusion_time_features(self.kappas, cfg.time_embed_dim).astype(np.float32))
         self.ctx = torch.from_numpy(np.ascontiguousarray(ctx, dtype=np.float32))
         self.x = torch.from_numpy(np.array(x_T, dtype=np.float64))
         G, N, H = self.x.shape
-        self.shape = (G, N, H)
+        if H % self.patch:
+            raise ValueError(f"x_T has {H} horizon steps, not a multiple of the model's horizon_patch {self.patch}")
+        self.shape = (G, N, H // self.patch)
         check_context(model, ctx)
-        feat = horizon_features_tensor(model, hor_feat, G, H)
-        # Padding entries (pos == H) read a zero row.
-        self.feat_pad = None if feat is None else torch.cat([feat, torch.zeros((G, 1, feat.shape[2]))], dim=1)
+        self.feat = horizon_features_tensor(model, hor_feat, G, H)
         if x0_clip is None:
             x0_clip = settings_x0_clip(getattr(controller, "cfg", None))
-        self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model, x0_clip, cfg.prediction)
-        self.history: list[torch.Tensor] = []  # x0_hat per step, newest first
+        self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model, x0_clip, cfg.prediction, self.patch)
+        self.history: list[torch.Tensor] = []  # x0 per step [G, N, H], newest first
         self.lam_hist: list[torch.Tensor] = []
         self.decisions: list[StepDecision] = []
         self.step_index = 0
@@ -340,6 +295,11 @@ class ReferenceSampler:
         if len(streams) != G:
             raise ValueError(f"got the random streams of {len(streams)} series for a batch of {G} series")
         self.controller.start(self, streams)
+
+    @property
+    def x_tokens(self) -> torch.Tensor:
+        """float64 [G, N, T]: the current noisy horizon per token (the mean of its steps)."""
+        return token_values(self.x, self.patch)
 
     @torch.no_grad()
     def encode(self):
@@ -358,7 +318,7 @@ class ReferenceSampler:
         if i >= self.steps:
             raise RuntimeError(f"the reference sampler already took its {self.steps} steps")
         self.encode()
-        G, N, H = self.shape
+        G, N, _ = self.shape
         plan = self.controller.plan(i, self)
         computed = plan.computed
         pos_sub = subset_positions(computed, self.bucket)
@@ -375,29 +335,23 @@ class ReferenceSampler:
             self.controller.adjust(i, self, computed)
 
         order = plan.order.clamp(1, self.max_order(i))
-        m0 = self.cache.x0_hat
+        m0 = self.cache.x0_steps
         self.history, self.lam_hist = [m0] + self.history[:2], [self.lambdas[i]] + self.lam_hist[:2]
         if i == self.steps - 1:
             self.x = m0.clone()  # the last update, to clean data (alpha = 1, sigma = 0)
         else:
             self.x = multistep_update(self.x, self.history, self.lambdas[i + 1], self.lam_hist,
-                                      self.alphas[i + 1], self.sigmas[i + 1], sigma, order)
+                                      self.alphas[i + 1], self.sigmas[i + 1], sigma, token_steps(order, self.patch))
         decision = StepDecision(computed.numpy().copy(), order.numpy().copy(), plan.full.numpy().copy(), plan.margins)
         self.decisions.append(decision)
         self.controller.observe(i, self)
         self.step_index = i + 1
         return decision
 
-    def inputs(self, pos_sub: torch.Tensor) -> torch.Tensor:
-        """x_sub float32 [G, N, S, 1 + Fk] of the tokens pos_sub [G, N, S] at the current x: noisy
-        value, then known features; padding entries (pos == H) all zeros."""
-        G, N, _ = self.shape
-        x_pad = torch.cat([self.x, torch.zeros((G, N, 1), dtype=torch.float64)], dim=2)
-        x_sub = torch.gather(x_pad, 2, pos_sub).to(torch.float32)[..., None]
-        if self.feat_pad is None:
-            return x_sub
-        feats = self.feat_pad[torch.arange(G)[:, None, None], pos_sub]  # [G, N, S, Fk]
-        return torch.cat([x_sub, feats], dim=-1)
+    def inputs(self, pos_sub: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """x_sub float32 [G, N, S, Ph * (1 + Fk)] of the tokens pos_sub [G, N, S] (cache.token_inputs)
+        at the noisy horizon x float64 [G, N, H] (default: the current one)."""
+        return token_inputs(self.x if x is None else x, self.feat, pos_sub, self.patch)
 
     def run(self) -> np.ndarray:
         """The remaining steps; returns x0: float64 [G, N, H] on the standardised scale."""

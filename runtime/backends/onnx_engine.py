@@ -52,8 +52,10 @@ class EngineStats:
 
 
 def _contract(cfg: ModelConfig) -> dict:
-    """Expected (element type, shape) of every graph input/output; a str dim is dynamic."""
-    layers, D, E = cfg.num_layers, cfg.d_model, cfg.time_embed_dim
+    """Expected (element type, shape) of every graph input/output; a str dim is dynamic. H and S
+    count horizon tokens of Ph = horizon_patch steps: x_sub carries Ph * Fh values per token and
+    eps_sub Ph outputs."""
+    layers, D, E, Ph = cfg.num_layers, cfg.d_model, cfg.time_embed_dim, cfg.horizon_patch
     f32, i64 = "tensor(float)", "tensor(int64)"
     kv_ctx = (f32, (layers, "G", "Lp", D))  # Lp = L / context_patch context tokens
     kv_hor = (f32, (layers, "G", "N", "H", D))
@@ -65,7 +67,7 @@ def _contract(cfg: ModelConfig) -> dict:
         ),
         "denoise": (
             {
-                "x_sub": (f32, ("G", "N", "S", cfg.horizon_features)),
+                "x_sub": (f32, ("G", "N", "S", Ph * cfg.horizon_features)),
                 "pos_sub": (i64, ("G", "N", "S")),
                 "t_feat": (f32, ("G", "N", E)),
                 "k_ctx": kv_ctx,
@@ -74,7 +76,7 @@ def _contract(cfg: ModelConfig) -> dict:
                 "v_hor": kv_hor,
                 "hor_valid": (f32, ("G", "N", "H")),
             },
-            {"eps_sub": (f32, ("G", "N", "S", 1)), "k_sub": kv_sub, "v_sub": kv_sub},
+            {"eps_sub": (f32, ("G", "N", "S", Ph)), "k_sub": kv_sub, "v_sub": kv_sub},
         ),
     }
 
@@ -232,9 +234,11 @@ class OnnxEngine:
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
         """One network evaluation of S horizon tokens per row (shapes in docs/architecture.md section 4).
 
-        x_sub f32 [G, N, S, Fh] (noisy value, known features), pos_sub i64 [G, N, S] (H = padding),
-        t_feat f32 [G, N, E], k_ctx/v_ctx f32 [layers, G, L/P, D], k_hor/v_hor f32 [layers, G, N, H, D],
-        hor_valid f32 [G, N, H] -> eps_sub f32 [G, N, S, 1] (the network's output: eps or v per
+        H counts horizon tokens (at most config.horizon_tokens), each Ph = horizon_patch steps.
+        x_sub f32 [G, N, S, Ph * Fh] (per step of the token: noisy value, known features), pos_sub
+        i64 [G, N, S] (token index; H = padding), t_feat f32 [G, N, E], k_ctx/v_ctx f32
+        [layers, G, L/P, D], k_hor/v_hor f32 [layers, G, N, H, D], hor_valid f32 [G, N, H]
+        -> eps_sub f32 [G, N, S, Ph] (the network's output per step of the token: eps or v per
         config.prediction), k_sub/v_sub f32 [layers, G, N, S, D].
         """
         self.stats.denoise_calls += 1
@@ -252,7 +256,7 @@ class OnnxEngine:
         eps, k, v = self._run("denoise", DENOISE_OUTPUTS, feeds)
         return eps, k, v
 
-    def device_cache(self, G: int, N: int, H: int) -> None:
+    def device_cache(self, G: int, N: int, T: int) -> None:
         """None: the sampler keeps the token cache's keys/values on the host."""
         return None
 

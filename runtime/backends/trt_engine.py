@@ -4,8 +4,11 @@
     k_ctx, v_ctx = engine.encode(ctx)                             # DeviceTensors: stay on the GPU
     eps, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
 
-    cache = engine.device_cache(G, N, H)                          # token cache kept on the GPU
+    cache = engine.device_cache(G, N, T)                          # token cache kept on the GPU
     eps = engine.denoise_cached(x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache, hor_valid)
+
+T = config.horizon_tokens (horizon / horizon_patch) is the token axis H of the engines; shapes are
+OnnxEngine's (x_sub [G, N, S, Ph * Fh], eps_sub [G, N, S, Ph]).
 
 What crosses the PCIe bus per call (docs/tensorrt.md):
 - encode: ctx up; k_ctx/v_ctx stay on the device as DeviceTensors, which denoise binds directly.
@@ -76,12 +79,13 @@ class DeviceTensor:
 
 
 class DeviceTokenCache:
-    """Keys/values of every horizon token on the GPU: k, v DeviceTensors f32 [layers, G, N, H, D],
-    zero at the start (never-computed tokens are masked by hor_valid; zeros keep them finite)."""
+    """Keys/values of every horizon token on the GPU: k, v DeviceTensors f32 [layers, G, N, T, D]
+    (T horizon tokens), zero at the start (never-computed tokens are masked by hor_valid; zeros keep
+    them finite)."""
 
-    def __init__(self, engine: "TrtEngine", G: int, N: int, H: int):
+    def __init__(self, engine: "TrtEngine", G: int, N: int, T: int):
         cfg = engine.config
-        shape = (cfg.num_layers, G, N, H, cfg.d_model)
+        shape = (cfg.num_layers, G, N, T, cfg.d_model)
         nbytes = int(np.prod(shape)) * 4
         stream = engine._stream
         self._bufs = [DeviceBuffer(nbytes) for _ in range(4)]  # k, v and the next step's k, v
@@ -281,8 +285,8 @@ class TrtEngine:
     def denoise(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
         """OnnxEngine.denoise on TensorRT; any input may be a DeviceTensor (bound without a copy).
 
-        Returns host arrays: eps_sub f32 [G, N, S, 1] (the network's output, eps or v per
-        config.prediction), k_sub/v_sub f32 [layers, G, N, S, D].
+        Returns host arrays: eps_sub f32 [G, N, S, Ph] (the network's output per step of each token,
+        eps or v per config.prediction), k_sub/v_sub f32 [layers, G, N, S, D].
         """
         feeds = self._denoise_feeds(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
         self._check("denoise", feeds)
@@ -302,17 +306,18 @@ class TrtEngine:
         """True when the plans include cache_update (the sampler then keeps k_hor/v_hor on the GPU)."""
         return "cache_update" in self._plans
 
-    def device_cache(self, G: int, N: int, H: int) -> DeviceTokenCache | None:
-        """A zeroed token cache on the GPU for denoise_cached; None without the cache_update plan."""
+    def device_cache(self, G: int, N: int, T: int) -> DeviceTokenCache | None:
+        """A zeroed token cache of T horizon tokens (config.horizon_tokens for a forecast) on the GPU
+        for denoise_cached; None without the cache_update plan."""
         if "cache_update" not in self._plans:
             return None
-        return DeviceTokenCache(self, G, N, H)
+        return DeviceTokenCache(self, G, N, T)
 
     def denoise_cached(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache: DeviceTokenCache, hor_valid) -> np.ndarray:
         """denoise with the token cache on the GPU: attends to cache.k/v, then scatters the fresh keys
-        and values of the computed tokens (pos_sub < H) into the cache on the device.
+        and values of the computed tokens (pos_sub < T) into the cache on the device.
 
-        Returns eps_sub f32 [G, N, S, 1] (the only output copied to the host).
+        Returns eps_sub f32 [G, N, S, Ph] (the only output copied to the host).
         """
         feeds = self._denoise_feeds(x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache.k, cache.v, hor_valid)
         self._check("denoise", feeds)

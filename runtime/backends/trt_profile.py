@@ -4,9 +4,13 @@ A profile gives every dynamic axis of the graphs (docs/architecture.md section 4
 
     G  series windows per engine call       default (1, 16, 32)   (dil-run's --batch-series is 16)
     N  samples per series                   default (1, 100, 128)
-    S  horizon tokens computed per call     default (1, H, H)
+    S  horizon tokens computed per call     default (1, T, T)
     L  context steps                        default (L, L, L)     the runtime always feeds context_length
-    H  horizon steps                        default (H, H, H)     the runtime always forecasts horizon
+    H  horizon tokens                       default (T, T, T)     the runtime always forecasts horizon
+
+T = horizon_tokens = horizon / horizon_patch: with horizon patches (Ph > 1) a horizon token is Ph
+steps, the engines' x_sub carries Ph * Fh values per token and eps_sub Ph outputs; with Ph = 1,
+T is the horizon in steps.
 
 With context patches (P = context_patch > 1) L stays in steps and every L of the profile must be a
 multiple of P; the keys/values k_ctx, v_ctx carry Lp = L / P context tokens (the axis "Lp" below,
@@ -34,7 +38,7 @@ _KV_CTX, _KV_HOR, _KV_SUB = ("layers", "G", "Lp", "D"), ("layers", "G", "N", "H"
 INPUT_SHAPES = {
     "encode": {"ctx": ("G", "L", "Fc")},
     "denoise": {
-        "x_sub": ("G", "N", "S", "Fh"),
+        "x_sub": ("G", "N", "S", "Ph*Fh"),
         "pos_sub": ("G", "N", "S"),
         "t_feat": ("G", "N", "E"),
         "k_ctx": _KV_CTX,
@@ -47,7 +51,7 @@ INPUT_SHAPES = {
 }
 OUTPUT_SHAPES = {
     "encode": {"k_ctx": _KV_CTX, "v_ctx": _KV_CTX},
-    "denoise": {"eps_sub": ("G", "N", "S", 1), "k_sub": _KV_SUB, "v_sub": _KV_SUB},
+    "denoise": {"eps_sub": ("G", "N", "S", "Ph"), "k_sub": _KV_SUB, "v_sub": _KV_SUB},
     "cache_update": {"k_new": _KV_HOR, "v_new": _KV_HOR},
 }
 
@@ -61,18 +65,19 @@ class PlanMismatch(ValueError):
 
 
 def _fixed(config: ModelConfig) -> dict[str, int]:
+    Ph = config.horizon_patch
     return {"layers": config.num_layers, "D": config.d_model, "E": config.time_embed_dim,
-            "Fc": config.context_features, "Fh": config.horizon_features}
+            "Fc": config.context_features, "Ph*Fh": Ph * config.horizon_features, "Ph": Ph}
 
 
 def resolve_profile(config: ModelConfig, **ranges) -> dict[str, dict[str, int]]:
     """{axis: {"min", "opt", "max"}} for every axis; ranges: axis=(min, opt, max) or None (default).
 
-    Raises ProfileError unless 1 <= min <= opt <= max, L <= context_length, H <= horizon,
+    Raises ProfileError unless 1 <= min <= opt <= max, L <= context_length, H <= horizon_tokens,
     S max <= H max (a call never computes more tokens than the horizon has) and every L is a
     multiple of the model's context_patch.
     """
-    L, H = config.context_length, config.horizon
+    L, H = config.context_length, config.horizon_tokens
     defaults = {"G": DEFAULT_G, "N": DEFAULT_N, "L": (L, L, L), "H": (H, H, H)}
     unknown = set(ranges) - set(AXES)
     if unknown:
@@ -81,6 +86,10 @@ def resolve_profile(config: ModelConfig, **ranges) -> dict[str, dict[str, int]]:
     for axis in ("G", "N", "L", "H"):
         out[axis] = _range(axis, ranges.get(axis) or defaults[axis])
     out["S"] = _range("S", ranges.get("S") or (1, out["H"]["max"], out["H"]["max"]))
+    Ph = config.horizon_patch
+    if Ph > 1 and out["H"]["max"] > H:
+        raise ProfileError(f"profile H max {out['H']['max']} exceeds the model's {H} horizon tokens (horizon "
+                           f"{config.horizon} steps / horizon_patch {Ph}): --trt-horizon counts tokens")
     for axis, limit, what in (("L", L, "context_length"), ("H", H, "horizon")):
         if out[axis]["max"] > limit:
             raise ProfileError(f"profile {axis} max {out[axis]['max']} exceeds the model's {what} {limit}")

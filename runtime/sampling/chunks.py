@@ -32,17 +32,19 @@ def bytes_per_row(model: ModelConfig, steps: int) -> int:
     """Estimated peak bytes one row (series, sample) adds to a sampler call of `steps` steps.
 
     Engine: float32 activations of a denoise call, per layer the keys/values a horizon token
-    attends to (2 (L + H) D, L = context_length / context_patch context tokens), the attention weights (heads H (L + H)) and the MLP (H ffn_dim),
+    attends to (2 (L + H) D, L = context_length / context_patch context tokens, H = horizon /
+    horizon_patch horizon tokens), the attention weights (heads H (L + H)) and the MLP (H ffn_dim),
     times 2 for ONNX Runtime's arena, which grows in powers of two. Host: the token cache's and
     the call's keys/values (4 layers H D float32) and the float64 control state (about 24 arrays
     of H, plus the control uniforms 2 (steps - 1) H). Shipped model (L 168, H 24, D 64, 3 layers,
     4 heads, ffn 128, 20 steps): 1.19 MB, against 1.14 MB measured (peak RSS of dil-run,
     1000 vs 4000 samples of one series in one call: 1.21 and 4.55 GB).
     """
-    L, H, D = model.context_length // getattr(model, "context_patch", 1), model.horizon, model.d_model  # L: context tokens
+    L, D = model.context_length // getattr(model, "context_patch", 1), model.d_model  # L: context tokens
+    H = model.horizon // getattr(model, "horizon_patch", 1)  # horizon tokens
     attended = L + H
     engine = 4 * model.num_layers * (2 * attended * D + model.num_heads * H * attended + H * model.ffn_dim)
-    host = 4 * 4 * model.num_layers * H * D + 8 * H * (24 + 2 * max(steps - 1, 0))
+    host = 4 * 4 * model.num_layers * H * D + 8 * model.horizon * (24 + 2 * max(steps - 1, 0))  # float64 per step
     return 2 * engine + host
 
 

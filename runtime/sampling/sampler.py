@@ -4,7 +4,7 @@ Each step:
     plan   = controller.plan(i, cache)        which tokens to compute (pos_sub [G, N, S]) and the
                                               per-token solver order
     x_sub  = gather(x, hor_feat, plan.pos_sub) noisy values and known features of the computed
-                                              tokens (padding entries: value 0, features 0)
+                                              tokens' steps (padding entries: value 0, features 0)
     out_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx,
                                            cache.k, cache.v, cache.hor_valid(plan))
     cache.store(...)                           (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma,
@@ -12,8 +12,11 @@ Each step:
                                               x0_hat clipped to [-x0_clip, x0_clip] (the guard);
                                               reused tokens keep their cached x0_hat
     controller.adjust(i, cache, computed)      may move reused tokens' x0_hat (core follow)
-    x      = solver.step(x, cache.x0_hat, plan.order)
+    x      = solver.step(x, cache.x0_steps, plan.order over each token's steps)
     controller.observe(i, cache)
+
+A horizon token is the model's horizon_patch (Ph) consecutive steps: controllers, the token cache
+and the engine's H axis count T = H / Ph tokens, the solver updates the H steps (docs/sampler.md).
 
 The engine and the controller are used only through the contracts of contracts.py (`Engine`,
 `Controller`). Controllers: `FullController` (every token, every step, one fixed order: the plain
@@ -64,7 +67,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
 
     engine: see contracts.Engine. ctx: float32 [G, L, Fc] context features (value, observed mask,
     known features, past-only covariates per step; L a multiple of the model's context_patch).
-    x_T: float64 [G, N, H] initial noise; the caller draws it from the same streams
+    x_T: float64 [G, N, H] initial noise (H steps, a multiple of the model's horizon_patch); the caller draws it from the same streams
     (streams.initial_noise(N, H)) so that a forecast can draw all its samples once and run them in
     blocks; tests may pass any x_T. streams: the G series' random streams (rng.SeriesStreams),
     handed to the controller at start. controller: decides the tokens and orders per step
@@ -79,32 +82,36 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
                          f"got {config.num_diffusion_steps}")
     engine_s0, encode0, denoise0 = engine.stats.seconds, engine.stats.encode_calls, engine.stats.denoise_calls
     G, N, H = x_T.shape
+    Ph = getattr(engine.config, "horizon_patch", 1)
+    if H % Ph:
+        raise ValueError(f"x_T has {H} horizon steps, not a multiple of the model's horizon_patch {Ph}")
+    T = H // Ph
     if len(streams) != G:
         raise ValueError(f"got the random streams of {len(streams)} series for a batch of {G} series")
     cfg = engine.config
     _check_context(ctx, cfg, G)
-    feat_pad = _padded_features(hor_feat, cfg, G, H)
+    feat_pad = _padded_features(hor_feat, cfg, G, H, Ph)
     controller = controller or make_controller(config)
     solver = DPMSolverPP(schedule, config.steps, spacing=config.spacing)
-    controller.start(G, N, H, solver, streams)
+    controller.start(G, N, T, solver, streams)
     # An engine that can keep the token cache's keys/values on its device (TensorRT with a
-    # cache_update plan) does so: no per-step copy of [layers, G, N, H, D] through the host.
-    device_kv = engine.device_cache(G, N, H)
-    cache = TokenCache(cfg.num_layers, G, N, H, cfg.d_model, keep_kv=device_kv is None, x0_clip=config.x0_clip,
-                       prediction=getattr(cfg, "prediction", "epsilon"))
-    stats = SamplerStats(series=G, samples=N, steps=config.steps, full_tokens=G * N * H * config.steps)
+    # cache_update plan) does so: no per-step copy of [layers, G, N, T, D] through the host.
+    device_kv = engine.device_cache(G, N, T)
+    cache = TokenCache(cfg.num_layers, G, N, T, cfg.d_model, keep_kv=device_kv is None, x0_clip=config.x0_clip,
+                       prediction=getattr(cfg, "prediction", "epsilon"), patch=Ph)
+    stats = SamplerStats(series=G, samples=N, steps=config.steps, full_tokens=G * N * T * config.steps)
 
     k_ctx, v_ctx = engine.encode(ctx)
     # One feature row per step; the same diffusion time for every (series, sample) row.
     t_table = diffusion_time_features(solver.kappas, cfg.time_embed_dim).astype(np.float32)
     x = np.array(x_T, dtype=np.float64)
-    x_pad = np.zeros((G, N, H + 1))  # padding entries (pos_sub == H) read a 0
+    x_pad = np.zeros((G, N, T + 1, Ph))  # padding entries (pos_sub == T) read a 0
     for i in range(config.steps):
         cache.x = x
         plan = controller.plan(i, cache)
-        computed = plan.computed(H)
+        computed = plan.computed(T)
         if plan.pos_sub.shape[2] > 0:
-            x_pad[:, :, :H] = x
+            x_pad[:, :, :T] = x.reshape(G, N, T, Ph)
             x_sub = gather_inputs(x_pad, feat_pad, plan.pos_sub)
             t_feat = np.broadcast_to(t_table[i], (G, N, t_table.shape[1]))
             if device_kv is not None:  # keys/values stay on the device; only the output comes back
@@ -120,8 +127,9 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
             out_sub = k_sub = v_sub = None
         cache.store(plan, computed, x, out_sub, k_sub, v_sub, solver.alphas[i], solver.sigmas[i])
         controller.adjust(i, cache, computed)
-        _count_orders(stats, plan.order, solver.max_order(i), (G, N, H))
-        x = solver.step(x, cache.x0_hat, plan.order)
+        _count_orders(stats, plan.order, solver.max_order(i), (G, N, T))
+        order = plan.order if np.ndim(plan.order) == 0 else cache.steps(np.broadcast_to(plan.order, (G, N, T)))
+        x = solver.step(x, cache.x0_steps, order)
         controller.observe(i, cache)
         stats.tokens_computed += int(np.count_nonzero(computed))
         stats.full_steps += int(plan.full)
@@ -151,8 +159,9 @@ def _check_context(ctx, cfg, G: int) -> None:
         raise ValueError(f"the context length {shape[1]} is not a positive multiple of the model's context_patch {P}")
 
 
-def _padded_features(hor_feat, cfg, G: int, H: int) -> np.ndarray | None:
-    """float32 [G, H + 1, Fk]: hor_feat with a zero row at position H (what padding entries read);
+def _padded_features(hor_feat, cfg, G: int, H: int, Ph: int = 1) -> np.ndarray | None:
+    """float32 [G, T + 1, Ph, Fk]: hor_feat per token (T = H / Ph) with a zero token at position T
+    (what padding entries read);
     None for a model without known features. ValueError (one line) for a missing or misshapen
     hor_feat, or non-finite values."""
     Fk = getattr(cfg, "horizon_features", 1) - 1
@@ -169,20 +178,23 @@ def _padded_features(hor_feat, cfg, G: int, H: int) -> np.ndarray | None:
         raise ValueError("hor_feat has NaN or infinite values: known features must be given for every horizon step")
     if Fk == 0:
         return None
-    pad = np.zeros((G, H + 1, Fk), dtype=np.float32)
-    pad[:, :H] = feat
+    T = H // Ph
+    pad = np.zeros((G, T + 1, Ph, Fk), dtype=np.float32)
+    pad[:, :T] = feat.reshape(G, T, Ph, Fk)
     return pad
 
 
 def gather_inputs(x_pad: np.ndarray, feat_pad: np.ndarray | None, pos_sub: np.ndarray) -> np.ndarray:
-    """x_sub f32 [G, N, S, 1 + Fk]: the noisy values x_pad [G, N, H + 1] (float64, 0 at H) and the
-    known features feat_pad [G, H + 1, Fk] (None: Fk = 0) of the tokens pos_sub [G, N, S]."""
-    values = np.take_along_axis(x_pad, pos_sub, axis=2)[..., None].astype(np.float32)
-    if feat_pad is None:
-        return values
-    G = pos_sub.shape[0]
-    feats = feat_pad[np.arange(G)[:, None, None], pos_sub]  # [G, N, S, Fk]
-    return np.concatenate([values, feats], axis=-1)
+    """x_sub f32 [G, N, S, Ph * (1 + Fk)]: per token of pos_sub [G, N, S], its Ph steps' noisy
+    values x_pad [G, N, T + 1, Ph] (float64, 0 at token T) and known features feat_pad
+    [G, T + 1, Ph, Fk] (None: Fk = 0), step-major (step 0's value and features, then step 1's, ...)."""
+    G, N, S = pos_sub.shape
+    Ph = x_pad.shape[3]
+    values = np.take_along_axis(x_pad, pos_sub[..., None], axis=2)[..., None].astype(np.float32)  # [G, N, S, Ph, 1]
+    if feat_pad is not None:
+        feats = feat_pad[np.arange(G)[:, None, None], pos_sub]  # [G, N, S, Ph, Fk]
+        values = np.concatenate([values, feats], axis=-1)
+    return values.reshape(G, N, S, Ph * values.shape[-1])
 
 
 def _count_orders(stats: SamplerStats, order, cap: int, shape) -> None:

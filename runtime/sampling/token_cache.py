@@ -23,77 +23,126 @@ def clip_x0(x0_hat: np.ndarray, x0_clip: float) -> np.ndarray:
     return np.clip(x0_hat, -x0_clip, x0_clip) if x0_clip else x0_hat
 
 
-class TokenCache:
-    """Per row (series g, sample n) and horizon token h, what was last computed for it.
+def token_mean(a: np.ndarray, patch: int) -> np.ndarray:
+    """[..., T * patch] -> [..., T]: each token's mean over its patch steps; patch 1 returns a itself."""
+    return a if patch == 1 else a.reshape(a.shape[:-1] + (-1, patch)).mean(axis=-1)
 
-    k, v: float32 [layers, G, N, H, D], the token's keys/values per layer (fed to denoise as
-    k_hor/v_hor). x0_hat, eps, x_in: float64 [G, N, H], its data prediction, noise prediction and
-    the noisy input it was computed from. age: int32 [G, N, H], steps since it was computed.
-    valid: bool [G, N, H], computed at least once. x: float64 [G, N, H], the current noisy horizon
-    (set by the sampler before each plan, so that controllers can read it). x0_clip: the guard of
-    every x0_hat the cache forms (`clip_x0`; 0 = off). prediction: what the network outputs
-    ("epsilon" or "v", the engine's config.prediction); `store` converts it with
-    parametrisation.to_x0_eps.
+
+class TokenCache:
+    """Per row (series g, sample n) and horizon token t, what was last computed for it.
+
+    A token is `patch` (Ph) consecutive horizon steps (the model's horizon_patch); T tokens cover the
+    H = T * Ph steps. Controllers read and decide per token; the solver updates per step.
+
+    k, v: float32 [layers, G, N, T, D], the token's keys/values per layer (fed to denoise as
+    k_hor/v_hor). x0_steps, eps: float64 [G, N, H], the data and noise prediction of every step
+    (what the solver reads). x0_hat, x_in, x: float64 [G, N, T], per token the mean over its steps
+    of x0_steps, of the noisy input it was last computed from, and of the current noisy horizon
+    (the sampler sets `x` to the step-level horizon before each plan). With Ph = 1 the token arrays
+    are the step arrays themselves. age: int32 [G, N, T], steps since the token was computed. valid:
+    bool [G, N, T], computed at least once. x0_clip: the guard of every x0_hat the cache forms
+    (`clip_x0`; 0 = off). prediction: what the network outputs ("epsilon" or "v", the engine's
+    config.prediction); `store` converts it with parametrisation.to_x0_eps.
+
+    A controller may assign `x0_hat` (core follow moves reused tokens): each token's steps then
+    move by the change of its token value, so that x0_steps and x0_hat stay consistent.
     """
 
-    def __init__(self, layers: int, G: int, N: int, H: int, D: int, keep_kv: bool = True, x0_clip: float = 0.0,
-                 prediction: str = "epsilon"):
+    def __init__(self, layers: int, G: int, N: int, T: int, D: int, keep_kv: bool = True, x0_clip: float = 0.0,
+                 prediction: str = "epsilon", patch: int = 1):
         self.x0_clip = float(x0_clip)
         self.prediction = prediction
-        self._out = np.zeros((G, N, H))  # the network's raw outputs, scattered (computed tokens read)
-        self.x = np.zeros((G, N, H))
+        self.patch = int(patch)
+        H = T * self.patch
+        self._out = np.zeros((G, N, H))  # the network's raw outputs per step, scattered (computed tokens read)
+        self._x = np.zeros((G, N, H))
+        self._x_tok = token_mean(self._x, self.patch)
         # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None.
-        self.k = np.zeros((layers, G, N, H, D), dtype=np.float32) if keep_kv else None
+        self.k = np.zeros((layers, G, N, T, D), dtype=np.float32) if keep_kv else None
         self.v = np.zeros_like(self.k) if keep_kv else None
-        self.x0_hat = np.zeros((G, N, H))
+        self.x0_steps = np.zeros((G, N, H))
+        self._x0_tok = token_mean(self.x0_steps, self.patch)
         self.eps = np.zeros((G, N, H))
-        self.x_in = np.zeros((G, N, H))
-        self.age = np.zeros((G, N, H), dtype=np.int32)
-        self.valid = np.zeros((G, N, H), dtype=bool)
+        self.x_in = np.zeros((G, N, T))
+        self.age = np.zeros((G, N, T), dtype=np.int32)
+        self.valid = np.zeros((G, N, T), dtype=bool)
 
     @property
     def horizon(self) -> int:
-        return self.x0_hat.shape[2]
+        """T, the number of horizon tokens."""
+        return self.age.shape[2]
+
+    @property
+    def x(self) -> np.ndarray:
+        """float64 [G, N, T]: the current noisy horizon, per token (mean over its steps)."""
+        return self._x_tok
+
+    @x.setter
+    def x(self, steps: np.ndarray) -> None:
+        """Set from the step-level noisy horizon, float64 [G, N, H]."""
+        self._x = steps
+        self._x_tok = token_mean(steps, self.patch)
+
+    @property
+    def x0_hat(self) -> np.ndarray:
+        """float64 [G, N, T]: the data prediction per token (mean over its steps of x0_steps)."""
+        return self.x0_steps if self.patch == 1 else self._x0_tok
+
+    @x0_hat.setter
+    def x0_hat(self, tokens: np.ndarray) -> None:
+        if self.patch == 1:
+            self.x0_steps = tokens
+            return
+        self.x0_steps = self.x0_steps + np.repeat(tokens - self._x0_tok, self.patch, axis=-1)
+        self._x0_tok = tokens
+
+    def steps(self, per_token: np.ndarray) -> np.ndarray:
+        """[G, N, T] -> [G, N, H]: a per-token array (mask, order) repeated over each token's steps."""
+        return per_token if self.patch == 1 else np.repeat(per_token, self.patch, axis=-1)
 
     def hor_valid(self, computed: np.ndarray) -> np.ndarray:
-        """float32 [G, N, H]: 1 where a cached key may be attended to (valid, not recomputed now)."""
+        """float32 [G, N, T]: 1 where a cached key may be attended to (valid, not recomputed now)."""
         return (self.valid & ~computed).astype(np.float32)
 
     def store(self, plan: StepPlan, computed: np.ndarray, x: np.ndarray, out_sub, k_sub, v_sub,
               alpha: float, sigma: float) -> None:
-        """Scatter a denoise call's outputs into the cache and refresh x0_hat and eps of computed
-        tokens: (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma, prediction), x0_hat then clipped to
+        """Scatter a denoise call's outputs into the cache and refresh x0 and eps of the computed
+        tokens' steps: (x0, eps) = to_x0_eps(out, x, alpha, sigma, prediction), x0 then clipped to
         [-x0_clip, x0_clip] when the guard is on (eps is kept unclipped).
 
-        x: float64 [G, N, H], the current noisy horizon; out_sub f32 [G, N, S, 1], the network's
-        output (eps or v); k_sub/v_sub f32 [layers, G, N, S, D]. alpha, sigma: the step's noise level.
+        computed: bool [G, N, T]; x: float64 [G, N, H], the current noisy horizon; out_sub f32
+        [G, N, S, Ph], the network's output (eps or v) per step of each computed token;
+        k_sub/v_sub f32 [layers, G, N, S, D]. alpha, sigma: the step's noise level.
         """
         self.age += 1
         if plan.pos_sub.shape[2] == 0:  # nothing computed: every token reused
             return
         kv = k_sub is not None  # None: the engine scattered them on its device
-        if plan.full:  # pos_sub is arange(H) in every row: outputs are already in cache order
+        Ph = self.patch
+        if plan.full:  # pos_sub is arange(T) in every row: outputs are already in cache order
             if kv:
                 self.k, self.v = k_sub, v_sub
-            self._out = out_sub[..., 0].astype(np.float64)
+            self._out = out_sub.reshape(self._out.shape).astype(np.float64)
         else:  # flat scatter: entry (g, n, s) -> token (g, n, pos_sub[g, n, s]); padding dropped
             G, N, S = plan.pos_sub.shape
-            H = self.horizon
+            T = self.horizon
             pos = plan.pos_sub.reshape(G * N, S)
-            valid = pos < H
+            valid = pos < T
             dense = bool(valid.all())  # no padding entry: every output row lands somewhere
-            dst = (np.arange(G * N)[:, None] * H + pos).reshape(-1) if dense else (np.arange(G * N)[:, None] * H + pos)[valid]
+            dst = (np.arange(G * N)[:, None] * T + pos).reshape(-1) if dense else (np.arange(G * N)[:, None] * T + pos)[valid]
             src = slice(None) if dense else np.flatnonzero(valid)
             for cached, new in ((self.k, k_sub), (self.v, v_sub)) if kv else ():
                 layers, D = cached.shape[0], cached.shape[-1]
-                cached_rows, new_rows = cached.reshape(layers, G * N * H, D), new.reshape(layers, G * N * S, D)
+                cached_rows, new_rows = cached.reshape(layers, G * N * T, D), new.reshape(layers, G * N * S, D)
                 for layer in range(layers):  # row copies along axis 0: numpy's fast path
                     cached_rows[layer][dst] = new_rows[layer][src]
-            self._out.reshape(-1)[dst] = out_sub.reshape(-1)[src]
+            self._out.reshape(G * N * T, Ph)[dst] = out_sub.reshape(G * N * S, Ph)[src]
         # epsilon: x0_hat = (x - sigma * eps) / alpha; v: x0_hat = alpha x - sigma v (docs/model.md 2.2).
         x0_hat, eps = to_x0_eps(self._out, x, alpha, sigma, self.prediction)
-        self.eps = np.where(computed, eps, self.eps)
-        self.x0_hat = np.where(computed, clip_x0(x0_hat, self.x0_clip), self.x0_hat)
-        self.x_in = np.where(computed, x, self.x_in)
+        steps = self.steps(computed)
+        self.eps = np.where(steps, eps, self.eps)
+        self.x0_steps = np.where(steps, clip_x0(x0_hat, self.x0_clip), self.x0_steps)
+        self._x0_tok = token_mean(self.x0_steps, Ph)
+        self.x_in = np.where(computed, token_mean(x, Ph), self.x_in)
         self.age[computed] = 0
         self.valid |= computed
