@@ -101,7 +101,9 @@ class RecordingController:
         series_full = getattr(plan, "series_full", None)
         full = np.broadcast_to(np.asarray(plan.full if series_full is None else series_full, dtype=bool), (G,)).copy()
         order = effective_order(plan.order, i, self.steps, self.shape)
-        self.decisions.append(StepDecision(plan.computed(H).copy(), order, full))
+        lvl = getattr(self.inner, "lvl", None)  # the lattice partition after this step's adapt
+        self.decisions.append(StepDecision(plan.computed(H).copy(), order, full,
+                                           scale=None if lvl is None else np.array(lvl, dtype=np.int64)))
         return plan
 
     def adjust(self, i: int, cache, computed) -> None:
@@ -178,7 +180,8 @@ class LockstepEngine:
 # ---------------------------------------------------------------------------------------------
 # Comparing decisions and forecasts.
 # The reference margins (dil.evaluate.reference.controller) behind each kind of decision.
-MARGIN_KEYS = {"computed": ("computed", "change", "selection", "lattice"), "order": ("order", "lattice"), "full": ("full",)}
+MARGIN_KEYS = {"computed": ("computed", "change", "selection", "lattice"), "order": ("order", "lattice"),
+               "full": ("full",), "scale": ("lattice",)}
 
 
 def _margins(decision: StepDecision, kind: str, index: tuple) -> tuple:
@@ -201,6 +204,10 @@ def compare_decisions(runtime: list[StepDecision], reference: list[StepDecision]
 
     A flip is `consequence` when its row (token decisions) or series (full steps) already had a flip
     at an earlier step: its trajectory had diverged, so it says nothing about thresholds by itself.
+    The lattice partition is not a decision unit, but it steers later orders and selections: where
+    both sides record it (StepDecision.scale), a row's first step with a different node scale is
+    listed as a flip of kind "scale" (at the first such token, with the reference's lattice margin)
+    and marks the row diverged, so that the first flip listed is the threshold actually missed.
     Returns {"agreement", "units", "flips_total", "first_flips", "flips" (at most max_listed),
     "rows_flipped": bool [G, N]}.
     """
@@ -232,6 +239,15 @@ def compare_decisions(runtime: list[StepDecision], reference: list[StepDecision]
                 step_flips.append({"step": i, "series": int(g), "sample": int(n), "token": int(h), "decision": kind,
                                    "runtime": value(ra[g, n, h]), "reference": value(rb[g, n, h]),
                                    "margin": margin, "margins": margins, "consequence": bool(diverged[g, n])})
+        if a.scale is not None and b.scale is not None:
+            parted = (a.scale != b.scale).any(axis=2)
+            for g, n in np.argwhere(parted & ~diverged):
+                h = int(np.argmax(a.scale[g, n] != b.scale[g, n]))
+                margin, margins = _margins(b, "scale", (g, n, h))
+                step_flips.append({"step": i, "series": int(g), "sample": int(n), "token": h, "decision": "scale",
+                                   "runtime": int(a.scale[g, n, h]), "reference": int(b.scale[g, n, h]),
+                                   "margin": margin, "margins": margins, "consequence": False})
+            diverged |= parted
         flips.extend(step_flips)
         diverged[~full_same] = True
         diverged |= ~tok_same.all(axis=2)

@@ -14,7 +14,8 @@ and x_in), and its plans, orders and margins are per token.
 Margins (float64, inf where a decision does not hinge on a threshold), per token [G, N, T]:
   change     |mean_n delta - mean_n threshold| of the token's series, where the change rule decides
   selection  |key - cut-off key| of the token's node in the lattice's top-k selection
-  lattice    |H_n - refine_threshold| or |H_n - merge_threshold|, the nearer (pre-adapt H_n)
+  lattice    |H_n - refine_threshold| or |H_n - merge_threshold|, the nearer (pre-adapt H_n), or
+             for a refine candidate |gap to a neighbour - refine_gap| when nearer
   order      |u - stability threshold|, the nearer
   feedback   |probe error - probe_target| of the series at the last observe (tau_0 feedback)
 and per series [G]:

@@ -17,6 +17,7 @@ import torch
 STD_FLOOR = 1e-9  # floor of the per-row std in the standardisation (section 5.2)
 SPECTRAL_FLOOR = 1e-30  # a node with less spectral power has spectral entropy 0
 TEMPORAL_WINDOW = 3  # changes d_j used by the temporal entropy
+THRESHOLD_GUARD = 1e-9  # a value passes a lattice threshold only by more than this (section 5.6)
 
 
 def ceil_eps(a: torch.Tensor) -> torch.Tensor:
@@ -115,7 +116,8 @@ def adapt(lvl: torch.Tensor, Hn: torch.Tensor, cfg, s_max: int):
     """Refine and merge once from the same pre-adapt H_n (section 5.3).
 
     Returns (new lvl, refinements, merges, margin): the operation counts and, per token, the distance
-    of its node's H_n from the refine and merge thresholds (float64 [G, N, H]).
+    of its node's H_n from the refine and merge thresholds, or of a refine candidate's gap to a
+    neighbour from refine_gap, the nearest (float64 [G, N, H]).
     """
     G, N, H = lvl.shape
     start, size, heads = node_geometry(lvl)
@@ -123,13 +125,17 @@ def adapt(lvl: torch.Tensor, Hn: torch.Tensor, cfg, s_max: int):
     # Neighbours' H_n: the node holding start - 1 (left) and end (right); missing ones do not count.
     left = torch.gather(Hn, -1, torch.clamp(start - 1, min=0))
     right = torch.gather(Hn, -1, torch.clamp(end, max=H - 1))
-    gap_left = ((Hn - left).abs() > cfg.refine_gap) & (start > 0)
-    gap_right = ((Hn - right).abs() > cfg.refine_gap) & (end < H)
-    refine = (lvl >= 1) & (Hn > cfg.refine_threshold) & (gap_left | gap_right)
+    # Every threshold is passed by more than THRESHOLD_GUARD or not at all (section 5.6): with two
+    # active nodes H_n is exactly 1/2 in exact arithmetic when the weighted signs cancel, and
+    # rounding must not decide that tie against merge_threshold = 1/2.
+    gap = cfg.refine_gap + THRESHOLD_GUARD
+    gap_left = ((Hn - left).abs() > gap) & (start > 0)
+    gap_right = ((Hn - right).abs() > gap) & (end < H)
+    refine = (lvl >= 1) & (Hn > cfg.refine_threshold + THRESHOLD_GUARD) & (gap_left | gap_right)
 
     # Merge: this node (s, c) and its sibling (s, c ^ 1) both active and low; an empty sibling
     # (beyond H) counts as active and low.
-    low = Hn < cfg.merge_threshold
+    low = Hn < cfg.merge_threshold - THRESHOLD_GUARD
     sib_start = ((start >> lvl) ^ 1) << lvl
     sib_in = sib_start < H
     sib_pos = torch.clamp(sib_start, max=H - 1)
@@ -142,6 +148,12 @@ def adapt(lvl: torch.Tensor, Hn: torch.Tensor, cfg, s_max: int):
     parent_heads = merge & heads & (((start >> lvl) & 1) == 0)  # each merged parent once (its left child)
     merges = parent_heads.sum(dim=(1, 2))
     margin = torch.minimum((Hn - cfg.refine_threshold).abs(), (Hn - cfg.merge_threshold).abs())
+    # A node above the refine threshold refines or not by its gaps to its neighbours too.
+    inf = torch.full_like(Hn, math.inf)
+    candidate = (lvl >= 1) & (Hn > cfg.refine_threshold + THRESHOLD_GUARD)
+    for present, nb in ((start > 0, left), (end < H, right)):
+        gap_margin = ((Hn - nb).abs() - cfg.refine_gap).abs()
+        margin = torch.minimum(margin, torch.where(candidate & present, gap_margin, inf))
     return new, refinements, merges, margin
 
 
@@ -195,10 +207,11 @@ def priority_tokens(selected: torch.Tensor, lvl: torch.Tensor, age: torch.Tensor
 
 
 def lattice_orders(Hn: torch.Tensor, i: int, steps: int, cfg):
-    """Requested order per token from u = H_n (1 - i / max(M-1, 1)) (section 5.5), and the distance
-    of u from the nearer stability threshold."""
+    """Requested order per token from u = H_n (1 - i / max(M-1, 1)) (section 5.5; a threshold is
+    passed by more than THRESHOLD_GUARD, section 5.6), and the distance of u from the nearer
+    stability threshold."""
     u = Hn * (1.0 - i / max(steps - 1, 1))
     low, high = cfg.stability_threshold_low, cfg.stability_threshold_high
-    order = torch.where(u < low, 3, torch.where(u < high, 2, 1)).to(torch.int64)
+    order = torch.where(u < low - THRESHOLD_GUARD, 3, torch.where(u < high - THRESHOLD_GUARD, 2, 1)).to(torch.int64)
     margin = torch.minimum((u - low).abs(), (u - high).abs())
     return torch.clamp(order, max=cfg.max_solver_order), margin

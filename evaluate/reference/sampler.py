@@ -181,12 +181,16 @@ class StepDecision:
     each token's steps' update used (after the history cap; 1 on the last step). full: bool [G], the
     series' step was computed in full. margins: name -> float64 array, the distance of the quantity
     behind a decision from its threshold (reference only; see dil.evaluate.reference.controller).
+    scale: int64 [G, N, T], the scale of the lattice node holding each token after this step's
+    adapt (None for a controller without a lattice): not a decision unit, but where two controllers'
+    partitions part, later decisions of the row follow from that (dil-validate lists it).
     """
 
     computed: np.ndarray
     order: np.ndarray
     full: np.ndarray
     margins: dict = field(default_factory=dict)
+    scale: np.ndarray | None = None
 
 
 @dataclass
@@ -342,7 +346,9 @@ class ReferenceSampler:
         else:
             self.x = multistep_update(self.x, self.history, self.lambdas[i + 1], self.lam_hist,
                                       self.alphas[i + 1], self.sigmas[i + 1], sigma, token_steps(order, self.patch))
-        decision = StepDecision(computed.numpy().copy(), order.numpy().copy(), plan.full.numpy().copy(), plan.margins)
+        lvl = getattr(self.controller, "lvl", None)
+        decision = StepDecision(computed.numpy().copy(), order.numpy().copy(), plan.full.numpy().copy(), plan.margins,
+                                None if lvl is None else lvl.numpy().copy())
         self.decisions.append(decision)
         self.controller.observe(i, self)
         self.step_index = i + 1

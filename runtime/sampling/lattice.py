@@ -22,6 +22,10 @@ import numpy as np
 
 STD_FLOOR = 1e-9  # standardisation: (v - mean) / max(std, STD_FLOOR)
 TEMPORAL_WINDOW = 3  # temporal entropy: variance of the last W per-token changes
+# Threshold guard (section 5.6): Hn, gaps and u must pass a threshold by more than this. With two
+# active nodes Hn = 1/2 exactly in exact arithmetic whenever the weighted signs cancel; rounding
+# would otherwise decide that tie against merge_threshold = 1/2 differently in every implementation.
+TIE_EPS = 1e-9
 
 
 def coarsest_scale(horizon: int, max_scales: int) -> int:
@@ -150,7 +154,8 @@ def node_entropy(values: np.ndarray, size: np.ndarray, weights) -> np.ndarray:
 
 def adapt(lvl: np.ndarray, Hn: np.ndarray, s_max: int, refine_threshold: float, refine_gap: float,
           merge_threshold: float):
-    """One refine/merge pass (section 5.3) -> (new lvl, refinements, merges).
+    """One refine/merge pass (section 5.3, thresholds guarded by TIE_EPS) -> (new lvl, refinements,
+    merges).
 
     lvl: int64 [G, N, H]; Hn: [G, N, H] per token (constant on a node).
     """
@@ -159,13 +164,14 @@ def adapt(lvl: np.ndarray, Hn: np.ndarray, s_max: int, refine_threshold: float, 
     end = start + size
     left = np.take_along_axis(Hn, np.maximum(start - 1, 0), axis=-1)
     right = np.take_along_axis(Hn, np.minimum(end, H - 1), axis=-1)
-    differs = ((start > 0) & (np.abs(Hn - left) > refine_gap)) | ((end < H) & (np.abs(Hn - right) > refine_gap))
-    refine = (lvl >= 1) & (Hn > refine_threshold) & differs
+    gap = refine_gap + TIE_EPS
+    differs = ((start > 0) & (np.abs(Hn - left) > gap)) | ((end < H) & (np.abs(Hn - right) > gap))
+    refine = (lvl >= 1) & (Hn > refine_threshold + TIE_EPS) & differs
     refinements = int(np.count_nonzero(refine & (np.arange(H) == start)))
 
     new = lvl - refine
     merges = 0
-    low = Hn < merge_threshold
+    low = Hn < merge_threshold - TIE_EPS
     h = np.arange(H)
     zero = np.zeros(lvl.shape[:-1] + (1,), dtype=np.int64)
     for s in range(s_max):
@@ -220,7 +226,8 @@ def stalest_token(lvl: np.ndarray, age: np.ndarray) -> np.ndarray:
 
 
 def lattice_orders(Hn: np.ndarray, i: int, steps: int, low: float, high: float, max_order: int) -> np.ndarray:
-    """Requested solver order per token, int64 [G, N, H] (section 5.5, before the caps)."""
+    """Requested solver order per token, int64 [G, N, H] (section 5.5, before the caps; thresholds
+    guarded by TIE_EPS, section 5.6)."""
     u = Hn * (1.0 - i / max(steps - 1, 1))
-    order = np.where(u < low, 3, np.where(u < high, 2, 1))
+    order = np.where(u < low - TIE_EPS, 3, np.where(u < high - TIE_EPS, 2, 1))
     return np.minimum(order, max_order).astype(np.int64)
