@@ -55,7 +55,7 @@ def _graph_shapes(path):
 
 def test_a_copy_of_the_shipped_artifact_loads(tmp_path):
     """Its model config is the one its graphs were built with: one positional embedding per
-    context patch and per horizon step, inputs of the widths its features make."""
+    context patch and per horizon token (horizon_patch steps), inputs of the widths its features make."""
     path, _ = _copy(tmp_path)
     m = load_manifest(path)
     assert m.graph_path("denoise") == tmp_path / f"{NAME}.denoise.onnx"
@@ -65,10 +65,12 @@ def test_a_copy_of_the_shipped_artifact_loads(tmp_path):
     ctx = np.zeros((1, m.model.context_length, m.model.context_features), np.float32)
     k_ctx = ort.InferenceSession(m.graph_path("encode"), providers=["CPUExecutionProvider"]).run(None, {"ctx": ctx})[0]
     assert k_ctx.shape[2] == patches  # a full context makes one token per positional embedding
-    assert [m.model.horizon, m.model.d_model] == denoise["model.hor_pos.weight"] == [m.data["horizon"], d_model]
+    tokens = m.model.horizon // m.model.horizon_patch
+    assert [tokens, m.model.d_model] == denoise["model.hor_pos.weight"] == [m.data["horizon"] // m.model.horizon_patch, d_model]
     assert m.model.context_length == m.data["context_length"]  # the windows it was trained on
     assert encode["ctx"][-1] == m.model.context_features == m.features.context_width
-    assert denoise["x_sub"][-1] == m.model.horizon_features == m.features.horizon_width
+    assert denoise["x_sub"][-1] == m.model.horizon_patch * m.model.horizon_features
+    assert m.model.horizon_features == m.features.horizon_width
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../x.onnx"])
