@@ -302,7 +302,6 @@ def run_peers(models: dict, fc, engine=None, samples: int = 100, n_windows: int 
 
     from dil.evaluate.harness import score_point, score_samples
     from dil.evaluate.machine import busy, machine_info
-    from dil.runtime.sampling.config import SamplerConfig
 
     require_peers()
     if threads is not None:
@@ -311,7 +310,7 @@ def run_peers(models: dict, fc, engine=None, samples: int = 100, n_windows: int 
     spec, table, data = inputs or peer_inputs(fc, n_windows)
     w = data.windows
     seconds = ((fc.manifest.extra.get("checkpoint") or {}).get("training") or {}).get("seconds")
-    rows = {"dil": {"label": f"dil ({fc.manifest.name}, {SamplerConfig().steps} steps)", "train_s": seconds,
+    rows = {"dil": {"label": f"dil ({fc.manifest.name}, {fc.default_config.steps} steps)", "train_s": seconds,
                     **dil_scores(fc, data, samples, training.seed)}}
     kept = {}
     for key, model in models.items():

@@ -68,16 +68,23 @@ def test_origins(spec, T: int, context: int | None = None, horizon: int | None =
     spaced ones (first and last included), for quick evaluations. context/horizon default to the
     spec's. Raises DataError when the test part holds no window.
     """
+    return split_origins(spec, T, context, horizon, n_windows, part="test")
+
+
+def split_origins(spec, T: int, context: int | None = None, horizon: int | None = None, n_windows: int | None = None,
+                  part: str = "test") -> np.ndarray:
+    """The rolling windows of one split part ("train", "val" or "test"), int64 [W], by the protocol of
+    test_origins (the validation windows the sampler defaults are chosen on: part="val")."""
     spec = _spec(spec)
     if spec is None:
-        raise ValueError("test_origins needs a DatasetSpec or a bundled dataset name")
+        raise ValueError("split_origins needs a DatasetSpec or a bundled dataset name")
     context = spec.context_length if context is None else int(context)
     horizon = spec.horizon if horizon is None else int(horizon)
-    start, end = split_bounds(spec, T)["test"]
+    start, end = split_bounds(spec, T)[part]
     origins = window_origins(T, context, horizon, start, end, stride=horizon)
     if origins.size == 0:
         raise DataError(
-            f"{spec.name}: the test part (rows {start}..{end - 1}) holds no window of "
+            f"{spec.name}: the {part} part (rows {start}..{end - 1}) holds no window of "
             f"context {context} + horizon {horizon}"
         )
     if n_windows is not None and n_windows < origins.size:

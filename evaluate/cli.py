@@ -97,11 +97,14 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
 @click.option("--windows", "n_windows", type=click.IntRange(min=1),
               help="Evaluate this many evenly spaced test origins (default: all; stride = horizon).")
 @click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1), help="Samples per window.")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="Sampler steps.")
-@click.option("--lattice/--no-lattice", default=True, show_default=True,
-              help="Lattice controller (per-token solver orders, refresh priority).")
-@click.option("--cache/--no-cache", default=True, show_default=True,
-              help="E2-CRF token cache; --no-lattice --no-cache is the plain DPM-Solver++ sampler.")
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Sampler steps. [default: the artifact's, else 20]")
+@click.option("--lattice/--no-lattice", default=None,
+              help="Lattice controller (per-token solver orders, refresh priority). [default: the artifact's, "
+                   "else on]")
+@click.option("--cache/--no-cache", default=None,
+              help="E2-CRF token cache; --no-lattice --no-cache is the plain DPM-Solver++ sampler. [default: the "
+                   "artifact's, else on]")
 @click.option("--spacing", metavar="|".join(SPACINGS), default=DEFAULT_SPACING, show_default=True,
               help=SPACING_HELP + " Recorded in the report's protocol.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
@@ -134,6 +137,11 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
     seasonal-naive baseline on the same windows; with --ddpm-windows N, also the same model sampled
     by 1000-step ancestral DDPM in PyTorch on N windows. Progress goes to stderr: a bar on a terminal,
     one line per batch of windows otherwise.
+
+    The model is sampled as dil-run samples it: with the artifact's sampler defaults where its
+    manifest records them (dil-bench --frontier --write-defaults), else the fast sampler at 20
+    steps; --steps, --lattice/--no-lattice and --cache/--no-cache override them one by one. A note
+    on stderr says which sampler ran and why.
     """
     from dil.runtime.deps import MissingDependency
     from dil.runtime.table import DataError
@@ -170,7 +178,7 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     report = ev.report
     report["protocol"]["engine"] = str(engine)
-    for note in ev.notes:
+    for note in [*ev.notes, f"note: {report['protocol']['sampler_choice']}"]:
         click.echo(note, err=True)
     click.echo(format_report(report))
     from dil.runtime.files import made_folders

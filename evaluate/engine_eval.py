@@ -68,7 +68,7 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
 
 def evaluate_engine(
     engine,
-    options: EvalOptions = EvalOptions(steps=20),
+    options: EvalOptions = EvalOptions(),
     *,
     dataset: str | None = None,
     data=None,
@@ -82,14 +82,16 @@ def evaluate_engine(
 ) -> Evaluation:
     """run_evaluation for an exported artifact (any path naming it, see dil.runtime.manifest).
 
-    options: the protocol (samples, steps, seed, windows, ...; steps None: the sampler's default).
+    options: the protocol (samples, steps, seed, windows, ...; steps None: the artifact's default).
     The window (L, H) is the engine's; the data default to the dataset (and series) it was trained
     on: pass `dataset` (bundled name) or `data` (a file, with date_column / columns / date_format /
     dayfirst, see dil.runtime.table.load_table) to override. A model with time features or
     covariates gets them from the table's rows (its dates, the covariate columns its manifest
     names; the horizon's known covariates are the table's), the same for every forecaster.
-    sampler: SamplerConfig fields for the model's forecasts (default: the documented defaults,
-    lattice + cache on; {"lattice": False, "cache": False} is the plain DPM-Solver++ sampler).
+    sampler: SamplerConfig fields for the model's forecasts, a None value left unset (default: the
+    artifact's sampler defaults where its manifest records them, else the documented ones, lattice +
+    cache on; {"lattice": False, "cache": False} is the plain DPM-Solver++ sampler). The report's
+    protocol records the sampler that ran ("sampler", "steps") and why ("sampler_choice", one line).
     ddpm_windows: also sample that many evenly spaced windows with the torch module by 1000-step
     ancestral DDPM (baseline "reference-ddpm1000", scored with the model on the same windows;
     minutes per window on a CPU). It needs torch (MissingDependency naming the extra otherwise)
@@ -98,14 +100,19 @@ def evaluate_engine(
     default) imports no torch.
     """
     from dil.runtime import Forecaster
+    from dil.runtime.sampler_choice import sampler_line
+    from dil.runtime.sampling.config import sampler_config
     from dil.runtime.window_features import describe
 
     fc = Forecaster.load(engine)
     model = fc.manifest.model
     spec, table = engine_data(engine, fc.manifest, dataset, data, date_column, columns, date_format=date_format,
                               dayfirst=dayfirst)
-    if options.steps is None:
-        options = replace(options, steps=_default_steps())
+    given = {k: v for k, v in (sampler or {}).items() if v is not None}
+    config = sampler_config(fc.default_config, inference_steps=options.steps, **given)  # options over the artifact's
+    flags = (["--steps"] if options.steps is not None else []) + [
+        f"--{'' if v else 'no-'}{k}" for k, v in given.items() if k in ("lattice", "cache")]
+    options = replace(options, steps=config.steps)
     subset, ref = {}, None
     if ddpm_windows:
         from dil.evaluate.torch_baselines import ddpm_forecast_fn, load_reference
@@ -115,7 +122,7 @@ def evaluate_engine(
                             int(ddpm_windows))
 
     costs = []
-    fn = forecaster_fn(fc, options.samples, options.steps, options.seed, costs, **(sampler or {}))
+    fn = forecaster_fn(fc, options.samples, options.steps, options.seed, costs, config=config)
     ev = run_evaluation(fn, table, spec, model.context_length, model.horizon, options, subset_baselines=subset,
                         features=fc.features)
     if ref is not None:
@@ -123,26 +130,12 @@ def evaluate_engine(
         entry["sampler"] = f"ancestral DDPM (Ho et al. 2020, eq. 11), {ref.schedule.num_steps} steps, PyTorch"
         entry["checkpoint"] = ref.run.name
     tokens, full = sum(c.tokens_computed for c in costs), sum(c.full_tokens for c in costs)
-    # The runtime's default sampler (lattice + cache where the build has them): its share of the
-    # network work of full recomputation over every forecast of the evaluation.
-    ev.report["protocol"]["sampler"] = {"lattice": True, "cache": True, "spacing": _default_spacing(),
-                                        **(sampler or {})}
+    # The sampler that ran, and its share of the network work of full recomputation over every forecast.
+    ev.report["protocol"]["sampler"] = {"lattice": config.lattice, "cache": config.cache, "spacing": config.spacing}
+    ev.report["protocol"]["sampler_choice"] = sampler_line(config, fc.manifest, flags)
     ev.report["protocol"]["tokens_computed"] = int(tokens)
     ev.report["protocol"]["token_fraction"] = tokens / full if full else None
     ev.report["protocol"]["inputs"] = describe(fc.features)  # the time features and covariates the model used
     ev.notes = list(table.notes)  # what reading a user file repaired
     return ev
 
-
-def _default_spacing() -> str:
-    """The sampler's default step spacing (what a forecast without `spacing` runs)."""
-    from dil.runtime.sampling.config import SamplerConfig
-
-    return SamplerConfig().spacing
-
-
-def _default_steps() -> int:
-    """The sampler's default number of steps (what a forecast without `steps` runs)."""
-    from dil.runtime.sampling.config import SamplerConfig
-
-    return SamplerConfig().steps

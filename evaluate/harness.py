@@ -248,7 +248,7 @@ def _iso(ts) -> str | None:
 
 
 def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | None = None,
-                     season: int | None = None, features=None) -> EvalWindows:
+                     season: int | None = None, features=None, part: str = "test") -> EvalWindows:
     """The scored test windows of the protocol, before any forecast.
 
     table: dil.data SeriesTable (values [T, C]; timestamps and covariates where `features` needs
@@ -257,23 +257,24 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
     one without features: none), whose row features (dil.runtime.features.row_features of the
     table) give each window's WindowFeatures. Windows whose context or target has no observed
     value are not valid (skipped); `baseline` is the seasonal naive from all the rows before each
-    origin (seasonal_naive_at), the same whatever the context.
+    origin (seasonal_naive_at), the same whatever the context. part: the split part whose windows
+    these are ("val": the validation windows, dil.evaluate.frontier's).
     """
-    from dil.data.windows import test_origins
+    from dil.data.windows import split_origins
 
     lag = resolve_season(spec, season)
     values = np.asarray(table.values, dtype=np.float64)
     t = values.shape[0]
-    origins = np.asarray(test_origins(spec, t, context, horizon, n_windows), dtype=np.int64)
+    origins = np.asarray(split_origins(spec, t, context, horizon, n_windows, part), dtype=np.int64)
     if origins.size == 0:
         raise EvaluationError(
-            f"{spec.name}: no test window of context {context} + horizon {horizon} fits in {t} rows"
+            f"{spec.name}: no {part} window of context {context} + horizon {horizon} fits in {t} rows"
         )
     ctx = gather(values, origins, context, 0)
     tgt = gather(values, origins, 0, horizon)
     valid = ~np.all(np.isnan(ctx), axis=-1) & ~np.all(np.isnan(tgt), axis=-1)
     if not valid.any():
-        raise EvaluationError(f"{spec.name}: every test window has an all-missing context or target")
+        raise EvaluationError(f"{spec.name}: every {part} window has an all-missing context or target")
     return EvalWindows(
         origins=origins,
         names=list(table.names),

@@ -266,15 +266,16 @@ def _settings(kwargs: dict) -> dict:
               help="Forecast the other series when some have no observed value in their last context_length "
                    "rows (they are listed on stderr) instead of stopping.")
 @click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
-@click.option("--steps", "--inference-steps", "steps", default=20, show_default=True, type=int,
-              help="Solver steps (network evaluations).")
+@click.option("--steps", "--inference-steps", "steps", default=None, type=int,
+              help="Solver steps (network evaluations). [default: the artifact's, else 20]")
 @click.option("--solver-order", default=2, show_default=True, type=int,
               help="DPM-Solver++ multistep order (1-3) of the plain sampler (used when the lattice is off).")
-@click.option("--lattice/--no-lattice", default=True, show_default=True,
-              help="Lattice controller: per-token solver orders and refresh priorities.")
-@click.option("--cache/--no-cache", default=True, show_default=True,
+@click.option("--lattice/--no-lattice", default=None,
+              help="Lattice controller: per-token solver orders and refresh priorities. [default: the "
+                   "artifact's, else on]")
+@click.option("--cache/--no-cache", default=None,
               help="E2-CRF token cache: recompute only the tokens that need it. --no-lattice --no-cache is "
-                   "the plain DPM-Solver++ sampler, exactly.")
+                   "the plain DPM-Solver++ sampler, exactly. [default: the artifact's, else on]")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same forecast).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, metavar="PATH",
               help="Write the forecast table here (.csv, .csv.gz or .parquet; missing folders are created); "
@@ -286,8 +287,9 @@ def _settings(kwargs: dict) -> dict:
 @click.option("--batch-series", default=16, show_default=True, type=int,
               help="Series per engine batch (memory only: results do not depend on it).")
 @click.option("--stats", "show_stats", is_flag=True,
-              help="Print the sampler's statistics (engine calls, tokens computed, cache reuse, full steps, "
-                   "order histogram, refinements/merges, engine and control time).")
+              help="Print which sampler and steps ran and why (the artifact's default, the built-in one or "
+                   "your options), then the sampler's statistics (engine calls, tokens computed, cache reuse, "
+                   "full steps, order histogram, refinements/merges, engine and control time).")
 @_sampler_options
 def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_bad_series, samples, steps, solver_order,
          lattice, cache, seed, out, plot, threads, batch_series, show_stats, **sampler_settings):
@@ -314,7 +316,11 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
       dil-run --input traffic.csv --no-lattice --no-cache --stats     # the plain sampler, for comparison
       dil-run --input sensors.csv --date-column time --dayfirst --skip-bad-series --out out/f.csv
 
-    The sampler settings (lattice and cache options below) are described in docs/sampler.md.
+    Sampler and steps: the artifact's defaults where its manifest records them (chosen on the
+    validation windows by dil-bench --frontier --write-defaults: the fastest configuration within
+    1% of the 50-step CRPS), else the fast sampler at 20 steps; --steps, --lattice/--no-lattice and
+    --cache/--no-cache override them one by one, and --stats says which ran and why. The sampler
+    settings (lattice and cache options below) are described in docs/sampler.md.
     """
     from dil.runtime.deps import MissingDependency
     from dil.runtime.table import DataError, load_table
@@ -326,11 +332,13 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
 
     start = time.perf_counter()
     try:
-        config = sampler_config(None, inference_steps=steps, solver_order=solver_order, lattice=lattice, cache=cache,
-                                **_settings(sampler_settings))
+        chosen = dict(inference_steps=steps, solver_order=solver_order, lattice=lattice, cache=cache,
+                      **_settings(sampler_settings))
+        sampler_config(None, **chosen)  # a bad setting: one line, before any work
         _check_outputs(out, plot)
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         manifest = load_manifest(engine if engine is not None else default_artifact())  # checked before any work
+        config = sampler_config(manifest.default_sampler(), **chosen)  # explicit options over the artifact's
         spec, dates_note = manifest.features, None
         if date_column is None:
             date_column, dates_note = date_column_default(input_path, manifest)
@@ -374,6 +382,11 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
     echo = (lambda s: click.echo(s, err=True)) if out is None else click.echo
     echo(_summary(table, forecast, config, wall, out, plot, spec))
     if show_stats:
+        given = [flag for flag, value in (("--steps", steps), ("--lattice" if lattice else "--no-lattice", lattice),
+                                          ("--cache" if cache else "--no-cache", cache)) if value is not None]
+        from dil.runtime.sampler_choice import sampler_line
+
+        echo(sampler_line(config, manifest, given))
         echo(_stats_text(forecast.stats))
 
 

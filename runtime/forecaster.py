@@ -2,15 +2,17 @@
 
     from dil.runtime import Forecaster
     fc = Forecaster.load("engines/metro-traffic.onnx")
-    forecast = fc.predict(frame, num_samples=100, steps=20, seed=0)   # DataFrame: rows = time steps
+    forecast = fc.predict(frame, num_samples=100, seed=0)   # DataFrame: rows = time steps
     forecast.quantiles            # [G, 19, H] at QUANTILE_LEVELS, original scale
     forecast.to_frame()           # long table: series, timestamp (or step), mean, median, q05..q95
 
 Each series is forecast from its last `context_length` observations, scaled per window, with its
 own noise stream keyed by its name (dil.runtime.rng), so its forecast is the same whatever other
 series share the call, in whatever order, and whatever `batch_series` and `memory_budget` are.
-Samples run in blocks of at most SAMPLE_BLOCK per sampler call, so memory does not grow with
-num_samples (dil.runtime.sampling.chunks, docs/sampler.md section 12).
+The sampler and its steps are the artifact's defaults (`Forecaster.default_config`: the manifest's
+"sampler_defaults" where recorded, else the fast sampler at 20 steps; docs/sampler.md section 14)
+unless a call names them. Samples run in blocks of at most SAMPLE_BLOCK per sampler call, so memory
+does not grow with num_samples (dil.runtime.sampling.chunks, docs/sampler.md section 12).
 
 A model trained with time features or covariates (`Forecaster.features`, the manifest's
 FeatureSpec) gets them too: `predict` computes the time features from the history's dates and the
@@ -179,6 +181,13 @@ class Forecaster:
         return self.config.horizon
 
     @property
+    def default_config(self) -> SamplerConfig:
+        """The sampler a call without `config` runs: the artifact's "sampler_defaults" (lattice, cache,
+        inference_steps; recorded by dil-bench --frontier --write-defaults) over the documented
+        defaults, or SamplerConfig() (fast sampler, 20 steps) for an artifact without them."""
+        return self.manifest.default_sampler()
+
+    @property
     def features(self):
         """The model's inputs beyond the target (dil.runtime.features.FeatureSpec, from the manifest)."""
         return self.manifest.features
@@ -198,7 +207,8 @@ class Forecaster:
         batch_series: series per engine batch (memory; the result does not depend on it).
         memory_budget: bytes of working memory per sampler call (fewer series per call when
         exceeded; see dil.runtime.sampling.chunks for the bound; the result does not depend on it).
-        config: a SamplerConfig (default: the documented defaults, fast sampler on); steps,
+        config: a SamplerConfig (default: `default_config`, the artifact's sampler defaults where
+        its manifest records them, else the documented ones: fast sampler, 20 steps); steps,
         solver_order and any other SamplerConfig field given by name (e.g. lattice=False,
         cache=False, K=3, entropy_budget=0.1) override it. Bad settings raise ValueError naming
         the setting and its valid range before any engine call.
@@ -212,7 +222,7 @@ class Forecaster:
         use are ignored. Missing dates or covariates raise ForecastError naming what is missing
         (the column and the future rows), before any engine call.
         """
-        sampler_config(config, inference_steps=steps, solver_order=solver_order, **settings)  # before any work
+        self._config(config, steps, solver_order, settings)  # a bad setting: before any work
         values, names, times, freq = _as_table(history, series_ids, timestamps, freq)
         L, H = self.context_length, self.horizon
         if values.shape[0] < L:
@@ -263,7 +273,7 @@ class Forecaster:
         check_int("num_samples", num_samples, 1, 100_000)
         check_int("batch_series", batch_series, 1, 1_000_000)
         check_int("memory_budget", memory_budget, 1, 2**62)
-        config = sampler_config(config, inference_steps=steps, solver_order=solver_order, **settings)
+        config = self._config(config, steps, solver_order, settings)
         if config.num_diffusion_steps != self.schedule.num_steps:
             raise ValueError(f"num_diffusion_steps must equal the model's training steps ({self.schedule.num_steps}), "
                              f"got {config.num_diffusion_steps}")
@@ -305,6 +315,11 @@ class Forecaster:
             samples=samples, quantiles=quantiles, mean=samples.mean(axis=1), median=np.median(samples, axis=1),
             timestamps=None, series=names, loc=loc, scale=scale, stats=stats,
         )
+
+    def _config(self, config: SamplerConfig | None, steps, solver_order, settings: dict) -> SamplerConfig:
+        """The call's SamplerConfig: `config`, else the artifact's defaults, with the named overrides."""
+        base = config if config is not None else self.default_config
+        return sampler_config(base, inference_steps=steps, solver_order=solver_order, **settings)
 
     def _sample(self, z: np.ndarray, feats: tuple, streams: SeriesStreams, num_samples: int, config: SamplerConfig,
                 progress: bool, batch: int) -> tuple[np.ndarray, SamplerStats]:

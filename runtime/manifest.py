@@ -9,7 +9,10 @@ An exported model NAME is a folder entry of sibling files:
 to NAME.json, and the graph files come from it. The FP16 variant is the artifact NAME.fp16
 (NAME.fp16.json, NAME.fp16.encode.onnx, ...; `--engine engines/NAME.fp16.onnx`), precision "fp16".
 Sections of the JSON not named below (e.g. "tensorrt", "fp16", "dynamic_axes") are kept in
-`Manifest.extra` and written back unchanged.
+`Manifest.extra` and written back unchanged. The optional "sampler_defaults" record (the sampler and
+steps a call without them runs, measured on the validation windows by `dil-bench --frontier
+--write-defaults`; docs/sampler.md section 14) is checked on load and added by
+`write_sampler_defaults`, which rewrites NAME.json atomically with its other content unchanged.
 
 A manifest is untrusted input: every file it names must lie inside the manifest's own folder (no
 absolute path, no `..`, no symlink leading out; `Manifest.member`), and every graph must carry its
@@ -26,8 +29,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from dil.runtime.files import sha256_file
+from dil.runtime.files import sha256_file, write_text
 from dil.runtime.model_config import ModelConfig
+from dil.runtime.sampling.config import SamplerConfig, check_int
 from dil.runtime.sampling.schedule import NoiseSchedule
 
 FORMAT_VERSION = 1
@@ -37,13 +41,16 @@ _SUFFIXES = (".encode.onnx", ".denoise.onnx", ".encode.plan", ".denoise.plan", "
              ".json")
 # Keys of the manifest JSON that Manifest holds as fields; everything else goes to Manifest.extra.
 _FIELDS = ("format_version", "name", "precision", "model", "schedule", "data", "graphs", "io", "validation", "versions",
-           "features")
+           "features", "sampler_defaults")
 # Fields every format-1 manifest carries (what dil-export has always written), with their JSON types.
 _REQUIRED = {"name": str, "precision": str, "model": dict, "schedule": dict, "data": dict, "graphs": dict}
 _MODEL_KEYS = ("context_length", "horizon", "d_model", "num_heads", "num_layers", "ffn_dim", "time_embed_dim",
                "context_features", "horizon_features", "prediction")
 _SCHEDULE_KEYS = ("num_steps", "kind", "beta_start", "beta_end")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The SamplerConfig fields an artifact's "sampler_defaults" sets (the rest of the record documents
+# how they were chosen: CRPS, windows, the measured table, "why").
+SAMPLER_DEFAULT_KEYS = ("lattice", "cache", "inference_steps")
 # The shipped default model: NAME.* in the package dil.engines (pyproject's package-data).
 DEFAULT_ARTIFACT = "metro-traffic"
 
@@ -114,6 +121,8 @@ class Manifest:
     features: the dil.runtime.features.FeatureSpec of the model's inputs beyond the target (time
     features, covariates); the JSON key "features", absent in artifacts exported before it
     existed (= FeatureSpec(): the target only).
+    sampler_defaults: the checked "sampler_defaults" record (lattice, cache, inference_steps, why,
+    ...) or None (the artifact has none: the built-in SamplerConfig defaults apply).
     """
 
     name: str
@@ -127,6 +136,7 @@ class Manifest:
     extra: dict = field(default_factory=dict)
     features: object = field(default_factory=_no_features)  # FeatureSpec
     path: Path | None = None  # where it was read from
+    sampler_defaults: dict | None = None
     # Artifacts written by the same export (the FP16 variant); not part of the JSON.
     variants: list = field(default_factory=list, repr=False, compare=False)
 
@@ -147,8 +157,17 @@ class Manifest:
             "versions": self.versions,
             "features": self.features.to_dict(),
         }
+        if self.sampler_defaults is not None:
+            d["sampler_defaults"] = self.sampler_defaults
         d.update(self.extra)
         return d
+
+    def default_sampler(self) -> SamplerConfig:
+        """The SamplerConfig a call without sampler settings runs: the artifact's "sampler_defaults"
+        (lattice, cache, inference_steps) over the built-in defaults; SamplerConfig() without them."""
+        if self.sampler_defaults is None:
+            return SamplerConfig()
+        return SamplerConfig(**{k: self.sampler_defaults[k] for k in SAMPLER_DEFAULT_KEYS})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -228,6 +247,8 @@ def load_manifest(engine) -> Manifest:
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"manifest {mpath} is invalid: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     m.features = _features(d.get("features"), mpath)
+    if "sampler_defaults" in d:
+        m.sampler_defaults = check_sampler_defaults(d["sampler_defaults"], f"manifest {mpath}")
     _check_widths(m)
     paths = {g: m.graph_path(g) for g in GRAPHS}  # all refused or accepted before any file is read
     for g, p in paths.items():
@@ -236,6 +257,50 @@ def load_manifest(engine) -> Manifest:
         if sha256_file(p) != m.graphs[g]["sha256"]:
             raise ManifestError(f"graph file {p} does not match its manifest {mpath} (sha256 differs): re-export")
     return m
+
+
+def check_sampler_defaults(record, where: str) -> dict:
+    """`record` when it is a valid "sampler_defaults" record, else ManifestError (one line, naming the
+    key, prefixed by `where`): a dict whose lattice and cache are true/false and inference_steps an
+    integer in SamplerConfig's range; "why", when present, a string. Other keys are kept as they are."""
+    if not isinstance(record, dict):
+        raise ManifestError(f"{where}: field 'sampler_defaults' is a {type(record).__name__}, expected a dict")
+    for key in SAMPLER_DEFAULT_KEYS:
+        if key not in record:
+            raise ManifestError(f"{where}: field 'sampler_defaults.{key}' is missing")
+    for key in ("lattice", "cache"):
+        if not isinstance(record[key], bool):
+            raise ManifestError(f"{where}: field 'sampler_defaults.{key}' must be true or false, got {record[key]!r}")
+    try:
+        check_int("inference_steps", record["inference_steps"], 1, 1000)
+    except ValueError as exc:  # the message's own words after the name: "must be an integer in [...], got ..."
+        raise ManifestError(f"{where}: field 'sampler_defaults.inference_steps'{str(exc)[len('inference_steps'):]}"
+                            ) from None
+    if "why" in record and not isinstance(record["why"], str):
+        raise ManifestError(f"{where}: field 'sampler_defaults.why' is a {type(record['why']).__name__}, expected a "
+                            "string")
+    return record
+
+
+def write_sampler_defaults(engine, record: dict) -> Path:
+    """Record `record` as the "sampler_defaults" of the artifact `engine` (any path naming it),
+    replacing an older one; returns NAME.json.
+
+    The manifest must load (graphs present and matching) and the record must be valid
+    (check_sampler_defaults) and strict JSON, all before anything is written; NAME.json is then
+    rewritten in one rename (dil.runtime.files.write_text) with every other key, its value and its
+    place unchanged. Raises ManifestError (one line) or OSError; on any error the file is as it was.
+    """
+    mpath = load_manifest(engine).path
+    check_sampler_defaults(record, f"sampler defaults for {mpath}")
+    try:
+        d = json.loads(mpath.read_text(encoding="utf-8"))
+        d["sampler_defaults"] = record
+        text = json.dumps(d, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"sampler defaults for {mpath} are not strict JSON: {exc}") from None
+    write_text(mpath, text)
+    return mpath
 
 
 def _features(d, mpath: Path):

@@ -1,0 +1,32 @@
+"""Which sampler and steps a forecast runs, and why, in one line (`dil-run --stats`, dil-eval's note).
+
+An artifact's defaults are its manifest's "sampler_defaults" (docs/sampler.md section 14, chosen by
+`dil-bench --frontier --write-defaults`); without them the built-in SamplerConfig defaults apply;
+explicit options override either, setting by setting.
+"""
+
+from __future__ import annotations
+
+
+def sampler_name(config) -> str:
+    """The sampler a SamplerConfig runs, in words ("plain DPM-Solver++", "fast sampler (lattice + token cache)")."""
+    if config.plain:
+        return "plain DPM-Solver++"
+    parts = [p for p, on in (("lattice", config.lattice), ("token cache", config.cache)) if on]
+    return f"fast sampler ({' + '.join(parts)})"
+
+
+def sampler_line(config, manifest, given=()) -> str:
+    """One line: the sampler and steps that ran (`config`, a SamplerConfig) and why: the artifact's
+    default (`manifest`'s "sampler_defaults" and their "why"), the built-in default, or the options
+    in `given` (their flags, e.g. ["--steps"]) over one of those."""
+    record = manifest.sampler_defaults
+    if record is None:
+        source = ("built-in default; the artifact records no sampler_defaults (dil-bench --frontier "
+                  "--write-defaults measures them)")
+    else:
+        default = manifest.default_sampler()
+        source = f"artifact default: {record.get('why') or f'{sampler_name(default)}, {default.steps} steps'}"
+    if given:
+        source = f"{', '.join(given)} given; otherwise the {source}"
+    return f"sampler: {sampler_name(config)}, {config.steps} steps ({source})"
