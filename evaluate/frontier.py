@@ -202,15 +202,16 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
         fn = forecaster_fn(fc, cfg.samples, steps, cfg.seed, costs, config=config)
         scores = stream_forecasts(fn, w, w.valid, replace(options, steps=steps), desc=f"{sampler} {steps} steps")
         metrics = scores.scores(ALL)
-        latencies = _latencies(fc, timing, config, cfg)
         full = sum(c.full_tokens for c in costs)
         rows.append({
             "sampler": sampler, "lattice": lattice, "cache": cache, "steps": steps, "crps": metrics["crps"],
             "crps_sample": metrics["crps_sample"], "coverage_50": metrics["coverage_50"],
             "coverage_90": metrics["coverage_90"],
-            "latency_s": float(np.median(latencies)), "latencies_s": latencies,
             "token_fraction": sum(c.tokens_computed for c in costs) / full if full else None,
         })
+    configs = [SamplerConfig(inference_steps=r["steps"], lattice=r["lattice"], cache=r["cache"]) for r in rows]
+    for row, latencies in zip(rows, _latencies(fc, timing, configs, cfg)):
+        row["latency_s"], row["latencies_s"] = float(np.median(latencies)), latencies
     from dil.data.windows import split_bounds
 
     val_rows = [int(x) for x in split_bounds(spec, np.asarray(table.values).shape[0])[SPLIT]]
@@ -238,16 +239,19 @@ def _timing_window(w):
     return ident, w.contexts[o, c][None], feats
 
 
-def _latencies(fc, timing, config, cfg: FrontierConfig) -> list[float]:
-    """Seconds of `cfg.repeats` one-window forecasts of cfg.samples samples, after one warm-up."""
+def _latencies(fc, timing, configs: list, cfg: FrontierConfig) -> list[list[float]]:
+    """Per config, the seconds of `cfg.repeats` one-window forecasts of cfg.samples samples, after
+    one warm-up each. The configurations take turns within every repeat, so that a change of the
+    machine's load hits all of them alike (the choice compares them)."""
     ident, ctx, feats = timing
-    out = []
+    out = [[] for _ in configs]
     for n in range(cfg.repeats + 1):
-        start = time.perf_counter()
-        fc.predict_windows(ctx, num_samples=cfg.samples, seed=cfg.seed, series_keys=[ident], config=config,
-                           features=feats)
-        if n:  # the first is the warm-up (ONNX Runtime's first call of a shape allocates)
-            out.append(time.perf_counter() - start)
+        for times, config in zip(out, configs):
+            start = time.perf_counter()
+            fc.predict_windows(ctx, num_samples=cfg.samples, seed=cfg.seed, series_keys=[ident], config=config,
+                               features=feats)
+            if n:  # the first round is the warm-up (ONNX Runtime's first call of a shape allocates)
+                times.append(time.perf_counter() - start)
     return out
 
 

@@ -248,17 +248,13 @@ def test_frontier_options_are_checked_and_a_failed_run_writes_nothing(artifact_c
                          (["--frontier", "--dataset", "nope"], "nope")):
         res = CliRunner().invoke(bench, ["--engine", str(artifact_copy), *extra])
         assert res.exit_code != 0 and match in res.output and "frontier of" not in res.output, res.output
-    timed = []
 
-    def fails_on_the_second(*args):  # a run that breaks after its first configuration
-        timed.append(1)
-        if len(timed) == 2:
-            raise EvaluationError("the second configuration failed")
-        return [0.01]
+    def fails(*args):  # a run that breaks after every configuration was scored, while timing them
+        raise EvaluationError("the timing failed")
 
-    monkeypatch.setattr(frontier, "_latencies", fails_on_the_second)
+    monkeypatch.setattr(frontier, "_latencies", fails)
     res = CliRunner().invoke(bench, ["--engine", str(artifact_copy), *FRONTIER_ARGS, "--write-defaults"])
-    assert res.exit_code == 1 and "Error: the second configuration failed" in res.output
+    assert res.exit_code == 1 and "Error: the timing failed" in res.output
     assert artifact_copy.read_bytes() == before
     assert sorted(p.name for p in artifact_copy.parent.iterdir()) == sorted(
         p.name for p in artifact_copy.parent.glob("tiny.*"))
@@ -289,3 +285,20 @@ def test_help_names_the_artifact_default():
         assert "Solver steps (network evaluations). [default: the artifact's, else 20]" in text or \
             "Sampler steps. [default: the artifact's, else 20]" in text
         assert "[default: the artifact's, else on]" in text
+
+
+def test_latencies_take_turns_between_configurations():
+    """A change of machine load during the timing must hit every configuration alike: the calls
+    alternate config by config within each repeat, after a warm-up round that is not counted."""
+    from dil.evaluate import frontier
+
+    calls = []
+
+    class Recorder:
+        def predict_windows(self, ctx, num_samples, seed, series_keys, config, features):
+            calls.append(config.inference_steps)
+
+    configs = [SamplerConfig(inference_steps=n) for n in (5, 10, 20)]
+    times = frontier._latencies(Recorder(), ("w", np.zeros((1, 4)), None), configs, FrontierConfig(repeats=2))
+    assert calls == [5, 10, 20] * 3
+    assert [len(t) for t in times] == [2, 2, 2] and all(x >= 0 for t in times for x in t)

@@ -19,13 +19,13 @@ torch = pytest.importorskip("torch")
 from dil.evaluate.reference.cache import ReferenceCache, subset_positions, token_inputs  # noqa: E402
 from dil.evaluate.reference.controller import ReferenceController  # noqa: E402
 from dil.evaluate.reference.sampler import (  # noqa: E402
-    ReferencePlan,
     ReferenceSampler,
     dpm_solver_pp_update,
     reference_sample,
 )
-from dil.runtime.model_config import ModelConfig  # noqa: E402
 from dil.runtime.rng import SeriesStreams  # noqa: E402
+from patch_models import patch_model  # noqa: E402
+from test_reference_sampler import ScriptedReference  # noqa: E402  fixed decisions: masks, orders [M, G, N, T]
 from dil.runtime.sampling.config import SamplerConfig  # noqa: E402
 from dil.runtime.sampling.parametrisation import to_x0_eps  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
@@ -37,25 +37,14 @@ T = H // PH
 BUSY_CACHE = dict(K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100, random_probe_ratio=0.2, x0_clip=0.0)
 
 
-def patch_model(known: int = 0, prediction: str = "epsilon"):
-    """A random ScoreNet with context 48 in patches of 12, horizon 32 in tokens of 4 steps, a
-    non-zero head (eps is not 0) and `known` known features per step."""
-    from dil.train.model import ScoreNet
-
-    torch.manual_seed(2)
-    config = ModelConfig(context_length=48, horizon=H, d_model=16, num_heads=2, num_layers=2, ffn_dim=32,
-                         time_embed_dim=8, context_patch=12, horizon_patch=PH, prediction=prediction,
-                         context_features=2 + known, horizon_features=1 + known)
-    model = ScoreNet(config)
-    with torch.no_grad():
-        model.head.weight.normal_(0.0, 0.2)
-        model.head.bias.normal_(0.0, 0.1)
-    return model.eval()
+def ref_model(known: int = 0, prediction: str = "epsilon"):
+    """Horizon 32 in tokens of 4 steps (patch_models.patch_model), `known` known features per step."""
+    return patch_model(H, PH, known, prediction, seed=2)
 
 
 @pytest.fixture(scope="module")
 def model():
-    return patch_model()
+    return ref_model()
 
 
 def _inputs(G: int, N: int, known: int = 0, seed: int = 0):
@@ -126,7 +115,7 @@ def test_token_inputs_are_each_tokens_steps_step_major():
 def test_every_token_computed_is_the_plain_reference_exactly(known, order):
     """Through encode/denoise on token subsets, the cache and per-token orders, with every token
     computed: the samples of full_step's plain sampler, bit for bit (known features included)."""
-    m = patch_model(known)
+    m = ref_model(known)
     ctx, hor_feat, x_T, streams = _inputs(2, 3, known)
     plain = reference_sample(m, NoiseSchedule(), ctx, x_T, STEPS, order, hor_feat=hor_feat)
     ref = ReferenceSampler(m, NoiseSchedule(), ctx, x_T, STEPS, streams, solver_order=order, hor_feat=hor_feat)
@@ -171,21 +160,6 @@ def test_lattice_orders_reach_every_step_of_their_token(model):
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=1e-12)
 
 
-class ScriptedReference:
-    """Fixed per-token decisions: masks, orders [M, G, N, T]."""
-
-    def __init__(self, masks, orders):
-        self.masks, self.orders = masks, orders
-
-    def start(self, sampler, streams):
-        pass
-
-    def plan(self, i, sampler):
-        m = torch.from_numpy(self.masks[i])
-        return ReferencePlan(m, torch.from_numpy(self.orders[i]), m.all(dim=2).all(dim=1))
-
-    def observe(self, i, sampler):
-        pass
 
 
 def _scripted(G, N, steps, seed=0):

@@ -20,6 +20,7 @@ from dil.runtime.sampling.sampler import gather_inputs, sample
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.runtime.sampling.step_plan import StepPlan
 from dil.runtime.sampling.token_cache import TokenCache
+from patch_models import patch_model
 
 torch = pytest.importorskip("torch")
 
@@ -46,20 +47,6 @@ class ModuleEngine:
 
     def device_cache(self, G, N, T):
         return None
-
-
-def _model(horizon: int, patch: int, known: int = 0):
-    from dil.train.model import ScoreNet
-
-    torch.manual_seed(1)
-    config = ModelConfig(context_length=48, horizon=horizon, d_model=16, num_heads=2, num_layers=2, ffn_dim=32,
-                         time_embed_dim=8, context_patch=12, horizon_patch=patch, prediction="v",
-                         context_features=2 + known, horizon_features=1 + known)
-    model = ScoreNet(config).eval()
-    with torch.no_grad():
-        model.head.weight.normal_(0.0, 0.2)
-        model.head.bias.normal_(0.0, 0.1)
-    return model
 
 
 def _inputs(G: int, known: int = 0, seed: int = 0):
@@ -116,7 +103,7 @@ def test_token_cache_moves_a_tokens_steps_with_its_value():
 def test_plain_sampler_with_patches_matches_the_torch_reference():
     from dil.evaluate.reference.sampler import reference_sample
 
-    model = _model(horizon=16, patch=4, known=2)
+    model = patch_model(horizon=16, patch=4, known=2)
     G, N, H = 2, 3, 16
     ctx = _inputs(G, known=2)
     hor_feat = np.random.default_rng(3).uniform(-0.5, 0.5, (G, H, 2)).astype(np.float32)
@@ -133,7 +120,7 @@ def test_plain_sampler_with_patches_matches_the_torch_reference():
 def test_fast_sampler_with_patches_computes_token_subsets_and_ignores_the_batch():
     """32 tokens of 2 steps: the cache reuses tokens (fewer computed than a full run), and a series'
     forecast is the same alone or next to another series (same seed)."""
-    model = _model(horizon=64, patch=2)
+    model = patch_model(horizon=64, patch=2)
     ctx = _inputs(2, seed=5)
     config = SamplerConfig(inference_steps=10)
     engine = ModuleEngine(model)
@@ -149,7 +136,7 @@ def test_fast_sampler_with_patches_computes_token_subsets_and_ignores_the_batch(
 
 
 def test_sampler_rejects_a_horizon_that_is_not_whole_tokens():
-    model = _model(horizon=16, patch=4)
+    model = patch_model(horizon=16, patch=4)
     streams = SeriesStreams(0, [0])
     with pytest.raises(ValueError, match="horizon_patch 4"):
         sample(ModuleEngine(model), NoiseSchedule(), _inputs(1), np.zeros((1, 2, 14)),

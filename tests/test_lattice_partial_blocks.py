@@ -30,8 +30,8 @@ from dil.evaluate.validation_report import (  # noqa: E402
     reference_sampler,
     runtime_controller,
 )
-from dil.runtime.model_config import ModelConfig  # noqa: E402
 from dil.runtime.rng import SeriesStreams  # noqa: E402
+from patch_models import patch_model  # noqa: E402
 from dil.runtime.sampling import lattice as lat  # noqa: E402
 from dil.runtime.sampling.config import SamplerConfig  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402
@@ -111,26 +111,12 @@ def test_an_order_tie_takes_the_order_above_it(hn):
 
 
 # -- the controller check of small random models -------------------------------------------------
-def _model(horizon: int, patch: int):
-    """A random v-prediction ScoreNet, context 48 in patches of 12, with a non-zero head."""
-    from dil.train.model import ScoreNet
-
-    torch.manual_seed(2)
-    config = ModelConfig(context_length=48, horizon=horizon, d_model=16, num_heads=2, num_layers=2, ffn_dim=32,
-                         time_embed_dim=8, context_patch=12, horizon_patch=patch, prediction="v")
-    model = ScoreNet(config)
-    with torch.no_grad():
-        model.head.weight.normal_(0.0, 0.2)
-        model.head.bias.normal_(0.0, 0.1)
-    return model.eval()
-
-
 def _controller_check(horizon: int, patch: int, steps: int, seed: int, G: int = 2, N: int = 16):
     """Runtime and reference controllers in lockstep on the same network outputs (as dil-validate's
     controller check) -> (runtime decisions, reference decisions, lockstep engine)."""
     from dil.runtime.sampling.sampler import sample
 
-    model = _model(horizon, patch)
+    model = patch_model(horizon, patch, seed=2)
     z = np.random.default_rng(seed).standard_normal((G, 48)).cumsum(axis=1) / 4
     ctx = context_features(z)
     streams = SeriesStreams(seed, range(G))
