@@ -68,16 +68,14 @@ ort = pytest.importorskip("onnxruntime")
 
 from dil.export.graph_check import FP32_TOLERANCE, SUBSET_TOLERANCE  # noqa: E402
 from dil.train.model import ScoreNet  # noqa: E402
+from patch_models import patch_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ph_model():
-    torch.manual_seed(4)
-    model = ScoreNet(ModelConfig(**PH_MODEL))
-    with torch.no_grad():
-        model.head.weight.normal_(0.0, 0.2)
-        model.head.bias.normal_(0.0, 0.1)
-    return model.eval()
+    model = patch_model(PH_MODEL["horizon"], PH, known=FK, prediction="epsilon", seed=4)
+    assert model.config == ModelConfig(**PH_MODEL)
+    return model
 
 
 @pytest.fixture(scope="module")
