@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dil.evaluate.harness import ALL, EvalOptions, finite_or_none, protocol_windows, stream_forecasts
+from dil.evaluate.harness import (ALL, DEFAULT_BATCH_SIZE, EvalOptions, finite_or_none, protocol_windows,
+                                  stream_forecasts)
 
 PLAIN_STEPS = (5, 6, 7, 8, 10, 20, 50)
 FAST_STEPS = (10, 20)
@@ -67,7 +68,7 @@ class FrontierConfig:
     threads: int = 0
     dataset: str | None = None
     tolerance: float = TOLERANCE
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
 
     def __post_init__(self) -> None:
         for name in ("windows", "samples", "repeats", "batch_size"):
