@@ -100,7 +100,7 @@ def evaluate_engine(
     default) imports no torch.
     """
     from dil.runtime import Forecaster
-    from dil.runtime.sampler_choice import sampler_line
+    from dil.runtime.sampler_choice import given_flags, sampler_line
     from dil.runtime.sampling.config import sampler_config
     from dil.runtime.window_features import describe
 
@@ -110,8 +110,7 @@ def evaluate_engine(
                               dayfirst=dayfirst)
     given = {k: v for k, v in (sampler or {}).items() if v is not None}
     config = sampler_config(fc.default_config, inference_steps=options.steps, **given)  # options over the artifact's
-    flags = (["--steps"] if options.steps is not None else []) + [
-        f"--{'' if v else 'no-'}{k}" for k, v in given.items() if k in ("lattice", "cache")]
+    flags = given_flags(options.steps, given.get("lattice"), given.get("cache"))
     options = replace(options, steps=config.steps)
     subset, ref = {}, None
     if ddpm_windows:

@@ -195,10 +195,11 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
         say(f"warning: {busy}, and the choice of the default rests on them")
     timing = _timing_window(w)
     options = EvalOptions(samples=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
-    rows = []
+    rows, configs = [], []
     for sampler, steps in [("plain", s) for s in cfg.plain_steps] + [("fast", s) for s in cfg.fast_steps]:
         lattice, cache = SAMPLERS[sampler]
         config = SamplerConfig(inference_steps=steps, lattice=lattice, cache=cache)
+        configs.append(config)
         costs = []
         fn = forecaster_fn(fc, cfg.samples, steps, cfg.seed, costs, config=config)
         scores = stream_forecasts(fn, w, w.valid, replace(options, steps=steps), desc=f"{sampler} {steps} steps")
@@ -210,7 +211,6 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
             "coverage_90": metrics["coverage_90"],
             "token_fraction": sum(c.tokens_computed for c in costs) / full if full else None,
         })
-    configs = [SamplerConfig(inference_steps=r["steps"], lattice=r["lattice"], cache=r["cache"]) for r in rows]
     for row, latencies in zip(rows, _latencies(fc, timing, configs, cfg)):
         row["latency_s"], row["latencies_s"] = float(np.median(latencies)), latencies
     from dil.data.windows import split_bounds

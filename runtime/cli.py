@@ -382,11 +382,9 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
     echo = (lambda s: click.echo(s, err=True)) if out is None else click.echo
     echo(_summary(table, forecast, config, wall, out, plot, spec))
     if show_stats:
-        given = [flag for flag, value in (("--steps", steps), ("--lattice" if lattice else "--no-lattice", lattice),
-                                          ("--cache" if cache else "--no-cache", cache)) if value is not None]
-        from dil.runtime.sampler_choice import sampler_line
+        from dil.runtime.sampler_choice import given_flags, sampler_line
 
-        echo(sampler_line(config, manifest, given))
+        echo(sampler_line(config, manifest, given_flags(steps, lattice, cache)))
         echo(_stats_text(forecast.stats))
 
 

@@ -16,6 +16,16 @@ def sampler_name(config) -> str:
     return f"fast sampler ({' + '.join(parts)})"
 
 
+def given_flags(steps=None, lattice=None, cache=None) -> list[str]:
+    """The command-line flags of the sampler options a user gave (None: not given), in option order,
+    e.g. ["--steps", "--no-cache"]."""
+    flags = ["--steps"] if steps is not None else []
+    for name, value in (("lattice", lattice), ("cache", cache)):
+        if value is not None:
+            flags.append(f"--{'' if value else 'no-'}{name}")
+    return flags
+
+
 def sampler_line(config, manifest, given=()) -> str:
     """One line: the sampler and steps that ran (`config`, a SamplerConfig) and why: the artifact's
     default (`manifest`'s "sampler_defaults" and their "why"), the built-in default, or the options

@@ -25,7 +25,7 @@ from dil.evaluate.reference.sampler import (  # noqa: E402
 )
 from dil.runtime.rng import SeriesStreams  # noqa: E402
 from patch_models import patch_model  # noqa: E402
-from test_reference_sampler import ScriptedReference  # noqa: E402  fixed decisions: masks, orders [M, G, N, T]
+from test_reference_sampler import ScriptedReference, ScriptedRuntime, scripted  # noqa: E402  fixed decisions
 from dil.runtime.sampling.config import SamplerConfig  # noqa: E402
 from dil.runtime.sampling.parametrisation import to_x0_eps  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
@@ -162,19 +162,11 @@ def test_lattice_orders_reach_every_step_of_their_token(model):
 
 
 
-def _scripted(G, N, steps, seed=0):
-    rng = np.random.default_rng(seed)
-    masks = rng.random((steps, G, N, T)) < 0.4
-    masks[0] = True
-    masks[:, :, :, 0] = True
-    return masks, rng.integers(1, 4, size=(steps, G, N, T))
-
-
 def test_a_reused_token_keeps_every_steps_prediction(model):
     """Between its computations a token's 4 steps keep their x0 (and its keys), while a computed
     token's steps take the fresh outputs: x0 = (x - sigma eps) / alpha per step."""
     ctx, _, x_T, streams = _inputs(2, 3, seed=2)
-    masks, orders = _scripted(2, 3, STEPS)
+    masks, orders = scripted(2, 3, T, STEPS)
     ref = ReferenceSampler(model, NoiseSchedule(), ctx, x_T, STEPS, streams, ScriptedReference(masks, orders),
                            x0_clip=0)
     for i in range(STEPS):
@@ -219,30 +211,13 @@ def test_scripted_token_subsets_match_the_runtime_in_lockstep(model):
     from dil.evaluate.validation_report import LockstepEngine, RecordingController, compare_decisions
     from dil.export.graph_check import TorchGraphs
     from dil.runtime.sampling.sampler import sample
-    from dil.runtime.sampling.step_plan import StepPlan
 
     ctx, _, x_T, streams = _inputs(2, 5, seed=1)
-    masks, orders = _scripted(2, 5, STEPS, seed=1)
+    masks, orders = scripted(2, 5, T, STEPS, seed=1)
 
-    class ScriptedRuntime:
-        counters: dict = {}
-
-        def start(self, G, N, T_, solver, streams):
-            assert T_ == T
-
-        def plan(self, i, cache):
-            pos = np.sort(np.where(masks[i], np.arange(T), T), axis=-1)[..., : int(masks[i].sum(-1).max())]
-            return StepPlan(pos_sub=pos.astype(np.int64), order=orders[i], full=bool(masks[i].all()))
-
-        def adjust(self, i, cache, computed):
-            pass
-
-        def observe(self, i, cache):
-            pass
-
-    ref = ReferenceSampler(model, NoiseSchedule(), ctx, x_T, STEPS, streams, ScriptedReference(masks, orders))
+    ref = ReferenceSampler(model, NoiseSchedule(), ctx, x_T, STEPS, streams, ScriptedReference(masks, orders), bucket=4)
     engine = LockstepEngine(ref, TorchGraphs(model), model.config)
-    rec = RecordingController(ScriptedRuntime(), before_plan=engine.advance)
+    rec = RecordingController(ScriptedRuntime(masks, orders), before_plan=engine.advance)
     result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS), streams, controller=rec)
     assert engine.mismatched_calls == 0 and engine.input_max_abs_diff == 0.0
     assert compare_decisions(rec.decisions, ref.decisions)["agreement"] == 1.0

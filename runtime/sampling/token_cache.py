@@ -55,8 +55,7 @@ class TokenCache:
         self.patch = int(patch)
         H = T * self.patch
         self._out = np.zeros((G, N, H))  # the network's raw outputs per step, scattered (computed tokens read)
-        self._x = np.zeros((G, N, H))
-        self._x_tok = token_mean(self._x, self.patch)
+        self._x_tok = np.zeros((G, N, T))  # cache.x: the current noisy horizon per token
         # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None.
         self.k = np.zeros((layers, G, N, T, D), dtype=np.float32) if keep_kv else None
         self.v = np.zeros_like(self.k) if keep_kv else None
@@ -80,7 +79,6 @@ class TokenCache:
     @x.setter
     def x(self, steps: np.ndarray) -> None:
         """Set from the step-level noisy horizon, float64 [G, N, H]."""
-        self._x = steps
         self._x_tok = token_mean(steps, self.patch)
 
     @property
