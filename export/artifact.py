@@ -39,6 +39,7 @@ from dil.export.weights import weights_file_name, weights_record
 from dil.runtime.backends.trt_profile import ProfileError, resolve_profile
 from dil.runtime.files import sha256_file, write_text
 from dil.runtime.manifest import Manifest
+from dil.runtime.spectral import LAYOUT_KEY, layout_record
 from dil.train.checkpoint import Checkpoint, load_checkpoint
 from dil.train.run_state import training_progress
 
@@ -81,7 +82,7 @@ def export_stages(options: ExportOptions) -> list[str]:
     from dil.export.trt_artifact import plan_stages
 
     precisions = ["fp32"] + ["fp16"] * options.fp16
-    stages = ["load", "export encode", "export denoise"] + ["validate"] * options.validate
+    stages = ["load", "export encode", "export denoise", "export denoise_full"] + ["validate"] * options.validate
     if options.fp16:
         stages += ["fp16 convert"] + ["fp16 validate"] * options.validate
     if options.tensorrt:
@@ -301,7 +302,9 @@ def _fp32_artifact(ckpt: Checkpoint, work: Path, manifest_path: Path, opts: Expo
         extra={"dynamic_axes": axes,
                "checkpoint": {"run": run, "training": ckpt.training,
                               "progress": training_progress(ckpt.path).to_dict()},
-               "weights": weights_record(weights, f"model.safetensors of the run {run}")},
+               "weights": weights_record(weights, f"model.safetensors of the run {run}"),
+               # a frequency-domain model's horizon layout, checked when the artifact loads (docs/frequency.md)
+               **({LAYOUT_KEY: layout_record(ckpt.config.horizon)} if ckpt.config.domain == "frequency" else {})},
         path=manifest_path,
     )
     return _Artifact(manifest, [*graphs.values(), weights], graphs, real)

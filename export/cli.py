@@ -38,10 +38,14 @@ def summary_lines(manifest) -> list[str]:
                  f"tolerance {v['tolerance']:.0e}")
     for g, e in v["graphs"].items():
         parts = "  ".join(f"{kind} {_fmt(e[kind]['max_abs_err'])}" for kind in ("random", "real") if kind in e)
-        lines.append(f"  {g:<8} {parts}  (max rel {_fmt(e['max_rel_err'])})  {'ok' if e['passed'] else 'FAILED'}")
+        lines.append(f"  {g:<12} {parts}  (max rel {_fmt(e['max_rel_err'])})  {'ok' if e['passed'] else 'FAILED'}")
     sub = v["subset_equivalence"]
     errs = "  ".join(f"{k} {_fmt(x)}" for k, x in sub["max_abs_err"].items())
     lines.append(f"  subset equivalence  {errs}  (tolerance {sub['tolerance']:.0e})  {'ok' if sub['passed'] else 'FAILED'}")
+    full = v.get("full_step_equivalence")
+    if full:
+        lines.append(f"  denoise_full vs denoise  {_fmt(full['max_abs_err'])}  (tolerance {full['tolerance']:.0e})  "
+                     f"{'ok' if full['passed'] else 'FAILED'}")
     real = v.get("real_data", {})
     if real.get("used"):
         match = {True: "matches the training data", False: "DIFFERS from the training data's sha256",
@@ -126,7 +130,8 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
               help="Output folder, created (with any missing folders above it) when the export is written. "
                    "A path ending in NAME.plan (or NAME.fp16.plan) means the folder, --name NAME and --tensorrt "
                    "(and --fp16).")
-@click.option("--name", default=None, help="Artifact name: writes NAME.encode.onnx, NAME.denoise.onnx, NAME.json "
+@click.option("--name", default=None, help="Artifact name: writes NAME.encode.onnx, NAME.denoise.onnx, "
+              "NAME.denoise_full.onnx, NAME.json "
               "[default: the checkpoint folder's name]. An existing artifact of that name is replaced only "
               "after the new one passes validation.")
 @click.option("--data", "data_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -156,11 +161,12 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
 def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | None, data_path: Path | None,
          fp16: bool, tensorrt: bool, trt_batch, trt_samples, trt_tokens, trt_context, trt_horizon,
          strongly_typed: bool, timing_cache: Path | None, force: bool, allow_incomplete: bool, quiet: bool) -> None:
-    """Export a checkpoint to ONNX (encode + denoise graphs) and validate it.
+    """Export a checkpoint to ONNX (encode, denoise and the full-step denoise_full graphs) and validate it.
 
     The graphs are checked against the PyTorch model with ONNX Runtime (CPU) on random inputs and on
-    real windows of the training data, at several shapes, and for the token-subset equivalence. An
-    export beyond tolerance (1e-4 max abs error on the standardised scale; 1e-5 for the subset check)
+    real windows of the training data, at several shapes, and for the token-subset equivalence (and
+    denoise_full against denoise's full step). An export beyond tolerance (1e-4 max abs error on the
+    standardised scale; 1e-5 for the subset and full-step checks)
     is refused and nothing is written, as is a run whose training did not finish (--allow-incomplete).
     Beside the graphs, NAME.weights.safetensors holds the torch weights (dil-validate and the torch
     baselines of dil-bench rebuild the module from it). The manifest NAME.json is written last and

@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from dil.runtime.model_config import ModelConfig
-from dil.runtime.manifest import DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS
+from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS, DENOISE_OUTPUTS,
+                                  ENCODE_INPUTS, ENCODE_OUTPUTS)
 from dil.runtime.scaling import context_features, context_scale, standardise
+from dil.runtime.spectral import noise_gains, to_spectrum
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
 
@@ -83,7 +85,8 @@ class OrtGraphs:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.sessions = {
-            g: ort.InferenceSession(str(paths[g]), opts, providers=[PROVIDER]) for g in ("encode", "denoise")
+            g: ort.InferenceSession(str(paths[g]), opts, providers=[PROVIDER])
+            for g in ("encode", "denoise", "denoise_full") if g in paths
         }
 
     def encode(self, ctx):
@@ -91,6 +94,9 @@ class OrtGraphs:
 
     def denoise(self, *args):
         return tuple(self.sessions["denoise"].run(list(DENOISE_OUTPUTS), dict(zip(DENOISE_INPUTS, args))))
+
+    def denoise_full(self, *args):
+        return self.sessions["denoise_full"].run(list(DENOISE_FULL_OUTPUTS), dict(zip(DENOISE_FULL_INPUTS, args)))[0]
 
 
 class TorchGraphs:
@@ -106,6 +112,10 @@ class TorchGraphs:
     @torch.no_grad()
     def denoise(self, *args):
         return tuple(t.numpy() for t in self.model.denoise(*(torch.from_numpy(a) for a in args)))
+
+    @torch.no_grad()
+    def denoise_full(self, *args):
+        return self.model.denoise_full(*(torch.from_numpy(a) for a in args)).numpy()
 
 
 def errors(outputs, references) -> tuple[float, float]:
@@ -195,10 +205,14 @@ def real_case(config: ModelConfig, schedule: NoiseSchedule, shape: Shape, window
     ctx, tgt = ctx_all[pick, -L:], tgt_all[pick, :H]
     loc, scale = context_scale(ctx)
     x0 = np.nan_to_num(standardise(tgt, loc, scale), nan=0.0)  # a missing target: clean value 0
+    gains = 1.0
+    if config.domain == "frequency":  # what the network sees: the first H coordinates of the spectrum
+        full = np.nan_to_num(standardise(tgt_all[pick, : config.horizon], loc, scale), nan=0.0)
+        x0, gains = to_spectrum(full)[:, :H], noise_gains(config.horizon)[:H]
     grid = schedule.sampling_grid(REAL_TIMES)
     kappa = grid[np.arange(G * N).reshape(G, N) % grid.size]
     alpha, sigma = schedule.alpha(kappa)[..., None], schedule.sigma(kappa)[..., None]
-    x = alpha * x0[:, None, :] + sigma * rng.standard_normal((G, N, H))
+    x = alpha * x0[:, None, :] + sigma * gains * rng.standard_normal((G, N, H))
     values = context_features(standardise(ctx, loc, scale))
     feats, x = _with_features(config, values, x[..., None].astype(np.float32), rng)
     return Case(feats, x, _time_features(kappa, config.time_embed_dim), shape, "real")
@@ -253,6 +267,16 @@ def compare_case(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelCon
     return {"encode": enc, "denoise": den}
 
 
+def full_step_errors(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelConfig) -> tuple:
+    """The denoise_full graph on a case's every token: ((abs, rel) vs torch's denoise_full, max abs
+    difference vs the denoise graph's full step on the same inputs)."""
+    k_ctx, v_ctx = ref.encode(case.ctx)
+    args = (case.x, case.t_feat, k_ctx, v_ctx)
+    out = onnx.denoise_full(*args)
+    full = onnx.denoise(*_full_step_args(case, k_ctx, v_ctx, config.num_layers, config.d_model))[0]
+    return errors([out], [ref.denoise_full(*args)]), float(np.abs(out - full).max())
+
+
 def subset_equivalence(engine, case: Case, config: ModelConfig, rng) -> float:
     """Max abs difference between `denoise` on a token subset (cache = the full step's keys/values,
     valid elsewhere) and the full step's rows at those tokens (eps, k, v); padding excluded."""
@@ -302,6 +326,10 @@ def validate_graphs(
     kinds = ["random"] + (["real"] if real_windows is not None else [])
     found = {g: {k: [] for k in kinds} for g in ("encode", "denoise")}
     subset = {"onnx": [], "torch": []}
+    lean = "denoise_full" in onnx.sessions  # the optional full-step graph (docs/architecture.md section 4)
+    if lean:
+        found["denoise_full"] = {k: [] for k in kinds}
+        full_vs_denoise = []
     for shape in shapes:
         for kind in kinds:
             if kind == "random":
@@ -310,6 +338,10 @@ def validate_graphs(
                 case = real_case(config, schedule, shape, real_windows, rng)
             for g, e in compare_case(onnx, ref, case, config, rng).items():
                 found[g][kind].append(e)
+            if lean:
+                vs_torch, vs_denoise = full_step_errors(onnx, ref, case, config)
+                found["denoise_full"][kind].append(vs_torch)
+                full_vs_denoise.append(vs_denoise)
             if shape.S < shape.H or shape.pad:
                 seed_sub = int(rng.integers(2**31))
                 for name, engine in (("onnx", onnx), ("torch", ref)):
@@ -323,6 +355,9 @@ def validate_graphs(
         entry.update(_summary([e for errs in by_kind.values() for e in errs]))
         if g == "denoise":
             entry["shapes"] = [s.to_dict() for s in shapes]
+        elif g == "denoise_full":  # every token of each shape's H
+            entry["shapes"] = [{"G": G, "N": N, "L": L, "H": H} for G, N, L, H in
+                               dict.fromkeys((s.G, s.N, s.L, s.H) for s in shapes)]
         else:
             entry["shapes"] = [{"G": G, "L": L} for G, L in dict.fromkeys((s.G, s.L) for s in shapes)]
         entry["tolerance"] = tolerance
@@ -336,8 +371,14 @@ def validate_graphs(
         "inputs": kinds,
         "passed": all(v is not None and v <= subset_tolerance for v in sub.values()),
     }
+    checks = [report["subset_equivalence"]]
+    if lean:  # the lean full step reproduces the denoise graph's full step as a subset step does
+        report["full_step_equivalence"] = {"max_abs_err": max(full_vs_denoise), "tolerance": subset_tolerance,
+                                           "against": "denoise graph, every token, empty cache",
+                                           "passed": max(full_vs_denoise) <= subset_tolerance}
+        checks.append(report["full_step_equivalence"])
     report["real_data"] = real_info or ({"used": real_windows is not None})
-    report["passed"] = all(e["passed"] for e in report["graphs"].values()) and report["subset_equivalence"]["passed"]
+    report["passed"] = all(e["passed"] for e in report["graphs"].values()) and all(c["passed"] for c in checks)
     return report
 
 
@@ -352,4 +393,7 @@ def failures(report: dict) -> list[str]:
     if sub and not sub["passed"]:
         errs = ", ".join(f"{k} {v:.3g}" for k, v in sub["max_abs_err"].items() if v is not None)
         out.append(f"subset equivalence: max abs error {errs} > tolerance {sub['tolerance']:.3g}")
+    full = report.get("full_step_equivalence", {})
+    if full and not full["passed"]:
+        out.append(f"denoise_full vs denoise: max abs error {full['max_abs_err']:.3g} > tolerance {full['tolerance']:.3g}")
     return out

@@ -1,7 +1,9 @@
 """ONNX export of the score network's two entry points (docs/architecture.md section 4).
 
 `encode` and `denoise` become two graphs with the dynamic axes G, N, S, L, H, exported with the
-dynamo exporter (opset 18: native LayerNormalization). Each file is written atomically.
+dynamo exporter (opset 18: native LayerNormalization). Each file is written atomically. A third,
+`denoise_full` (ScoreNet.denoise_full: every token, no cache, no masks; axes G, N, H, L), serves the
+steps that compute every token and need no keys/values (the plain sampler).
 
 H counts horizon TOKENS, T = horizon / horizon_patch at most: with horizon patches (Ph > 1) a
 token is Ph steps, so x_sub's last axis is Ph * Fh and eps_sub's is Ph (docs/model.md section 3).
@@ -25,7 +27,8 @@ from torch import nn
 from torch.export import Dim
 
 from dil.runtime.files import atomic_path
-from dil.runtime.manifest import DENOISE_INPUTS, DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS
+from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS, DENOISE_OUTPUTS,
+                                  ENCODE_INPUTS, ENCODE_OUTPUTS)
 from dil.train.model import ScoreNet
 
 OPSET = 18
@@ -51,6 +54,27 @@ class DenoiseGraph(nn.Module):
 
     def forward(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid):
         return self.model.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx, k_hor, v_hor, hor_valid)
+
+
+class DenoiseFullGraph(nn.Module):
+    """The full-step entry point (ScoreNet.denoise_full): x_hor, t_feat, k_ctx, v_ctx -> out."""
+
+    def __init__(self, model: ScoreNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_hor, t_feat, k_ctx, v_ctx):
+        return self.model.denoise_full(x_hor, t_feat, k_ctx, v_ctx)
+
+
+def full_step_inputs(model: ScoreNet, den_args: tuple) -> tuple:
+    """denoise_full's tracing inputs from denoise's: x_hor [G, N, T, Ph*Fh] with T = horizon_tokens
+    (random), then denoise's t_feat, k_ctx, v_ctx."""
+    x_sub, _, t_feat, k_ctx, v_ctx = den_args[:5]
+    G, N = x_sub.shape[:2]
+    T = model.config.horizon_tokens
+    x_hor = torch.randn(G, N, T, x_sub.shape[3], generator=torch.Generator().manual_seed(1))
+    return x_hor, t_feat, k_ctx, v_ctx
 
 
 def example_inputs(model: ScoreNet, G: int = 2, N: int = 3, S: int | None = None, seed: int = 0):
@@ -107,6 +131,7 @@ def _dims(model: ScoreNet):
     kv_axes = {1: G} if Lp is None else {1: G, 2: Lp}
     hor_axes = {1: G, 2: N} if H is None else {1: G, 2: N, 3: H}
     encode = (ctx_axes,)
+    full = ({0: G, 1: N} if H is None else {0: G, 1: N, 2: H}, {0: G, 1: N}, kv_axes, kv_axes)
     denoise = (
         {0: G, 1: N, 2: S},
         {0: G, 1: N, 2: S},
@@ -117,7 +142,7 @@ def _dims(model: ScoreNet):
         hor_axes,
         {0: G, 1: N} if H is None else {0: G, 1: N, 2: H},
     )
-    return encode, denoise
+    return encode, denoise, full
 
 
 # The names of the context axes in the graphs' I/O with P > 1 (the exporter writes "24*Lp" for
@@ -190,18 +215,21 @@ def _strip_source_locations(path, axis_names: dict) -> None:
 
 
 def export_onnx(model: ScoreNet, out_dir, name: str, progress=None) -> dict[str, Path]:
-    """Write NAME.encode.onnx and NAME.denoise.onnx into out_dir; returns {graph: path}.
+    """Write NAME.encode.onnx, NAME.denoise.onnx and NAME.denoise_full.onnx into out_dir; returns
+    {graph: path}.
 
     progress: optional callable, called with the graph's name before each export (~10 s each).
     """
     model = model.eval()
     out_dir = Path(out_dir)
     ctx, den_args = example_inputs(model)
-    enc_dims, den_dims = _dims(model)
-    paths = {"encode": out_dir / f"{name}.encode.onnx", "denoise": out_dir / f"{name}.denoise.onnx"}
+    enc_dims, den_dims, full_dims = _dims(model)
+    paths = {g: out_dir / f"{name}.{g}.onnx" for g in ("encode", "denoise", "denoise_full")}
     jobs = {
         "encode": (EncodeGraph(model), (ctx,), enc_dims, ENCODE_INPUTS, ENCODE_OUTPUTS),
         "denoise": (DenoiseGraph(model), den_args, den_dims, DENOISE_INPUTS, DENOISE_OUTPUTS),
+        "denoise_full": (DenoiseFullGraph(model), full_step_inputs(model, den_args), full_dims, DENOISE_FULL_INPUTS,
+                         DENOISE_FULL_OUTPUTS),
     }
     names = _CONTEXT_AXIS_NAMES if model.config.context_patch > 1 else None
     for graph, job in jobs.items():

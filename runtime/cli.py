@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import click
 
+from dil.runtime.deps import MissingDependency
+from dil.runtime.run_output import check_outputs as _check_outputs
+from dil.runtime.run_output import output_kind as _output_kind
+from dil.runtime.run_output import to_stdout as _to_stdout
+from dil.runtime.run_output import write_table as _write_table
 from dil.runtime.sampling.schedule import SPACINGS
 
 # Help of --spacing (dil-run, dil-eval, dil-bench): the step grid of NoiseSchedule.sampling_grid.
@@ -16,58 +20,9 @@ SPACING_HELP = ("Step spacing of the solver's grid: logsnr (uniform in log signa
                 "grid of earlier versions: its last call, at noise level 0.17 for 20 steps, left the samples "
                 "under-dispersed). See docs/model.md section 5.1.")
 
-TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
-
-
-def _output_kind(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in TABLE_SUFFIXES:
-        if name.endswith(suffix):
-            return "parquet" if suffix == ".parquet" else "csv"
-    raise click.ClickException(f"--out {path}: unsupported file type (use {', '.join(TABLE_SUFFIXES)})")
-
-
-def _check_outputs(out: Path | None, plot: Path | None) -> None:
-    """Fail before any work when an output cannot be written (so nothing is half done)."""
-    from dil.runtime.deps import require
-    from dil.runtime.plot import FORMATS
-
-    from dil.runtime.files import folder_problem
-
-    for opt, path in (("--out", out), ("--plot", plot)):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise click.ClickException(f"{opt} {path}: is a folder, not a file")
-        problem = folder_problem(path.parent)  # missing folders are created when the output is written
-        if problem:
-            raise click.ClickException(f"{opt} {path}: {problem}")
-    if out is not None and _output_kind(out) == "parquet":
-        require("pyarrow", "parquet")
-    if plot is not None:
-        if plot.suffix.lower().lstrip(".") not in FORMATS:
-            raise click.ClickException(f"--plot {plot}: unsupported image type (use .{', .'.join(FORMATS)})")
-        require("matplotlib", "plot")
-
-
-def _write_table(frame, path: Path, kind: str) -> None:
-    from dil.runtime.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        if kind == "parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False, compression="gzip" if path.name.lower().endswith(".gz") else None)
-
-
-def _to_stdout(frame) -> None:
-    try:
-        frame.to_csv(sys.stdout, index=False)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `dil-run ... | head`: the reader left; not an error
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+# Errors shown as one line: bad input, options or files (DataError, ForecastError, ManifestError,
+# EngineError and RayJobError are ValueErrors) and a missing optional dependency.
+RUN_ERRORS = (ValueError, OSError, MissingDependency)
 
 
 def _say(line: str) -> None:
@@ -259,6 +214,18 @@ def _settings(kwargs: dict) -> dict:
 @click.option("--dayfirst/--monthfirst", "dayfirst", default=None,
               help="Read --date-column day-first (13.07.2016) or month-first (07/13/2016) [default: decided from "
                    "the data, an error when both readings work].")
+@click.option("--id-column", default=None, metavar="C",
+              help="Read --input as a long table: one row per (series id C, --date-column, --target-column "
+                   "[, covariates]); .csv, .csv.gz, .parquet or a folder of .parquet files. The output has the "
+                   "same columns; see docs/scale-out.md.")
+@click.option("--target-column", default=None, metavar="C",
+              help="Value column of a long table [default: its one column besides the id, date and covariates].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Forecast the long table on Ray (needs the 'ray' extra): alone, a local cluster sized to the "
+                   "machine; 'auto' or HOST:PORT joins a running cluster. --out names a new folder of Parquet "
+                   "files; the forecast equals the one without --ray, bit for bit.")
+@click.option("--actors", default=None, type=int,
+              help="Ray actors that forecast (each loads the engine once) [default: one per CPU of the cluster].")
 @click.option("--columns", default=None, metavar="A,B",
               help="Series to forecast [default: the series the model was trained on, by name, when the table "
                    "has them; else every numeric column, with a note].")
@@ -291,8 +258,9 @@ def _settings(kwargs: dict) -> dict:
                    "your options), then the sampler's statistics (engine calls, tokens computed, cache reuse, "
                    "full steps, order histogram, refinements/merges, engine and control time).")
 @_sampler_options
-def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_bad_series, samples, steps, solver_order,
-         lattice, cache, seed, out, plot, threads, batch_series, show_stats, **sampler_settings):
+def main(engine, input_path, date_column, date_format, dayfirst, id_column, target_column, ray_address, actors, columns,
+         skip_bad_series, samples, steps, solver_order, lattice, cache, seed, out, plot, threads, batch_series,
+         show_stats, **sampler_settings):
     """Forecast the series of a table with an exported diffusion model.
 
     Without --columns the series the model was trained on are forecast when the table has them
@@ -309,12 +277,17 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
     Output: one row per series and future step with the columns series, timestamp (or step
     1..H when the table has no date column), mean, median and the 19 quantiles q05, q10, ..., q95.
 
+    Many series: --id-column reads a long table (one row per series id and timestamp; CSV, Parquet
+    or a folder of Parquet files) and writes the same columns; --ray forecasts it on a Ray cluster
+    into a new folder of Parquet files, bit for bit the same (docs/scale-out.md).
+
     \b
     Example:
       dil-run --engine engines/metro-traffic.onnx --input traffic.csv --date-column date_time \\
               --out forecast.csv --plot forecast.png
       dil-run --input traffic.csv --no-lattice --no-cache --stats     # the plain sampler, for comparison
       dil-run --input sensors.csv --date-column time --dayfirst --skip-bad-series --out out/f.csv
+      dil-run --input sales/ --id-column store --date-column day --ray auto --out forecast/
 
     Sampler and steps: the artifact's defaults where its manifest records them (chosen on the
     validation windows by dil-bench --frontier --write-defaults: the fastest configuration within
@@ -322,7 +295,7 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
     --cache/--no-cache override them one by one, and --stats says which ran and why. The sampler
     settings (lattice and cache options below) are described in docs/sampler.md.
     """
-    from dil.runtime.deps import MissingDependency
+    from dil.runtime.long_run import LongRequest
     from dil.runtime.table import DataError, load_table
     from dil.runtime.backends.onnx_engine import EngineError
     from dil.runtime.forecaster import ForecastError, Forecaster
@@ -335,6 +308,11 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
         chosen = dict(inference_steps=steps, solver_order=solver_order, lattice=lattice, cache=cache,
                       **_settings(sampler_settings))
         sampler_config(None, **chosen)  # a bad setting: one line, before any work
+        if id_column is not None or ray_address is not None:
+            return _long(LongRequest(input_path, out, id_column, date_column, target_column, date_format, dayfirst,
+                                     engine, threads, ray_address, actors),
+                         {"--columns": columns is not None, "--plot": plot is not None, "--stats": show_stats},
+                         chosen, samples, seed, batch_series, skip_bad_series)
         _check_outputs(out, plot)
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         manifest = load_manifest(engine if engine is not None else default_artifact())  # checked before any work
@@ -375,7 +353,7 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
                 _to_stdout(frame)
             if image is not None:
                 write_bytes(plot, image)
-    except (DataError, ManifestError, EngineError, ForecastError, MissingDependency, ValueError, OSError) as exc:
+    except RUN_ERRORS as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
     wall = time.perf_counter() - start
@@ -386,6 +364,22 @@ def main(engine, input_path, date_column, date_format, dayfirst, columns, skip_b
 
         echo(sampler_line(config, manifest, given_flags(steps, lattice, cache)))
         echo(_stats_text(forecast.stats))
+
+
+def _long(req, wide_only: dict, chosen: dict, samples: int, seed: int, batch_series: int, skip: bool) -> None:
+    """A long table (--id-column), in this process or on Ray (--ray): dil.runtime.long_run."""
+    from dil.runtime.long_run import check_request, run_long
+    from dil.runtime.manifest import default_artifact, load_manifest
+    from dil.runtime.sampling.config import sampler_config
+
+    try:
+        check_request(req, wide_only)
+        manifest = load_manifest(req.engine if req.engine is not None else default_artifact())
+        config = sampler_config(manifest.default_sampler(), **chosen)
+        line = run_long(req, manifest, config, samples, seed, batch_series, skip, _say)
+    except RUN_ERRORS as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    click.echo(line, err=req.out is None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ An exported model NAME is a folder entry of sibling files:
     NAME.json           this manifest (written last: its presence means the artifact is complete)
     NAME.encode.onnx    the encode graph
     NAME.denoise.onnx   the denoise graph
+    NAME.denoise_full.onnx  optional: the full-step graph (every token, no cache; OPTIONAL_GRAPHS)
     NAME.*.plan         TensorRT engines, where built (graphs[g]["plan_file"], the "tensorrt" record)
 `--engine` may name any of NAME.onnx, NAME.plan, NAME.json, NAME.encode.onnx, ... : they all resolve
 to NAME.json, and the graph files come from it. The FP16 variant is the artifact NAME.fp16
@@ -31,14 +32,15 @@ from pathlib import Path, PurePath
 
 from dil.runtime.files import sha256_file, write_text
 from dil.runtime.model_config import ModelConfig
+from dil.runtime.spectral import LAYOUT_KEY, LayoutError, check_layout
 from dil.runtime.sampling.config import SamplerConfig, check_int
 from dil.runtime.sampling.schedule import NoiseSchedule
 
 FORMAT_VERSION = 1
 GRAPHS = ("encode", "denoise")
 # Suffixes a user may point --engine at; stripping one gives NAME.
-_SUFFIXES = (".encode.onnx", ".denoise.onnx", ".encode.plan", ".denoise.plan", ".cache_update.plan", ".onnx", ".plan",
-             ".json")
+_SUFFIXES = (".encode.onnx", ".denoise.onnx", ".denoise_full.onnx", ".encode.plan", ".denoise.plan", ".cache_update.plan",
+             ".onnx", ".plan", ".json")
 # Keys of the manifest JSON that Manifest holds as fields; everything else goes to Manifest.extra.
 _FIELDS = ("format_version", "name", "precision", "model", "schedule", "data", "graphs", "io", "validation", "versions",
            "features", "sampler_defaults")
@@ -58,6 +60,11 @@ ENCODE_INPUTS = ("ctx",)
 ENCODE_OUTPUTS = ("k_ctx", "v_ctx")
 DENOISE_INPUTS = ("x_sub", "pos_sub", "t_feat", "k_ctx", "v_ctx", "k_hor", "v_hor", "hor_valid")
 DENOISE_OUTPUTS = ("eps_sub", "k_sub", "v_sub")
+# Optional graphs: an artifact exported before one existed has none and works without it.
+# denoise_full: the full step (every token, no cache, no masks) for samplers that need no keys/values.
+OPTIONAL_GRAPHS = ("denoise_full",)
+DENOISE_FULL_INPUTS = ("x_hor", "t_feat", "k_ctx", "v_ctx")
+DENOISE_FULL_OUTPUTS = ("out",)
 
 
 class ManifestError(ValueError):
@@ -152,6 +159,8 @@ class Manifest:
             "io": {
                 "encode": {"inputs": list(ENCODE_INPUTS), "outputs": list(ENCODE_OUTPUTS)},
                 "denoise": {"inputs": list(DENOISE_INPUTS), "outputs": list(DENOISE_OUTPUTS)},
+                **({"denoise_full": {"inputs": list(DENOISE_FULL_INPUTS), "outputs": list(DENOISE_FULL_OUTPUTS)}}
+                   if "denoise_full" in self.graphs else {}),
             },
             "validation": self.validation,
             "versions": self.versions,
@@ -210,7 +219,7 @@ def _check_fields(d, mpath: Path) -> None:
         _field(d, f"model.{key}", None, mpath)
     for key in _SCHEDULE_KEYS:
         _field(d, f"schedule.{key}", None, mpath)
-    for g in GRAPHS:
+    for g in GRAPHS + tuple(g for g in OPTIONAL_GRAPHS if g in d["graphs"]):
         _field(d, f"graphs.{g}.file", str, mpath)
         if not _SHA256.fullmatch(_field(d, f"graphs.{g}.sha256", str, mpath)):
             raise ManifestError(f"manifest {mpath}: field 'graphs.{g}.sha256' is not a sha256 (64 lowercase hex digits)")
@@ -247,10 +256,16 @@ def load_manifest(engine) -> Manifest:
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"manifest {mpath} is invalid: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     m.features = _features(d.get("features"), mpath)
+    if m.model.domain == "frequency":  # the spectral layout the graphs were trained in (docs/frequency.md)
+        try:
+            check_layout(d.get(LAYOUT_KEY), m.model.horizon, f"manifest {mpath}")
+        except LayoutError as exc:
+            raise ManifestError(str(exc)) from None
     if "sampler_defaults" in d:
         m.sampler_defaults = check_sampler_defaults(d["sampler_defaults"], f"manifest {mpath}")
     _check_widths(m)
-    paths = {g: m.graph_path(g) for g in GRAPHS}  # all refused or accepted before any file is read
+    present = GRAPHS + tuple(g for g in OPTIONAL_GRAPHS if g in m.graphs)
+    paths = {g: m.graph_path(g) for g in present}  # all refused or accepted before any file is read
     for g, p in paths.items():
         if not p.is_file():
             raise ManifestError(f"graph file {p} named by {mpath} is missing")

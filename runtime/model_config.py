@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from dil.runtime.spectral import check_domain
+
 # What the network may predict (dil.runtime.sampling.parametrisation converts either output into the
 # data and noise predictions). Defined here because the runtime's sampling package imports this
 # module, not the other way round.
@@ -31,6 +33,9 @@ class ModelConfig:
     horizon_patch: Ph, horizon steps per horizon token (Ph consecutive steps, Ph * Fh values in, Ph
         outputs); horizon % Ph == 0. The sampler's controllers, the token cache and the graphs' H axis
         count these tokens (horizon_tokens = horizon / Ph). Old manifests without the key have Ph = 1.
+    domain: "time" (horizon tokens are steps) or "frequency" (horizon tokens are the H coordinates of
+        the horizon's orthonormal real DFT, dil.runtime.spectral; needs horizon >= 2 and Ph = 1;
+        docs/frequency.md). Old manifests and runs without the key are time-domain models.
     """
 
     context_length: int = 168
@@ -45,6 +50,7 @@ class ModelConfig:
     prediction: str = "epsilon"
     context_patch: int = 1
     horizon_patch: int = 1
+    domain: str = "time"
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -64,6 +70,10 @@ class ModelConfig:
         if not isinstance(Ph, int) or Ph < 1 or self.horizon % Ph:
             raise ValueError(f"horizon_patch must be an integer >= 1 that divides horizon "
                              f"({self.horizon}), got {self.horizon_patch!r}")
+        check_domain(self.domain, self.horizon)
+        if self.domain == "frequency" and Ph != 1:
+            raise ValueError(f"--horizon-patch must be 1 with --domain frequency (one token per spectral "
+                             f"coordinate), got {Ph}")
         for name, low in (("context_features", 2), ("horizon_features", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")

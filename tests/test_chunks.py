@@ -17,7 +17,7 @@ FAST = dict(K=2, bucket=1, tau_0=3.0, full_fraction=1.0, R=100)
 
 
 class _Recording:
-    """The real engine, with the rows (G, N) of every denoise call written down."""
+    """The real engine, with the rows (G, N) of every denoise call (either graph) written down."""
 
     def __init__(self, inner):
         self.inner, self.calls = inner, []
@@ -28,6 +28,10 @@ class _Recording:
     def denoise(self, x_sub, *args):
         self.calls.append(x_sub.shape[:2])
         return self.inner.denoise(x_sub, *args)
+
+    def denoise_full(self, x_hor, *args):
+        self.calls.append(x_hor.shape[:2])
+        return self.inner.denoise_full(x_hor, *args)
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,11 @@ def test_switches_off_reproduce_the_plain_sampler_bit_for_bit(engine, inputs, or
     config = SamplerConfig(inference_steps=STEPS, solver_order=order, lattice=False, cache=False)
     ctx, x_T = inputs
     streams = SeriesStreams(0, KEYS)
-    plain = sample(engine, engine.manifest.schedule, ctx, x_T, config, streams, controller=FullController(config))
+    lean, engine.full_step = engine.full_step, False  # plain on the fast sampler's denoise graph, not the lean one
+    try:
+        plain = sample(engine, engine.manifest.schedule, ctx, x_T, config, streams, controller=FullController(config))
+    finally:
+        engine.full_step = lean
     fast = sample(engine, engine.manifest.schedule, ctx, x_T, config, streams, controller=FastController(config))
     assert np.array_equal(plain.x0, fast.x0)
     assert fast.stats.tokens_computed == fast.stats.full_tokens and fast.stats.full_steps == STEPS

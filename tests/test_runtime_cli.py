@@ -83,8 +83,8 @@ def _bad_artifact(tiny_artifact, tmp_path, kind):
     """A copy of the tiny artifact broken in one way; returns the path to pass as --engine."""
     dest = tmp_path / "eng"
     dest.mkdir()
-    for suffix in (".json", ".encode.onnx", ".denoise.onnx"):
-        shutil.copy(tiny_artifact.with_name("tiny" + suffix), dest / ("tiny" + suffix))
+    for path in tiny_artifact.parent.glob("tiny.*"):  # the manifest and every graph it names
+        shutil.copy(path, dest / path.name)
     manifest = dest / "tiny.json"
     d = json.loads(manifest.read_text())
     if kind == "not-onnx":  # a graph file that is not ONNX, with a manifest that vouches for it
@@ -232,8 +232,8 @@ def _artifact_trained_on(tiny_artifact, tmp_path, columns):
     """A copy of the tiny artifact whose manifest records `columns` as its training series."""
     dest = tmp_path / "eng"
     dest.mkdir()
-    for suffix in (".encode.onnx", ".denoise.onnx"):
-        shutil.copy(tiny_artifact.with_name("tiny" + suffix), dest / ("tiny" + suffix))
+    for path in tiny_artifact.parent.glob("tiny.*"):
+        shutil.copy(path, dest / path.name)
     d = json.loads(tiny_artifact.read_text())
     d["data"]["columns"] = columns
     (dest / "tiny.json").write_text(json.dumps(d))

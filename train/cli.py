@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from dil.data.registry import DATASETS, DEFAULT_DATASET
 # Options that default to the run's stored value on --resume and to the library default otherwise.
 MODEL_OPTIONS = {"context": "context_length", "horizon": "horizon", "d_model": "d_model", "heads": "num_heads",
                  "layers": "num_layers", "ffn_dim": "ffn_dim", "prediction": "prediction",
-                 "context_patch": "context_patch", "horizon_patch": "horizon_patch"}
+                 "context_patch": "context_patch", "horizon_patch": "horizon_patch", "domain": "domain"}
 TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "noise_draws", "lr", "seed", "device", "patience")
 # What a new run predicts (docs/model.md section 2.2); runs keep what they were trained with.
 DEFAULT_PREDICTION = "v"
@@ -23,6 +24,9 @@ PATCHES = (12, 8, 6, 4, 2, 1)
 # Horizon steps per horizon token for hourly rows (docs/model.md section 4): on metro-traffic 4-hour
 # tokens forecast as well as 1-hour ones (docs/results.md) at a quarter of the tokens per call.
 HOURLY_HORIZON_PATCH = 4
+# What a new run diffuses (docs/frequency.md): the horizon's steps ("time") or its orthonormal real
+# DFT ("frequency"). Time until the comparison of docs/results.md says otherwise.
+DEFAULT_DOMAIN = "time"
 
 
 def _hourly(freq: str | None) -> bool:
@@ -92,8 +96,10 @@ def _configs(opts: dict, spec, table, stored: dict, known, past):
     if P is not None and P >= 1 and L % P:
         raise ValueError(f"--context-patch {P} does not divide --context-length {L}")
     H, Ph = model["horizon"], model.get("horizon_patch", 1)
+    model.setdefault("domain", DEFAULT_DOMAIN)
     if opts["horizon_patch"] is None and not stored.get("model"):
-        model["horizon_patch"] = Ph = default_horizon_patch(H, freq) if H >= 1 else 1
+        frequency = model["domain"] == "frequency"  # one token per spectral coordinate
+        model["horizon_patch"] = Ph = 1 if frequency else default_horizon_patch(H, freq) if H >= 1 else 1
     if Ph is not None and Ph >= 1 and H % Ph:
         raise ValueError(f"--horizon-patch {Ph} does not divide --horizon {H}")
     time_features = opts["time_features"]
@@ -137,6 +143,10 @@ def _describe(features) -> str:
 @click.option("--horizon-patch", type=int, default=None,
               help="Horizon steps per horizon token (the sampler computes and caches whole tokens); must "
                    "divide the horizon [4 for hourly rows when it divides the horizon, else 1].")
+@click.option("--domain", default=None, metavar="time|frequency",
+              help="What the network denoises: the horizon's steps (time) or the H coordinates of its orthonormal "
+                   "real DFT (frequency; horizon tokens are then single coordinates, --horizon-patch 1, and the "
+                   "sampler's cache always recomputes the K lowest frequencies; docs/frequency.md) [time].")
 @click.option("--prediction", type=click.Choice(["epsilon", "v"]), default=None,
               help="What the network learns to output: v = alpha*eps - sigma*x0, or the noise eps [v].")
 @click.option("--covariates", default=None, metavar="A,B",
@@ -167,6 +177,9 @@ def _describe(features) -> str:
               "options keep the run's values).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--dist-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, metavar="SECONDS",
+              help="Under torchrun: how long a process waits for the others before it stops the run "
+                   "(a dead or stuck rank). Data-parallel training: docs/scale-out.md.")
 def main(**opts) -> None:
     """Train a diffusion forecaster and write a checkpoint folder (--out).
 
@@ -178,6 +191,7 @@ def main(**opts) -> None:
       dil-train --data meter.csv --date-column time --dayfirst --out runs/meter   # 01.07.2016-style dates
       dil-train --covariates holiday --past-covariates temp,rain_1h --out runs/metro-cov
       dil-train --out runs/metro --resume --epochs 20  # continue a run
+      torchrun --standalone --nproc-per-node 2 $(which dil-train) --out runs/metro  # 2 data-parallel processes
     """
     from dil.runtime.deps import MissingDependency, require
 
@@ -209,10 +223,16 @@ def _run(opts: dict) -> None:
     from dil.runtime.files import made_folders
     from dil.runtime.table import DataError
     from dil.runtime.scaling import ScalingError
+    from dil.runtime.spectral import check_domain
     from dil.train.checkpoint import CheckpointError
+    from dil.train.distributed import DistributedError, stopped_message
+    from dil.train.distributed import start as start_dist
     from dil.train.trainer import train
 
+    dist = None
     try:
+        if opts["domain"] is not None:  # one line naming --domain, before any work
+            check_domain(opts["domain"], opts["horizon"])
         _check_out(opts["out"], opts["resume"], opts["overwrite"])
         stored = _stored(opts["out"]) if opts["resume"] else {}
         dataset = opts["dataset"]
@@ -225,11 +245,20 @@ def _run(opts: dict) -> None:
         for line in table.notes:
             click.echo(line, err=True)
         model_config, train_config, features = _configs(opts, spec, table, stored, known, past)
-        with made_folders(opts["out"]):  # removed again if training fails before writing anything
+        dist = start_dist(train_config.device, opts["dist_timeout"])  # None outside torchrun: this process alone
+        # only rank 0 makes (and on failure removes) folders: the others never write
+        with made_folders(opts["out"]) if dist is None or dist.is_main else contextlib.nullcontext():
             summary = train(spec, table, model_config, train_config, opts["out"], resume=opts["resume"],
-                            progress=not opts["quiet"], overwrite=opts["overwrite"], features=features)
+                            progress=not opts["quiet"], overwrite=opts["overwrite"], features=features, dist=dist)
+    except DistributedError as exc:
+        raise click.ClickException(stopped_message(exc, opts["out"])) from None
     except (DataError, CheckpointError, ScalingError, ValueError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    finally:
+        if dist is not None:
+            dist.close()
+    if dist is not None and not dist.is_main:
+        return  # rank 0 reports
     best = summary["best_val_loss"]
     click.echo(
         f"trained {spec.name} ({', '.join(table.names[:4])}{', ...' if len(table.names) > 4 else ''}): "
@@ -238,9 +267,12 @@ def _run(opts: dict) -> None:
     )
     click.echo(f"best val loss {best:.4f} at epoch {summary['best_epoch']}; "
                f"windows train {summary['windows']['train']}, val {summary['windows']['val']}")
-    click.echo(f"model: {model_config.prediction}-prediction, context {model_config.context_length} steps in "
+    click.echo(f"model: {model_config.domain}-domain {model_config.prediction}-prediction, context {model_config.context_length} steps in "
                f"tokens of {model_config.context_patch}, horizon {model_config.horizon} steps in tokens of "
                f"{model_config.horizon_patch}; {_describe(features)}")
+    if dist is not None:
+        click.echo(f"data-parallel: {dist.world_size} processes ({dist.backend}), global batch "
+                   f"{dist.world_size} x {train_config.batch_size} windows per step")
     click.echo(f"checkpoint: {summary['run_dir']}")
 
 

@@ -16,6 +16,7 @@ from dil.data.windows import gather_series, observed_counts, split_bounds, windo
 from dil.runtime.features import (FeatureError, FeatureSpec, RowFeatures, context_inputs, fit_covariates, row_features,
                                   time_feature_names)
 from dil.runtime.scaling import context_scale, standardise
+from dil.runtime.spectral import noise_gains, to_spectrum
 from dil.runtime.table import DataError
 from dil.runtime.window_features import WindowFeatures
 
@@ -29,8 +30,14 @@ class WindowBatch:
     hor_feat: float32 [B, H, Fk] the known features of the target rows (time features, known-future
         covariates), the horizon tokens' inputs beside their noisy values.
     target: float32 [B, H] standardised target with missing steps set to 0.
-    mask: float32 [B, H], 1 where the target is observed (the loss weight).
+    mask: float32 [B, H], the loss weight: 1 where the target is observed.
     loc, scale: float64 [B] the per-window scaling (for turning predictions back).
+    gains: float64 [H], the forward noise's per-coordinate scale G (ones in the time domain).
+
+    In the frequency domain (docs/frequency.md) target and hor_feat are the spectral coordinates of
+    the standardised target and of each known feature's horizon trajectory (dil.runtime.spectral,
+    along the horizon axis), and mask is 1 / G^2 per coordinate, so that the masked loss is the
+    time-domain loss (Parseval) up to one constant factor.
     """
 
     ctx: np.ndarray
@@ -39,6 +46,7 @@ class WindowBatch:
     mask: np.ndarray
     loc: np.ndarray
     scale: np.ndarray
+    gains: np.ndarray | None = None
 
 
 class WindowSet:
@@ -49,12 +57,15 @@ class WindowSet:
     data gives a degenerate scale, and a target with no data gives no loss.
     values: float64 [T, C] with NaN = missing. features: the table's RowFeatures (known [T, Fk],
     past [T, Fp]; shared by its C series), None for none (Fk = Fp = 0).
+    domain: "time" or "frequency" (batches carry spectral targets; a window then needs every target
+    step observed, since a missing step has no place in the spectrum).
     """
 
     def __init__(self, values: np.ndarray, context: int, horizon: int, start: int, end: int, min_observed: float = 0.5,
-                 features: RowFeatures | None = None):
+                 features: RowFeatures | None = None, domain: str = "time"):
         self.values = np.asarray(values, dtype=np.float64)
         self.context, self.horizon = int(context), int(horizon)
+        self.domain = domain
         T = self.values.shape[0]
         empty = np.zeros((T, 0))
         self.rows = features or RowFeatures(known=empty, past=empty, known_missing=empty.astype(bool))
@@ -66,7 +77,8 @@ class WindowSet:
             return
         ctx_count, tgt_count = observed_counts(self.values, origins, self.context, self.horizon)
         need = max(1.0, min_observed * self.context)
-        w, c = np.nonzero((ctx_count >= need) & (tgt_count > 0))
+        complete = tgt_count >= self.horizon if domain == "frequency" else tgt_count > 0
+        w, c = np.nonzero((ctx_count >= need) & complete)
         self.origins, self.channels = origins[w], c.astype(np.int64)
 
     def __len__(self) -> int:
@@ -81,6 +93,15 @@ class WindowSet:
         y = standardise(tgt, loc, scale)
         observed = ~np.isnan(y)
         rows = WindowFeatures.from_rows(self.rows, origins, self.context, self.horizon)
+        if self.domain == "frequency":  # every target step is observed (see __init__)
+            gains = noise_gains(self.horizon)
+            return WindowBatch(
+                ctx=context_inputs(z_ctx, rows.context_known, rows.context_past),
+                hor_feat=to_spectrum(rows.horizon_known, axis=1).astype(np.float32),
+                target=to_spectrum(y).astype(np.float32),
+                mask=np.broadcast_to(1.0 / gains**2, y.shape).astype(np.float32),
+                loc=loc, scale=scale, gains=gains,
+            )
         return WindowBatch(
             ctx=context_inputs(z_ctx, rows.context_known, rows.context_past),
             hor_feat=rows.horizon_known.astype(np.float32),
@@ -106,9 +127,11 @@ class NoiseDraw:
     """Forward-process draws for a batch: N per window.
 
     k: int64 [B, N] diffusion steps; eps: float32 [B, N, H] the noise;
-    x: float32 [B, N, H] noisy horizon alpha_k * y + sigma_k * eps; t_feat: float32 [B, N, E].
-    net_target: float32 [B, N, H] what the network is trained to output (eps, or v = alpha eps -
+    x: float32 [B, N, H] noisy horizon alpha_k * y + sigma_k * G * eps; t_feat: float32 [B, N, E].
+    net_target: float32 [B, N, H] what the network is trained to output (G eps, or v = alpha G eps -
         sigma y), from dil.runtime.sampling.parametrisation.training_target.
+    G: the per-coordinate noise gains (1 in the time domain; docs/frequency.md in the frequency
+    domain), so the network sees noise in y units and every x0/eps conversion is the time domain's.
     """
 
     k: np.ndarray
@@ -119,15 +142,18 @@ class NoiseDraw:
 
 
 def draw_noise(rng: np.random.Generator, schedule, target: np.ndarray, n_draws: int, time_dim: int,
-               prediction: str = "epsilon") -> NoiseDraw:
-    """k ~ U{0..T-1}, eps ~ N(0, I), x_k = alpha_k y + sigma_k eps and the network's training target
-    for `prediction` (all float64, cast once at the end). target: y, float [B, H]."""
+               prediction: str = "epsilon", gains: np.ndarray | None = None) -> NoiseDraw:
+    """k ~ U{0..T-1}, eps ~ N(0, I), x_k = alpha_k y + sigma_k G eps and the network's training target
+    for `prediction` (all float64, cast once at the end). target: y, float [B, H]; gains: G, float
+    [H] (WindowBatch.gains; None = 1). The same draws of rng whatever G is."""
     from dil.runtime.sampling.parametrisation import training_target
     from dil.runtime.sampling.schedule import diffusion_time_features
 
     B, H = target.shape
     k = rng.integers(0, schedule.num_steps, size=(B, n_draws))
     eps = rng.standard_normal((B, n_draws, H))
+    if gains is not None:
+        eps = eps * np.asarray(gains, dtype=np.float64)
     alpha = schedule.alpha(k)[..., None]
     sigma = schedule.sigma(k)[..., None]
     y = target[:, None, :].astype(np.float64)
@@ -190,6 +216,7 @@ class SplitWindows:
     config: the ModelConfig (window, and per-step widths that must be the features')."""
 
     def __init__(self, spec, table, config, min_observed: float, features: FeatureSpec):
+        domain = getattr(config, "domain", "time")
         L, H = config.context_length, config.horizon
         T = table.n_steps
         if T < L + H:
@@ -199,8 +226,10 @@ class SplitWindows:
                 raise FeatureError(f"model {key} is {getattr(config, key)} but the features make {want} per step")
         self.bounds = split_bounds(spec, T)
         rows = row_features(features, table.timestamps, table.covariates, rows=T)
-        self.train = WindowSet(table.values, L, H, *self.bounds["train"], min_observed=min_observed, features=rows)
-        self.val = WindowSet(table.values, L, H, *self.bounds["val"], min_observed=min_observed, features=rows)
+        self.train = WindowSet(table.values, L, H, *self.bounds["train"], min_observed=min_observed, features=rows,
+                               domain=domain)
+        self.val = WindowSet(table.values, L, H, *self.bounds["val"], min_observed=min_observed, features=rows,
+                             domain=domain)
         for part, ws in (("train", self.train), ("val", self.val)):
             if len(ws) == 0:
                 a, b = self.bounds[part]

@@ -18,7 +18,8 @@ for every other token and its outputs are meaningless (the caller discards them)
 with fewer selected tokens independent of the common S of the call.
 
 Training runs exactly `encode` and `denoise` (a full step: S = H, hor_valid = 0), so the exported
-graphs are the trained computation.
+graphs are the trained computation. `denoise_full` is that full step with the same layers, without
+masks, cache or keys/values out: the plain sampler's lean graph.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class ScoreNet(nn.Module):
     denoise(x_sub [G, N, S, Ph*Fh], pos_sub i64 [G, N, S], t_feat [G, N, E],
             k_ctx, v_ctx [layers, G, L/P, D], k_hor, v_hor [layers, G, N, T, D], hor_valid [G, N, T])
         -> out_sub [G, N, S, Ph], k_sub, v_sub [layers, G, N, S, D]
+    denoise_full(x_hor [G, N, T, Ph*Fh], t_feat, k_ctx, v_ctx) -> out [G, N, T, Ph]   (every token, no cache)
     T = horizon / Ph horizon tokens; pos_sub is a token index (T marks padding). Token j holds
     steps [j Ph, (j+1) Ph); x_sub holds per step the noisy value then its Fk = Fh - 1 known
     features (step-major, as context patches); out_sub[..., k] is step j Ph + k's eps or v.
@@ -107,9 +109,7 @@ class ScoreNet(nn.Module):
             kh = k.reshape(G, L, Hh, dh).permute(0, 2, 3, 1)  # [G, Hh, dh, L]
             vh = v.reshape(G, L, Hh, dh).transpose(1, 2)
             p = torch.softmax((qh @ kh) * (1.0 / math.sqrt(dh)), dim=-1)
-            o = (p @ vh).transpose(1, 2).reshape(G, L, Hh * dh)
-            h = h + blk.proj(o)
-            h = h + blk.mlp(blk.norm2(h))
+            h = _block_rest(blk, h, (p @ vh).transpose(1, 2).reshape(G, L, Hh * dh))
         return torch.stack(keys), torch.stack(values)
 
     # ------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class ScoreNet(nn.Module):
 
         sub_valid = (pos_sub < H).to(x_sub.dtype)  # 0 for padding entries (pos_sub == H)
         pos = torch.clamp(pos_sub, 0, H - 1)
-        h = self.hor_in(x_sub) + self.hor_pos(pos) + self.time_mlp(t_feat).unsqueeze(2)
+        h = self._horizon_embed(x_sub, pos, t_feat)
         mask_hor = ((1.0 - hor_valid) * MASK_VALUE)[:, :, None, None, :]  # [G, N, 1, 1, H]
         mask_sub = ((1.0 - sub_valid) * MASK_VALUE)[:, :, None, None, :]  # [G, N, 1, 1, S]
 
@@ -159,10 +159,44 @@ class ScoreNet(nn.Module):
             p_ctx, p_hor, p_sub = p[..., :L], p[..., L : L + H], p[..., L + H :]
             o_ctx = (p_ctx.permute(0, 2, 1, 3, 4).reshape(G, Hh, N * S, L) @ v_c).reshape(G, Hh, N, S, dh)
             o = o_ctx.permute(0, 2, 1, 3, 4) + p_hor @ v_h + p_sub @ v_s  # [G, N, Hh, S, dh]
-            h = h + blk.proj(o.transpose(2, 3).reshape(G, N, S, Hh * dh))
-            h = h + blk.mlp(blk.norm2(h))
+            h = _block_rest(blk, h, o.transpose(2, 3).reshape(G, N, S, Hh * dh))
         out = self.head(self.norm_out(h))
         return out, torch.stack(keys), torch.stack(values)
+
+    # ------------------------------------------------------------------------------------------
+    def denoise_full(self, x_hor: torch.Tensor, t_feat: torch.Tensor, k_ctx: torch.Tensor,
+                     v_ctx: torch.Tensor) -> torch.Tensor:
+        """The full step of `denoise` (every horizon token computed, no cache) without its masks and
+        keys/values: x_hor [G, N, T, Ph*Fh] (token t at position t), t_feat [G, N, E], k_ctx/v_ctx
+        [layers, G, L/P, D] -> out [G, N, T, Ph], equal to denoise's out_sub with pos_sub = arange(T)
+        and hor_valid = 0 (a masked key's weight is exactly 0 in float32).
+
+        Same layers as `denoise`; only the attention is laid out for the case: each token attends to
+        its context's keys and the row's T fresh keys, one key axis of L/P + T per row, so there is
+        no mask, no cache input and no key/value output (docs/architecture.md section 4).
+        """
+        G, N, T = x_hor.shape[0], x_hor.shape[1], x_hor.shape[2]
+        layers, L, D = k_ctx.shape[0], k_ctx.shape[2], k_ctx.shape[3]
+        Hh, dh = self.num_heads, self.head_dim
+        scale = 1.0 / math.sqrt(dh)
+        # Rows as one [G N T, D] matrix: each Linear is then one Gemm with its bias fused.
+        h = self._horizon_embed(x_hor, torch.arange(T, device=x_hor.device), t_feat).reshape(G * N * T, D)
+        # Context keys/values of all layers in head layout [layers, G, 1, Hh, L, dh], shared by the N samples.
+        kc, vc = (a.reshape(layers, G, L, Hh, dh).transpose(2, 3).unsqueeze(2) for a in (k_ctx, v_ctx))
+        for i, blk in enumerate(self.blocks):
+            # q, k, v in head layout with one transpose: [3, G, N, Hh, T, dh].
+            qkv = blk.qkv(blk.norm1(h)).reshape(G, N, T, 3, Hh, dh).permute(3, 0, 1, 4, 2, 5)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            keys = torch.cat([kc[i].expand(G, N, Hh, L, dh), k], dim=3)  # [G, N, Hh, L + T, dh]
+            vals = torch.cat([vc[i].expand(G, N, Hh, L, dh), v], dim=3)
+            p = torch.softmax((q @ keys.transpose(3, 4)) * scale, dim=-1)  # [G, N, Hh, T, L + T]
+            h = _block_rest(blk, h, (p @ vals).transpose(2, 3).reshape(G * N * T, D))
+        return self.head(self.norm_out(h)).reshape(G, N, T, -1)
+
+    def _horizon_embed(self, x: torch.Tensor, pos: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
+        """Horizon tokens' input embedding [G, N, S, D]: inputs x [G, N, S, Ph*Fh], token positions pos
+        ([G, N, S] or [S]), diffusion-time features t_feat [G, N, E] (one per row)."""
+        return self.hor_in(x) + self.hor_pos(pos) + self.time_mlp(t_feat).unsqueeze(2)
 
     # ------------------------------------------------------------------------------------------
     def full_step(self, ctx: torch.Tensor, x: torch.Tensor, t_feat: torch.Tensor,
@@ -187,6 +221,12 @@ class ScoreNet(nn.Module):
         empty = x.new_zeros(layers, G, N, T, D)
         out, _, _ = self.denoise(x_in, pos, t_feat, k_ctx, v_ctx, empty, empty, x.new_zeros(G, N, T))
         return out.reshape(G, N, H, 1)
+
+
+def _block_rest(blk: Block, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """The rest of a block after its attention: h + proj(attn), then the MLP residual."""
+    h = h + blk.proj(attn)
+    return h + blk.mlp(blk.norm2(h))
 
 
 def horizon_inputs(config: ModelConfig, hor_feat: torch.Tensor | None, G: int, N: int, H: int) -> torch.Tensor:

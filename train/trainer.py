@@ -11,6 +11,7 @@ stopping; the best EMA weights are the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -165,18 +166,21 @@ class _ValSet:
     def __init__(self, windows: WindowSet, schedule, cfg: TrainConfig, config: ModelConfig, device, chunk=256):
         batch = windows.batch(windows.evenly_spaced(cfg.val_windows))
         noise = draw_noise(np.random.default_rng([cfg.seed, 7]), schedule, batch.target, cfg.noise_draws,
-                           config.time_embed_dim, config.prediction)
+                           config.time_embed_dim, config.prediction, batch.gains)
         whole = batch_tensors(batch, noise, device)
         self.parts = [tuple(a[i : i + chunk] for a in whole) for i in range(0, batch.ctx.shape[0], chunk)]
 
     @torch.no_grad()
-    def loss(self, model: ScoreNet) -> float:
-        """The masked MSE over all validation windows (chunks summed before dividing)."""
+    def loss(self, model: ScoreNet, dist=None) -> float:
+        """The masked MSE over all validation windows (chunks summed before dividing). dist: a
+        dil.train.distributed.DataParallel: each rank sums its share, every rank gets the total."""
         num = den = 0.0
-        for part in self.parts:
+        for part in self.parts if dist is None else dist.val_parts(self.parts):
             sse, count = masked_squared_error(model, *part)
             num += float(sse)
             den += float(count)
+        if dist is not None:  # the same number on every rank: early stopping must agree
+            num, den = dist.sum_floats(num, den)
         return num / max(den, 1.0)
 
 
@@ -210,6 +214,7 @@ class _Networks:
     model: ScoreNet
     ema: ScoreNet
     opt: torch.optim.Optimizer
+    ddp: object = None  # under torchrun: the model's full_step through DDP (gradients averaged)
 
     @classmethod
     def build(cls, config: ModelConfig, cfg: TrainConfig, season: int, device) -> "_Networks":
@@ -230,7 +235,7 @@ class _Networks:
         returns the batch loss."""
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss = masked_mse(self.model, *batch)
+        loss = masked_mse(self.model if self.ddp is None else self.ddp, *batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         params = list(self.model.parameters())
@@ -260,13 +265,15 @@ class _Run:
     """One call of `train`: the data, networks and progress of a run folder, and its epoch steps."""
 
     def __init__(self, spec: DatasetSpec, table: SeriesTable, config: ModelConfig, cfg: TrainConfig, run_dir: Path,
-                 resume: bool, features: FeatureSpec):
+                 resume: bool, features: FeatureSpec, dist=None):
         self.cfg, self.config, self.run_dir, self.features = cfg, config, run_dir, features
+        self.dist = dist  # dil.train.distributed.DataParallel under torchrun, else None
         self.windows = SplitWindows(spec, table, config, cfg.min_observed, features)
         self.data = data_record(spec, table, config.context_length, config.horizon, self.windows.bounds, features)
         # refuses another model, other data or other features before any work
         meta = read_resume_meta(run_dir, config, self.data, features) if resume else None
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device) if dist is None else dist.device
+        self.shard = None if dist is None else dist.shard(len(self.windows.train))
         self.schedule = NoiseSchedule()
         self.nets = _Networks.build(config, cfg, spec.season, self.device)
         self.val = _ValSet(self.windows.val, self.schedule, cfg, config, self.device)
@@ -274,6 +281,8 @@ class _Run:
         self.log_lines: list[str] = []
         if meta is not None:
             self._restore()
+        if dist is not None:
+            self.nets.ddp = dist.wrap(self.nets.model)
         self.total_steps = cfg.epochs * cfg.steps_per_epoch
 
     def _restore(self) -> None:
@@ -289,35 +298,44 @@ class _Run:
         """cfg.steps_per_epoch optimizer steps, batches and noise from the epoch's own seed stream.
         Returns (mean training loss, last learning rate)."""
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, epoch])
+        rng = np.random.default_rng([cfg.seed, epoch]) if self.dist is None else self.dist.epoch_rng(cfg.seed, epoch)
         self.nets.model.train()
         running = lr = 0.0
         for _ in range(cfg.steps_per_epoch):
             step = self.progress.step
             lr = lr_at(step, self.total_steps, cfg)
-            batch = self.windows.train.sample(rng, cfg.batch_size)
+            if self.dist is None:
+                batch = self.windows.train.sample(rng, cfg.batch_size)
+            else:  # this rank's shard only
+                self.dist.test_exit(step)
+                batch = self.windows.train.batch(self.shard[rng.integers(0, len(self.shard), size=cfg.batch_size)])
             noise = draw_noise(rng, self.schedule, batch.target, cfg.noise_draws, self.config.time_embed_dim,
-                               self.config.prediction)
+                               self.config.prediction, batch.gains)
             loss = self.nets.step(batch_tensors(batch, noise, self.device), lr, step, cfg)
             self.progress.step = step + 1
             running += loss
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
+        if self.dist is not None:  # the mean over all ranks' batches
+            return self.dist.mean_float(running / cfg.steps_per_epoch), lr
         return running / cfg.steps_per_epoch, lr
 
     def end_epoch(self, epoch: int, train_loss: float, val_loss: float, lr: float, seconds: float) -> bool:
         """Book the epoch and write the run folder: checkpoint (when best), state, log line.
         Returns True when early stopping ends the run."""
         improved = self.progress.record(epoch, val_loss, seconds)
+        if self.dist is not None and not self.dist.is_main:  # rank 0 alone writes the run folder
+            return self.progress.bad_epochs >= self.cfg.patience
+        world = {} if self.dist is None else {"world_size": self.dist.world_size}
         if improved:
-            training = dict(self.cfg.to_dict(), **asdict(self.progress), torch_version=torch.__version__)
+            training = dict(self.cfg.to_dict(), **asdict(self.progress), torch_version=torch.__version__, **world)
             save_checkpoint(self.run_dir, self.nets.ema, self.schedule, self.data, training, self.features)
         save_state(self.run_dir, self.nets.model, self.nets.ema, self.nets.opt,
                    dict(asdict(self.progress), model=self.config.to_dict(), data=self.data, train=self.cfg.to_dict(),
                         features=self.features.to_dict()))
         self.log_lines.append(json.dumps({
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-            "seconds": round(seconds, 3), "best": improved,
+            "seconds": round(seconds, 3), "best": improved, **world,
         }))
         write_text(self.run_dir / "log.jsonl", "\n".join(self.log_lines) + "\n")
         return self.progress.bad_epochs >= self.cfg.patience
@@ -333,6 +351,7 @@ class _Run:
             "seconds": seconds,
             "stopped_early": stopped_early,
             "windows": {"train": len(self.windows.train), "val": len(self.windows.val)},
+            "world_size": 1 if self.dist is None else self.dist.world_size,
         }
 
 
@@ -346,32 +365,47 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
     features: FeatureSpec | None = None,
+    dist=None,
 ) -> dict:
     """Train a ScoreNet on `table` and write the run folder `out_dir` (see dil.train.checkpoint).
 
     features: what the tokens carry beyond the target (dil.train.dataset.fit_feature_spec; None:
     nothing); model_config's context_features / horizon_features must be its widths.
+    dist: a dil.train.distributed.DataParallel to train as one rank of a torchrun job (each rank on
+    its shard, gradients averaged, rank 0 writing the run folder); None: this process alone.
 
     Returns a summary: run_dir, epochs (completed in total), best_val_loss, best_epoch, steps,
-    seconds (this call), stopped_early, windows (train/val counts).
+    seconds (this call), stopped_early, windows (train/val counts), world_size.
+    Raises dil.train.distributed.DistributedError when another rank dies or stops responding.
     """
-    run_dir = check_run_dir(out_dir, resume, overwrite)
-    run = _Run(spec, table, model_config, train_config, run_dir, resume, features or FeatureSpec())
-    run_dir.mkdir(exist_ok=True)
-    started = time.perf_counter()
+    main = dist is None or dist.is_main
+    # rank 0 checks (the others would race with it making the folder) and stops the job when it refuses
+    run_dir = check_run_dir(out_dir, resume, overwrite) if main else Path(out_dir)
     stopped_early = False
-    bar = _progress_bar(run.total_steps, run.progress.step, progress)
+    bar = None
     try:
-        for epoch in range(run.progress.epoch + 1, train_config.epochs + 1):
-            t0 = time.perf_counter()
-            train_loss, lr = run.train_epoch(epoch, bar)
-            val_loss = run.val.loss(run.nets.ema)
-            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-            if run.end_epoch(epoch, train_loss, val_loss, lr, time.perf_counter() - t0):
-                stopped_early = True
-                break
+        with contextlib.nullcontext() if dist is None else dist.guard():
+            run = _Run(spec, table, model_config, train_config, run_dir, resume, features or FeatureSpec(), dist)
+            if main:
+                run_dir.mkdir(exist_ok=True)
+            started = time.perf_counter()
+            bar = _progress_bar(run.total_steps, run.progress.step, progress and main)
+            for epoch in range(run.progress.epoch + 1, train_config.epochs + 1):
+                t0 = time.perf_counter()
+                train_loss, lr = run.train_epoch(epoch, bar)
+                val_loss = run.val.loss(run.nets.ema, dist)
+                bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+                # a launcher's stop waits until the run folder's files are all written
+                with contextlib.nullcontext() if dist is None else dist.shielded():
+                    stop = run.end_epoch(epoch, train_loss, val_loss, lr, time.perf_counter() - t0)
+                if stop:
+                    stopped_early = True
+                    break
+            if dist is not None:
+                dist.barrier()  # rank 0 has written the run folder before the others look at it
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"{run_dir}: no epoch completed, nothing to save")
     return run.summary(time.perf_counter() - started, stopped_early)

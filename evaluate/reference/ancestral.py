@@ -32,6 +32,7 @@ from dil.runtime.sampling.parametrisation import to_x0_eps
 from dil.runtime.scaling import unstandardise
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
+from dil.evaluate.reference import spectral as sp
 from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
 
@@ -59,21 +60,22 @@ class DDPMCoefficients:
 
 
 def ancestral_loop(eps_fn, schedule: NoiseSchedule, generators, num_samples: int, horizon: int,
-                   progress=None) -> np.ndarray:
+                   progress=None, gains=1.0) -> np.ndarray:
     """Ancestral sampling with any noise predictor; returns x0, float64 [G, N, H].
 
     eps_fn(x float64 [G, N, H], k int) -> eps float [G, N, H], the predicted noise at step k.
     generators: G NumPy Generators, one per series (x_T first, then z_k for k = T-1..1).
-    progress: optional callable, called with 1 after every step.
+    progress: optional callable, called with 1 after every step. gains: float [H], the scale of
+    every white draw (a frequency-domain model's noise gains G, docs/frequency.md; 1 = time).
     """
     c = DDPMCoefficients.from_schedule(schedule)
     gens = list(generators)
-    x = np.stack([g.standard_normal((num_samples, horizon)) for g in gens])
+    x = gains * np.stack([g.standard_normal((num_samples, horizon)) for g in gens])
     for k in range(schedule.num_steps - 1, -1, -1):
         eps = np.asarray(eps_fn(x, k), dtype=np.float64)
         x = c.x_scale[k] * (x - c.eps_scale[k] * eps)
         if k > 0:
-            x += c.noise_std[k] * np.stack([g.standard_normal((num_samples, horizon)) for g in gens])
+            x += c.noise_std[k] * gains * np.stack([g.standard_normal((num_samples, horizon)) for g in gens])
         if progress is not None:
             progress(1)
     return x
@@ -103,7 +105,11 @@ def ancestral_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
         return to_x0_eps(out, x, float(alphas[k]), float(sigmas[k]), cfg.prediction)[1]
 
     gens = [series_stream(seed, k, "noise") for k in keys]
-    return ancestral_loop(eps_fn, schedule, gens, num_samples, cfg.horizon, progress)
+    if not sp.is_frequency(model):
+        return ancestral_loop(eps_fn, schedule, gens, num_samples, cfg.horizon, progress)
+    # spectral coordinates: white draws scaled by G, the samples transformed back (docs/frequency.md)
+    y = ancestral_loop(eps_fn, schedule, gens, num_samples, cfg.horizon, progress, sp.gains(cfg.horizon).numpy())
+    return sp.from_spectrum(torch.from_numpy(y)).numpy()
 
 
 @dataclass

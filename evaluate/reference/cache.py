@@ -16,9 +16,12 @@ import torch
 from dil.runtime.sampling.parametrisation import to_x0_eps
 
 
-def guard_x0(x0_hat: torch.Tensor, x0_clip: float) -> torch.Tensor:
+def guard_x0(x0_hat: torch.Tensor, x0_clip) -> torch.Tensor:
     """The data-prediction guard of docs/sampler.md section 2, written again: x0_hat clamped to
-    [-x0_clip, x0_clip] (standardised scale); x0_clip = 0 leaves it as it is."""
+    [-x0_clip, x0_clip] (standardised scale); x0_clip = 0 leaves it as it is. x0_clip may be a
+    float64 [H] tensor of per-position bounds (a frequency-domain model's, reference.spectral)."""
+    if torch.is_tensor(x0_clip):
+        return torch.maximum(torch.minimum(x0_hat, x0_clip), -x0_clip)
     return torch.clamp(x0_hat, -x0_clip, x0_clip) if x0_clip else x0_hat
 
 
@@ -50,7 +53,7 @@ class ReferenceCache:
                  prediction: str = "epsilon", patch: int = 1):
         if patch < 1 or H % patch:
             raise ValueError(f"the horizon {H} is not a positive multiple of the patch {patch}")
-        self.x0_clip = float(x0_clip)
+        self.x0_clip = x0_clip if torch.is_tensor(x0_clip) else float(x0_clip)
         self.prediction = prediction
         self.patch = int(patch)
         T = H // self.patch

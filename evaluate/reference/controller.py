@@ -31,6 +31,9 @@ import torch
 
 from dil.runtime.rng import SeriesStreams, series_stream
 from dil.evaluate.reference.cache import guard_x0
+from dil.evaluate.reference.spectral import core_mask as spectral_core
+from dil.evaluate.reference.spectral import gains as spectral_gains
+from dil.evaluate.reference.spectral import is_frequency
 from dil.evaluate.reference.sampler import ReferencePlan
 from dil.evaluate.reference.lattice import (
     adapt,
@@ -130,19 +133,27 @@ class ReferenceController:
         self.tau = torch.full((G,), float(cfg.tau_0), dtype=torch.float64)
         self.pending = torch.zeros(G, dtype=torch.bool)
         self.run = torch.zeros((G, N, H), dtype=torch.int64)
-        self.core = core_mask(cfg.K, H)
-        self.follow = follow_weights(self.core, H) if bool(self.core.any()) else None
+        # A frequency-domain model (docs/frequency.md): the core is the K lowest frequencies, every
+        # rule reads positions divided by their noise gains, and nothing follows the core.
+        self.freq = is_frequency(sampler.model)
+        self.w = 1.0 / spectral_gains(H) if self.freq else None
+        self.core = spectral_core(cfg.K, H) if self.freq else core_mask(cfg.K, H)
+        self.follow = follow_weights(self.core, H) if bool(self.core.any()) and not self.freq else None
         self.history: list[torch.Tensor] = []  # X0[i-1], X0[i-2], ... newest first
         self.counters = {"refinements": 0, "merges": 0, "probes": 0}
         self.full_margin = torch.full((G,), math.inf, dtype=torch.float64)
         self.feedback_margin = torch.full((G,), math.inf, dtype=torch.float64)
+
+    def _white(self, a: torch.Tensor) -> torch.Tensor:
+        """a itself in the time domain; a / G per position in the frequency domain."""
+        return a if self.w is None else a * self.w
 
     # -- plan ------------------------------------------------------------------------------------
     def plan(self, i: int, sampler) -> ReferencePlan:
         cfg = self.cfg
         G, N, H = sampler.shape
         cache = sampler.cache
-        self.x0_old = cache.x0_hat.clone()
+        self.x0_old = self._white(cache.x0_hat).clone()
         self.probes = torch.zeros((G, N, H), dtype=torch.bool)
         if i == 0:  # nothing cached, no history: every token, order 1
             self.computed = torch.ones((G, N, H), dtype=torch.bool)
@@ -168,10 +179,10 @@ class ReferenceController:
         series_full = torch.ones(G, dtype=torch.bool)
         computed = torch.ones((G, N, H), dtype=torch.bool)
         if cfg.cache:
-            x, x0c = sampler.x_tokens, cache.x0_hat
+            x, x0c = self._white(sampler.x_tokens), self._white(cache.x0_hat)
             forced = self.core.expand(G, N, H) | (cache.age >= cfg.max_age)
             # The change rule is decided per series and token, on means over the series' rows.
-            delta = (x - cache.x_in).abs() / (rms_row(x) + RMS_EPS)
+            delta = (x - self._white(cache.x_in)).abs() / (rms_row(x) + RMS_EPS)
             energy = x0c**2 / ((x0c**2).sum(dim=-1, keepdim=True) + ENERGY_EPS)  # the token's share
             threshold = self.tau[:, None, None] / (cfg.energy_eps + energy)
             change_margin = delta.mean(dim=1, keepdim=True) - threshold.mean(dim=1, keepdim=True)  # [G, 1, H]
@@ -250,7 +261,7 @@ class ReferenceController:
     def observe(self, i: int, sampler) -> None:
         cfg = self.cfg
         G = sampler.shape[0]
-        new = sampler.cache.x0_hat
+        new = self._white(sampler.cache.x0_hat)
         self.run = torch.where(self.computed, self.run + 1, torch.zeros_like(self.run))
         self.full_margin = torch.full((G,), math.inf, dtype=torch.float64)
         self.feedback_margin = torch.full((G,), math.inf, dtype=torch.float64)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from dil.runtime.scaling import context_features, context_scale, standardise
+from dil.evaluate.reference.spectral import is_frequency, to_spectrum
 from dil.train.model import ScoreNet, horizon_inputs
 
 
@@ -40,12 +41,15 @@ def network_context(model: ScoreNet, z: np.ndarray, ctx_extra=None) -> np.ndarra
 
 def horizon_features_tensor(model: ScoreNet, hor_feat, G: int, H: int) -> torch.Tensor | None:
     """hor_feat float [G, H, Fk] as a float32 tensor (None for a model without known features);
-    ValueError (one line) when it is missing or misshapen for the model."""
+    ValueError (one line) when it is missing or misshapen for the model. A frequency-domain model
+    gets each feature's horizon trajectory as its spectral coordinates (docs/frequency.md)."""
     Fk = model.config.horizon_features - 1
     if hor_feat is None and Fk == 0:
         return None
     feat = None if hor_feat is None else torch.from_numpy(np.ascontiguousarray(hor_feat, dtype=np.float32))
     horizon_inputs(model.config, feat, G, 1, H)  # the shape check
+    if feat is not None and is_frequency(model):
+        feat = to_spectrum(feat, dim=1).to(torch.float32)
     return feat
 
 

@@ -46,6 +46,7 @@ from dil.evaluate.reference.cache import (
     token_steps,
     token_values,
 )
+from dil.evaluate.reference import spectral as sp
 from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
 
@@ -107,7 +108,8 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     """The plain sampler in torch. ctx: float32 [G, L, Fc] context features; x_T: float64 [G, N, H];
     x0_clip: the data-prediction guard (0 = off); hor_feat: float [G, H, Fk] known features of the
     horizon steps (None when the model has none); spacing: the step grid ("logsnr" or "time",
-    NoiseSchedule.sampling_grid). Returns x0: float64 [G, N, H] on the standardised scale."""
+    NoiseSchedule.sampling_grid). Returns x0: float64 [G, N, H] on the standardised scale (a
+    frequency-domain model samples the spectrum from G x_T and returns its inverse transform)."""
     model = model.eval()
     dtype = next(model.parameters()).dtype
     G, N, H = x_T.shape
@@ -121,6 +123,9 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
     t_feats = torch.from_numpy(diffusion_time_features(kappas, model.config.time_embed_dim)).to(dtype)
     ctx_t = torch.from_numpy(np.asarray(ctx)).to(dtype)
     x = torch.from_numpy(np.array(x_T, dtype=np.float64))
+    freq = sp.is_frequency(model)
+    if freq:  # spectral coordinates: the prior G x_T, the guard's per-position bound (docs/frequency.md)
+        x, x0_clip = x * sp.gains(H), sp.clip_bound(x0_clip, H)
     history, lam_hist = [], []
     for i in range(steps):
         t_feat = t_feats[i].expand(G, N, -1)
@@ -132,7 +137,7 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
             break
         order = min(solver_order, i + 1)
         x = dpm_solver_pp_update(x, history, lambdas[i + 1], lam_hist, alphas[i + 1], sigmas[i + 1], sigmas[i], order)
-    return x.numpy()
+    return (sp.from_spectrum(x) if freq else x).numpy()
 
 
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
@@ -287,6 +292,10 @@ class ReferenceSampler:
         self.feat = horizon_features_tensor(model, hor_feat, G, H)
         if x0_clip is None:
             x0_clip = settings_x0_clip(getattr(controller, "cfg", None))
+        # a frequency-domain model: x holds spectral coordinates from the prior G x_T (docs/frequency.md)
+        self.freq = sp.is_frequency(model)
+        if self.freq:
+            self.x, x0_clip = self.x * sp.gains(H), sp.clip_bound(x0_clip, H)
         self.cache = ReferenceCache(cfg.num_layers, G, N, H, cfg.d_model, x0_clip, cfg.prediction, self.patch)
         self.history: list[torch.Tensor] = []  # x0 per step [G, N, H], newest first
         self.lam_hist: list[torch.Tensor] = []
@@ -360,7 +369,8 @@ class ReferenceSampler:
         return token_inputs(self.x if x is None else x, self.feat, pos_sub, self.patch)
 
     def run(self) -> np.ndarray:
-        """The remaining steps; returns x0: float64 [G, N, H] on the standardised scale."""
+        """The remaining steps; returns x0: float64 [G, N, H] on the standardised scale (in the time
+        domain: a frequency-domain model's spectrum is transformed back)."""
         while self.step_index < self.steps:
             self.step()
-        return self.x.numpy()
+        return (sp.from_spectrum(self.x) if self.freq else self.x).numpy()

@@ -20,6 +20,8 @@ import numpy as np
 
 from dil.runtime.model_config import ModelConfig
 from dil.runtime.manifest import (
+    DENOISE_FULL_INPUTS,
+    DENOISE_FULL_OUTPUTS,
     DENOISE_INPUTS,
     DENOISE_OUTPUTS,
     ENCODE_INPUTS,
@@ -78,13 +80,23 @@ def _contract(cfg: ModelConfig) -> dict:
             },
             {"eps_sub": (f32, ("G", "N", "S", Ph)), "k_sub": kv_sub, "v_sub": kv_sub},
         ),
+        "denoise_full": (
+            {
+                "x_hor": (f32, ("G", "N", "H", Ph * cfg.horizon_features)),
+                "t_feat": (f32, ("G", "N", E)),
+                "k_ctx": kv_ctx,
+                "v_ctx": kv_ctx,
+            },
+            {"out": (f32, ("G", "N", "H", Ph))},
+        ),
     }
 
 
 def _check_io(graph: str, path: Path, session, cfg: ModelConfig) -> None:
     """Raise EngineError unless the session's I/O matches the manifest contract."""
     want_in, want_out = _contract(cfg)[graph]
-    names = {"encode": (ENCODE_INPUTS, ENCODE_OUTPUTS), "denoise": (DENOISE_INPUTS, DENOISE_OUTPUTS)}[graph]
+    names = {"encode": (ENCODE_INPUTS, ENCODE_OUTPUTS), "denoise": (DENOISE_INPUTS, DENOISE_OUTPUTS),
+             "denoise_full": (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS)}[graph]
     for kind, args, want, expected_names in (
         ("input", session.get_inputs(), want_in, names[0]),
         ("output", session.get_outputs(), want_out, names[1]),
@@ -182,7 +194,9 @@ class OnnxEngine:
     provider name or list (default: `default_providers()`, CUDA where onnxruntime-gpu and a GPU
     are present, else CPU); threads: intra-op threads (None: ONNX
     Runtime's default, one per physical core). `stats` accumulates calls and seconds in session.run.
-    It implements dil.runtime.sampling.contracts.Engine with no series limit and no device cache.
+    It implements dil.runtime.sampling.contracts.Engine with no series limit and no device cache,
+    and FullStepEngine: full_step is True when the artifact has the optional denoise_full graph
+    (artifacts exported before it existed have not; the sampler then calls denoise on full steps).
     """
 
     max_batch: int | None = None  # any number of series per call
@@ -195,7 +209,8 @@ class OnnxEngine:
         self.stats = EngineStats()
         provider_list = _providers(providers)
         self._sessions = {}
-        for graph in ("encode", "denoise"):
+        self.full_step = "denoise_full" in manifest.graphs
+        for graph in ("encode", "denoise") + ("denoise_full",) * self.full_step:
             path = manifest.graph_path(graph)
             session = _session(path, provider_list, threads)
             _check_io(graph, path, session, self.config)
@@ -255,6 +270,24 @@ class OnnxEngine:
         }
         eps, k, v = self._run("denoise", DENOISE_OUTPUTS, feeds)
         return eps, k, v
+
+    def denoise_full(self, x_hor, t_feat, k_ctx, v_ctx) -> np.ndarray:
+        """A full step on the lean graph (no masks, no token cache, no keys/values out): x_hor f32
+        [G, N, T, Ph * Fh] (token t at position t, T = config.horizon_tokens at most), t_feat f32
+        [G, N, E], k_ctx/v_ctx f32 [layers, G, L/P, D] -> out f32 [G, N, T, Ph], what denoise returns
+        as eps_sub for pos_sub = arange(T) and hor_valid = 0 (within float32 rounding). Counted as a
+        denoise call. EngineError when the artifact has no denoise_full graph (full_step False)."""
+        if not self.full_step:
+            raise EngineError(f"{self.manifest.path} has no denoise_full graph (re-export with dil-export to add it)")
+        self.stats.denoise_calls += 1
+        f32 = np.float32
+        feeds = {
+            "x_hor": np.ascontiguousarray(x_hor, dtype=f32),
+            "t_feat": np.ascontiguousarray(t_feat, dtype=f32),
+            "k_ctx": np.ascontiguousarray(k_ctx, dtype=f32),
+            "v_ctx": np.ascontiguousarray(v_ctx, dtype=f32),
+        }
+        return self._run("denoise_full", DENOISE_FULL_OUTPUTS, feeds)[0]
 
     def device_cache(self, G: int, N: int, T: int) -> None:
         """None: the sampler keeps the token cache's keys/values on the host."""

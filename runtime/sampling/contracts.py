@@ -3,6 +3,7 @@
 `dil.runtime.sampling.sampler.sample` calls nothing else: any object with these members works
 (OnnxEngine, TrtEngine, the validation's lockstep engine; FullController, FastController, the
 validation's recording controller). `isinstance(x, Engine)` checks that the members exist.
+`FullStepEngine` is an optional capability on top of Engine (OnnxEngine has it; TrtEngine not).
 
 Shapes: G series, N samples per series, H horizon tokens, S computed tokens per row (padding
 entries have position H), L context steps, P = context_patch (context steps per context token),
@@ -62,6 +63,22 @@ class Engine(Protocol):
 
 
 @runtime_checkable
+class FullStepEngine(Engine, Protocol):
+    """An Engine that can also run a full step lean (docs/architecture.md section 4): every horizon
+    token of every row, no token cache in, no keys/values out. Optional: the sampler uses it where
+    `isinstance(engine, FullStepEngine) and engine.full_step` and the step's plan is full and needs
+    no keys/values (StepPlan.needs_kv False), else `denoise`. full_step: False when the capability
+    is declared but this artifact lacks the graph (one exported before it existed)."""
+
+    full_step: bool
+
+    def denoise_full(self, x_hor, t_feat, k_ctx, v_ctx) -> np.ndarray:
+        """x_hor f32 [G, N, T, Ph * Fh] (token t's steps' noisy values and known features, token t at
+        position t), t_feat f32 [G, N, E], k_ctx/v_ctx from encode -> out f32 [G, N, T, Ph] (eps or
+        v), equal to denoise's out_sub with pos_sub = arange(T) and hor_valid all 0."""
+
+
+@runtime_checkable
 class Controller(Protocol):
     """Decides per step which tokens the network computes and each token's solver order.
 
@@ -71,8 +88,10 @@ class Controller(Protocol):
 
     counters: dict[str, int]
 
-    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams) -> None:
-        """A new forecast of G series x N samples x H tokens; streams: its G series' random streams."""
+    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams, domain: str = "time") -> None:
+        """A new forecast of G series x N samples x H tokens; streams: its G series' random streams.
+        domain: the model's ("frequency": tokens are spectral coordinates, docs/frequency.md); the
+        sampler passes it only for a frequency-domain model."""
 
     def plan(self, i: int, cache: TokenCache) -> StepPlan:
         """Step i's plan, from what the cache holds after step i-1 and the noisy horizon cache.x."""

@@ -12,6 +12,11 @@ tokens each row computes, each token's effective solver order and which series r
 full-step flags for step i+1. Every decision of a series depends only on its own rows and on its
 control stream (streams.control_uniforms, drawn at `start`), never on the rest of the batch.
 With lattice=False and cache=False it is the plain DPM-Solver++ sampler, bit for bit.
+
+A frequency-domain model (start(..., domain="frequency"), docs/frequency.md): the tokens are the
+horizon's spectral coordinates; the core is the K lowest frequencies (both coordinates of each);
+every rule reads the coordinates divided by their noise gains G, so that values, changes and
+energy shares are in time-domain units (Parseval); core follow is off (it interpolates in time).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from dil.runtime.rng import SeriesStreams
+from dil.runtime import spectral
 from dil.runtime.sampling import cache_policy as policy
 from dil.runtime.sampling import lattice as lat
 from dil.runtime.sampling.config import SamplerConfig
@@ -42,8 +48,11 @@ class FastController:
         self.counters: dict[str, int] = {}
 
     # -- sampler hooks ---------------------------------------------------------------------------
-    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams) -> None:
+    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams, domain: str = "time") -> None:
         cfg = self.config
+        self.spectral = spectral.check_domain(domain) == "frequency"
+        # whitened view of the coordinates: y / G (None: the time domain, tokens as they are)
+        self.inv_gain = 1.0 / spectral.noise_gains(H) if self.spectral else None
         if len(streams) != G:
             raise ValueError(f"FastController got the streams of {len(streams)} series for a batch of {G} series")
         self.shape, self.solver, self.steps = (G, N, H), solver, solver.steps
@@ -51,10 +60,10 @@ class FastController:
         self.uniforms = streams.control_uniforms(self.steps, N, H)
         self.s_max = lat.coarsest_scale(H, cfg.max_scales)
         self.lvl = np.full((G, N, H), self.s_max, dtype=np.int64)
-        self.core = policy.core_positions(H, cfg.K)
+        self.core = spectral.core_tokens(H, cfg.K) if self.spectral else policy.core_positions(H, cfg.K)
         self.core_mask = np.zeros(H, dtype=bool)
         self.core_mask[self.core] = True
-        self.follow_weights = policy.interpolation_weights(self.core, H)
+        self.follow_weights = None if self.spectral else policy.interpolation_weights(self.core, H)
         self.tau = np.full(G, float(cfg.tau_0))
         self.pending = np.zeros(G, dtype=bool)
         self.run = np.zeros((G, N, H), dtype=np.int64)
@@ -102,7 +111,7 @@ class FastController:
         token's x0_hat moves by this step's change of the core, linearly interpolated over the
         horizon (docs/sampler.md section 6, "Core follow"), then is clipped by the guard (x0_clip), so
         that a moved token obeys the same bound as a computed one."""
-        if not self.config.core_follow or i == 0 or self.core.size == 0 or computed.all():
+        if not self.config.core_follow or self.spectral or i == 0 or self.core.size == 0 or computed.all():
             return
         core_now = cache.x0_hat[:, :, self.core]
         shift = (core_now - self.history[0][:, :, self.core]) @ self.follow_weights
@@ -111,18 +120,23 @@ class FastController:
     def observe(self, i: int, cache: TokenCache) -> None:
         cfg = self.config
         self.run = np.where(self._computed, self.run + 1, 0)
+        x0_hat = self._white(cache.x0_hat)
         if self._probes is not None and self._probes.any():
-            error = policy.probe_error(cache.x0_hat, self._x0_before, self._probes)
+            error = policy.probe_error(x0_hat, self._white(self._x0_before), self._probes)
             self.tau = policy.feedback(self.tau, error, cfg.tau_0, cfg.probe_target)
             self.pending |= error > cfg.probe_warn  # NaN (no probes) compares False
             if self.record:
                 self.decisions[-1]["margins"]["probe"] = error - cfg.probe_warn
         if i >= 1 and self.core.size:
-            event = policy.event_intensity(cache.x0_hat, self.history[0], self.core)
+            event = policy.event_intensity(x0_hat, self.history[0], self.core)
             self.pending |= event > cfg.tau_warn
             if self.record:
                 self.decisions[-1]["margins"]["event"] = event - cfg.tau_warn
-        self.history = [cache.x0_hat] + self.history[: HISTORY - 1]
+        self.history = [x0_hat] + self.history[: HISTORY - 1]
+
+    def _white(self, a: np.ndarray) -> np.ndarray:
+        """a itself in the time domain; a / G per coordinate in the frequency domain."""
+        return a if self.inv_gain is None else a * self.inv_gain
 
     # -- the two halves of a step ----------------------------------------------------------------
     def _lattice_step(self) -> np.ndarray:
@@ -144,7 +158,8 @@ class FastController:
         """The cache rules (docs/sampler.md 6) -> (computed [G, N, H], series_full [G])."""
         cfg, H = self.config, self.shape[2]
         U1, U2 = self.uniforms[:, i - 1, 0], self.uniforms[:, i - 1, 1]
-        change, change_margin = policy.change_trigger(cache.x, cache.x_in, cache.x0_hat, self.tau, cfg.energy_eps)
+        change, change_margin = policy.change_trigger(self._white(cache.x), self._white(cache.x_in),
+                                                      self._white(cache.x0_hat), self.tau, cfg.energy_eps)
         selected = self.core_mask | (cache.age >= cfg.max_age) | change
         if Hn is not None:
             nodes = lat.select_nodes(Hn, self.lvl, U1, self.s_max, cfg.entropy_budget, cfg.temperature)

@@ -20,11 +20,12 @@ class FullController:
         self.config = config
         self.counters: dict[str, int] = {}
 
-    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams) -> None:
+    def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams, domain: str = "time") -> None:
         self._pos = np.ascontiguousarray(np.broadcast_to(np.arange(H, dtype=np.int64), (G, N, H)))
 
     def plan(self, i: int, cache: TokenCache) -> StepPlan:
-        return StepPlan(pos_sub=self._pos, order=self.config.solver_order, full=True)
+        # Every step computes every token: no cached key is ever attended to, so none is needed.
+        return StepPlan(pos_sub=self._pos, order=self.config.solver_order, full=True, needs_kv=False)
 
     def adjust(self, i: int, cache: TokenCache, computed: np.ndarray) -> None:
         """Every token was computed: nothing to move."""

@@ -7,6 +7,8 @@ Each step:
                                               tokens' steps (padding entries: value 0, features 0)
     out_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx,
                                            cache.k, cache.v, cache.hor_valid(plan))
+                                              (a full step that needs no keys/values later, on an
+                                              engine with the capability: engine.denoise_full)
     cache.store(...)                           (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma,
                                               engine.config.prediction) for computed tokens,
                                               x0_hat clipped to [-x0_clip, x0_clip] (the guard);
@@ -33,8 +35,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dil.runtime import spectral
 from dil.runtime.rng import SeriesStreams
-from dil.runtime.sampling.contracts import Controller, Engine
+from dil.runtime.sampling.contracts import Controller, Engine, FullStepEngine
 from dil.runtime.sampling.fast_controller import FastController
 from dil.runtime.sampling.full_controller import FullController
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
@@ -75,6 +78,12 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     step. hor_feat: float32 [G, H, Fk], the known features of the horizon steps (the same for
     every sample of a series), Fk = the model's horizon_features - 1; None only when Fk = 0.
     Bad shapes raise ValueError before any engine call.
+
+    A frequency-domain model (engine.config.domain, docs/frequency.md): the sampler runs on the
+    horizon's spectral coordinates: its prior is G * x_T (x_T white, G = spectral.noise_gains), the
+    known features enter per coordinate (spectral.to_spectrum along the horizon), the guard is the
+    per-coordinate bound of the time clip (spectral.clip_bound), and SampleResult.x0 is mapped back
+    to the time domain (spectral.from_spectrum): callers see time-domain samples either way.
     """
     wall0 = time.perf_counter()
     if config.num_diffusion_steps != schedule.num_steps:
@@ -91,13 +100,19 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     cfg = engine.config
     _check_context(ctx, cfg, G)
     feat_pad = _padded_features(hor_feat, cfg, G, H, Ph)
+    freq = getattr(cfg, "domain", "time") == "frequency"
+    if freq and feat_pad is not None:  # Ph == 1: token t is coordinate t of every feature's trajectory
+        feat_pad[:, :T, 0] = spectral.to_spectrum(feat_pad[:, :T, 0], axis=1)
     controller = controller or make_controller(config)
     solver = DPMSolverPP(schedule, config.steps, spacing=config.spacing)
-    controller.start(G, N, T, solver, streams)
+    controller.start(G, N, T, solver, streams, **({"domain": "frequency"} if freq else {}))
     # An engine that can keep the token cache's keys/values on its device (TensorRT with a
     # cache_update plan) does so: no per-step copy of [layers, G, N, T, D] through the host.
     device_kv = engine.device_cache(G, N, T)
-    cache = TokenCache(cfg.num_layers, G, N, T, cfg.d_model, keep_kv=device_kv is None, x0_clip=config.x0_clip,
+    # A full step whose keys/values no later step reads runs the engine's lean full-step graph.
+    lean = device_kv is None and isinstance(engine, FullStepEngine) and engine.full_step
+    x0_clip = spectral.clip_bound(config.x0_clip, H) if freq else config.x0_clip
+    cache = TokenCache(cfg.num_layers, G, N, T, cfg.d_model, keep_kv=device_kv is None, x0_clip=x0_clip,
                        prediction=getattr(cfg, "prediction", "epsilon"), patch=Ph)
     stats = SamplerStats(series=G, samples=N, steps=config.steps, full_tokens=G * N * T * config.steps)
 
@@ -105,23 +120,29 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     # One feature row per step; the same diffusion time for every (series, sample) row.
     t_table = diffusion_time_features(solver.kappas, cfg.time_embed_dim).astype(np.float32)
     x = np.array(x_T, dtype=np.float64)
+    if freq:
+        x *= spectral.noise_gains(H)
     x_pad = np.zeros((G, N, T + 1, Ph))  # padding entries (pos_sub == T) read a 0
     for i in range(config.steps):
         cache.x = x
         plan = controller.plan(i, cache)
         computed = plan.computed(T)
         if plan.pos_sub.shape[2] > 0:
-            x_pad[:, :, :T] = x.reshape(G, N, T, Ph)
-            x_sub = gather_inputs(x_pad, feat_pad, plan.pos_sub)
             t_feat = np.broadcast_to(t_table[i], (G, N, t_table.shape[1]))
-            if device_kv is not None:  # keys/values stay on the device; only the output comes back
-                out_sub = engine.denoise_cached(x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, device_kv,
-                                                cache.hor_valid(computed))
+            if lean and plan.full and not plan.needs_kv:  # no masks, no cache in, no keys/values out
+                out_sub = engine.denoise_full(full_inputs(x, feat_pad, T), t_feat, k_ctx, v_ctx)
                 k_sub = v_sub = None
             else:
-                out_sub, k_sub, v_sub = engine.denoise(
-                    x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, cache.k, cache.v, cache.hor_valid(computed)
-                )
+                x_pad[:, :, :T] = x.reshape(G, N, T, Ph)
+                x_sub = gather_inputs(x_pad, feat_pad, plan.pos_sub)
+                if device_kv is not None:  # keys/values stay on the device; only the output comes back
+                    out_sub = engine.denoise_cached(x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, device_kv,
+                                                    cache.hor_valid(computed))
+                    k_sub = v_sub = None
+                else:
+                    out_sub, k_sub, v_sub = engine.denoise(
+                        x_sub, plan.pos_sub, t_feat, k_ctx, v_ctx, cache.k, cache.v, cache.hor_valid(computed)
+                    )
             stats.slots_computed += plan.pos_sub.size
         else:
             out_sub = k_sub = v_sub = None
@@ -144,7 +165,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     stats.engine_seconds = engine.stats.seconds - engine_s0
     stats.wall_seconds = time.perf_counter() - wall0
     stats.control_seconds = stats.wall_seconds - stats.engine_seconds
-    return SampleResult(x0=x, stats=stats)
+    return SampleResult(x0=spectral.from_spectrum(x) if freq else x, stats=stats)
 
 
 def _check_context(ctx, cfg, G: int) -> None:
@@ -195,6 +216,17 @@ def gather_inputs(x_pad: np.ndarray, feat_pad: np.ndarray | None, pos_sub: np.nd
         feats = feat_pad[np.arange(G)[:, None, None], pos_sub]  # [G, N, S, Ph, Fk]
         values = np.concatenate([values, feats], axis=-1)
     return values.reshape(G, N, S, Ph * values.shape[-1])
+
+
+def full_inputs(x: np.ndarray, feat_pad: np.ndarray | None, T: int) -> np.ndarray:
+    """x_hor f32 [G, N, T, Ph * (1 + Fk)]: what gather_inputs gives for pos_sub = arange(T) in every
+    row (bit for bit), from the noisy horizon x float64 [G, N, T * Ph] and feat_pad (see gather_inputs)."""
+    G, N, H = x.shape
+    values = x.reshape(G, N, T, H // T, 1).astype(np.float32)
+    if feat_pad is not None:
+        feats = np.broadcast_to(feat_pad[:, None, :T], values.shape[:4] + feat_pad.shape[3:])
+        values = np.concatenate([values, feats], axis=-1)
+    return values.reshape(G, N, T, -1)
 
 
 def _count_orders(stats: SamplerStats, order, cap: int, shape) -> None:

@@ -17,6 +17,8 @@ class StepPlan:
         per token. full: True when every token is computed (pos_sub is arange(H) in every row).
     mask: optional bool [G, N, H], the computed tokens (derived from pos_sub when absent).
     series_full: optional bool [G], the series computed in full this step.
+    needs_kv: whether a later step reads this step's fresh keys/values (from the token cache); False
+        lets the sampler run a full step on an engine's lean full-step graph (contracts.FullStepEngine).
     """
 
     pos_sub: np.ndarray
@@ -24,6 +26,7 @@ class StepPlan:
     full: bool = False
     mask: np.ndarray | None = None
     series_full: np.ndarray | None = None
+    needs_kv: bool = True
 
     def computed(self, horizon: int) -> np.ndarray:
         """bool [G, N, H]: True where a token is computed this step."""

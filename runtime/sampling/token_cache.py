@@ -10,9 +10,10 @@ from dil.runtime.sampling.parametrisation import to_x0_eps
 from dil.runtime.sampling.step_plan import StepPlan
 
 
-def clip_x0(x0_hat: np.ndarray, x0_clip: float) -> np.ndarray:
+def clip_x0(x0_hat: np.ndarray, x0_clip) -> np.ndarray:
     """The data-prediction guard (docs/sampler.md section 2): x0_hat clipped to [-x0_clip, x0_clip]
-    on the standardised scale; x0_clip = 0 returns x0_hat itself (off, bit for bit).
+    on the standardised scale; x0_clip = 0 returns x0_hat itself (off, bit for bit). x0_clip may be
+    a float64 [H] array of per-coordinate bounds (a frequency-domain model's, spectral.clip_bound).
 
     Why: an epsilon network's data prediction (x - sigma eps) / alpha carries the network's eps
     error times sigma / alpha, about 160 at the first step of the shipped schedule, so that a small
@@ -20,7 +21,7 @@ def clip_x0(x0_hat: np.ndarray, x0_clip: float) -> np.ndarray:
     x and later steps follow it (benchmarks/x0_error.py). A v network's x0 error is its output
     error times sigma (parametrisation.py); the guard stays as a bound on what the sampler writes.
     """
-    return np.clip(x0_hat, -x0_clip, x0_clip) if x0_clip else x0_hat
+    return np.clip(x0_hat, -x0_clip, x0_clip) if np.any(x0_clip) else x0_hat
 
 
 def token_mean(a: np.ndarray, patch: int) -> np.ndarray:
@@ -41,7 +42,7 @@ class TokenCache:
     (the sampler sets `x` to the step-level horizon before each plan). With Ph = 1 the token arrays
     are the step arrays themselves. age: int32 [G, N, T], steps since the token was computed. valid:
     bool [G, N, T], computed at least once. x0_clip: the guard of every x0_hat the cache forms
-    (`clip_x0`; 0 = off). prediction: what the network outputs ("epsilon" or "v", the engine's
+    (`clip_x0`; 0 = off; a per-token array for a frequency-domain model). prediction: what the network outputs ("epsilon" or "v", the engine's
     config.prediction); `store` converts it with parametrisation.to_x0_eps.
 
     A controller may assign `x0_hat` (core follow moves reused tokens): each token's steps then
@@ -50,7 +51,7 @@ class TokenCache:
 
     def __init__(self, layers: int, G: int, N: int, T: int, D: int, keep_kv: bool = True, x0_clip: float = 0.0,
                  prediction: str = "epsilon", patch: int = 1):
-        self.x0_clip = float(x0_clip)
+        self.x0_clip = x0_clip if np.ndim(x0_clip) else float(x0_clip)
         self.prediction = prediction
         self.patch = int(patch)
         H = T * self.patch
