@@ -30,14 +30,15 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dil.evaluate.frontier import SAMPLERS  # plain: lattice and cache off; fast: both on
+
 STEPS = (5, 6, 8, 10, 14, 20, 30, 50)
 TOLERANCE = 0.01
-SAMPLERS = {"plain": (False, False), "fast": (True, True)}
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,10 @@ def measure(engine, sweep: Sweep, progress: bool = False) -> dict:
     """{"domain", "horizon", "horizon_tokens", "rows": [{"sampler", "steps", "crps", "coverage_50",
     "coverage_90", "tokens", "token_fraction", "latency_s"}]} of one artifact; tokens = network token
     evaluations per sample (steps x tokens x the computed fraction)."""
-    from dil.evaluate.engine_eval import engine_data, forecaster_fn
-    from dil.evaluate.frontier import _latencies, _timing_window
-    from dil.evaluate.harness import ALL, EvalOptions, protocol_windows, stream_forecasts
+    from dil.evaluate.engine_eval import engine_data
+    from dil.evaluate.frontier import _latencies, _timing_window, score_samplers
+    from dil.evaluate.harness import EvalOptions, protocol_windows
     from dil.runtime import Forecaster
-    from dil.runtime.sampling.config import SamplerConfig
 
     fc = Forecaster.load(engine, threads=sweep.threads)
     spec, table = engine_data(engine, fc.manifest, sweep.dataset)
@@ -73,20 +73,9 @@ def measure(engine, sweep: Sweep, progress: bool = False) -> dict:
     T = fc.config.horizon_tokens
     w = protocol_windows(table, spec, L, H, sweep.windows, features=fc.features, part=sweep.split)
     options = EvalOptions(samples=sweep.samples, seed=sweep.seed, batch_size=sweep.batch_size, progress=progress)
-    rows, configs = [], []
-    for sampler in SAMPLERS:
-        for steps in sweep.steps:
-            lattice, cache = SAMPLERS[sampler]
-            config = SamplerConfig(inference_steps=steps, lattice=lattice, cache=cache)
-            configs.append(config)
-            costs = []
-            fn = forecaster_fn(fc, sweep.samples, steps, sweep.seed, costs, config=config)
-            scores = stream_forecasts(fn, w, w.valid, replace(options, steps=steps), desc=f"{sampler} {steps}")
-            m = scores.scores(ALL)
-            full = sum(c.full_tokens for c in costs)
-            fraction = sum(c.tokens_computed for c in costs) / full if full else 1.0
-            rows.append({"sampler": sampler, "steps": steps, "crps": m["crps"], "coverage_50": m["coverage_50"],
-                         "coverage_90": m["coverage_90"], "token_fraction": fraction, "tokens": fraction * steps * T})
+    rows, configs = score_samplers(fc, w, options, [(sampler, steps) for sampler in SAMPLERS for steps in sweep.steps])
+    for row in rows:
+        row["tokens"] = row["token_fraction"] * row["steps"] * T
     for row, times in zip(rows, _latencies(fc, _timing_window(w), configs, sweep)):
         row["latency_s"] = float(np.median(times))
     return {"engine": str(engine), "domain": fc.config.domain, "dataset": spec.name, "horizon": H,

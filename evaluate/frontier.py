@@ -180,9 +180,8 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
     or EvaluationError (one line) before any forecast when the inputs are wrong.
     """
     from dil.evaluate import machine
-    from dil.evaluate.engine_eval import engine_data, forecaster_fn
+    from dil.evaluate.engine_eval import engine_data
     from dil.runtime import Forecaster
-    from dil.runtime.sampling.config import SamplerConfig
 
     say = say or (lambda line: None)
     threads = cfg.threads or machine.default_threads()
@@ -195,22 +194,8 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
         say(f"warning: {busy}, and the choice of the default rests on them")
     timing = _timing_window(w)
     options = EvalOptions(samples=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
-    rows, configs = [], []
-    for sampler, steps in [("plain", s) for s in cfg.plain_steps] + [("fast", s) for s in cfg.fast_steps]:
-        lattice, cache = SAMPLERS[sampler]
-        config = SamplerConfig(inference_steps=steps, lattice=lattice, cache=cache)
-        configs.append(config)
-        costs = []
-        fn = forecaster_fn(fc, cfg.samples, steps, cfg.seed, costs, config=config)
-        scores = stream_forecasts(fn, w, w.valid, replace(options, steps=steps), desc=f"{sampler} {steps} steps")
-        metrics = scores.scores(ALL)
-        full = sum(c.full_tokens for c in costs)
-        rows.append({
-            "sampler": sampler, "lattice": lattice, "cache": cache, "steps": steps, "crps": metrics["crps"],
-            "crps_sample": metrics["crps_sample"], "coverage_50": metrics["coverage_50"],
-            "coverage_90": metrics["coverage_90"],
-            "token_fraction": sum(c.tokens_computed for c in costs) / full if full else None,
-        })
+    runs = [("plain", s) for s in cfg.plain_steps] + [("fast", s) for s in cfg.fast_steps]
+    rows, configs = score_samplers(fc, w, options, runs)
     for row, latencies in zip(rows, _latencies(fc, timing, configs, cfg)):
         row["latency_s"], row["latencies_s"] = float(np.median(latencies)), latencies
     from dil.data.windows import split_bounds
@@ -228,6 +213,32 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
                 "timing_window": timing[0], "busy_machine": busy, "threads": threads}
     protocol["plain_steps"], protocol["fast_steps"] = list(cfg.plain_steps), list(cfg.fast_steps)
     return finite_or_none({"rows": rows, "choice": choice, "protocol": protocol})
+
+
+def score_samplers(fc, w, options, runs) -> tuple[list[dict], list]:
+    """Score each (sampler, steps) of `runs` ("plain" or "fast", see SAMPLERS) on the windows w with
+    the forecaster fc: (rows, their SamplerConfigs); a row holds sampler, lattice, cache, steps, crps,
+    crps_sample, coverage_50, coverage_90 and token_fraction (network tokens computed / all)."""
+    from dil.evaluate.engine_eval import forecaster_fn
+    from dil.runtime.sampling.config import SamplerConfig
+
+    rows, configs = [], []
+    for sampler, steps in runs:
+        lattice, cache = SAMPLERS[sampler]
+        config = SamplerConfig(inference_steps=steps, lattice=lattice, cache=cache)
+        configs.append(config)
+        costs = []
+        fn = forecaster_fn(fc, options.samples, steps, options.seed, costs, config=config)
+        scores = stream_forecasts(fn, w, w.valid, replace(options, steps=steps), desc=f"{sampler} {steps} steps")
+        metrics = scores.scores(ALL)
+        full = sum(c.full_tokens for c in costs)
+        rows.append({
+            "sampler": sampler, "lattice": lattice, "cache": cache, "steps": steps, "crps": metrics["crps"],
+            "crps_sample": metrics["crps_sample"], "coverage_50": metrics["coverage_50"],
+            "coverage_90": metrics["coverage_90"],
+            "token_fraction": sum(c.tokens_computed for c in costs) / full if full else 1.0,
+        })
+    return rows, configs
 
 
 def _timing_window(w):
