@@ -33,6 +33,8 @@ class StepPlan:
         if self.mask is not None:
             return self.mask
         G, N, _ = self.pos_sub.shape
+        if self.full:
+            return np.ones((G, N, horizon), dtype=bool)
         mask = np.zeros((G, N, horizon + 1), dtype=bool)  # last column swallows padding entries
         np.put_along_axis(mask, self.pos_sub, True, axis=2)
         return mask[:, :, :horizon]

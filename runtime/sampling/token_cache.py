@@ -138,10 +138,14 @@ class TokenCache:
             self._out.reshape(G * N * T, Ph)[dst] = out_sub.reshape(G * N * S, Ph)[src]
         # epsilon: x0_hat = (x - sigma * eps) / alpha; v: x0_hat = alpha x - sigma v (docs/model.md 2.2).
         x0_hat, eps = to_x0_eps(self._out, x, alpha, sigma, self.prediction)
-        steps = self.steps(computed)
-        self.eps = np.where(steps, eps, self.eps)
-        self.x0_steps = np.where(steps, clip_x0(x0_hat, self.x0_clip), self.x0_steps)
+        if plan.full:  # every token computed: no masking (the plain sampler's every step; control time)
+            self.eps, self.x0_steps, self.x_in = eps, clip_x0(x0_hat, self.x0_clip), token_mean(x, Ph)
+            self.age[...], self.valid[...] = 0, True
+        else:
+            steps = self.steps(computed)
+            self.eps = np.where(steps, eps, self.eps)
+            self.x0_steps = np.where(steps, clip_x0(x0_hat, self.x0_clip), self.x0_steps)
+            self.x_in = np.where(computed, token_mean(x, Ph), self.x_in)
+            self.age[computed] = 0
+            self.valid |= computed
         self._x0_tok = token_mean(self.x0_steps, Ph)
-        self.x_in = np.where(computed, token_mean(x, Ph), self.x_in)
-        self.age[computed] = 0
-        self.valid |= computed
