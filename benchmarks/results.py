@@ -277,12 +277,26 @@ def main(argv=None) -> None:
                 _run(cmd)
     from dil.runtime.files import write_text
 
-    # The section benchmarks/peers.py writes between its markers stays on the regenerated page.
     old = page.read_text(encoding="utf-8") if page.is_file() else ""
-    a, b = old.find("<!-- peers:start -->"), old.find("<!-- peers:end -->")
-    kept = "\n" + old[a : b + len("<!-- peers:end -->")] + "\n" if 0 <= a < b else ""
-    write_text(page, render(out_dir, page, commands) + kept)
+    write_text(page, render(out_dir, page, commands) + kept_sections(old))
     print(f"wrote {page}")
+
+
+# Sections other scripts write between their markers stay on the regenerated page, in this order:
+# benchmarks/peers.py (DeepAR), benchmarks/domains.py (time vs frequency), the sampler frontiers.
+KEPT_SECTIONS = ("frontiers", "domains", "peers")
+
+
+def kept_sections(old: str) -> str:
+    """The marked sections of the page `old` ("<!-- NAME:start -->" ... "<!-- NAME:end -->" for
+    NAME in KEPT_SECTIONS), each preceded by a blank line; "" when it has none."""
+    kept = ""
+    for name in KEPT_SECTIONS:
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        a, b = old.find(start), old.find(end)
+        if 0 <= a < b:
+            kept += "\n" + old[a : b + len(end)] + "\n"
+    return kept
 
 
 if __name__ == "__main__":

@@ -163,8 +163,12 @@ def _why(best: dict, ref: dict, rows: list, candidates: list, tolerance: float) 
     far = [r for r in rows if r["sampler"] == other and _finite(r["crps"])]
     if other == "fast" and far:
         rival = min(far, key=lambda r: (r["crps"], r["steps"]))
-        return head + (f"; the token cache did not pay (no fast configuration within {pct}: {label(rival)}, "
-                       f"CRPS {rival['crps'] / ref['crps'] - 1:+.1%})")
+        change = f"CRPS {rival['crps'] / ref['crps'] - 1:+.1%}"
+        if rival["crps"] <= (1.0 + tolerance) * ref["crps"]:  # close enough, but its intervals are not
+            return head + (f"; the token cache did not pay (no fast configuration within {pct} with calibrated "
+                           f"intervals: {label(rival)}, {change}, coverage {rival['coverage_50']:.2f}/"
+                           f"{rival['coverage_90']:.2f} vs {ref['coverage_50']:.2f}/{ref['coverage_90']:.2f})")
+        return head + f"; the token cache did not pay (no fast configuration within {pct}: {label(rival)}, {change})"
     return head
 
 

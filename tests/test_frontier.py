@@ -57,6 +57,21 @@ def test_only_the_reference_qualifies():
                              "CRPS +4.3%)")
 
 
+def test_a_fast_rival_within_tolerance_but_uncalibrated_is_named_as_such():
+    """Measured on an ETTh1 horizon-96 model's validation windows: fast 10 steps matches plain 50's
+    CRPS (-0.1%) but its 90% interval covers 0.81 against the reference's 0.88."""
+    rows = [dict(sampler=s, steps=n, crps=c, coverage_50=c50, coverage_90=c90, latency_s=t)
+            for s, n, c, c50, c90, t in (("plain", 10, 0.25392, 0.4849, 0.8616, 0.145),
+                                         ("plain", 50, 0.25341, 0.4994, 0.8770, 0.719),
+                                         ("fast", 10, 0.25312, 0.4523, 0.8136, 0.255),
+                                         ("fast", 50, 0.25406, 0.4583, 0.8317, 0.966))]
+    choice = choose_defaults(rows)
+    assert (choice["cache"], choice["inference_steps"]) == (False, 10)
+    assert choice["why"] == ("plain 10 steps: CRPS within 1% of plain 50 steps, fastest; the token cache did not pay "
+                             "(no fast configuration within 1% with calibrated intervals: fast 10 steps, CRPS -0.1%, "
+                             "coverage 0.45/0.81 vs 0.50/0.88)")
+
+
 def test_ties_go_to_plain_then_fewer_steps_and_nan_never_qualifies():
     rows = _rows(("fast", 10, 0.05, 0.1), ("plain", 20, 0.05, 0.1), ("plain", 10, 0.05, 0.1), ("plain", 50, 0.05, 0.3),
                  ("fast", 5, float("nan"), 0.01), ("plain", 5, None, 0.01))
