@@ -56,12 +56,11 @@ class TokenCache:
         self.patch = int(patch)
         H = T * self.patch
         self._out = np.zeros((G, N, H))  # the network's raw outputs per step, scattered (computed tokens read)
-        self._x_tok = np.zeros((G, N, T))  # cache.x: the current noisy horizon per token
+        self._x_steps, self._x_tok = np.zeros((G, N, H)), None  # cache.x: the noisy horizon, its token means
         # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None.
         self.k = np.zeros((layers, G, N, T, D), dtype=np.float32) if keep_kv else None
         self.v = np.zeros_like(self.k) if keep_kv else None
-        self.x0_steps = np.zeros((G, N, H))
-        self._x0_tok = token_mean(self.x0_steps, self.patch)
+        self.x0_steps = np.zeros((G, N, H))  # the token means (x0_hat, x) are formed when first read
         self.eps = np.zeros((G, N, H))
         self.x_in = np.zeros((G, N, T))
         self.age = np.zeros((G, N, T), dtype=np.int32)
@@ -72,27 +71,43 @@ class TokenCache:
         """T, the number of horizon tokens."""
         return self.age.shape[2]
 
+    # Token means are formed when a controller first reads them: the plain sampler never does.
     @property
     def x(self) -> np.ndarray:
         """float64 [G, N, T]: the current noisy horizon, per token (mean over its steps)."""
+        if self._x_tok is None:
+            self._x_tok = token_mean(self._x_steps, self.patch)
         return self._x_tok
 
     @x.setter
     def x(self, steps: np.ndarray) -> None:
         """Set from the step-level noisy horizon, float64 [G, N, H]."""
-        self._x_tok = token_mean(steps, self.patch)
+        self._x_steps, self._x_tok = steps, None
+
+    @property
+    def x0_steps(self) -> np.ndarray:
+        """float64 [G, N, H]: the data prediction of every step (what the solver reads)."""
+        return self._x0_steps
+
+    @x0_steps.setter
+    def x0_steps(self, steps: np.ndarray) -> None:
+        self._x0_steps, self._x0_tok = steps, None
 
     @property
     def x0_hat(self) -> np.ndarray:
         """float64 [G, N, T]: the data prediction per token (mean over its steps of x0_steps)."""
-        return self.x0_steps if self.patch == 1 else self._x0_tok
+        if self.patch == 1:
+            return self._x0_steps
+        if self._x0_tok is None:
+            self._x0_tok = token_mean(self._x0_steps, self.patch)
+        return self._x0_tok
 
     @x0_hat.setter
     def x0_hat(self, tokens: np.ndarray) -> None:
         if self.patch == 1:
             self.x0_steps = tokens
             return
-        self.x0_steps = self.x0_steps + np.repeat(tokens - self._x0_tok, self.patch, axis=-1)
+        self.x0_steps = self._x0_steps + np.repeat(tokens - self.x0_hat, self.patch, axis=-1)
         self._x0_tok = tokens
 
     def steps(self, per_token: np.ndarray) -> np.ndarray:
@@ -148,4 +163,3 @@ class TokenCache:
             self.x_in = np.where(computed, token_mean(x, Ph), self.x_in)
             self.age[computed] = 0
             self.valid |= computed
-        self._x0_tok = token_mean(self.x0_steps, Ph)
