@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dil.runtime.table import DataError, _clean_times, _covariate_column, _parse_dates, _read_errors
+from dil.runtime.table import DataError, clean_times, covariate_column, parse_dates, read_errors
 
 LONG_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 # pandas' default NA spellings: such a target cell is missing, as in a wide table's numeric column.
@@ -100,7 +100,7 @@ def long_files(path) -> list[Path]:
 def long_columns(path) -> list[str]:
     """The column names of a long table, from its (first file's) header alone."""
     first = long_files(path)[0]
-    with _read_errors(first):
+    with read_errors(first):
         if long_kind(first) == "parquet":
             from dil.runtime.deps import require
 
@@ -152,7 +152,7 @@ def read_long(path, spec: LongSpec) -> pd.DataFrame:
     """The spec's columns of every row (CSV: every cell as text, as written; Parquet: as stored)."""
     frames = []
     for f in long_files(path):
-        with _read_errors(f):
+        with read_errors(f):
             if long_kind(f) == "parquet":
                 from dil.runtime.deps import require
 
@@ -212,7 +212,7 @@ def series_history(sid: str, rows: pd.DataFrame, spec: LongSpec, source: str) ->
     """One series' SeriesHistory from its rows (any order; see the module docstring)."""
     where = f"{source}: series {sid!r}"
     rows = rows.reset_index(drop=True)
-    times = _parse_dates(rows, spec.date_column, where, spec.date_format, spec.dayfirst)
+    times = parse_dates(rows, spec.date_column, where, spec.date_format, spec.dayfirst)
     dup = times.duplicated(keep=False)
     if dup.any():
         raise DataError(f"{where}: {int(dup.sum())} rows share a timestamp (first {times[dup][0]}); a long table "
@@ -222,8 +222,8 @@ def series_history(sid: str, rows: pd.DataFrame, spec: LongSpec, source: str) ->
     values = _target(rows[spec.target_column], sid, spec, times, source)
     cov = None
     if spec.covariates:
-        cov = pd.DataFrame({c: _covariate_column(rows[c], c, where) for c in spec.covariates})
-    times, grid, freq, notes, kept = _clean_times(times, values[:, None], f"{where}: column {spec.date_column!r}")
+        cov = pd.DataFrame({c: covariate_column(rows[c], c, where) for c in spec.covariates})
+    times, grid, freq, notes, kept = clean_times(times, values[:, None], f"{where}: column {spec.date_column!r}")
     if cov is not None:
         cov = cov.reindex(kept).reset_index(drop=True)  # an added step (-1) has missing covariates
     return SeriesHistory(id=sid, values=np.ascontiguousarray(grid[:, 0]), freq=freq, covariates=cov, notes=notes,

@@ -120,7 +120,7 @@ def _first_line_is_numeric(path: Path) -> bool:
 
 
 @contextmanager
-def _read_errors(path: Path):
+def read_errors(path: Path):
     """Any failure of reading `path` (pandas and pyarrow raise many types) as one DataError line."""
     try:
         yield
@@ -140,7 +140,7 @@ def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
     covariates' reading, see the module docstring)."""
     kind = _kind(path)
     text = dict(dtype=str, keep_default_na=False) if raw else {}
-    with _read_errors(path):
+    with read_errors(path):
         if kind == "parquet":
             from dil.runtime.deps import require
 
@@ -162,7 +162,7 @@ def table_columns(path) -> list[str]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     kind = _kind(path)
-    with _read_errors(path):
+    with read_errors(path):
         if kind == "parquet":
             from dil.runtime.deps import require
 
@@ -177,7 +177,7 @@ def table_columns(path) -> list[str]:
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
-def _covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
+def covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
     """One raw covariate column (file order): float64 (NaN = missing) when every non-empty cell is a
     number, else text ("string" dtype, NA = missing: an empty or blank cell) keeping every other
     cell as written."""
@@ -198,10 +198,10 @@ def _covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
 
 
 def _covariates(path: Path, frame: pd.DataFrame, names, covariates, source: str) -> pd.DataFrame:
-    """The covariate columns [T, k] in file order, read raw (see _covariate_column)."""
+    """The covariate columns [T, k] in file order, read raw (see covariate_column)."""
     raw = frame if _kind(path) == "parquet" else _read_frame(path, names, raw=True)
     raw.columns = [str(c) for c in raw.columns]
-    return pd.DataFrame({c: _covariate_column(raw[c], c, source) for c in covariates})
+    return pd.DataFrame({c: covariate_column(raw[c], c, source) for c in covariates})
 
 
 def _numeric_column(frame: pd.DataFrame, col: str, source: str, explicit: bool) -> np.ndarray | None:
@@ -253,7 +253,7 @@ def _text_dates(raw: pd.Series, col: str, source: str, dayfirst: bool | None) ->
     return day if day_ok or day.notna().sum() > month.notna().sum() else month
 
 
-def _parse_dates(frame: pd.DataFrame, col: str, source: str, date_format: str | None = None,
+def parse_dates(frame: pd.DataFrame, col: str, source: str, date_format: str | None = None,
                  dayfirst: bool | None = None) -> pd.DatetimeIndex:
     raw = frame[col]
     if date_format is not None:
@@ -355,8 +355,8 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
 
     timestamps, freq, notes = None, None, []
     if date_column is not None:
-        times = _parse_dates(frame, date_column, source, date_format, dayfirst)
-        times, values, freq, notes, rows = _clean_times(times, values, f"{source}: column {date_column!r}")
+        times = parse_dates(frame, date_column, source, date_format, dayfirst)
+        times, values, freq, notes, rows = clean_times(times, values, f"{source}: column {date_column!r}")
         timestamps = times.to_numpy(dtype="datetime64[ns]")
         if cov is not None:  # the same rows as the values; an added step (-1) has missing covariates
             cov = cov.reindex(rows).reset_index(drop=True)
@@ -376,7 +376,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _clean_times(times: pd.DatetimeIndex, values: np.ndarray, where: str):
+def clean_times(times: pd.DatetimeIndex, values: np.ndarray, where: str):
     """Sort by time, keep the first row of each timestamp, reindex a regular step.
 
     times [T] in file order, values [T, C]. Returns (times, values, freq, notes, rows) with one note
