@@ -154,8 +154,8 @@ class Recorder:
     def counters(self):
         return self.inner.counters
 
-    def start(self, *args):
-        self.inner.start(*args)
+    def start(self, *args, **kwargs):
+        self.inner.start(*args, **kwargs)
 
     def plan(self, i, cache):
         return self.inner.plan(i, cache)

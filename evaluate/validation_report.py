@@ -89,9 +89,9 @@ class RecordingController:
     def counters(self) -> dict:
         return self.inner.counters
 
-    def start(self, G: int, N: int, H: int, solver, streams: SeriesStreams, **domain) -> None:
+    def start(self, G: int, N: int, H: int, solver, streams: SeriesStreams, domain: str = "time") -> None:
         self.shape, self.steps = (G, N, H), solver.steps
-        self.inner.start(G, N, H, solver, streams, **domain)  # domain: a frequency-domain model's
+        self.inner.start(G, N, H, solver, streams, domain=domain)
 
     def plan(self, i: int, cache):
         if self.before_plan is not None:

@@ -57,7 +57,7 @@ class ScriptedRuntime:
 
     counters: dict = {}
 
-    def start(self, G, N, H, solver, streams):
+    def start(self, G, N, H, solver, streams, domain="time"):
         pass
 
     def plan(self, i, cache):

@@ -105,7 +105,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
         feat_pad[:, :T, 0] = spectral.to_spectrum(feat_pad[:, :T, 0], axis=1)
     controller = controller or make_controller(config)
     solver = DPMSolverPP(schedule, config.steps, spacing=config.spacing)
-    controller.start(G, N, T, solver, streams, **({"domain": "frequency"} if freq else {}))
+    controller.start(G, N, T, solver, streams, domain="frequency" if freq else "time")
     # An engine that can keep the token cache's keys/values on its device (TensorRT with a
     # cache_update plan) does so: no per-step copy of [layers, G, N, T, D] through the host.
     device_kv = engine.device_cache(G, N, T)
