@@ -111,10 +111,6 @@ class WindowSet:
             scale=scale,
         )
 
-    def sample(self, rng: np.random.Generator, batch_size: int) -> WindowBatch:
-        """B windows drawn uniformly with replacement."""
-        return self.batch(rng.integers(0, len(self), size=batch_size))
-
     def evenly_spaced(self, n: int) -> np.ndarray:
         """Positions of n windows spread over the whole set (all of them if n >= len)."""
         if n >= len(self):

@@ -273,7 +273,8 @@ class _Run:
         # refuses another model, other data or other features before any work
         meta = read_resume_meta(run_dir, config, self.data, features) if resume else None
         self.device = resolve_device(cfg.device) if dist is None else dist.device
-        self.shard = None if dist is None else dist.shard(len(self.windows.train))
+        n = len(self.windows.train)  # the train windows this process draws from: all, or its rank's shard
+        self.shard = np.arange(n) if dist is None else dist.shard(n)
         self.schedule = NoiseSchedule()
         self.nets = _Networks.build(config, cfg, spec.season, self.device)
         self.val = _ValSet(self.windows.val, self.schedule, cfg, config, self.device)
@@ -304,11 +305,9 @@ class _Run:
         for _ in range(cfg.steps_per_epoch):
             step = self.progress.step
             lr = lr_at(step, self.total_steps, cfg)
-            if self.dist is None:
-                batch = self.windows.train.sample(rng, cfg.batch_size)
-            else:  # this rank's shard only
+            if self.dist is not None:
                 self.dist.test_exit(step)
-                batch = self.windows.train.batch(self.shard[rng.integers(0, len(self.shard), size=cfg.batch_size)])
+            batch = self.windows.train.batch(self.shard[rng.integers(0, len(self.shard), size=cfg.batch_size)])
             noise = draw_noise(rng, self.schedule, batch.target, cfg.noise_draws, self.config.time_embed_dim,
                                self.config.prediction, batch.gains)
             loss = self.nets.step(batch_tensors(batch, noise, self.device), lr, step, cfg)
