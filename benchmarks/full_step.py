@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/full_step.py --threads 1             # the shipped model
     OMP_NUM_THREADS=1 python benchmarks/full_step.py --threads 1 --windows 1 4 16 --repeats 15
     OMP_NUM_THREADS=1 python benchmarks/full_step.py --threads 1 --session-options
+    OMP_NUM_THREADS=1 python benchmarks/full_step.py --threads 1 --calls --windows 1 2 4 8 16 --repeats 5
 
 Forecast mode: `Forecaster.predict` of W hourly series x 100 samples at the artifact's default
 sampler (the shipped model: plain DPM-Solver++, 10 steps), once on the new path and once with the
@@ -10,6 +11,11 @@ engine's full-step capability switched off (`engine.full_step = False`: every st
 with the empty token cache, as before). The two paths take turns within each repeat, so that a
 change of machine load hits both alike; it prints the median wall time of a forecast, per window,
 and the ratio old / new, and checks that both paths give the same samples (max abs difference).
+
+--calls: the batch path's cost per window (docs/sampler.md section 12): `Forecaster.predict` of W
+series x 100 samples with all W in one engine call and as the runtime splits them (at most
+chunks.CPU_CALL_TOKENS token rows per call on a CPU), taking turns; it prints the median ms per
+window of each, relative to one window alone, and checks that the split changes no sample.
 
 --session-options: the median time of one denoise_full call (1 x 100 rows) under ONNX Runtime
 session settings (graph optimisation level, spinning, execution mode), taking turns likewise.
@@ -59,6 +65,37 @@ def forecast_times(engine_path, windows: list[int], samples: int, repeats: int, 
         engine.full_step = True
         old, new = np.median(times[False]) * 1e3, np.median(times[True]) * 1e3
         rows.append({"windows": w, "old_ms": old, "new_ms": new, "ratio": old / new, "max_abs_diff": diff})
+    return rows
+
+
+def call_times(engine_path, windows: list[int], samples: int, repeats: int, threads: int) -> list[dict]:
+    """[{windows, one_call_ms, split_ms, calls, max_abs_diff}] per window count: the median wall
+    time of a forecast of W windows run as one engine call per step and as series_per_call splits it."""
+    from dil.runtime import Forecaster
+    from dil.runtime.sampling import chunks
+
+    forecaster = Forecaster.load(engine_path, threads=threads)
+    limit, rows = chunks.CPU_CALL_TOKENS, []
+    for w in windows:
+        history = _history(w, forecaster.config.context_length + 24)
+
+        def run(split: bool):
+            chunks.CPU_CALL_TOKENS = limit if split else 2**62
+            try:
+                t0 = time.perf_counter()
+                f = forecaster.predict(history, num_samples=samples, seed=0, batch_series=w)
+                return time.perf_counter() - t0, f
+            finally:
+                chunks.CPU_CALL_TOKENS = limit
+
+        run(True), run(False)  # warm-up
+        times = {True: [], False: []}
+        for _ in range(repeats):
+            for split in (False, True):
+                times[split].append(run(split)[0])
+        (_, a), (_, b) = run(True), run(False)
+        rows.append({"windows": w, "one_call_ms": np.median(times[False]) * 1e3, "split_ms": np.median(times[True]) * 1e3,
+                     "calls": a.stats.encode_calls, "max_abs_diff": float(np.abs(a.samples - b.samples).max())})
     return rows
 
 
@@ -121,10 +158,18 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--session-options", action="store_true", help="time ONNX Runtime session settings instead")
+    parser.add_argument("--calls", action="store_true", help="time W windows in one engine call vs split per "
+                        "chunks.CPU_CALL_TOKENS instead")
     args = parser.parse_args(argv)
     from dil.runtime.manifest import default_artifact
 
     engine = args.engine or default_artifact()
+    if args.calls:
+        print(f"{'windows':>7} {'one call ms/window':>19} {'split ms/window':>16} {'calls':>6} {'max |diff|':>11}")
+        for r in call_times(engine, args.windows, args.samples, args.repeats, args.threads):
+            w = r["windows"]
+            print(f"{w:7d} {r['one_call_ms'] / w:19.2f} {r['split_ms'] / w:16.2f} {r['calls']:6d} {r['max_abs_diff']:11.2e}")
+        return
     if args.session_options:
         for name, ms in session_times(engine, args.samples, args.repeats * 20, args.threads).items():
             print(f"{name:28s} {ms:8.3f} ms")

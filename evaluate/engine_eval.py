@@ -8,10 +8,10 @@ from dataclasses import replace
 from dil.evaluate.harness import EvalOptions, Evaluation, run_evaluation
 
 # Bytes of working memory per sampler call of dil-eval's forecasts (Forecaster.predict_windows'
-# memory_budget): ONNX Runtime's arena grows about 1.2 MB per (window, sample) row of the shipped
-# model, so this runs 2 windows of 100 samples per call and keeps dil-eval's peak near 0.4 GB. Larger
-# calls are no faster on CPUs (2 cores: one call of 32 windows took several times as long as 16
-# calls of 2).
+# memory_budget), a bound on memory only: on a CPU the windows per engine call are set by the
+# measured token-row limit (dil.runtime.sampling.chunks.CPU_CALL_TOKENS: 2 windows of 100 samples
+# of the shipped model per call, as many as cost no more per window than one alone), far below
+# this budget; it binds for GPU engines, which have no token limit.
 EVAL_MEMORY_BUDGET = 256 * 2**20
 
 

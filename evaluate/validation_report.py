@@ -125,7 +125,7 @@ class LockstepEngine:
     horizon tokens (T = horizon / horizon_patch), as in the graphs.
     """
 
-    max_batch = None
+    max_batch = call_tokens = None
 
     def __init__(self, reference: ReferenceSampler, torch_graphs, config):
         from dil.runtime.backends.onnx_engine import EngineStats

@@ -183,7 +183,8 @@ class Forecaster:
     @property
     def default_config(self) -> SamplerConfig:
         """The sampler a call without `config` runs: the artifact's "sampler_defaults" (lattice, cache,
-        inference_steps; recorded by dil-bench --frontier --write-defaults) over the documented
+        inference_steps, a distilled student's solver_order; recorded by dil-bench --frontier
+        --write-defaults or, for a student, by dil-export) over the documented
         defaults, or SamplerConfig() (fast sampler, 20 steps) for an artifact without them."""
         return self.manifest.default_sampler()
 
@@ -306,7 +307,7 @@ class Forecaster:
 
         x0, stats = self._sample(z, (known, past, hor), streams, num_samples, config, progress,
                                  series_per_call(self.config, steps, num_samples, memory_budget, batch_series,
-                                                 self.engine.max_batch))
+                                                 self.engine.max_batch, self.engine.call_tokens))
 
         samples = x0 * scale[:, None, None] + loc[:, None, None]
         del x0

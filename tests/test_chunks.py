@@ -8,7 +8,13 @@ import pytest
 
 from dil.runtime import Forecaster, SamplerConfig, SeriesStreams
 from dil.runtime.model_config import ModelConfig
-from dil.runtime.sampling.chunks import SAMPLE_BLOCK, bytes_per_row, sample_blocks, series_per_call
+from dil.runtime.sampling.chunks import (
+    CPU_CALL_TOKENS,
+    SAMPLE_BLOCK,
+    bytes_per_row,
+    sample_blocks,
+    series_per_call,
+)
 from dil.runtime.sampling.sampler import sample
 from dil.runtime.scaling import context_features, context_scale, standardise
 
@@ -57,7 +63,9 @@ def test_blocks_and_the_row_estimate_by_hand():
 @pytest.mark.parametrize("settings", [FAST, {"lattice": False, "cache": False}], ids=["fast", "plain"])
 def test_a_small_budget_gives_the_same_forecast_in_bounded_calls(tiny_artifact, contexts, settings):
     kw = dict(num_samples=N, steps=4, seed=2, series_keys=["a", "b", 7], **settings)
-    whole = Forecaster.load(tiny_artifact, threads=1).predict_windows(contexts, **kw)
+    one_call = Forecaster.load(tiny_artifact, threads=1)
+    one_call.engine.call_tokens = None  # every series in one call: no token limit
+    whole = one_call.predict_windows(contexts, **kw)
     fc = Forecaster.load(tiny_artifact, threads=1)
     fc.engine = _Recording(fc.engine)
     small = fc.predict_windows(contexts, memory_budget=1, **kw)  # one series and one block per call
@@ -69,6 +77,49 @@ def test_a_small_budget_gives_the_same_forecast_in_bounded_calls(tiny_artifact, 
     # Samples are drawn in order: the first block does not depend on how many follow.
     first = Forecaster.load(tiny_artifact, threads=1).predict_windows(contexts, **{**kw, "num_samples": SAMPLE_BLOCK})
     np.testing.assert_array_equal(whole.samples[:, :SAMPLE_BLOCK], first.samples)
+
+
+def test_token_limit_by_hand():
+    """Series per call under a token-row limit: rows x horizon tokens per series (the shipped
+    model's H 24 in patches of 4: 6 tokens, so 100 samples are 600 token rows a series)."""
+    model = ModelConfig(horizon=24, horizon_patch=4)
+    big = 2**62
+    assert series_per_call(model, 10, 100, big, 32, None, CPU_CALL_TOKENS) == 2
+    assert series_per_call(model, 10, 100, big, 32, None, 2400) == 4
+    assert series_per_call(model, 10, 100, big, 32, None, 2399) == 3
+    assert series_per_call(model, 10, 100, big, 32, None, 599) == 1  # at least one series
+    assert series_per_call(model, 10, 100, big, 2, None, 2400) == 2  # batch_series still caps
+    assert series_per_call(model, 10, 100, big, 32, None, None) == 32  # no limit: memory alone
+    assert series_per_call(model, 10, 5000, big, 32, None, 2400) == 1  # a block of 1024 rows is one series
+
+
+def test_the_token_limit_applies_to_cpu_engines_only(tiny_artifact):
+    from dil.runtime.backends.trt_engine import TrtEngine
+
+    assert Forecaster.load(tiny_artifact, threads=1).engine.call_tokens == CPU_CALL_TOKENS
+    assert TrtEngine.call_tokens is None
+
+
+@pytest.mark.parametrize("settings", [FAST, {"lattice": False, "cache": False}], ids=["fast", "plain"])
+def test_the_token_limit_splits_calls_without_changing_a_sample(tiny_artifact, contexts, settings):
+    """A batch larger than the token limit runs as several engine calls, with the same samples as
+    one call over every series."""
+    kw = dict(num_samples=40, steps=3, seed=1, **settings)
+    fc = Forecaster.load(tiny_artifact, threads=1)
+    engine = fc.engine
+    fc.engine = _Recording(engine)
+    T = fc.config.horizon_tokens
+    engine.call_tokens = 40 * T  # one series per call
+    split = fc.predict_windows(contexts, **kw)
+    assert split.stats.encode_calls == 3 and {g for g, _ in fc.engine.calls} == {1}
+    engine.call_tokens = 2 * 40 * T  # two, then one
+    two = fc.predict_windows(contexts, **kw)
+    assert two.stats.encode_calls == 2
+    engine.call_tokens = None
+    one = fc.predict_windows(contexts, **kw)
+    assert one.stats.encode_calls == 1
+    np.testing.assert_array_equal(split.samples, one.samples)
+    np.testing.assert_array_equal(two.samples, one.samples)
 
 
 def test_plain_forecast_equals_one_call_over_all_samples(tiny_artifact, contexts):

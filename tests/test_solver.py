@@ -187,7 +187,7 @@ class _OracleEngine:
                                   num_layers=layers, ffn_dim=4, time_embed_dim=E)
         self.stats, self.call = EngineStats(), 0
 
-    max_batch = None
+    max_batch = call_tokens = None
 
     def device_cache(self, G, N, H):
         return None

@@ -241,6 +241,8 @@ class TrtEngine:
     def providers(self) -> list[str]:
         return [f"TensorRT ({self.precision})"]
 
+    call_tokens = None  # a GPU: calls as large as the profile allows
+
     @property
     def max_batch(self) -> int:
         return int(self.profile["G"]["max"])

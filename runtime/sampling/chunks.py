@@ -8,7 +8,9 @@ shape the forecast; each block draws its x_T rows and control uniforms next in i
 With N <= SAMPLE_BLOCK there is one block: the whole forecast in one call per series batch.
 
 Series: as many per call as the byte budget allows (at least one, at most batch_series and the
-engine's max_batch). Results do not depend on it (a series' rows never see another series).
+engine's max_batch), and on a CPU at most CPU_CALL_TOKENS token rows (series x samples x horizon
+tokens): past that, a larger call costs more per window, not less. Results do not depend on it
+(a series' rows never see another series).
 
 The bound: one call holds at most max(budget, bytes_per_row * min(N, SAMPLE_BLOCK)) bytes of
 working memory (engine activations, token cache, controller state); beyond that a forecast holds
@@ -20,6 +22,12 @@ from __future__ import annotations
 from dil.runtime.model_config import ModelConfig
 
 SAMPLE_BLOCK = 1024
+# Token rows per engine call on a CPU (an engine's call_tokens, contracts.Engine). Measured (benchmarks/full_step.py --calls,
+# shipped model, 1 thread, 3 runs on the shared 2-core machine): ms per window in one call at 1, 2,
+# 4, 8 windows x 100 samples x 6 tokens: 50.6, 53.9, 64.0, 78.7 / 59.2, 56.0, 64.2, 72.9 / 36.3,
+# 34.7, 38.1, 48.7. Past 2 windows (1200 token rows) a call costs more per window than one window
+# alone (the activations leave the caches), so larger batches run as several calls of this size.
+CPU_CALL_TOKENS = 1200
 DEFAULT_MEMORY_BUDGET = 8 * 2**30  # bytes per sampler call; 50 series x 100 samples of the shipped model fit
 
 
@@ -49,9 +57,13 @@ def bytes_per_row(model: ModelConfig, steps: int) -> int:
 
 
 def series_per_call(model: ModelConfig, steps: int, num_samples: int, budget: int, batch_series: int,
-                    max_batch: int | None) -> int:
-    """Series per sampler call: the most whose block of rows fits the byte budget, at least 1,
-    at most batch_series and max_batch (None: no engine limit)."""
+                    max_batch: int | None, max_tokens: int | None = None) -> int:
+    """Series per sampler call: the most whose block of rows fits the byte budget and, when given,
+    max_tokens token rows (block rows x horizon tokens, an engine's call_tokens); at least 1, at most
+    batch_series and max_batch (None: no engine limit)."""
     rows = min(num_samples, SAMPLE_BLOCK)
     fit = max(1, budget // (rows * bytes_per_row(model, steps)))
+    if max_tokens is not None:
+        tokens = model.horizon // getattr(model, "horizon_patch", 1)
+        fit = min(fit, max(1, max_tokens // (rows * tokens)))
     return max(1, min(fit, batch_series, max_batch or batch_series))

@@ -36,11 +36,14 @@ class CallStats(Protocol):
 class Engine(Protocol):
     """The two graphs of an artifact. config: the model (num_layers, d_model, time_embed_dim,
     prediction, context_patch, horizon_features, ...). max_batch: the most series one call may
-    carry (a TensorRT profile's G max), None without limit."""
+    carry (a TensorRT profile's G max), None without limit. call_tokens: the most token rows
+    (series x samples x horizon tokens) one call should carry for speed (an engine on the CPU:
+    chunks.CPU_CALL_TOKENS), None without limit."""
 
     config: ModelConfig
     stats: CallStats
     max_batch: int | None
+    call_tokens: int | None
 
     def encode(self, ctx: np.ndarray) -> tuple[Any, Any]:
         """ctx f32 [G, L, Fc] (L a multiple of P) -> (k_ctx, v_ctx) [layers, G, Lp, D], in whatever

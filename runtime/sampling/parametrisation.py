@@ -21,12 +21,21 @@ from __future__ import annotations
 # the same tuple.
 from dil.runtime.model_config import PREDICTIONS
 
-__all__ = ["PREDICTIONS", "to_x0_eps", "training_target"]
+__all__ = ["PREDICTIONS", "to_x0", "to_x0_eps", "training_target"]
 
 
 def _check(prediction: str) -> None:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+
+
+def to_x0(out, x, alpha, sigma, prediction: str):
+    """x0: the data prediction of network output `out` at the noisy value `x` (to_x0_eps's first
+    result, computed alone: the plain sampler reads no eps)."""
+    _check(prediction)
+    if prediction == "epsilon":
+        return (x - sigma * out) / alpha
+    return alpha * x - sigma * out
 
 
 def to_x0_eps(out, x, alpha, sigma, prediction: str):
@@ -35,10 +44,8 @@ def to_x0_eps(out, x, alpha, sigma, prediction: str):
     out, x: arrays or tensors of one shape (e.g. [G, N, H]); alpha, sigma: the noise level
     (scalars or broadcastable). The runtime passes float64 arrays.
     """
-    _check(prediction)
-    if prediction == "epsilon":
-        return (x - sigma * out) / alpha, out
-    return alpha * x - sigma * out, sigma * x + alpha * out
+    x0 = to_x0(out, x, alpha, sigma, prediction)
+    return (x0, out) if prediction == "epsilon" else (x0, sigma * x + alpha * out)
 
 
 def training_target(x0, eps, alpha, sigma, prediction: str):

@@ -123,14 +123,19 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     if freq:
         x *= spectral.noise_gains(H)
     x_pad = np.zeros((G, N, T + 1, Ph))  # padding entries (pos_sub == T) read a 0
+    # Per-step engine inputs go into buffers made once (the features never change across steps);
+    # each step writes only what changed: the diffusion time and the noisy values.
+    t_feat = np.empty((G, N, t_table.shape[1]), dtype=np.float32)
+    x_hor = FullInputs(feat_pad, G, N, T, Ph) if lean else None
+    rows_tokens = G * N * T
     for i in range(config.steps):
         cache.x = x
         plan = controller.plan(i, cache)
         computed = plan.computed(T)
         if plan.pos_sub.shape[2] > 0:
-            t_feat = np.broadcast_to(t_table[i], (G, N, t_table.shape[1]))
+            t_feat[...] = t_table[i]
             if lean and plan.full and not plan.needs_kv:  # no masks, no cache in, no keys/values out
-                out_sub = engine.denoise_full(full_inputs(x, feat_pad, T), t_feat, k_ctx, v_ctx)
+                out_sub = engine.denoise_full(x_hor(x), t_feat, k_ctx, v_ctx)
                 k_sub = v_sub = None
             else:
                 x_pad[:, :, :T] = x.reshape(G, N, T, Ph)
@@ -148,11 +153,15 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
             out_sub = k_sub = v_sub = None
         cache.store(plan, computed, x, out_sub, k_sub, v_sub, solver.alphas[i], solver.sigmas[i])
         controller.adjust(i, cache, computed)
-        _count_orders(stats, plan.order, solver.max_order(i), (G, N, T))
-        order = plan.order if np.ndim(plan.order) == 0 else cache.steps(np.broadcast_to(plan.order, (G, N, T)))
+        scalar_order = np.ndim(plan.order) == 0
+        if scalar_order:  # one order for every token: the histogram needs no array
+            stats.order_histogram[min(max(int(plan.order), 1), solver.max_order(i)) - 1] += rows_tokens
+        else:
+            _count_orders(stats, plan.order, solver.max_order(i), (G, N, T))
+        order = plan.order if scalar_order else cache.steps(np.broadcast_to(plan.order, (G, N, T)))
         x = solver.step(x, cache.x0_steps, order)
         controller.observe(i, cache)
-        stats.tokens_computed += int(np.count_nonzero(computed))
+        stats.tokens_computed += rows_tokens if plan.full else int(np.count_nonzero(computed))
         stats.full_steps += int(plan.full)
         stats.series_full_steps += G if plan.full else int(np.count_nonzero(plan.series_full)) if plan.series_full is not None else 0
         if progress is not None:
@@ -227,6 +236,25 @@ def full_inputs(x: np.ndarray, feat_pad: np.ndarray | None, T: int) -> np.ndarra
         feats = np.broadcast_to(feat_pad[:, None, :T], values.shape[:4] + feat_pad.shape[3:])
         values = np.concatenate([values, feats], axis=-1)
     return values.reshape(G, N, T, -1)
+
+
+class FullInputs:
+    """The lean graph's x_hor f32 [G, N, T, Ph * (1 + Fk)] (what full_inputs gives, bit for bit) in
+    one buffer: the known features are written once, each call writes the noisy values of x
+    float64 [G, N, T * Ph] (cast to float32) into it and returns the buffer (valid until the next
+    call; engines read their inputs during the call)."""
+
+    def __init__(self, feat_pad: np.ndarray | None, G: int, N: int, T: int, Ph: int):
+        Fk = 0 if feat_pad is None else feat_pad.shape[3]
+        self._buf = np.zeros((G, N, T, Ph, 1 + Fk), dtype=np.float32)
+        if Fk:
+            self._buf[..., 1:] = feat_pad[:, None, :T]
+        self._values = self._buf[..., 0]  # [G, N, T, Ph] view
+        self._x_hor = self._buf.reshape(G, N, T, Ph * (1 + Fk))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self._values[...] = x.reshape(self._values.shape)
+        return self._x_hor
 
 
 def _count_orders(stats: SamplerStats, order, cap: int, shape) -> None:

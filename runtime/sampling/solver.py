@@ -35,6 +35,8 @@ All arithmetic is float64.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule
@@ -57,14 +59,14 @@ class DPMSolverPP:
         if (steps is None) == (kappas is None):
             raise ValueError("give either steps or kappas")
         if kappas is None:
-            kappas = schedule.sampling_grid(int(steps), spacing)
-        self.kappas = np.asarray(kappas, dtype=np.float64)
-        if self.kappas.ndim != 1 or len(self.kappas) < 1 or np.any(np.diff(self.kappas) >= 0):
-            raise ValueError("kappas must be a non-empty decreasing 1-D grid")
+            try:  # a schedule's grid and tables, computed once per (schedule, steps, spacing)
+                tables = _grid_tables(schedule, int(steps), spacing)
+            except TypeError:  # an unhashable schedule-like object: compute them here
+                tables = _tables(schedule, schedule.sampling_grid(int(steps), spacing))
+        else:
+            tables = _tables(schedule, kappas)
+        self.kappas, self.alphas, self.sigmas, self.lambdas = tables
         self.steps = len(self.kappas)
-        self.alphas = schedule.alpha(self.kappas)
-        self.sigmas = schedule.sigma(self.kappas)
-        self.lambdas = schedule.lam(self.kappas)
         self.reset()
 
     def reset(self) -> None:
@@ -99,14 +101,17 @@ class DPMSolverPP:
         if i == self.steps - 1:  # to clean data: alpha_t = 1, sigma_t = 0, e^-h = 0
             return m0.copy()
 
-        order = np.clip(np.asarray(order, dtype=np.int64), 1, self.max_order(i))
         alpha_t, sigma_t = self.alphas[i + 1], self.sigmas[i + 1]
         lam = [float(self.lambdas[i + 1])] + self.lambda_history  # lambda_t, lambda_s0, lambda_s1, ...
         h = lam[0] - lam[1]
         phi = np.expm1(-h)  # e^-h - 1, accurate for small h
         base = (sigma_t / self.sigmas[i]) * x - alpha_t * phi * m0  # the order-1 update (Sec. 4.1)
-        if order.ndim == 0 and int(order) == 1:
-            return base
+        if np.ndim(order) == 0:  # one order for every token (the plain sampler): no masks, no selects
+            k = min(max(int(order), 1), self.max_order(i))
+            if k == 1:
+                return base
+            return self._second(base, h, lam, alpha_t, phi) if k == 2 else self._third(base, h, lam, alpha_t, phi)
+        order = np.clip(np.asarray(order, dtype=np.int64), 1, self.max_order(i))
         orders = np.unique(order)
         out = base
         if 2 in orders:
@@ -132,3 +137,22 @@ class DPMSolverPP:
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
         d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0'' (see the module docstring)
         return base + alpha_t * (phi / h + 1.0) * d1 - alpha_t * ((phi + h) / h**2 - 0.5) * d2
+
+
+def _tables(schedule: NoiseSchedule, kappas) -> tuple:
+    """(kappas, alphas, sigmas, lambdas), float64 [M], read-only; ValueError unless kappas is a
+    non-empty strictly decreasing 1-D grid."""
+    kappas = np.array(kappas, dtype=np.float64)
+    if kappas.ndim != 1 or len(kappas) < 1 or np.any(np.diff(kappas) >= 0):
+        raise ValueError("kappas must be a non-empty decreasing 1-D grid")
+    tables = (kappas, schedule.alpha(kappas), schedule.sigma(kappas), schedule.lam(kappas))
+    for t in tables:
+        t.flags.writeable = False  # shared between solvers (_grid_tables)
+    return tables
+
+
+@lru_cache(maxsize=64)
+def _grid_tables(schedule: NoiseSchedule, steps: int, spacing: str) -> tuple:
+    """_tables of the schedule's `steps`-step grid: every forecast of a model builds a solver, and
+    the grid's interpolations cost about as much as one plain step's control work."""
+    return _tables(schedule, schedule.sampling_grid(steps, spacing))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.sampling.parametrisation import to_x0_eps
+from dil.runtime.sampling.parametrisation import to_x0, to_x0_eps
 from dil.runtime.sampling.step_plan import StepPlan
 
 
@@ -22,6 +22,13 @@ def clip_x0(x0_hat: np.ndarray, x0_clip) -> np.ndarray:
     error times sigma (parametrisation.py); the guard stays as a bound on what the sampler writes.
     """
     return np.clip(x0_hat, -x0_clip, x0_clip) if np.any(x0_clip) else x0_hat
+
+
+def _clip_into(a: np.ndarray, bound) -> np.ndarray:
+    """clip_x0 in place on a float64 array the caller owns: what np.clip gives, bit for bit (NaN
+    stays NaN), in two ufunc calls without np.clip's dispatch or a new array (control time)."""
+    np.maximum(a, -bound, out=a)
+    return np.minimum(a, bound, out=a)
 
 
 def token_mean(a: np.ndarray, patch: int) -> np.ndarray:
@@ -52,19 +59,76 @@ class TokenCache:
     def __init__(self, layers: int, G: int, N: int, T: int, D: int, keep_kv: bool = True, x0_clip: float = 0.0,
                  prediction: str = "epsilon", patch: int = 1):
         self.x0_clip = x0_clip if np.ndim(x0_clip) else float(x0_clip)
+        self._clip_on = bool(np.any(x0_clip))
         self.prediction = prediction
         self.patch = int(patch)
         H = T * self.patch
         self._out = np.zeros((G, N, H))  # the network's raw outputs per step, scattered (computed tokens read)
         self._x_steps, self._x_tok = np.zeros((G, N, H)), None  # cache.x: the noisy horizon, its token means
-        # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None.
-        self.k = np.zeros((layers, G, N, T, D), dtype=np.float32) if keep_kv else None
-        self.v = np.zeros_like(self.k) if keep_kv else None
+        # keep_kv=False: the engine holds the keys/values (on its device); k, v are then None. Otherwise
+        # they are allocated when first read: the plain sampler on the full-step graph never reads them.
+        self._kv_shape = (layers, G, N, T, D) if keep_kv else None
+        self._k = self._v = None
         self.x0_steps = np.zeros((G, N, H))  # the token means (x0_hat, x) are formed when first read
-        self.eps = np.zeros((G, N, H))
-        self.x_in = np.zeros((G, N, T))
+        # A full step leaves eps and x_in to be formed when first read (the plain sampler never
+        # does): _pending holds (out, x, alpha, sigma) of that step.
+        self._eps, self._x_in, self._pending = np.zeros((G, N, H)), np.zeros((G, N, T)), None
         self.age = np.zeros((G, N, T), dtype=np.int32)
         self.valid = np.zeros((G, N, T), dtype=bool)
+
+    @property
+    def k(self) -> np.ndarray | None:
+        """float32 [layers, G, N, T, D]: the keys per token (None when the engine holds them)."""
+        if self._k is None and self._kv_shape is not None:
+            self._k = np.zeros(self._kv_shape, dtype=np.float32)
+        return self._k
+
+    @k.setter
+    def k(self, value: np.ndarray) -> None:
+        self._k = value
+
+    @property
+    def v(self) -> np.ndarray | None:
+        """float32 [layers, G, N, T, D]: the values per token (None when the engine holds them)."""
+        if self._v is None and self._kv_shape is not None:
+            self._v = np.zeros(self._kv_shape, dtype=np.float32)
+        return self._v
+
+    @v.setter
+    def v(self, value: np.ndarray) -> None:
+        self._v = value
+
+    @property
+    def eps(self) -> np.ndarray:
+        """float64 [G, N, H]: the noise prediction of every step."""
+        if self._pending is not None:
+            self._settle()
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: np.ndarray) -> None:
+        self._settle()
+        self._eps = value
+
+    @property
+    def x_in(self) -> np.ndarray:
+        """float64 [G, N, T]: per token, the (token mean of the) noisy input it was last computed from."""
+        if self._pending is not None:
+            self._settle()
+        return self._x_in
+
+    @x_in.setter
+    def x_in(self, value: np.ndarray) -> None:
+        self._settle()
+        self._x_in = value
+
+    def _settle(self) -> None:
+        """Form the eps and x_in a full step left pending (to_x0_eps and token_mean of its arrays)."""
+        if self._pending is not None:
+            out, x, alpha, sigma = self._pending
+            self._pending = None
+            self._eps = to_x0_eps(out, x, alpha, sigma, self.prediction)[1]
+            self._x_in = token_mean(x, self.patch)
 
     @property
     def horizon(self) -> int:
@@ -128,38 +192,47 @@ class TokenCache:
         [G, N, S, Ph], the network's output (eps or v) per step of each computed token;
         k_sub/v_sub f32 [layers, G, N, S, D]. alpha, sigma: the step's noise level.
         """
+        if plan.full and plan.pos_sub.shape[2] > 0:
+            self._store_full(out_sub, k_sub, v_sub, x, alpha, sigma)
+            return
         self.age += 1
         if plan.pos_sub.shape[2] == 0:  # nothing computed: every token reused
             return
+        self._settle()  # a pending eps reads _out, which the scatter below writes into
         kv = k_sub is not None  # None: the engine scattered them on its device
         Ph = self.patch
-        if plan.full:  # pos_sub is arange(T) in every row: outputs are already in cache order
-            if kv:
-                self.k, self.v = k_sub, v_sub
-            self._out = out_sub.reshape(self._out.shape).astype(np.float64)
-        else:  # flat scatter: entry (g, n, s) -> token (g, n, pos_sub[g, n, s]); padding dropped
-            G, N, S = plan.pos_sub.shape
-            T = self.horizon
-            pos = plan.pos_sub.reshape(G * N, S)
-            valid = pos < T
-            dense = bool(valid.all())  # no padding entry: every output row lands somewhere
-            dst = (np.arange(G * N)[:, None] * T + pos).reshape(-1) if dense else (np.arange(G * N)[:, None] * T + pos)[valid]
-            src = slice(None) if dense else np.flatnonzero(valid)
-            for cached, new in ((self.k, k_sub), (self.v, v_sub)) if kv else ():
-                layers, D = cached.shape[0], cached.shape[-1]
-                cached_rows, new_rows = cached.reshape(layers, G * N * T, D), new.reshape(layers, G * N * S, D)
-                for layer in range(layers):  # row copies along axis 0: numpy's fast path
-                    cached_rows[layer][dst] = new_rows[layer][src]
-            self._out.reshape(G * N * T, Ph)[dst] = out_sub.reshape(G * N * S, Ph)[src]
+        # flat scatter: entry (g, n, s) -> token (g, n, pos_sub[g, n, s]); padding dropped
+        G, N, S = plan.pos_sub.shape
+        T = self.horizon
+        pos = plan.pos_sub.reshape(G * N, S)
+        valid = pos < T
+        dense = bool(valid.all())  # no padding entry: every output row lands somewhere
+        dst = (np.arange(G * N)[:, None] * T + pos).reshape(-1) if dense else (np.arange(G * N)[:, None] * T + pos)[valid]
+        src = slice(None) if dense else np.flatnonzero(valid)
+        for cached, new in ((self.k, k_sub), (self.v, v_sub)) if kv else ():
+            layers, D = cached.shape[0], cached.shape[-1]
+            cached_rows, new_rows = cached.reshape(layers, G * N * T, D), new.reshape(layers, G * N * S, D)
+            for layer in range(layers):  # row copies along axis 0: numpy's fast path
+                cached_rows[layer][dst] = new_rows[layer][src]
+        self._out.reshape(G * N * T, Ph)[dst] = out_sub.reshape(G * N * S, Ph)[src]
         # epsilon: x0_hat = (x - sigma * eps) / alpha; v: x0_hat = alpha x - sigma v (docs/model.md 2.2).
         x0_hat, eps = to_x0_eps(self._out, x, alpha, sigma, self.prediction)
-        if plan.full:  # every token computed: no masking (the plain sampler's every step; control time)
-            self.eps, self.x0_steps, self.x_in = eps, clip_x0(x0_hat, self.x0_clip), token_mean(x, Ph)
-            self.age[...], self.valid[...] = 0, True
-        else:
-            steps = self.steps(computed)
-            self.eps = np.where(steps, eps, self.eps)
-            self.x0_steps = np.where(steps, clip_x0(x0_hat, self.x0_clip), self.x0_steps)
-            self.x_in = np.where(computed, token_mean(x, Ph), self.x_in)
-            self.age[computed] = 0
-            self.valid |= computed
+        steps = self.steps(computed)
+        self.eps = np.where(steps, eps, self.eps)
+        self.x0_steps = np.where(steps, clip_x0(x0_hat, self.x0_clip), self.x0_steps)
+        self.x_in = np.where(computed, token_mean(x, Ph), self.x_in)
+        self.age[computed] = 0
+        self.valid |= computed
+
+    def _store_full(self, out_sub, k_sub, v_sub, x: np.ndarray, alpha: float, sigma: float) -> None:
+        """store for a plan computing every token (the plain sampler's every step): outputs are in
+        cache order, nothing is masked, and eps and x_in are left to be formed when first read.
+        Control time: the fewest array passes that give store's numbers bit for bit."""
+        if k_sub is not None:
+            self.k, self.v = k_sub, v_sub
+        self._out = out = out_sub.reshape(self._out.shape).astype(np.float64)
+        x0 = to_x0(out, x, alpha, sigma, self.prediction)  # a fresh array: clipped in place
+        self.x0_steps = _clip_into(x0, self.x0_clip) if self._clip_on else x0
+        self._pending = (out, x, alpha, sigma)
+        self.age.fill(0)
+        self.valid.fill(True)
