@@ -212,9 +212,14 @@ def _frontier(ctx, engine, dataset, json_path, steps, fast_steps, samples, repea
                              fast_steps=_ints(fast_steps, "--fast-steps"), repeats=repeats, threads=threads,
                              dataset=dataset)
         if write_defaults:  # refused before the run, not after minutes of it
-            problem = folder_problem(load_manifest(engine).path.parent)
+            manifest = load_manifest(engine)
+            problem = folder_problem(manifest.path.parent)
             if problem:
                 raise ManifestError(f"--write-defaults: {problem}")
+            if "distill" in ((manifest.extra.get("checkpoint") or {}).get("training") or {}):
+                raise ManifestError("--write-defaults: this artifact is a distilled student; it runs the steps it was "
+                                    "trained for (compare it with its teacher: benchmarks/distill.py, "
+                                    "docs/distillation.md)")
         report = run_frontier(engine, cfg, progress=True, say=lambda line: click.echo(line, err=True))
         click.echo(format_frontier(report))
         if json_path is not None:

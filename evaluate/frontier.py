@@ -220,16 +220,18 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
 
 
 def score_samplers(fc, w, options, runs) -> tuple[list[dict], list]:
-    """Score each (sampler, steps) of `runs` ("plain" or "fast", see SAMPLERS) on the windows w with
-    the forecaster fc: (rows, their SamplerConfigs); a row holds sampler, lattice, cache, steps, crps,
+    """Score each (sampler, steps) or (sampler, steps, solver_order) of `runs` ("plain" or "fast",
+    see SAMPLERS; the order defaults to SamplerConfig's) on the windows w with the forecaster fc:
+    (rows, their SamplerConfigs); a row holds sampler, lattice, cache, steps, solver_order, crps,
     crps_sample, coverage_50, coverage_90 and token_fraction (network tokens computed / all)."""
     from dil.evaluate.engine_eval import forecaster_fn
     from dil.runtime.sampling.config import SamplerConfig
 
     rows, configs = [], []
-    for sampler, steps in runs:
+    for sampler, steps, *order in runs:
         lattice, cache = SAMPLERS[sampler]
-        config = SamplerConfig(inference_steps=steps, lattice=lattice, cache=cache)
+        config = SamplerConfig(inference_steps=steps, lattice=lattice, cache=cache,
+                               solver_order=order[0] if order else SamplerConfig.solver_order)
         configs.append(config)
         costs = []
         fn = forecaster_fn(fc, options.samples, steps, options.seed, costs, config=config)
@@ -237,7 +239,8 @@ def score_samplers(fc, w, options, runs) -> tuple[list[dict], list]:
         metrics = scores.scores(ALL)
         full = sum(c.full_tokens for c in costs)
         rows.append({
-            "sampler": sampler, "lattice": lattice, "cache": cache, "steps": steps, "crps": metrics["crps"],
+            "sampler": sampler, "lattice": lattice, "cache": cache, "steps": steps,
+            "solver_order": config.solver_order, "crps": metrics["crps"],
             "crps_sample": metrics["crps_sample"], "coverage_50": metrics["coverage_50"],
             "coverage_90": metrics["coverage_90"],
             "token_fraction": sum(c.tokens_computed for c in costs) / full if full else 1.0,

@@ -41,6 +41,7 @@ from dil.runtime.files import sha256_file, write_text
 from dil.runtime.manifest import Manifest
 from dil.runtime.spectral import LAYOUT_KEY, layout_record
 from dil.train.checkpoint import Checkpoint, load_checkpoint
+from dil.train.distill import student_defaults
 from dil.train.run_state import training_progress
 
 PRECISION = "fp32"
@@ -306,6 +307,8 @@ def _fp32_artifact(ckpt: Checkpoint, work: Path, manifest_path: Path, opts: Expo
                # a frequency-domain model's horizon layout, checked when the artifact loads (docs/frequency.md)
                **({LAYOUT_KEY: layout_record(ckpt.config.horizon)} if ckpt.config.domain == "frequency" else {})},
         path=manifest_path,
+        # a distilled student runs the steps and order it was trained for (docs/distillation.md)
+        sampler_defaults=student_defaults(ckpt.training),
     )
     return _Artifact(manifest, [*graphs.values(), weights], graphs, real)
 

@@ -35,6 +35,7 @@ from dil.runtime.model_config import ModelConfig
 from dil.runtime.spectral import LAYOUT_KEY, LayoutError, check_layout
 from dil.runtime.sampling.config import SamplerConfig, check_int
 from dil.runtime.sampling.schedule import NoiseSchedule
+from dil.runtime.sampling.solver import MAX_ORDER
 
 FORMAT_VERSION = 1
 GRAPHS = ("encode", "denoise")
@@ -53,6 +54,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # The SamplerConfig fields an artifact's "sampler_defaults" sets (the rest of the record documents
 # how they were chosen: CRPS, windows, the measured table, "why").
 SAMPLER_DEFAULT_KEYS = ("lattice", "cache", "inference_steps")
+# ... and the ones it may set: a distilled student's record gives its solver order (docs/distillation.md).
+SAMPLER_OPTIONAL_KEYS = ("solver_order",)
 # The shipped default model: NAME.* in the package dil.engines (pyproject's package-data).
 DEFAULT_ARTIFACT = "metro-traffic"
 
@@ -173,10 +176,12 @@ class Manifest:
 
     def default_sampler(self) -> SamplerConfig:
         """The SamplerConfig a call without sampler settings runs: the artifact's "sampler_defaults"
-        (lattice, cache, inference_steps) over the built-in defaults; SamplerConfig() without them."""
+        (lattice, cache, inference_steps, and solver_order where given) over the built-in defaults;
+        SamplerConfig() without them."""
         if self.sampler_defaults is None:
             return SamplerConfig()
-        return SamplerConfig(**{k: self.sampler_defaults[k] for k in SAMPLER_DEFAULT_KEYS})
+        keys = SAMPLER_DEFAULT_KEYS + tuple(k for k in SAMPLER_OPTIONAL_KEYS if k in self.sampler_defaults)
+        return SamplerConfig(**{k: self.sampler_defaults[k] for k in keys})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -277,7 +282,8 @@ def load_manifest(engine) -> Manifest:
 def check_sampler_defaults(record, where: str) -> dict:
     """`record` when it is a valid "sampler_defaults" record, else ManifestError (one line, naming the
     key, prefixed by `where`): a dict whose lattice and cache are true/false and inference_steps an
-    integer in SamplerConfig's range; "why", when present, a string. Other keys are kept as they are."""
+    integer in SamplerConfig's range; solver_order, when present, an integer in [1, 3]; "why", when
+    present, a string. Other keys are kept as they are."""
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: field 'sampler_defaults' is a {type(record).__name__}, expected a dict")
     for key in SAMPLER_DEFAULT_KEYS:
@@ -291,6 +297,12 @@ def check_sampler_defaults(record, where: str) -> dict:
     except ValueError as exc:  # the message's own words after the name: "must be an integer in [...], got ..."
         raise ManifestError(f"{where}: field 'sampler_defaults.inference_steps'{str(exc)[len('inference_steps'):]}"
                             ) from None
+    if "solver_order" in record:
+        try:
+            check_int("solver_order", record["solver_order"], 1, MAX_ORDER)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: field 'sampler_defaults.solver_order'{str(exc)[len('solver_order'):]}"
+                                ) from None
     if "why" in record and not isinstance(record["why"], str):
         raise ManifestError(f"{where}: field 'sampler_defaults.why' is a {type(record['why']).__name__}, expected a "
                             "string")

@@ -113,6 +113,42 @@ def _configs(opts: dict, spec, table, stored: dict, known, past):
     return ModelConfig.from_dict(model), TrainConfig.from_dict(train), features
 
 
+# What a student inherits from its teacher: the options that would change it are refused with --distill.
+STUDENT_FIXED = tuple(MODEL_OPTIONS) + ("covariates", "past_covariates", "time_features")
+
+
+def _student(opts: dict, stored: dict):
+    """(Distillation or None, the stored record the run's options default to) for --distill: the
+    teacher's model, features and data, and the student's training defaults (a resumed student's
+    own record on --resume). One-line errors for options a student cannot take."""
+    from dil.runtime.table import DataError
+
+    if opts["distill"] is None:
+        if opts["student_steps"] is not None or opts["teacher_steps"] is not None:
+            raise DataError("--student-steps and --teacher-steps go with --distill TEACHER_RUN")
+        if stored.get("distill"):
+            raise DataError(f"--resume: {opts['out']} is a student of {stored['distill'].get('teacher')!r}: resume it "
+                            "with --distill and its teacher's run folder")
+        return None, stored
+    given = [name for name in STUDENT_FIXED if opts[name] is not None]
+    if given:
+        raise DataError(f"--distill: the student has its teacher's model and features; drop "
+                        f"--{given[0].replace('_', '-')}")
+    from dil.train.distill import STUDENT_TRAINING, load_distillation
+
+    if stored:  # --resume: the run's own steps unless given
+        record = stored.get("distill") or {}
+        distill, teacher = load_distillation(opts["distill"], opts["student_steps"] or record.get("student_steps"),
+                                             opts["teacher_steps"] or record.get("teacher_steps"))
+        if record.get("teacher_sha256") != distill.spec.teacher_sha256 or record.get("student_steps") != \
+                distill.spec.student_steps or record.get("teacher_steps") != distill.spec.teacher_steps:
+            raise DataError(f"--resume: {opts['out']} is not a student of {opts['distill']} with these steps")
+        return distill, stored
+    distill, teacher = load_distillation(opts["distill"], opts["student_steps"], opts["teacher_steps"])
+    return distill, {"model": teacher["model"], "features": teacher.get("features") or {}, "data": teacher["data"],
+                     "train": dict(STUDENT_TRAINING)}
+
+
 def _describe(features) -> str:
     """One line: what the tokens carry beyond the target."""
     parts = [f"time features {', '.join(features.time_features)} ({features.freq})" if features.time_features
@@ -179,6 +215,17 @@ def _describe(features) -> str:
               "options keep the run's values).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--distill", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="TEACHER_RUN",
+              help="Train a few-step student of this trained run instead of a model from scratch: same model and "
+                   "features, started from the teacher's weights, trained so that --student-steps first-order steps "
+                   "match --teacher-steps steps of the teacher's plain sampler; its artifact runs those steps by "
+                   "default (docs/distillation.md). Data: the teacher's bundled dataset unless --dataset/--data is "
+                   "given. Training options default to 12 epochs, batch 32, 4 trajectories per window, lr 5e-4.")
+@click.option("--student-steps", type=click.IntRange(1, 100), default=None,
+              help="With --distill: the student's sampler steps K [4].")
+@click.option("--teacher-steps", type=click.IntRange(2, 1000), default=None,
+              help="With --distill: the teacher's steps, a multiple of --student-steps of at least twice it "
+                   "[the smallest such multiple >= 12].")
 @click.option("--dist-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, metavar="SECONDS",
               help="Under torchrun: how long a process waits for the others before it stops the run "
                    "(a dead or stuck rank). Data-parallel training: docs/scale-out.md.")
@@ -194,6 +241,7 @@ def main(**opts) -> None:
       dil-train --covariates holiday --past-covariates temp,rain_1h --out runs/metro-cov
       dil-train --out runs/metro --resume --epochs 20  # continue a run
       torchrun --standalone --nproc-per-node 2 $(which dil-train) --out runs/metro  # 2 data-parallel processes
+      dil-train --distill runs/metro --student-steps 4 --out runs/metro-4step     # a 4-step student
     """
     from dil.runtime.deps import MissingDependency, require
 
@@ -237,9 +285,13 @@ def _run(opts: dict) -> None:
             check_domain(opts["domain"], opts["horizon"])
         _check_out(opts["out"], opts["resume"], opts["overwrite"])
         stored = _stored(opts["out"]) if opts["resume"] else {}
+        distill, stored = _student(opts, stored)
         dataset = opts["dataset"]
         if dataset is None and opts["data"] is None:
             dataset = (stored.get("data") or {}).get("dataset") if stored else None
+            if distill is not None and dataset not in DATASETS:
+                raise DataError(f"--distill: the teacher was trained on a local table ({dataset}): pass it with --data "
+                                "(and the same --date-column)")
             dataset = dataset if dataset in DATASETS else DEFAULT_DATASET
         known, past = _covariate_names(opts, stored)
         spec, table = resolve(dataset, opts["data"], opts["date_column"], opts["columns"],
@@ -247,11 +299,16 @@ def _run(opts: dict) -> None:
         for line in table.notes:
             click.echo(line, err=True)
         model_config, train_config, features = _configs(opts, spec, table, stored, known, past)
+        if distill is not None and (model_config != distill.teacher.config or
+                                    features.to_dict() != stored["features"]):
+            raise DataError("--distill: this data gives the student other features than its teacher's: train it on "
+                            "the teacher's data")
         dist = start_dist(train_config.device, opts["dist_timeout"])  # None outside torchrun: this process alone
         # only rank 0 makes (and on failure removes) folders: the others never write
         with made_folders(opts["out"]) if dist is None or dist.is_main else contextlib.nullcontext():
             summary = train(spec, table, model_config, train_config, opts["out"], resume=opts["resume"],
-                            progress=not opts["quiet"], overwrite=opts["overwrite"], features=features, dist=dist)
+                            progress=not opts["quiet"], overwrite=opts["overwrite"], features=features, dist=dist,
+                            distill=distill)
     except DistributedError as exc:
         raise click.ClickException(stopped_message(exc, opts["out"])) from None
     except (DataError, CheckpointError, ScalingError, ValueError) as exc:
@@ -275,6 +332,10 @@ def _run(opts: dict) -> None:
     if dist is not None:
         click.echo(f"data-parallel: {dist.world_size} processes ({dist.backend}), global batch "
                    f"{dist.world_size} x {train_config.batch_size} windows per step")
+    if distill is not None:
+        d = distill.spec
+        click.echo(f"student of {d.teacher}: {d.student_steps} first-order steps trained to match {d.teacher_steps} "
+                   f"steps of order {d.teacher_order}; its artifact runs {d.student_steps} steps by default")
     click.echo(f"checkpoint: {summary['run_dir']}")
 
 

@@ -128,6 +128,8 @@ class NoiseDraw:
         sigma y), from dil.runtime.sampling.parametrisation.training_target.
     G: the per-coordinate noise gains (1 in the time domain; docs/frequency.md in the frequency
     domain), so the network sees noise in y units and every x0/eps conversion is the time domain's.
+    mask: float32 [B, N, H], the loss weight per row when it is not the batch's (WindowBatch.mask): a
+        distillation's (train/distill.py), complete where the data has gaps, weighted per student step.
     """
 
     k: np.ndarray
@@ -135,6 +137,7 @@ class NoiseDraw:
     x: np.ndarray
     t_feat: np.ndarray
     net_target: np.ndarray
+    mask: np.ndarray | None = None
 
 
 def draw_noise(rng: np.random.Generator, schedule, target: np.ndarray, n_draws: int, time_dim: int,

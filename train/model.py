@@ -209,18 +209,24 @@ class ScoreNet(nn.Module):
         for a model without known features (horizon_features == 1).
         """
         G, N, H = x.shape[0], x.shape[1], x.shape[2]
-        x_in = x
-        if hor_feat is not None or self.config.horizon_features > 1:
-            x_in = torch.cat([x, horizon_inputs(self.config, hor_feat, G, N, H).to(x.dtype)], dim=-1)
-        Ph = self.config.horizon_patch
-        T = H // Ph
-        x_in = x_in.reshape(G, N, T, Ph * x_in.shape[-1])  # steps -> tokens, step-major
+        x_in = self.horizon_tokens(x, hor_feat)
+        T = x_in.shape[2]
         k_ctx, v_ctx = self.encode(ctx)
         layers, D = k_ctx.shape[0], k_ctx.shape[3]
         pos = torch.arange(T, device=x.device).expand(G, N, T)
         empty = x.new_zeros(layers, G, N, T, D)
         out, _, _ = self.denoise(x_in, pos, t_feat, k_ctx, v_ctx, empty, empty, x.new_zeros(G, N, T))
         return out.reshape(G, N, H, 1)
+
+    def horizon_tokens(self, x: torch.Tensor, hor_feat: torch.Tensor | None) -> torch.Tensor:
+        """The horizon tokens' inputs [G, N, T, Ph * Fh] (step-major) from the noisy values x
+        [G, N, H, 1] and the known features hor_feat [G, H, Fk] (None for a model without them)."""
+        G, N, H = x.shape[0], x.shape[1], x.shape[2]
+        x_in = x
+        if hor_feat is not None or self.config.horizon_features > 1:
+            x_in = torch.cat([x, horizon_inputs(self.config, hor_feat, G, N, H).to(x.dtype)], dim=-1)
+        Ph = self.config.horizon_patch
+        return x_in.reshape(G, N, H // Ph, Ph * x_in.shape[-1])  # steps -> tokens, step-major
 
 
 def _block_rest(blk: Block, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

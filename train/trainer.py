@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from dil.runtime.table import DataError, SeriesTable
 from dil.runtime.model_config import ModelConfig
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.train.checkpoint import CheckpointError, save_checkpoint
-from dil.train.dataset import SplitWindows, WindowSet, data_record, draw_noise
+from dil.train.dataset import NoiseDraw, SplitWindows, WindowSet, data_record, draw_noise
 from dil.train.model import ScoreNet
 from dil.train.run_state import load_state, read_resume_meta, save_state
 
@@ -142,9 +143,10 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def masked_squared_error(model: ScoreNet, ctx, x, t_feat, hor_feat, target, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of squared errors of the network output against `target` over observed target steps,
     their count): the training loss is their ratio. ctx [B, L, Fc], x/target [B, N, H] (target: eps
-    or v, NoiseDraw.net_target), t_feat [B, N, E], hor_feat [B, H, Fk], mask [B, H] (1 = observed)."""
+    or v, NoiseDraw.net_target), t_feat [B, N, E], hor_feat [B, H, Fk], mask [B, H] (1 = observed) or a
+    weight per row [B, N, H] (a distillation's, NoiseDraw.mask)."""
     out = model.full_step(ctx, x.unsqueeze(-1), t_feat, hor_feat if hor_feat.shape[-1] else None).squeeze(-1)
-    w = mask.unsqueeze(1).expand_as(target)
+    w = mask.unsqueeze(1).expand_as(target) if mask.dim() == 2 else mask
     return ((out - target) ** 2 * w).sum(), w.sum()
 
 
@@ -156,17 +158,36 @@ def masked_mse(model: ScoreNet, ctx, x, t_feat, hor_feat, target, mask) -> torch
 
 def batch_tensors(batch, noise, device) -> tuple:
     """masked_squared_error's tensor arguments (after the model) for a WindowBatch and its NoiseDraw."""
-    arrays = (batch.ctx, noise.x, noise.t_feat, batch.hor_feat, noise.net_target, batch.mask)
+    mask = batch.mask if noise.mask is None else noise.mask
+    arrays = (batch.ctx, noise.x, noise.t_feat, batch.hor_feat, noise.net_target, mask)
     return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)
+
+
+class ForwardProcess:
+    """The denoising targets of training: draw(rng, batch) -> NoiseDraw of the forward process
+    (draw_noise), `draws` noise levels per window. (train/distill.py's TeacherTrajectories is the
+    other source: a teacher's sampler steps.)"""
+
+    def __init__(self, schedule: NoiseSchedule, config: ModelConfig, draws: int):
+        self.schedule, self.config, self.draws = schedule, config, draws
+
+    def draw(self, rng: np.random.Generator, batch) -> NoiseDraw:
+        return draw_noise(rng, self.schedule, batch.target, self.draws, self.config.time_embed_dim,
+                          self.config.prediction, batch.gains)
+
+
+class TargetSource(Protocol):
+    """What a training step learns for a batch of windows: the network's inputs and targets."""
+
+    def draw(self, rng: np.random.Generator, batch) -> NoiseDraw: ...
 
 
 class _ValSet:
     """Fixed validation windows and fixed noise, so val losses are comparable across epochs."""
 
-    def __init__(self, windows: WindowSet, schedule, cfg: TrainConfig, config: ModelConfig, device, chunk=256):
+    def __init__(self, windows: WindowSet, source: TargetSource, cfg: TrainConfig, device, chunk=256):
         batch = windows.batch(windows.evenly_spaced(cfg.val_windows))
-        noise = draw_noise(np.random.default_rng([cfg.seed, 7]), schedule, batch.target, cfg.noise_draws,
-                           config.time_embed_dim, config.prediction, batch.gains)
+        noise = source.draw(np.random.default_rng([cfg.seed, 7]), batch)
         whole = batch_tensors(batch, noise, device)
         self.parts = [tuple(a[i : i + chunk] for a in whole) for i in range(0, batch.ctx.shape[0], chunk)]
 
@@ -265,8 +286,9 @@ class _Run:
     """One call of `train`: the data, networks and progress of a run folder, and its epoch steps."""
 
     def __init__(self, spec: DatasetSpec, table: SeriesTable, config: ModelConfig, cfg: TrainConfig, run_dir: Path,
-                 resume: bool, features: FeatureSpec, dist=None):
+                 resume: bool, features: FeatureSpec, dist=None, distill=None):
         self.cfg, self.config, self.run_dir, self.features = cfg, config, run_dir, features
+        self.distill = distill  # a train.distill.Distillation: the student of a teacher, else None
         self.dist = dist  # dil.train.distributed.DataParallel under torchrun, else None
         self.windows = SplitWindows(spec, table, config, cfg.min_observed, features)
         self.data = data_record(spec, table, config.context_length, config.horizon, self.windows.bounds, features)
@@ -277,7 +299,11 @@ class _Run:
         self.shard = np.arange(n) if dist is None else dist.shard(n)
         self.schedule = NoiseSchedule()
         self.nets = _Networks.build(config, cfg, spec.season, self.device)
-        self.val = _ValSet(self.windows.val, self.schedule, cfg, config, self.device)
+        if distill is None:
+            self.source: TargetSource = ForwardProcess(self.schedule, config, cfg.noise_draws)
+        else:  # the student starts as the teacher
+            self.source = distill.start(self.nets.model, self.nets.ema, self.schedule, cfg.noise_draws, self.device)
+        self.val = _ValSet(self.windows.val, self.source, cfg, self.device)
         self.progress = TrainProgress()
         self.log_lines: list[str] = []
         if meta is not None:
@@ -308,8 +334,7 @@ class _Run:
             if self.dist is not None:
                 self.dist.test_exit(step)
             batch = self.windows.train.batch(self.shard[rng.integers(0, len(self.shard), size=cfg.batch_size)])
-            noise = draw_noise(rng, self.schedule, batch.target, cfg.noise_draws, self.config.time_embed_dim,
-                               self.config.prediction, batch.gains)
+            noise = self.source.draw(rng, batch)
             loss = self.nets.step(batch_tensors(batch, noise, self.device), lr, step, cfg)
             self.progress.step = step + 1
             running += loss
@@ -326,12 +351,14 @@ class _Run:
         if self.dist is not None and not self.dist.is_main:  # rank 0 alone writes the run folder
             return self.progress.bad_epochs >= self.cfg.patience
         world = {} if self.dist is None else {"world_size": self.dist.world_size}
+        distill = {} if self.distill is None else {"distill": self.distill.spec.to_dict()}
         if improved:
-            training = dict(self.cfg.to_dict(), **asdict(self.progress), torch_version=torch.__version__, **world)
+            training = dict(self.cfg.to_dict(), **asdict(self.progress), torch_version=torch.__version__, **world,
+                            **distill)
             save_checkpoint(self.run_dir, self.nets.ema, self.schedule, self.data, training, self.features)
         save_state(self.run_dir, self.nets.model, self.nets.ema, self.nets.opt,
                    dict(asdict(self.progress), model=self.config.to_dict(), data=self.data, train=self.cfg.to_dict(),
-                        features=self.features.to_dict()))
+                        features=self.features.to_dict(), **distill))
         self.log_lines.append(json.dumps({
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
             "seconds": round(seconds, 3), "best": improved, **world,
@@ -365,6 +392,7 @@ def train(
     overwrite: bool = False,
     features: FeatureSpec | None = None,
     dist=None,
+    distill=None,
 ) -> dict:
     """Train a ScoreNet on `table` and write the run folder `out_dir` (see dil.train.checkpoint).
 
@@ -372,6 +400,8 @@ def train(
     nothing); model_config's context_features / horizon_features must be its widths.
     dist: a dil.train.distributed.DataParallel to train as one rank of a torchrun job (each rank on
     its shard, gradients averaged, rank 0 writing the run folder); None: this process alone.
+    distill: a dil.train.distill.Distillation: train a few-step student of its teacher (same model
+    config and features) instead of a denoiser from scratch; None: the usual training.
 
     Returns a summary: run_dir, epochs (completed in total), best_val_loss, best_epoch, steps,
     seconds (this call), stopped_early, windows (train/val counts), world_size.
@@ -384,7 +414,8 @@ def train(
     bar = None
     try:
         with contextlib.nullcontext() if dist is None else dist.guard():
-            run = _Run(spec, table, model_config, train_config, run_dir, resume, features or FeatureSpec(), dist)
+            run = _Run(spec, table, model_config, train_config, run_dir, resume, features or FeatureSpec(), dist,
+                       distill)
             if main:
                 run_dir.mkdir(exist_ok=True)
             started = time.perf_counter()
