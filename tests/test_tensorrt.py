@@ -225,7 +225,7 @@ class _EngineKeepingKV:
         from dil.export.tensorrt import cache_update_graph
 
         self.inner, self.config, self.stats = inner, inner.config, inner.stats
-        self.max_batch, self.cached_calls = None, 0
+        self.max_batch, self.call_tokens, self.cached_calls = None, None, 0
         self._update = ort.InferenceSession(cache_update_graph(cfg).SerializeToString(),
                                             providers=["CPUExecutionProvider"])
 
