@@ -90,7 +90,7 @@ def format_report(m: dict) -> str:
 
 
 def markdown(m: dict, command: str) -> str:
-    lines = ["## Distilled student vs its teacher", "",
+    lines = ["<!-- distill:start -->", "## Distilled student vs its teacher", "",
              f"`{command}` ({m['windows']} {m['split']} windows of {m['dataset']}, {m['samples']} samples, "
              f"{m['threads']} thread(s); one window: median of {m['repeats']}; all: every window, {m['batch_size']} per "
              "call; docs/distillation.md).", "",
@@ -99,7 +99,7 @@ def markdown(m: dict, command: str) -> str:
     for r in m["rows"]:
         lines.append(f"| {r['model']} | {r['steps']} | {r['solver_order']} | {r['crps']:.4f} | {r['crps_ratio']:.3f} | "
                      f"{r['coverage_50']:.2f}/{r['coverage_90']:.2f} | {r['latency_s']:.4f} | {r['wall_s']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["<!-- distill:end -->"]) + "\n"
 
 
 def main(argv=None) -> int:

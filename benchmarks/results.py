@@ -202,8 +202,8 @@ def render(out_dir: Path, page: Path, commands: dict) -> str:
         "",
         "How `dil-bench` measures (see `dil-bench --help`):",
         "",
-        "- Samplers: `torch-full` (the PyTorch module, every token recomputed, the runtime's DPM-Solver++ 2M",
-        "  and steps), `runtime-full` (ONNX Runtime, lattice and cache off), `runtime-dil` (lattice + token",
+        "- Samplers: `torch-full` (the PyTorch module, every token recomputed, the runtime's DPM-Solver++ and",
+        "  steps; order 2, or 1 for a distilled student), `runtime-full` (ONNX Runtime, lattice and cache off), `runtime-dil` (lattice + token",
         "  cache on), `reference-ddpm1000` (the PyTorch module, 1000-step ancestral DDPM: the classic",
         "  diffusion-forecaster cost). Same weights, same test windows, same noise streams.",
         "- Each configuration runs in a fresh process: load, one warm-up forecast (the same forecast when",
@@ -284,7 +284,7 @@ def main(argv=None) -> None:
 
 # Sections other scripts write between their markers stay on the regenerated page, in this order:
 # benchmarks/peers.py (DeepAR), benchmarks/domains.py (time vs frequency), the sampler frontiers.
-KEPT_SECTIONS = ("frontiers", "domains", "peers")
+KEPT_SECTIONS = ("frontiers", "distill", "domains", "peers")
 
 
 def kept_sections(old: str) -> str:

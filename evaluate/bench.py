@@ -2,7 +2,8 @@
 
 Samplers (run names):
     torch-full          the PyTorch module, every token recomputed, the runtime's solver and steps
-                        (dil.evaluate.reference.sampler, plain DPM-Solver++ 2M)
+                        (dil.evaluate.reference.sampler, plain DPM-Solver++ of the artifact's
+                        order: 2, or 1 for a distilled student, docs/distillation.md)
     runtime-full        the runtime (ONNX Runtime), lattice and cache off
     runtime-dil         the runtime with the lattice controller and the token cache on
     reference-ddpm1000  the PyTorch module sampled by 1000-step ancestral DDPM (dil.evaluate.reference.ancestral)

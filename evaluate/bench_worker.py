@@ -106,11 +106,12 @@ def _runtime(spec: dict):
     fc = Forecaster.load(spec["engine"], threads=spec["threads"])
     opts = _runtime_options(spec["name"] == "runtime-dil", spec["name"] == "runtime-dil", fc.predict_windows)
     spacing = {"spacing": spec["spacing"]} if spec.get("spacing") else {}  # None: the sampler's default grid
+    order = fc.default_config.solver_order  # the artifact's: 1 for a distilled student (docs/distillation.md)
 
     def forecast(ctx, ids, steps, feats=None):
         kw = dict(opts)
         if "config" in kw:
-            kw["config"] = SamplerConfig(inference_steps=steps, **kw["config"], **spacing)
+            kw["config"] = SamplerConfig(inference_steps=steps, solver_order=order, **kw["config"], **spacing)
         else:
             kw.update(steps=steps, **spacing)
         f = fc.predict_windows(ctx, num_samples=spec["samples"], seed=spec["seed"], series_keys=list(ids),
@@ -140,8 +141,11 @@ def _torch(spec: dict):
     from dil.export.weights import load_torch_model
     from dil.evaluate.reference.sampler import reference_forecast
 
+    from dil.runtime.manifest import load_manifest
+
     ckpt = load_torch_model(spec["checkpoint"])  # a run folder or the artifact's weights file
     model, schedule = ckpt.model, ckpt.schedule
+    order = load_manifest(spec["engine"]).default_sampler().solver_order  # the runtime samplers' order
     timed = _Timed(model.full_step)
     model.full_step = timed  # instance attribute: the samplers' model.full_step(...) calls land here
     H = model.config.horizon
@@ -155,7 +159,7 @@ def _torch(spec: dict):
             steps = schedule.num_steps
         else:
             out = reference_forecast(model, schedule, ctx, spec["samples"], steps, spec["seed"], list(ids),
-                                     **extra, **spacing).samples
+                                     solver_order=order, **extra, **spacing).samples
         calls = timed.calls - calls0
         # full_step computes every horizon token of every row (and re-encodes the context).
         tokens = len(ids) * spec["samples"] * H * calls

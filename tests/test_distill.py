@@ -145,8 +145,19 @@ def test_student_artifact_runs_its_steps(student, tmp_path):
                                         "--out", str(tmp_path / "fc.csv")])
     assert res.exit_code == 0, res.output
     assert "plain DPM-Solver++, 2 steps (artifact default: distilled student" in res.output
-    # the frontier's choice would replace the student's steps and order: refused, nothing written
     from dil.evaluate.bench_cli import main as bench_main
+
+    # dil-bench runs the student's order in the runtime and in torch (at 3 steps, order 2 would show)
+    res = CliRunner().invoke(bench_main, ["--engine", str(tmp_path / "engines" / "student.json"), "--only",
+                                          "torch-full,runtime-full", "--steps", "3", "--series", "1", "--samples",
+                                          "4", "--repeats", "1", "--windows", "2", "--threads", "1", "--in-process",
+                                          "--json", str(tmp_path / "bench.json")])
+    assert res.exit_code == 0, res.output
+    runs = {r["name"]: r for r in json.loads((tmp_path / "bench.json").read_text())["runs"]}
+    assert runs["torch-full"]["crps"] == pytest.approx(runs["runtime-full"]["crps"], rel=1e-4)
+    histogram = runs["runtime-full"]["sampler_stats"]["order_histogram"]
+    assert histogram[0] > 0 and histogram[1:] == [0, 0]  # first order only
+    # the frontier's choice would replace the student's steps and order: refused, nothing written
 
     before = (tmp_path / "engines" / "student.json").read_bytes()
     res = CliRunner().invoke(bench_main, ["--engine", str(tmp_path / "engines" / "student.json"), "--frontier",
