@@ -309,8 +309,9 @@ def run_peers(models: dict, fc, engine=None, samples: int = 100, n_windows: int 
     machine = {**machine_info(threads), "busy": busy()}
     spec, table, data = inputs or peer_inputs(fc, n_windows)
     w = data.windows
-    seconds = ((fc.manifest.extra.get("checkpoint") or {}).get("training") or {}).get("seconds")
-    rows = {"dil": {"label": f"dil ({fc.manifest.name}, {fc.default_config.steps} steps)", "train_s": seconds,
+    trained = (fc.manifest.extra.get("checkpoint") or {}).get("training") or {}
+    rows = {"dil": {"label": f"dil ({fc.manifest.name}, {fc.default_config.steps} steps)",
+                    "train_s": trained.get("seconds"), "distilled": "distill" in trained,
                     **dil_scores(fc, data, samples, training.seed)}}
     kept = {}
     for key, model in models.items():
@@ -393,7 +394,9 @@ def markdown(result: dict, command: str) -> str:
     lines += [
         "",
         "Ratios below 1 favour dil. * dil's training time is the one its manifest records (it is not trained "
-        "in this run). Times are wall clock on the machine above and move from run to run with other work "
+        "in this run)" + ("; for this distilled student that is the distillation alone, without its teacher's "
+                          "training (docs/distillation.md)" if rows["dil"].get("distilled") else "") + ". "
+        "Times are wall clock on the machine above and move from run to run with other work "
         "on it; compare the ratios of one run.",
         MARK_END,
     ]

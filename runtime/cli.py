@@ -235,8 +235,9 @@ def _settings(kwargs: dict) -> dict:
 @click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
 @click.option("--steps", "--inference-steps", "steps", default=None, type=int,
               help="Solver steps (network evaluations). [default: the artifact's, else 20]")
-@click.option("--solver-order", default=2, show_default=True, type=int,
-              help="DPM-Solver++ multistep order (1-3) of the plain sampler (used when the lattice is off).")
+@click.option("--solver-order", default=None, type=int,
+              help="DPM-Solver++ multistep order (1-3) of the plain sampler (used when the lattice is off). "
+                   "[default: the artifact's (1 for a distilled student), else 2]")
 @click.option("--lattice/--no-lattice", default=None,
               help="Lattice controller: per-token solver orders and refresh priorities. [default: the "
                    "artifact's, else on]")
@@ -362,7 +363,7 @@ def main(engine, input_path, date_column, date_format, dayfirst, id_column, targ
     if show_stats:
         from dil.runtime.sampler_choice import given_flags, sampler_line
 
-        echo(sampler_line(config, manifest, given_flags(steps, lattice, cache)))
+        echo(sampler_line(config, manifest, given_flags(steps, lattice, cache, solver_order)))
         echo(_stats_text(forecast.stats))
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 
 def sampler_name(config) -> str:
-    """The sampler a SamplerConfig runs, in words ("plain DPM-Solver++", "fast sampler (lattice + token cache)")."""
+    """The sampler a SamplerConfig runs, in words ("plain DPM-Solver++", "plain DPM-Solver++ of order 1",
+    "fast sampler (lattice + token cache)"); the plain sampler's order is named when it is not 2."""
     if config.plain:
-        return "plain DPM-Solver++"
+        return "plain DPM-Solver++" + ("" if config.solver_order == 2 else f" of order {config.solver_order}")
     parts = [p for p, on in (("lattice", config.lattice), ("token cache", config.cache)) if on]
     return f"fast sampler ({' + '.join(parts)})"
 
 
-def given_flags(steps=None, lattice=None, cache=None) -> list[str]:
+def given_flags(steps=None, lattice=None, cache=None, solver_order=None) -> list[str]:
     """The command-line flags of the sampler options a user gave (None: not given), in option order,
     e.g. ["--steps", "--no-cache"]."""
     flags = ["--steps"] if steps is not None else []
+    flags += ["--solver-order"] if solver_order is not None else []
     for name, value in (("lattice", lattice), ("cache", cache)):
         if value is not None:
             flags.append(f"--{'' if value else 'no-'}{name}")

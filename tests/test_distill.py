@@ -140,11 +140,16 @@ def test_student_artifact_runs_its_steps(student, tmp_path):
     times = pd.date_range("2024-05-01", periods=20, freq="h").strftime("%Y-%m-%d %H:%M")
     pd.DataFrame({"date": times, "traffic_volume": np.linspace(3000.0, 4000.0, 20)}).to_csv(tmp_path / "in.csv",
                                                                                          index=False)
-    res = CliRunner().invoke(run_main, ["--engine", str(tmp_path / "engines" / "student.json"), "--samples", "4",
-                                        "--input", str(tmp_path / "in.csv"), "--date-column", "date", "--stats",
-                                        "--out", str(tmp_path / "fc.csv")])
+    run = ["--engine", str(tmp_path / "engines" / "student.json"), "--samples", "4", "--input", str(tmp_path / "in.csv"),
+           "--date-column", "date", "--stats"]
+    res = CliRunner().invoke(run_main, run + ["--out", str(tmp_path / "fc.csv")])
     assert res.exit_code == 0, res.output
-    assert "plain DPM-Solver++, 2 steps (artifact default: distilled student" in res.output
+    assert "plain DPM-Solver++ of order 1, 2 steps (artifact default: distilled student" in res.output
+    # other steps keep the student's order (at 3 steps order 2 would show in the histogram)
+    res = CliRunner().invoke(run_main, run + ["--steps", "3", "--out", str(tmp_path / "fc3.csv")])
+    assert res.exit_code == 0, res.output
+    assert "plain DPM-Solver++ of order 1, 3 steps (--steps given; otherwise the artifact default" in res.output
+    assert "[24, 0, 0]" in res.output  # the order histogram: 3 steps x 4 samples x 2 tokens, all first order
     from dil.evaluate.bench_cli import main as bench_main
 
     # dil-bench runs the student's order in the runtime and in torch (at 3 steps, order 2 would show)

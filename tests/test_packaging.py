@@ -77,8 +77,9 @@ def _readme_history(path):
 def test_package_data_and_gitignore_name_the_same_shipped_files():
     assert _package_data() == _gitignore_whitelist() - {"__init__.py"}
     assert {f"{DEFAULT_ARTIFACT}{s}" for s in (".json", ".encode.onnx", ".denoise.onnx")} <= _package_data()
-    for name in _package_data():  # only the shipped model's files, never another export into engines/
-        assert name == "README.md" or name.startswith(f"{DEFAULT_ARTIFACT}.")
+    # only the shipped model's files and its teacher's (docs/distillation.md), never another export
+    for name in _package_data():
+        assert name == "README.md" or name.startswith((f"{DEFAULT_ARTIFACT}.", f"{DEFAULT_ARTIFACT}-teacher."))
 
 
 def test_every_file_the_shipped_manifest_names_is_package_data():
