@@ -24,6 +24,7 @@ steps' rows, which must hold every known covariate); `predict_windows` takes the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -180,7 +181,7 @@ class Forecaster:
     def horizon(self) -> int:
         return self.config.horizon
 
-    @property
+    @cached_property
     def default_config(self) -> SamplerConfig:
         """The sampler a call without `config` runs: the artifact's "sampler_defaults" (lattice, cache,
         inference_steps, a distilled student's solver_order; recorded by dil-bench --frontier

@@ -30,6 +30,7 @@ over series, samples and tokens.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -118,7 +119,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
 
     k_ctx, v_ctx = engine.encode(ctx)
     # One feature row per step; the same diffusion time for every (series, sample) row.
-    t_table = diffusion_time_features(solver.kappas, cfg.time_embed_dim).astype(np.float32)
+    t_table = _time_table(tuple(solver.kappas), cfg.time_embed_dim)
     x = np.array(x_T, dtype=np.float64)
     if freq:
         x *= spectral.noise_gains(H)
@@ -175,6 +176,15 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     stats.wall_seconds = time.perf_counter() - wall0
     stats.control_seconds = stats.wall_seconds - stats.engine_seconds
     return SampleResult(x0=spectral.from_spectrum(x) if freq else x, stats=stats)
+
+
+@lru_cache(maxsize=64)
+def _time_table(kappas: tuple, dim: int) -> np.ndarray:
+    """float32 [M, dim], read-only: the diffusion-time features of a grid's M times, made once per grid
+    (every forecast of a model runs the same grid; control time)."""
+    table = diffusion_time_features(np.array(kappas), dim).astype(np.float32)
+    table.flags.writeable = False
+    return table
 
 
 def _check_context(ctx, cfg, G: int) -> None:
