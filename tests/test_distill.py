@@ -120,7 +120,7 @@ def test_student_run_records_its_teacher(student):
     d = s_cfg["training"]["distill"]
     assert (d["student_steps"], d["teacher_steps"], d["teacher"]) == (2, 12, "teacher")
     assert d["teacher_sha256"] == sha256_file(teacher / "model.safetensors")
-    assert (s_cfg["training"]["lr"], s_cfg["training"]["batch_size"]) == (5e-4, 4)  # default lr, given batch
+    assert (s_cfg["training"]["lr"], s_cfg["training"]["batch_size"]) == (1e-3, 4)  # default lr, given batch
     assert json.loads((out / "state.json").read_text())["distill"] == d
 
 
