@@ -197,3 +197,21 @@ def test_sampler_defaults_solver_order_is_checked():
     for bad in (0, 4, 1.0, True):
         with pytest.raises(ManifestError, match=r"sampler_defaults.solver_order' must be an integer in \[1, 3\]"):
             check_sampler_defaults(dict(record, solver_order=bad), "m")
+
+
+def test_a_student_resumes_only_with_its_teacher(student, tmp_path):
+    import shutil
+
+    from dil.train.cli import main
+
+    teacher, out, _ = student
+    run = tmp_path / "student"
+    shutil.copytree(out, run)  # the module's student stays as it was for the other tests
+    res = CliRunner().invoke(main, ["--out", str(run), "--resume", "--epochs", "2", "--quiet"])
+    assert res.exit_code != 0 and "is a student of 'teacher': resume it with --distill" in res.output, res.output
+    res = CliRunner().invoke(main, ["--distill", str(teacher), "--out", str(run), "--resume", "--epochs", "2",
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["training"]["distill"]["student_steps"] == 2
