@@ -21,7 +21,7 @@ from dil.runtime.manifest import ManifestError, default_artifact, load_manifest
 from dil.runtime.rng import SeriesStreams
 from dil.runtime.sampling.config import SamplerConfig
 from dil.runtime.sampling.contracts import FullStepEngine
-from dil.runtime.sampling.sampler import full_inputs, gather_inputs, sample
+from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.schedule import NoiseSchedule
 from patch_models import patch_model
 
@@ -141,19 +141,6 @@ def test_fast_sampler_keeps_the_denoise_graph(tiny_artifact):
     lean, old, lean_calls, _ = _lean_vs_old(engine, SamplerConfig(inference_steps=10))
     assert lean_calls["denoise_full"] == 0 and lean_calls["denoise"] > 0
     np.testing.assert_array_equal(lean, old)
-
-
-def test_full_inputs_equal_gather_inputs_for_every_token():
-    rng = np.random.default_rng(0)
-    G, N, T, Ph, Fk = 2, 3, 4, 3, 2
-    x = rng.standard_normal((G, N, T * Ph))
-    feat = np.zeros((G, T + 1, Ph, Fk), np.float32)
-    feat[:, :T] = rng.standard_normal((G, T, Ph, Fk))
-    x_pad = np.zeros((G, N, T + 1, Ph))
-    x_pad[:, :, :T] = x.reshape(G, N, T, Ph)
-    pos = np.broadcast_to(np.arange(T), (G, N, T))
-    for f in (feat, None):
-        np.testing.assert_array_equal(full_inputs(x, f, T), gather_inputs(x_pad, f, pos))
 
 
 # -- an artifact exported before the graph existed ------------------------------------------------

@@ -119,7 +119,7 @@ class TeacherTrajectories:
         self.teacher, self.config, self.spec, self.draws, self.device = teacher, config, spec, draws, device
         K, M = spec.student_steps, spec.teacher_steps
         self.teacher_kappas = schedule.sampling_grid(M, spec.spacing)
-        student = schedule.sampling_grid(K, spec.spacing)
+        self.student_kappas = student = schedule.sampling_grid(K, spec.spacing)
         if not np.allclose(self.teacher_kappas[:: M // K], student, rtol=0, atol=1e-6):
             raise ValueError(f"the {K}-step grid is not every {M // K}-th time of the {M}-step grid")
         self.schedule = schedule
@@ -156,7 +156,7 @@ class TeacherTrajectories:
         t_feat = np.broadcast_to(self.t_feat[:, None, None, :], (K, B, n, self.t_feat.shape[1]))
         per_step = np.ones(H) if self.gains is None else 1.0 / self.gains**2
         mask = np.broadcast_to(self.weights[:, None, None, None] * per_step, (K, B, n, H))
-        kappa = np.broadcast_to(self.schedule.sampling_grid(K, self.spec.spacing)[:, None, None], (K, B, n))
+        kappa = np.broadcast_to(self.student_kappas[:, None, None], (K, B, n))
         return NoiseDraw(k=rows(kappa), eps=rows(eps).astype(np.float32), x=rows(starts).astype(np.float32),
                          t_feat=rows(t_feat), net_target=rows(target).astype(np.float32),
                          mask=rows(mask).astype(np.float32))

@@ -315,28 +315,26 @@ class OnnxEngine:
         return result
 
     def _output_shapes(self, graph: str, feeds: dict) -> dict:
-        """{output: (shape, capacity)} of a call on `feeds`; capacity: the elements of the largest
-        call on the same batch (a denoise call computing every token). ValueError for an input of
-        the wrong rank (ONNX Runtime's own check has not run yet)."""
-        want_in = _contract(self.config)[graph][0]
+        """{output: (shape, capacity)} of a call on `feeds`, read off the graph's contract (_contract)
+        with its dynamic dims sized by the inputs; capacity: the elements of the same call computing
+        every token (S = H), so that a buffer fits every later call on the batch. ValueError for an
+        input of the wrong rank (ONNX Runtime's own check has not run yet)."""
+        want_in, want_out = _contract(self.config)[graph]
+        sizes = {}
         for name, arr in feeds.items():
-            if arr.ndim != len(want_in[name][1]):
-                raise ValueError(f"Invalid rank for input: {name} Got: {arr.ndim} Expected: {len(want_in[name][1])}")
-        c = self.config
-        if graph == "encode":
-            G, L = feeds["ctx"].shape[:2]
-            kv = (c.num_layers, G, L // c.context_patch, c.d_model)
-            return {"k_ctx": (kv, 0), "v_ctx": (kv, 0)}
-        if graph == "denoise_full":
-            G, N, T = feeds["x_hor"].shape[:3]
-            return {"out": ((G, N, T, c.horizon_patch), 0)}
-        G, N, S = feeds["pos_sub"].shape
-        T = feeds["k_hor"].shape[3]
-        # S changes from call to call; sized for S = T (every token) a buffer fits every later call.
-        eps, kv = (G, N, S, c.horizon_patch), (c.num_layers, G, N, S, c.d_model)
-        cap = G * N * T
-        return {"eps_sub": (eps, cap * c.horizon_patch), "k_sub": (kv, cap * c.num_layers * c.d_model),
-                "v_sub": (kv, cap * c.num_layers * c.d_model)}
+            dims = want_in[name][1]
+            if arr.ndim != len(dims):
+                raise ValueError(f"Invalid rank for input: {name} Got: {arr.ndim} Expected: {len(dims)}")
+            sizes.update((d, n) for d, n in zip(dims, arr.shape) if isinstance(d, str))
+        if "L" in sizes:
+            sizes["Lp"] = sizes["L"] // self.config.context_patch
+        every = dict(sizes, S=sizes.get("H", sizes.get("S")))
+        out = {}
+        for name in want_out:
+            dims = want_out[name][1]
+            shape = tuple(sizes[d] if isinstance(d, str) else d for d in dims)
+            out[name] = (shape, int(np.prod([every[d] if isinstance(d, str) else d for d in dims])))
+        return out
 
     def encode(self, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ctx f32 [G, L, Fc] (L a multiple of context_patch P) -> (k_ctx, v_ctx) f32 [layers, G, L/P, D]."""

@@ -237,20 +237,9 @@ def gather_inputs(x_pad: np.ndarray, feat_pad: np.ndarray | None, pos_sub: np.nd
     return values.reshape(G, N, S, Ph * values.shape[-1])
 
 
-def full_inputs(x: np.ndarray, feat_pad: np.ndarray | None, T: int) -> np.ndarray:
-    """x_hor f32 [G, N, T, Ph * (1 + Fk)]: what gather_inputs gives for pos_sub = arange(T) in every
-    row (bit for bit), from the noisy horizon x float64 [G, N, T * Ph] and feat_pad (see gather_inputs)."""
-    G, N, H = x.shape
-    values = x.reshape(G, N, T, H // T, 1).astype(np.float32)
-    if feat_pad is not None:
-        feats = np.broadcast_to(feat_pad[:, None, :T], values.shape[:4] + feat_pad.shape[3:])
-        values = np.concatenate([values, feats], axis=-1)
-    return values.reshape(G, N, T, -1)
-
-
 class FullInputs:
-    """The lean graph's x_hor f32 [G, N, T, Ph * (1 + Fk)] (what full_inputs gives, bit for bit) in
-    one buffer: the known features are written once, each call writes the noisy values of x
+    """The lean graph's x_hor f32 [G, N, T, Ph * (1 + Fk)] (what gather_inputs gives for pos_sub =
+    arange(T) in every row, bit for bit) in one buffer: the known features are written once, each call writes the noisy values of x
     float64 [G, N, T * Ph] (cast to float32) into it and returns the buffer (valid until the next
     call; engines read their inputs during the call)."""
 

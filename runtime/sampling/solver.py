@@ -58,13 +58,8 @@ class DPMSolverPP:
                  spacing: str = DEFAULT_SPACING):
         if (steps is None) == (kappas is None):
             raise ValueError("give either steps or kappas")
-        if kappas is None:
-            try:  # a schedule's grid and tables, computed once per (schedule, steps, spacing)
-                tables = _grid_tables(schedule, int(steps), spacing)
-            except TypeError:  # an unhashable schedule-like object: compute them here
-                tables = _tables(schedule, schedule.sampling_grid(int(steps), spacing))
-        else:
-            tables = _tables(schedule, kappas)
+        # a schedule's grid and tables are computed once per (schedule, steps, spacing)
+        tables = _tables(schedule, kappas) if kappas is not None else _grid_tables(schedule, int(steps), spacing)
         self.kappas, self.alphas, self.sigmas, self.lambdas = tables
         self.steps = len(self.kappas)
         self.reset()

@@ -76,11 +76,16 @@ class TokenCache:
         self.age = np.zeros((G, N, T), dtype=np.int32)
         self.valid = np.zeros((G, N, T), dtype=bool)
 
+    def _made(self, kv: np.ndarray | None) -> np.ndarray | None:
+        """kv, or zeros of the key/value shape when it was never made (None when the engine holds them)."""
+        if kv is None and self._kv_shape is not None:
+            return np.zeros(self._kv_shape, dtype=np.float32)
+        return kv
+
     @property
     def k(self) -> np.ndarray | None:
         """float32 [layers, G, N, T, D]: the keys per token (None when the engine holds them)."""
-        if self._k is None and self._kv_shape is not None:
-            self._k = np.zeros(self._kv_shape, dtype=np.float32)
+        self._k = self._made(self._k)
         return self._k
 
     @k.setter
@@ -90,8 +95,7 @@ class TokenCache:
     @property
     def v(self) -> np.ndarray | None:
         """float32 [layers, G, N, T, D]: the values per token (None when the engine holds them)."""
-        if self._v is None and self._kv_shape is not None:
-            self._v = np.zeros(self._kv_shape, dtype=np.float32)
+        self._v = self._made(self._v)
         return self._v
 
     @v.setter
