@@ -106,7 +106,7 @@ def main(argv=None) -> None:
                           args.threads)
     text = markdown(result, shlex.join(["python", "benchmarks/ablation.py"] + (argv or sys.argv[1:])))
     print(text)
-    from dil.runtime.files import write_text
+    from dil.runtime.support.files import write_text
 
     if args.json:
         write_text(args.json, json.dumps(result, indent=2) + "\n")

@@ -95,7 +95,7 @@ def random_engine(config, folder: Path, name: str, threads: int | None, seed: in
 
 def compare(new: dict, repeats: int = 7, threads: int | None = None, rows=ROWS) -> list[dict]:
     """Full-call (S = T, every token) cost of today's configuration and of `new` (ModelConfig fields), per row."""
-    from dil.runtime.model_config import ModelConfig
+    from dil.runtime.model.config import ModelConfig
 
     configs = {"today": ModelConfig(**TODAY), "new": ModelConfig(**{**TODAY, **new})}
     out = []
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
                d_model=a.d_model,
                num_layers=a.layers, ffn_dim=a.ffn, num_heads=a.heads,
                context_features=2 + a.known_features, horizon_features=1 + a.known_features)
-    from dil.runtime.model_config import ModelConfig
+    from dil.runtime.model.config import ModelConfig
 
     try:  # a bad option fails here, in one line, before any export
         ModelConfig(**{**TODAY, **new})

@@ -128,11 +128,11 @@ def main(argv=None) -> int:
     m["command"] = command
     print(format_report(m))
     if a.json:
-        from dil.runtime.files import write_text
+        from dil.runtime.support.files import write_text
 
         write_text(a.json, json.dumps(m, indent=1) + "\n")
     if a.markdown:
-        from dil.runtime.files import write_text
+        from dil.runtime.support.files import write_text
 
         write_text(a.markdown, markdown(m, command))
     return 0

@@ -200,7 +200,7 @@ def main(argv=None) -> int:
             c = compare(m["rows"], a.tolerance)
             report["pairs"][label][name] = {**m, "comparison": c}
             print(f"[{label}] " + format_domain(m, c), flush=True)
-    from dil.runtime.files import write_text
+    from dil.runtime.support.files import write_text
 
     if a.json:
         write_text(Path(a.json), json.dumps(report, indent=2) + "\n")

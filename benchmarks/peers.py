@@ -159,7 +159,7 @@ def peer_entries(data: PeerData) -> tuple[list, list, list]:
 
 def require_peers():
     """gluonts (torch part) and lightning, or MissingDependency naming the extra."""
-    from dil.runtime.deps import require
+    from dil.runtime.support.deps import require
 
     require("gluonts", "peers")
     require("lightning", "peers")
@@ -431,7 +431,7 @@ def _positive(text: str) -> int:
 
 def _check_outputs(args) -> str | None:
     """Why the outputs could not be written (before any work), or None."""
-    from dil.runtime.files import folder_problem
+    from dil.runtime.support.files import folder_problem
 
     for path in [p for p in (args.json, None if args.no_write else args.markdown) if p]:
         folder = Path(path).parent
@@ -478,7 +478,7 @@ def main(argv=None) -> None:
     command = ["python", "benchmarks/peers.py"] + list(sys.argv[1:] if argv is None else argv)
     section = markdown(result, shlex.join(command))
     print(section)
-    from dil.runtime.files import write_text
+    from dil.runtime.support.files import write_text
 
     if args.json:
         write_text(args.json, json.dumps(result, indent=2) + "\n")

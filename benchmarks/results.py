@@ -294,7 +294,7 @@ def main(argv=None) -> None:
             target = Path(cmd[cmd.index("--json") + 1])
             if args.rerun or not target.is_file():
                 _run(cmd)
-    from dil.runtime.files import write_text
+    from dil.runtime.support.files import write_text
 
     old = page.read_text(encoding="utf-8") if page.is_file() else ""
     write_text(page, render(out_dir, page, commands) + kept_sections(old))

@@ -88,7 +88,7 @@ def x0_error(engine: str, n_windows: int, draws: int, steps: int, seed: int, thr
     from dil.evaluate.torch_baselines import load_reference
     from dil.runtime.sampling.parametrisation import to_x0_eps
     from dil.runtime.sampling.schedule import diffusion_time_features
-    from dil.runtime.scaling import context_features, context_scale, standardise
+    from dil.runtime.inputs.scaling import context_features, context_scale, standardise
 
     fc, spec, table = load(engine, threads)
     _without_features(fc, "error")
@@ -171,10 +171,10 @@ class Recorder:
 def trajectories(engine: str, split: str, n_windows: int, samples: int, steps: int, seed: int, threads,
                  settings: dict) -> dict:
     from dil.evaluate.harness import window_ids
-    from dil.runtime.rng import SeriesStreams
+    from dil.runtime.sampling.rng import SeriesStreams
     from dil.runtime.sampling.config import sampler_config
     from dil.runtime.sampling.sampler import make_controller, sample
-    from dil.runtime.scaling import context_features, context_scale, standardise
+    from dil.runtime.inputs.scaling import context_features, context_scale, standardise
 
     fc, spec, table = load(engine, threads)
     _without_features(fc, "trajectories")
@@ -232,8 +232,8 @@ class OutlierCount:
         self.low, self.high = np.inf, -np.inf
 
     def add(self, contexts, samples) -> None:
-        from dil.runtime.quantiles import sample_quantiles
-        from dil.runtime.scaling import context_scale
+        from dil.runtime.outputs.quantiles import sample_quantiles
+        from dil.runtime.inputs.scaling import context_scale
 
         loc, scale = context_scale(contexts)  # contexts: [G, L], the model's window
         dev = np.abs(samples - loc[:, None, None]).max(axis=-1) / scale[:, None]  # [G, N]

@@ -19,7 +19,7 @@ from dil.data.registry import (
     with_window,
 )
 from dil.data.datasets import load_dataset, resolve, resolve_table
-from dil.runtime.table import DataError, SeriesTable, load_table
+from dil.runtime.inputs.table import DataError, SeriesTable, load_table
 from dil.data.windows import (
     gather_series,
     gather_windows,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dil.data.registry import DEFAULT_DATASET, file_spec, get_spec
-from dil.runtime.table import DataError, SeriesTable, load_table
+from dil.runtime.inputs.table import DataError, SeriesTable, load_table
 
 
 def load_dataset(name: str, covariates=None) -> SeriesTable:

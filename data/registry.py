@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dil.runtime.table import DataError
+from dil.runtime.inputs.table import DataError
 
 FILES_DIR = Path(__file__).resolve().parent / "files"
 
@@ -54,7 +54,7 @@ class DatasetSpec:
     date_column: timestamp column (None: the rows are equally spaced steps without dates).
     columns: target series (None: every numeric column). names: column names for a headerless file.
     missing_values: sentinel values that mean "missing" in the published file (become NaN).
-    date_format, dayfirst: how the date column of a user file is read (see dil.runtime.table.load_table).
+    date_format, dayfirst: how the date column of a user file is read (see dil.runtime.inputs.table.load_table).
     freq: pandas frequency alias of the rows. season: seasonal-naive lag in steps.
     context_length, horizon: default window (steps). splits: chronological train/val/test cut.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dil.data.registry import DatasetSpec, Splits, get_spec
-from dil.runtime.table import DataError
+from dil.runtime.inputs.table import DataError
 
 
 def _spec(spec_or_name) -> DatasetSpec | None:

@@ -34,7 +34,7 @@ from dil.evaluate import bench_worker as W
 from dil.evaluate import machine
 from dil.evaluate.harness import finite_or_none, protocol_windows, score_samples, subset
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
-from dil.runtime.window_features import table_features
+from dil.runtime.inputs.window_features import table_features
 
 TORCH_NAMES = ("torch-full", "reference-ddpm1000")
 STEPPED_NAMES = ("torch-full", "runtime-full", "runtime-dil")
@@ -326,7 +326,7 @@ def _torch_checkpoint(cfg: BenchConfig):
     """
     if not any(n in cfg.names for n in TORCH_NAMES):
         return None, None
-    from dil.runtime.deps import MissingDependency
+    from dil.runtime.support.deps import MissingDependency
     from dil.evaluate.torch_baselines import ReferenceUnavailable, load_reference
 
     try:

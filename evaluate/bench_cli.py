@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from dil.runtime.cli import SPACING_HELP
-from dil.runtime.files import write_text
+from dil.runtime.cli.run import SPACING_HELP
+from dil.runtime.support.files import write_text
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 from dil.evaluate.bench_worker import NAMES
 
@@ -132,8 +132,8 @@ def main(ctx, engine, dataset, checkpoint, json_path, plot_path, steps, large_st
     \b
       dil-bench --engine engines/NAME.json --frontier --write-defaults
     """
-    from dil.runtime.deps import MissingDependency, require
-    from dil.runtime.table import DataError
+    from dil.runtime.support.deps import MissingDependency, require
+    from dil.runtime.inputs.table import DataError
     from dil.evaluate.bench import BenchConfig, BenchError, run_bench
     from dil.evaluate.cli import _check_out
     from dil.evaluate.harness import EvaluationError
@@ -163,7 +163,7 @@ def main(ctx, engine, dataset, checkpoint, json_path, plot_path, steps, large_st
     except (BenchError, DataError, ManifestError, EvaluationError, MissingDependency, ValueError, OSError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     click.echo(format_runs(report))
-    from dil.runtime.files import made_folders
+    from dil.runtime.support.files import made_folders
 
     if json_path is not None:
         with made_folders(json_path.parent):
@@ -194,9 +194,9 @@ def _frontier_steps(ctx, steps: str) -> tuple:
 def _frontier(ctx, engine, dataset, json_path, steps, fast_steps, samples, repeats, windows, threads, seed,
               write_defaults) -> None:
     """dil-bench --frontier [--write-defaults]: dil.evaluate.frontier, printed, then recorded."""
-    from dil.runtime.files import folder_problem, made_folders
-    from dil.runtime.deps import MissingDependency
-    from dil.runtime.table import DataError
+    from dil.runtime.support.files import folder_problem, made_folders
+    from dil.runtime.support.deps import MissingDependency
+    from dil.runtime.inputs.table import DataError
     from dil.evaluate.frontier import FrontierConfig, FrontierError, format_frontier, run_frontier
     from dil.evaluate.harness import EvaluationError
     from dil.runtime.manifest import ManifestError, load_manifest, write_sampler_defaults

@@ -93,7 +93,7 @@ def load_features(path: str | None):
     """The WindowFeatures dil-bench wrote to `path` (bench.save_features), None for none."""
     if not path:
         return None
-    from dil.runtime.window_features import WindowFeatures
+    from dil.runtime.inputs.window_features import WindowFeatures
 
     with np.load(path, allow_pickle=False) as z:
         return WindowFeatures(z["context_known"], z["context_past"], z["horizon_known"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from dil.evaluate.harness import DEFAULT_BATCH_SIZE
-from dil.runtime.cli import SPACING_HELP
-from dil.runtime.files import write_text
+from dil.runtime.cli.run import SPACING_HELP
+from dil.runtime.support.files import write_text
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 
 _ROWS = ("crps", "crps_sample", "crps_sum", "mae", "mse", "coverage_50", "coverage_90")
@@ -66,8 +66,8 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
 
 def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
     """Fail before any work when an output could not be written (missing folders are fine: they are
-    created when the output is written, with dil.runtime.files.made_folders)."""
-    from dil.runtime.files import folder_problem
+    created when the output is written, with dil.runtime.support.files.made_folders)."""
+    from dil.runtime.support.files import folder_problem
 
     if path is None:
         return
@@ -145,8 +145,8 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
     steps; --steps, --lattice/--no-lattice and --cache/--no-cache override them one by one. A note
     on stderr says which sampler ran and why.
     """
-    from dil.runtime.deps import MissingDependency
-    from dil.runtime.table import DataError
+    from dil.runtime.support.deps import MissingDependency
+    from dil.runtime.inputs.table import DataError
     from dil.evaluate.engine_eval import evaluate_engine
     from dil.evaluate.harness import EvalOptions, EvaluationError
     from dil.evaluate.torch_baselines import ReferenceUnavailable
@@ -159,7 +159,7 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
     _check_out(plots_dir, "--plots", is_dir=True)
     try:
         if plots_dir is not None:
-            from dil.runtime.deps import require
+            from dil.runtime.support.deps import require
 
             require("matplotlib", "plot")
         if engine is None:
@@ -183,7 +183,7 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
     for note in [*ev.notes, f"note: {report['protocol']['sampler_choice']}"]:
         click.echo(note, err=True)
     click.echo(format_report(report))
-    from dil.runtime.files import made_folders
+    from dil.runtime.support.files import made_folders
 
     if json_path is not None:
         with made_folders(json_path.parent):

@@ -41,11 +41,11 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     the manifest says it was trained on. The table holds the covariate columns the model uses
     (manifest.features), read raw. A file without `date_column` for a model with time features
     takes its dates from the model's training date column (a note in the table's notes says so;
-    dil.runtime.cli.date_column_default)."""
+    dil.runtime.cli.run.date_column_default)."""
     from dil.data.registry import DATASETS
     from dil.data.datasets import resolve
-    from dil.runtime.cli import date_column_default
-    from dil.runtime.table import DataError
+    from dil.runtime.cli.run import date_column_default
+    from dil.runtime.inputs.table import DataError
 
     trained_on = manifest.data or {}
     if dataset is None and data is None:
@@ -85,7 +85,7 @@ def evaluate_engine(
     options: the protocol (samples, steps, seed, windows, ...; steps None: the artifact's default).
     The window (L, H) is the engine's; the data default to the dataset (and series) it was trained
     on: pass `dataset` (bundled name) or `data` (a file, with date_column / columns / date_format /
-    dayfirst, see dil.runtime.table.load_table) to override. A model with time features or
+    dayfirst, see dil.runtime.inputs.table.load_table) to override. A model with time features or
     covariates gets them from the table's rows (its dates, the covariate columns its manifest
     names; the horizon's known covariates are the table's), the same for every forecaster.
     sampler: SamplerConfig fields for the model's forecasts, a None value left unset (default: the
@@ -100,9 +100,9 @@ def evaluate_engine(
     default) imports no torch.
     """
     from dil.runtime import Forecaster
-    from dil.runtime.sampler_choice import given_flags, sampler_line
+    from dil.runtime.sampling.description import given_flags, sampler_line
     from dil.runtime.sampling.config import sampler_config
-    from dil.runtime.window_features import describe
+    from dil.runtime.inputs.window_features import describe
 
     fc = Forecaster.load(engine)
     model = fc.manifest.model

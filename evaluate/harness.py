@@ -13,7 +13,7 @@ The forecaster is a parameter, so the protocol does not depend on the runtime:
 `ids` ("<series>@<origin row>") let a seeded forecaster draw each window's noise from its own
 stream, so a window's forecast does not depend on the batch it lands in. When the evaluation has
 features (run_evaluation's `features`, the model's FeatureSpec with time features or covariates),
-the third argument is the batch's dil.runtime.window_features.WindowFeatures, taken from the
+the third argument is the batch's dil.runtime.inputs.window_features.WindowFeatures, taken from the
 table's rows (docs/model.md section 6.1: the horizon's known covariates are the table's, "known
 future"); otherwise the function is called with two arguments, so a forecaster that uses no
 features (seasonal naive, an oracle) needs none.
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from dil.evaluate import metrics as M
-from dil.runtime.quantiles import QUANTILE_LEVELS
-from dil.runtime.window_features import table_features
+from dil.runtime.outputs.quantiles import QUANTILE_LEVELS
+from dil.runtime.inputs.window_features import table_features
 
 # Central-interval widths of the calibration curve (coverage vs nominal level).
 CALIBRATION_WIDTHS = np.round(np.arange(1, 10) * 0.1, 1)
@@ -257,7 +257,7 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
     table: dil.data SeriesTable (values [T, C]; timestamps and covariates where `features` needs
     them); spec: its DatasetSpec (split, season). context, horizon: the forecaster's L and H.
     n_windows: evenly spaced test origins (None: all). features: the model's FeatureSpec (None or
-    one without features: none), whose row features (dil.runtime.features.row_features of the
+    one without features: none), whose row features (dil.runtime.inputs.features.row_features of the
     table) give each window's WindowFeatures. Windows whose context or target has no observed
     value are not valid (skipped); `baseline` is the seasonal naive from all the rows before each
     origin (seasonal_naive_at), the same whatever the context. part: the split part whose windows

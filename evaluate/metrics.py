@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.quantiles import QUANTILE_LEVELS, sample_quantiles
+from dil.runtime.outputs.quantiles import QUANTILE_LEVELS, sample_quantiles
 
 
 def observed_mask(y: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -71,7 +71,7 @@ def _samples(samples, y_shape) -> np.ndarray:
 def crps_quantile(y, samples, levels=QUANTILE_LEVELS, mask=None) -> float:
     """THE project CRPS: weighted quantile loss of the empirical quantiles of `samples`.
 
-    samples: [..., N, H]. Quantiles come from dil.runtime.quantiles.sample_quantiles (linear
+    samples: [..., N, H]. Quantiles come from dil.runtime.outputs.quantiles.sample_quantiles (linear
     interpolation) on the grid `levels` (default: the 19 levels 0.05..0.95).
     """
     s = _samples(samples, np.shape(y))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dil.runtime.files import atomic_path
-from dil.runtime.deps import require
+from dil.runtime.support.files import atomic_path
+from dil.runtime.support.deps import require
 
 FAN_FILE = "fan_charts.png"
 # The median and the 50% / 90% central bands (StreamedScores keeps these levels of every window).

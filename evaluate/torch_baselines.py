@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dil.runtime.deps import require
+from dil.runtime.support.deps import require
 from dil.runtime.manifest import ManifestError, load_manifest
 
 # Max abs difference of the context keys/values between the checkpoint (torch) and the engine (ONNX)

@@ -117,7 +117,7 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     Example:
       dil-validate --engine engines/metro-traffic.onnx --json validation.json
     """
-    from dil.runtime.deps import MissingDependency, require
+    from dil.runtime.support.deps import MissingDependency, require
 
     try:
         for module in VALIDATE_MODULES:
@@ -125,7 +125,7 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     except MissingDependency as exc:
         raise click.ClickException(str(exc)) from None
     sampler_settings = parse_settings(settings)
-    from dil.runtime.files import folder_problem, made_folders
+    from dil.runtime.support.files import folder_problem, made_folders
 
     problem = json_path is not None and folder_problem(json_path.parent)  # missing folders are created
     if problem:
@@ -154,7 +154,7 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
     finally:
         bar.close()
     if json_path is not None:
-        from dil.runtime.files import write_text
+        from dil.runtime.support.files import write_text
 
         with made_folders(json_path.parent):
             write_text(json_path, json.dumps(report, indent=2) + "\n")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from dil.runtime.manifest import ManifestError
-from dil.runtime.rng import SeriesStreams
-from dil.runtime.scaling import context_features, context_scale, standardise
+from dil.runtime.sampling.rng import SeriesStreams
+from dil.runtime.inputs.scaling import context_features, context_scale, standardise
 
 
 class ValidationInputError(ValueError):

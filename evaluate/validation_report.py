@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.quantiles import sample_quantiles
-from dil.runtime.rng import SeriesStreams
+from dil.runtime.outputs.quantiles import sample_quantiles
+from dil.runtime.sampling.rng import SeriesStreams
 from dil.evaluate.reference.sampler import ReferenceSampler, StepDecision, settings_spacing
 from dil.evaluate.validation_inputs import prepare_inputs
 

@@ -37,9 +37,9 @@ from dil.export.onnx_export import OPSET, dynamic_axes, export_onnx
 from dil.export.real_data import training_windows
 from dil.export.weights import weights_file_name, weights_record
 from dil.runtime.backends.trt_profile import ProfileError, resolve_profile
-from dil.runtime.files import sha256_file, write_text
+from dil.runtime.support.files import sha256_file, write_text
 from dil.runtime.manifest import Manifest
-from dil.runtime.spectral import LAYOUT_KEY, layout_record
+from dil.runtime.model.frequency import LAYOUT_KEY, layout_record
 from dil.train.checkpoint import Checkpoint, load_checkpoint
 from dil.train.distill import student_defaults
 from dil.train.run_state import training_progress

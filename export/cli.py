@@ -181,14 +181,14 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
       dil-export --checkpoint runs/metro-traffic --out engines/metro-traffic.plan   # + TensorRT
       dil-export --artifact engines/metro-traffic.fp16.json --tensorrt            # plans on this GPU
     """
-    from dil.runtime.deps import MissingDependency, require
+    from dil.runtime.support.deps import MissingDependency, require
 
     if (checkpoint is None) == (artifact is None):
         raise click.ClickException("give exactly one of --checkpoint (export a trained run) and --artifact "
                                    "(build TensorRT plans for an exported artifact)")
     out, name, plan_out, plan_fp16 = _plan_target(out, name)
     tensorrt, fp16 = tensorrt or plan_out, fp16 or plan_fp16
-    from dil.runtime.files import folder_problem, made_folders
+    from dil.runtime.support.files import folder_problem, made_folders
 
     for opt, folder in (("--out", out), ("--timing-cache", timing_cache and timing_cache.parent)):
         problem = folder and folder_problem(folder)

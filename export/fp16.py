@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dil.runtime.files import atomic_path
+from dil.runtime.support.files import atomic_path
 
 # LayerNorm, softmax and reductions accumulate over many elements: float16 there loses the
 # statistics (variance of large activations overflows, softmax sums saturate).

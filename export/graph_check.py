@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.model.config import ModelConfig
 from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS, DENOISE_OUTPUTS,
                                   ENCODE_INPUTS, ENCODE_OUTPUTS)
-from dil.runtime.scaling import context_features, context_scale, standardise
-from dil.runtime.spectral import noise_gains, to_spectrum
+from dil.runtime.inputs.scaling import context_features, context_scale, standardise
+from dil.runtime.model.frequency import noise_gains, to_spectrum
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
 

@@ -146,7 +146,7 @@ def add_weights(engine) -> Manifest:
     the rebuilt module does not reproduce both graphs within REPRODUCE_TOLERANCE; nothing is written then.
     """
     from dil.export.weights import weights_file_name, weights_record
-    from dil.runtime.files import write_text
+    from dil.runtime.support.files import write_text
     from dil.train.checkpoint import save_tensors
 
     manifest = load_manifest(engine)

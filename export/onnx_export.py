@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from dil.runtime.files import atomic_path
+from dil.runtime.support.files import atomic_path
 from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS, DENOISE_OUTPUTS,
                                   ENCODE_INPUTS, ENCODE_OUTPUTS)
 from dil.train.model import ScoreNet

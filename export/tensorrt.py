@@ -26,8 +26,8 @@ from pathlib import Path
 
 from onnx import TensorProto, helper
 
-from dil.runtime.files import write_bytes
-from dil.runtime.files import sha256_file
+from dil.runtime.support.files import write_bytes
+from dil.runtime.support.files import sha256_file
 from dil.runtime.backends.trt_profile import input_shapes, plan_key
 
 TIMING_CACHE = "tensorrt.timing.cache"  # in the output folder, shared by every build there
@@ -40,7 +40,7 @@ class TrtBuildError(RuntimeError):
 
 def require_tensorrt():
     """(tensorrt module, GpuInfo) or TrtBuildError naming what is missing."""
-    from dil.runtime.deps import MissingDependency, require
+    from dil.runtime.support.deps import MissingDependency, require
     from dil.runtime.backends.cuda import gpu_info
 
     gpu = gpu_info()

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dil.runtime.files import write_text
+from dil.runtime.support.files import write_text
 from dil.export.tensorrt import GRAPHS as PLAN_GRAPHS
 from dil.export.tensorrt import TIMING_CACHE, TrtBuildError, build_plans, require_tensorrt, up_to_date
 from dil.export.trt_validate import tolerance_for, validate_plans

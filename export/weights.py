@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dil.runtime.files import sha256_file
+from dil.runtime.support.files import sha256_file
 from dil.runtime.manifest import Manifest, ManifestError, checkpoint_run, load_manifest
 from dil.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights
 

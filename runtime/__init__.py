@@ -14,11 +14,11 @@ from dil.runtime.sampling.fast_controller import FastController
 from dil.runtime.backends.onnx_engine import EngineError, EngineStats, OnnxEngine
 from dil.runtime.forecaster import Forecast, ForecastError, Forecaster
 from dil.runtime.manifest import Manifest, ManifestError, load_manifest
-from dil.runtime.quantiles import QUANTILE_LEVELS
-from dil.runtime.rng import SeriesStreams
+from dil.runtime.outputs.quantiles import QUANTILE_LEVELS
+from dil.runtime.sampling.rng import SeriesStreams
 from dil.runtime.sampling.config import SamplerConfig
 from dil.runtime.sampling.stats import SamplerStats
-from dil.runtime.window_features import WindowFeatures
+from dil.runtime.inputs.window_features import WindowFeatures
 
 __all__ = [
     "EngineError",

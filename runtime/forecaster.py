@@ -7,7 +7,7 @@
     forecast.to_frame()           # long table: series, timestamp (or step), mean, median, q05..q95
 
 Each series is forecast from its last `context_length` observations, scaled per window, with its
-own noise stream keyed by its name (dil.runtime.rng), so its forecast is the same whatever other
+own noise stream keyed by its name (dil.runtime.sampling.rng), so its forecast is the same whatever other
 series share the call, in whatever order, and whatever `batch_series` and `memory_budget` are.
 The sampler and its steps are the artifact's defaults (`Forecaster.default_config`: the manifest's
 "sampler_defaults" where recorded, else the fast sampler at 20 steps; docs/sampler.md section 14)
@@ -18,7 +18,7 @@ A model trained with time features or covariates (`Forecaster.features`, the man
 FeatureSpec) gets them too: `predict` computes the time features from the history's dates and the
 future steps' and takes the covariates from `covariates=` (the history's rows, then the future
 steps' rows, which must hold every known covariate); `predict_windows` takes them ready-made as a
-`WindowFeatures` (dil.runtime.window_features, what the evaluation builds from a table's rows).
+`WindowFeatures` (dil.runtime.inputs.window_features, what the evaluation builds from a table's rows).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from typing import Protocol
 import numpy as np
 
 from dil.runtime.manifest import Manifest
-from dil.runtime.quantiles import QUANTILE_LEVELS, quantile_column, sample_quantiles
-from dil.runtime.rng import SeriesStreams
+from dil.runtime.outputs.quantiles import QUANTILE_LEVELS, quantile_column, sample_quantiles
+from dil.runtime.sampling.rng import SeriesStreams
 from dil.runtime.sampling.chunks import DEFAULT_MEMORY_BUDGET, sample_blocks, series_per_call
 from dil.runtime.sampling.config import SamplerConfig, check_int, sampler_config
 from dil.runtime.sampling.contracts import Engine
 from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.stats import SamplerStats
-from dil.runtime.scaling import ScalingError, context_scale, standardise
-from dil.runtime.window_features import (FeatureInputError, WindowFeatures, check_window_features, future_dates,
+from dil.runtime.inputs.scaling import ScalingError, context_scale, standardise
+from dil.runtime.inputs.window_features import (FeatureInputError, WindowFeatures, check_window_features, future_dates,
                                          history_features)
 
 DEFAULT_BATCH_SERIES = 16
@@ -191,7 +191,7 @@ class Forecaster:
 
     @property
     def features(self):
-        """The model's inputs beyond the target (dil.runtime.features.FeatureSpec, from the manifest)."""
+        """The model's inputs beyond the target (dil.runtime.inputs.features.FeatureSpec, from the manifest)."""
         return self.manifest.features
 
     def predict(self, history, num_samples: int = 100, steps: int | None = None, seed: int = 0, series_ids=None,
@@ -259,11 +259,11 @@ class Forecaster:
         contexts: float [G, L'] with L' >= context_length (the last context_length values are used),
         NaN = missing. series_keys: G series names or non-negative ints keying the random streams
         (default 0..G-1; give each window a distinct key, e.g. series * n_origins + origin, for
-        independent noise; see dil.runtime.rng.series_key). names: G labels for Forecast.series
+        independent noise; see dil.runtime.sampling.rng.series_key). names: G labels for Forecast.series
         (default: the keys). config, steps, solver_order, memory_budget, settings: as in predict.
         features: the windows' time features and covariates (WindowFeatures: context_known
         [G, L', Fk], context_past [G, L', Fp], horizon_known [G, H, Fk], encoded as
-        dil.runtime.features.row_features does), required when the model has features; a
+        dil.runtime.inputs.features.row_features does), required when the model has features; a
         missing or misshapen one raises ForecastError before any engine call.
 
         Memory: each sampler call runs one block of at most SAMPLE_BLOCK (1024) samples for as many
@@ -329,7 +329,7 @@ class Forecaster:
         z [G, L] and feats = (context known [G, L, Fk], context past [G, L, Fp], horizon known
         [G, H, Fk]) or Nones: `batch` series per call, one sample block per call
         (dil.runtime.sampling.chunks)."""
-        from dil.runtime.features import context_inputs
+        from dil.runtime.inputs.features import context_inputs
 
         known, past, hor = feats
         G, H = z.shape[0], self.horizon

@@ -30,9 +30,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from dil.runtime.files import sha256_file, write_text
-from dil.runtime.model_config import ModelConfig
-from dil.runtime.spectral import LAYOUT_KEY, LayoutError, check_layout
+from dil.runtime.support.files import sha256_file, write_text
+from dil.runtime.model.config import ModelConfig
+from dil.runtime.model.frequency import LAYOUT_KEY, LayoutError, check_layout
 from dil.runtime.sampling.config import SamplerConfig, check_int
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.runtime.sampling.solver import MAX_ORDER
@@ -108,8 +108,8 @@ def inside(folder: Path, name, what: str) -> Path:
 
 
 def _no_features():
-    # dil.runtime.features imports pandas: loaded on first use, not when dil.runtime is imported.
-    from dil.runtime.features import FeatureSpec
+    # dil.runtime.inputs.features imports pandas: loaded on first use, not when dil.runtime is imported.
+    from dil.runtime.inputs.features import FeatureSpec
 
     return FeatureSpec()
 
@@ -128,7 +128,7 @@ def manifest_path(engine) -> Path:
 class Manifest:
     """Parsed manifest. `graphs[name]` = {"file": relative file name, "sha256": ...}.
 
-    features: the dil.runtime.features.FeatureSpec of the model's inputs beyond the target (time
+    features: the dil.runtime.inputs.features.FeatureSpec of the model's inputs beyond the target (time
     features, covariates); the JSON key "features", absent in artifacts exported before it
     existed (= FeatureSpec(): the target only).
     sampler_defaults: the checked "sampler_defaults" record (lattice, cache, inference_steps, why,
@@ -315,7 +315,7 @@ def write_sampler_defaults(engine, record: dict) -> Path:
 
     The manifest must load (graphs present and matching) and the record must be valid
     (check_sampler_defaults) and strict JSON, all before anything is written; NAME.json is then
-    rewritten in one rename (dil.runtime.files.write_text) with every other key, its value and its
+    rewritten in one rename (dil.runtime.support.files.write_text) with every other key, its value and its
     place unchanged. Raises ManifestError (one line) or OSError; on any error the file is as it was.
     """
     mpath = load_manifest(engine).path
@@ -332,7 +332,7 @@ def write_sampler_defaults(engine, record: dict) -> Path:
 
 def _features(d, mpath: Path):
     """The FeatureSpec of the manifest's "features" (None: an artifact from before it existed)."""
-    from dil.runtime.features import TIME_FEATURES, FeatureSpec
+    from dil.runtime.inputs.features import TIME_FEATURES, FeatureSpec
 
     if d is None:
         return FeatureSpec()

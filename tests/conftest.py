@@ -21,7 +21,7 @@ TINY = dict(
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from dil.runtime.model_config import ModelConfig
+    from dil.runtime.model.config import ModelConfig
 
     return ModelConfig(**TINY)
 
@@ -120,8 +120,8 @@ def tiny_feature_artifact(tmp_path_factory):
     randomly initialised like tiny_model (~20 s, once)."""
     torch = pytest.importorskip("torch")
     from dil.export.artifact import ExportOptions, export_artifact
-    from dil.runtime.features import FeatureSpec
-    from dil.runtime.model_config import ModelConfig
+    from dil.runtime.inputs.features import FeatureSpec
+    from dil.runtime.model.config import ModelConfig
     from dil.runtime.sampling.schedule import NoiseSchedule
     from dil.train.checkpoint import save_checkpoint
     from dil.train.model import ScoreNet

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.model.config import ModelConfig
 
 
 def patch_model(horizon: int, patch: int, known: int = 0, prediction: str = "v", seed: int = 1):

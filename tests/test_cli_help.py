@@ -25,7 +25,7 @@ sys.meta_path.insert(0, _Blocker())
 SCRIPTS = {
     "dil-train": ("dil.train.cli", ["--dataset", "--data", "--date-format", "--dayfirst", "--out"]),
     "dil-export": ("dil.export.cli", ["--checkpoint", "--out"]),
-    "dil-run": ("dil.runtime.cli", ["--input", "--date-format", "--dayfirst", "--skip-bad-series", "--out",
+    "dil-run": ("dil.runtime.cli.run", ["--input", "--date-format", "--dayfirst", "--skip-bad-series", "--out",
                                     "--spacing logsnr|time"]),
     "dil-eval": ("dil.evaluate.cli", ["--data", "--date-format", "--dayfirst", "--json", "--plots", "--spacing logsnr|time"]),
     "dil-bench": ("dil.evaluate.bench_cli", ["--engine", "--json", "--plot", "--spacing logsnr|time"]),

@@ -52,9 +52,9 @@ def test_every_contract_catches_a_planted_violation(tmp_path):
     for folder in ("runtime", "data", "train", "export", "evaluate", "engines"):
         shutil.copytree(ROOT / folder, tmp_path / "dil" / folder, ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
     plants = {
-        "runtime/files.py": "def _plant():\n    import torch\n",
-        "runtime/table.py": "def _plant():\n    from dil.data import datasets\n",
-        "engines/__init__.py": "from dil.runtime import files\n",
+        "runtime/support/files.py": "def _plant():\n    import torch\n",
+        "runtime/inputs/table.py": "def _plant():\n    from dil.data import datasets\n",
+        "engines/__init__.py": "from dil.runtime.support import files\n",
         "runtime/sampling/schedule.py": "def _plant():\n    from dil.runtime import forecaster\n",
         "runtime/_plant_a.py": "from dil.runtime import _plant_b\n",
         "runtime/_plant_b.py": "def _plant():\n    from dil.runtime import _plant_a\n",

@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from dil.runtime import Forecaster
-from dil.runtime.cli import main
+from dil.runtime.cli.run import main
 from dil.runtime.manifest import DEFAULT_ARTIFACT, default_artifact
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,8 +3,8 @@
 import os as _os
 import sys as _sys
 
-from dil.runtime.deps import MissingDependency as _MissingDependency
-from dil.runtime.deps import require as _require
+from dil.runtime.support.deps import MissingDependency as _MissingDependency
+from dil.runtime.support.deps import require as _require
 
 try:
     _require("torch", "train")

@@ -2,7 +2,7 @@
 
 A run folder runs/NAME/ holds
     config.json        {"format_version", "model", "schedule", "data", "training", "features"}
-                       ("features": dil.runtime.features.FeatureSpec.to_dict(), what the tokens carry
+                       ("features": dil.runtime.inputs.features.FeatureSpec.to_dict(), what the tokens carry
                        beyond the target; absent in runs from before it existed = none)
     model.safetensors  the EMA weights of the ScoreNet (what export and inference use)
     state.safetensors  + state.json: raw weights, optimizer and progress, for --resume
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dil.runtime.features import FeatureError, FeatureSpec
-from dil.runtime.files import atomic_path, write_text
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.inputs.features import FeatureError, FeatureSpec
+from dil.runtime.support.files import atomic_path, write_text
+from dil.runtime.model.config import ModelConfig
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.train.model import ScoreNet
 

@@ -81,7 +81,7 @@ def _configs(opts: dict, spec, table, stored: dict, known, past):
     """(ModelConfig, TrainConfig, FeatureSpec) of the run: options, else the run's values on
     --resume, else the defaults; the features fitted on the table's train part."""
     from dil.data.windows import split_bounds
-    from dil.runtime.model_config import ModelConfig
+    from dil.runtime.model.config import ModelConfig
     from dil.train.dataset import fit_feature_spec
     from dil.train.trainer import TrainConfig
 
@@ -121,7 +121,7 @@ def _student(opts: dict, stored: dict):
     """(Distillation or None, the stored record the run's options default to) for --distill: the
     teacher's model, features and data, and the student's training defaults (a resumed student's
     own record on --resume). One-line errors for options a student cannot take."""
-    from dil.runtime.table import DataError
+    from dil.runtime.inputs.table import DataError
 
     if opts["distill"] is None:
         if opts["student_steps"] is not None or opts["teacher_steps"] is not None:
@@ -244,7 +244,7 @@ def main(**opts) -> None:
       torchrun --standalone --nproc-per-node 2 $(which dil-train) --out runs/metro  # 2 data-parallel processes
       dil-train --distill runs/metro --student-steps 4 --out runs/metro-4step     # a 4-step student
     """
-    from dil.runtime.deps import MissingDependency, require
+    from dil.runtime.support.deps import MissingDependency, require
 
     try:
         for module in ("torch", "safetensors"):  # before anything imports them: one line naming the extra
@@ -256,8 +256,8 @@ def main(**opts) -> None:
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse an unusable --out before any work; its missing folders are created only to train."""
-    from dil.runtime.files import folder_problem
-    from dil.runtime.table import DataError
+    from dil.runtime.support.files import folder_problem
+    from dil.runtime.inputs.table import DataError
     from dil.train.trainer import check_run_dir
 
     problem = folder_problem(out)
@@ -271,10 +271,10 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 def _run(opts: dict) -> None:
     from dil.data.datasets import resolve
-    from dil.runtime.files import made_folders
-    from dil.runtime.table import DataError
-    from dil.runtime.scaling import ScalingError
-    from dil.runtime.spectral import check_domain
+    from dil.runtime.support.files import made_folders
+    from dil.runtime.inputs.table import DataError
+    from dil.runtime.inputs.scaling import ScalingError
+    from dil.runtime.model.frequency import check_domain
     from dil.train.checkpoint import CheckpointError
     from dil.train.distributed import DistributedError, stopped_message
     from dil.train.distributed import start as start_dist

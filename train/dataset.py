@@ -1,8 +1,8 @@
 """Training and validation windows, scaled and featured exactly as the runtime does it.
 
 Channel-independent: one network row is one (origin, series) window. Every window is scaled from its
-own context by `dil.runtime.scaling`, and its tokens get the table rows' time features and
-covariates from `dil.runtime.features` (the single sources of truth), so training sees the inputs
+own context by `dil.runtime.inputs.scaling`, and its tokens get the table rows' time features and
+covariates from `dil.runtime.inputs.features` (the single sources of truth), so training sees the inputs
 the runtime will feed. Missing target steps are masked out of the loss, never treated as zeros.
 """
 
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from dil.data.windows import gather_series, observed_counts, split_bounds, window_origins
-from dil.runtime.features import (FeatureError, FeatureSpec, RowFeatures, context_inputs, fit_covariates, row_features,
+from dil.runtime.inputs.features import (FeatureError, FeatureSpec, RowFeatures, context_inputs, fit_covariates, row_features,
                                   time_feature_names)
-from dil.runtime.scaling import context_scale, standardise
-from dil.runtime.spectral import noise_gains, to_spectrum
-from dil.runtime.table import DataError
-from dil.runtime.window_features import WindowFeatures
+from dil.runtime.inputs.scaling import context_scale, standardise
+from dil.runtime.model.frequency import noise_gains, to_spectrum
+from dil.runtime.inputs.table import DataError
+from dil.runtime.inputs.window_features import WindowFeatures
 
 
 @dataclass
@@ -26,7 +26,7 @@ class WindowBatch:
     """A batch of B scaled windows.
 
     ctx: float32 [B, L, Fc] context features (value, observed mask on the standardised scale, then
-        the rows' known and past features; dil.runtime.features.context_inputs).
+        the rows' known and past features; dil.runtime.inputs.features.context_inputs).
     hor_feat: float32 [B, H, Fk] the known features of the target rows (time features, known-future
         covariates), the horizon tokens' inputs beside their noisy values.
     target: float32 [B, H] standardised target with missing steps set to 0.
@@ -35,7 +35,7 @@ class WindowBatch:
     gains: float64 [H], the forward noise's per-coordinate scale G (ones in the time domain).
 
     In the frequency domain (docs/frequency.md) target and hor_feat are the spectral coordinates of
-    the standardised target and of each known feature's horizon trajectory (dil.runtime.spectral,
+    the standardised target and of each known feature's horizon trajectory (dil.runtime.model.frequency,
     along the horizon axis), and mask is 1 / G^2 per coordinate, so that the masked loss is the
     time-domain loss (Parseval) up to one constant factor.
     """

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dil.runtime import spectral
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.model import frequency
+from dil.runtime.model.config import ModelConfig
 from dil.runtime.sampling.config import X0_CLIP_DEFAULT
 from dil.runtime.sampling.parametrisation import to_x0_eps, training_target
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule, diffusion_time_features
@@ -130,9 +130,9 @@ class TeacherTrajectories:
         self.weights = segment_weights(self.a_t, self.s_t, self.a_s, self.s_s, config.prediction)
         self.t_feat = diffusion_time_features(student, config.time_embed_dim).astype(np.float32)  # [K, E]
         self.teacher_feat = diffusion_time_features(self.teacher_kappas, config.time_embed_dim).astype(np.float32)
-        frequency = config.domain == "frequency"
-        self.gains = spectral.noise_gains(config.horizon) if frequency else None
-        self.clip = spectral.clip_bound(spec.x0_clip, config.horizon) if frequency else spec.x0_clip
+        in_frequency = config.domain == "frequency"
+        self.gains = frequency.noise_gains(config.horizon) if in_frequency else None
+        self.clip = frequency.clip_bound(spec.x0_clip, config.horizon) if in_frequency else spec.x0_clip
 
     def draw(self, rng: np.random.Generator, batch: WindowBatch) -> NoiseDraw:
         """The student's inputs and targets for `batch` (shapes: NoiseDraw with N = K * draws)."""
@@ -220,7 +220,7 @@ STUDENT_TRAINING = {"epochs": 48, "steps_per_epoch": 150, "batch_size": 64, "noi
 def load_distillation(teacher_run, student_steps: int | None = None, teacher_steps: int | None = None):
     """(Distillation, the teacher's config.json content) for dil-train --distill TEACHER_RUN.
     CheckpointError / ValueError (one line) for a folder that holds no finished run or bad steps."""
-    from dil.runtime.files import sha256_file
+    from dil.runtime.support.files import sha256_file
     from dil.train.checkpoint import load_checkpoint, read_config
 
     ckpt = load_checkpoint(teacher_run)

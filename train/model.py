@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.model.config import ModelConfig
 
 # Additive attention mask. Finite (not -inf) and within FP16 range so FP16 graphs stay NaN-free.
 MASK_VALUE = -1.0e4

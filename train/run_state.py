@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dil.runtime.files import write_text
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.support.files import write_text
+from dil.runtime.model.config import ModelConfig
 from dil.train.checkpoint import CheckpointError, save_tensors
 
 
@@ -52,8 +52,8 @@ def load_state(run_dir: Path, model, ema, opt) -> dict:
 
 def read_resume_meta(run_dir: Path, config: ModelConfig, data: dict, features=None) -> dict:
     """state.json of a run folder, refusing one trained with another model, other data or other
-    features (a dil.runtime.features.FeatureSpec; a run without the record had none)."""
-    from dil.runtime.features import FeatureSpec
+    features (a dil.runtime.inputs.features.FeatureSpec; a run without the record had none)."""
+    from dil.runtime.inputs.features import FeatureSpec
 
     path = run_dir / "state.json"
     if not path.is_file() or not (run_dir / "state.safetensors").is_file():

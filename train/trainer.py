@@ -23,11 +23,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dil.runtime.features import FeatureSpec
-from dil.runtime.files import write_text
+from dil.runtime.inputs.features import FeatureSpec
+from dil.runtime.support.files import write_text
 from dil.data.registry import DatasetSpec
-from dil.runtime.table import DataError, SeriesTable
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.inputs.table import DataError, SeriesTable
+from dil.runtime.model.config import ModelConfig
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.train.checkpoint import CheckpointError, save_checkpoint
 from dil.train.dataset import NoiseDraw, SplitWindows, WindowSet, data_record, draw_noise

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dil.runtime.rng import SeriesStreams, series_stream
+from dil.runtime.sampling.rng import SeriesStreams, series_stream
 from dil.runtime.sampling.parametrisation import to_x0_eps
-from dil.runtime.scaling import unstandardise
+from dil.runtime.inputs.scaling import unstandardise
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
-from dil.evaluate.reference import spectral as sp
+from dil.evaluate.reference import frequency as sp
 from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
 
@@ -128,7 +128,7 @@ def ancestral_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     """Forecast G context windows by T-step ancestral sampling of the torch module.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used).
-    seed, series_keys: the noise streams (dil.runtime.rng.SeriesStreams; keys default 0..G-1), as
+    seed, series_keys: the noise streams (dil.runtime.sampling.rng.SeriesStreams; keys default 0..G-1), as
     in the runtime. ctx_extra, hor_feat: a model's features, as in reference_forecast.
     """
     z, loc, scale = standardised_contexts(model, contexts)

@@ -29,11 +29,11 @@ import math
 import numpy as np
 import torch
 
-from dil.runtime.rng import SeriesStreams, series_stream
+from dil.runtime.sampling.rng import SeriesStreams, series_stream
 from dil.evaluate.reference.cache import guard_x0
-from dil.evaluate.reference.spectral import core_mask as spectral_core
-from dil.evaluate.reference.spectral import gains as spectral_gains
-from dil.evaluate.reference.spectral import is_frequency
+from dil.evaluate.reference.frequency import core_mask as spectral_core
+from dil.evaluate.reference.frequency import gains as spectral_gains
+from dil.evaluate.reference.frequency import is_frequency
 from dil.evaluate.reference.sampler import ReferencePlan
 from dil.evaluate.reference.lattice import (
     adapt,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dil.runtime.scaling import context_features, context_scale, standardise
-from dil.evaluate.reference.spectral import is_frequency, to_spectrum
+from dil.runtime.inputs.scaling import context_features, context_scale, standardise
+from dil.evaluate.reference.frequency import is_frequency, to_spectrum
 from dil.train.model import ScoreNet, horizon_inputs
 
 
@@ -24,7 +24,7 @@ def standardised_contexts(model: ScoreNet, contexts):
 def network_context(model: ScoreNet, z: np.ndarray, ctx_extra=None) -> np.ndarray:
     """ctx float32 [G, L, Fc]: (value, observed mask) of the standardised context z [G, L], then
     ctx_extra [G, L', Fc - 2] (known features and past-only covariates per step, in the order of
-    dil.runtime.features.context_inputs; the last L steps are used). ValueError (one line) when the
+    dil.runtime.inputs.features.context_inputs; the last L steps are used). ValueError (one line) when the
     widths do not add up to the model's context_features."""
     base = context_features(z)
     Fc, L = model.config.context_features, z.shape[1]

@@ -1,7 +1,7 @@
 """PyTorch reference of the runtime sampler (docs/model.md section 7).
 
 Calls the torch ScoreNet directly (`full_step`: every token, every step), draws its noise from the
-same NumPy streams as the runtime (dil.runtime.rng) and takes the schedule, time features and scaling
+same NumPy streams as the runtime (dil.runtime.sampling.rng) and takes the schedule, time features and scaling
 from dil.runtime (one source of truth). The DPM-Solver++ update is written here again, independently
 of dil.runtime.sampling.solver, in torch float64 and in the paper's own form, so that the runtime is checked
 against a second implementation rather than against itself.
@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.rng import SeriesStreams
 from dil.runtime.sampling.chunks import sample_blocks
 from dil.runtime.sampling.config import X0_CLIP_DEFAULT
 from dil.runtime.sampling.parametrisation import to_x0_eps
-from dil.runtime.scaling import unstandardise
+from dil.runtime.inputs.scaling import unstandardise
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule, diffusion_time_features
 from dil.train.model import ScoreNet
 from dil.evaluate.reference.cache import (
@@ -46,7 +46,7 @@ from dil.evaluate.reference.cache import (
     token_steps,
     token_values,
 )
-from dil.evaluate.reference import spectral as sp
+from dil.evaluate.reference import frequency as sp
 from dil.evaluate.reference.inputs import check_context, horizon_features_tensor, network_context, standardised_contexts
 
 
@@ -147,7 +147,7 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     """Forecast G context windows with the torch module and the torch solver.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used);
-    seed, series_keys: the random streams (dil.runtime.rng.SeriesStreams; keys default 0..G-1), as
+    seed, series_keys: the random streams (dil.runtime.sampling.rng.SeriesStreams; keys default 0..G-1), as
     in the runtime. config: None for the plain sampler (every token, `solver_order`), or sampler
     settings (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole
     fast sampler through ReferenceSampler and dil.evaluate.reference.controller, run in the
@@ -248,7 +248,7 @@ class ReferenceSampler:
 
     model: the ScoreNet; ctx: float32 [G, L, F] context features; x_T: float64 [G, N, H] (H horizon
     steps, T = H / Ph tokens of the model's horizon_patch Ph); steps: M; streams: the G series'
-    random streams (dil.runtime.rng.SeriesStreams), handed to the controller at start; controller: a
+    random streams (dil.runtime.sampling.rng.SeriesStreams), handed to the controller at start; controller: a
     reference controller (start/plan/observe; default: every token with `solver_order`); bucket: S
     is rounded up to a multiple of it (it changes no result: padding entries are masked). Each step
     plans per token, calls `denoise` once on the computed tokens, stores the outputs in the cache,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.model.config import ModelConfig
 from dil.runtime.sampling.chunks import CPU_CALL_TOKENS
 from dil.runtime.manifest import (
     DENOISE_FULL_INPUTS,

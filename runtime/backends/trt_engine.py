@@ -32,7 +32,7 @@ import numpy as np
 
 from dil.runtime.backends.cuda import CudaError, DeviceBuffer, Stream, activate, gpu_info
 from dil.runtime.backends.onnx_engine import EngineError, EngineStats
-from dil.runtime.files import sha256_file
+from dil.runtime.support.files import sha256_file
 from dil.runtime.manifest import Manifest, ManifestError, inside, load_manifest
 from dil.runtime.backends.trt_profile import (
     INPUT_SHAPES,
@@ -200,7 +200,7 @@ class TrtEngine:
         record = manifest.extra.get("tensorrt")
         if not record:
             raise EngineError(f"{manifest.path} has no TensorRT engines: build them with {self._rebuild}")
-        from dil.runtime.deps import require
+        from dil.runtime.support.deps import require
 
         trt = require("tensorrt", "trt")
         try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.model.config import ModelConfig
 
 AXES = ("G", "N", "S", "L", "H")
 DEFAULT_G = (1, 16, 32)

@@ -19,7 +19,7 @@ its results and the x_T of the series in flight (float64, 8 * N * H bytes per se
 
 from __future__ import annotations
 
-from dil.runtime.model_config import ModelConfig
+from dil.runtime.model.config import ModelConfig
 
 SAMPLE_BLOCK = 1024
 # Token rows per engine call on a CPU (an engine's call_tokens, contracts.Engine). Measured (benchmarks/full_step.py --calls,

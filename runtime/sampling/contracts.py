@@ -17,8 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from dil.runtime.model_config import ModelConfig
-from dil.runtime.rng import SeriesStreams
+from dil.runtime.model.config import ModelConfig
+from dil.runtime.sampling.rng import SeriesStreams
 from dil.runtime.sampling.solver import DPMSolverPP
 from dil.runtime.sampling.step_plan import StepPlan
 from dil.runtime.sampling.token_cache import TokenCache

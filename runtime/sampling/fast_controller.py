@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.rng import SeriesStreams
-from dil.runtime import spectral
+from dil.runtime.sampling.rng import SeriesStreams
+from dil.runtime.model import frequency
 from dil.runtime.sampling import cache_policy as policy
 from dil.runtime.sampling import lattice as lat
 from dil.runtime.sampling.config import SamplerConfig
@@ -50,9 +50,9 @@ class FastController:
     # -- sampler hooks ---------------------------------------------------------------------------
     def start(self, G: int, N: int, H: int, solver: DPMSolverPP, streams: SeriesStreams, domain: str = "time") -> None:
         cfg = self.config
-        self.spectral = spectral.check_domain(domain) == "frequency"
+        self.spectral = frequency.check_domain(domain) == "frequency"
         # whitened view of the coordinates: y / G (None: the time domain, tokens as they are)
-        self.inv_gain = 1.0 / spectral.noise_gains(H) if self.spectral else None
+        self.inv_gain = 1.0 / frequency.noise_gains(H) if self.spectral else None
         if len(streams) != G:
             raise ValueError(f"FastController got the streams of {len(streams)} series for a batch of {G} series")
         self.shape, self.solver, self.steps = (G, N, H), solver, solver.steps
@@ -60,7 +60,7 @@ class FastController:
         self.uniforms = streams.control_uniforms(self.steps, N, H)
         self.s_max = lat.coarsest_scale(H, cfg.max_scales)
         self.lvl = np.full((G, N, H), self.s_max, dtype=np.int64)
-        self.core = spectral.core_tokens(H, cfg.K) if self.spectral else policy.core_positions(H, cfg.K)
+        self.core = frequency.core_tokens(H, cfg.K) if self.spectral else policy.core_positions(H, cfg.K)
         self.core_mask = np.zeros(H, dtype=bool)
         self.core_mask[self.core] = True
         self.follow_weights = None if self.spectral else policy.interpolation_weights(self.core, H)

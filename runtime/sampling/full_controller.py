@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.rng import SeriesStreams
+from dil.runtime.sampling.rng import SeriesStreams
 from dil.runtime.sampling.config import SamplerConfig
 from dil.runtime.sampling.solver import DPMSolverPP
 from dil.runtime.sampling.step_plan import StepPlan

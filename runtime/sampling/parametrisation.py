@@ -8,7 +8,7 @@ The schedule is variance preserving: alpha^2 + sigma^2 = 1, x = alpha x0 + sigma
 
 Why v: the epsilon form divides by alpha, so an output error e becomes an x0 error of
 e sigma / alpha (about 157 e at the first step of the shipped schedule); the v form's x0 error is
-e sigma, never larger than e (benchmarks/x0_error.py, tests/test_parametrisation.py).
+e sigma, never larger than e (benchmarks/x0_error.py, tests/runtime/test_parametrisation.py).
 
 The functions use only + - * /, so the same code runs on NumPy arrays (float64 in the runtime) and
 on torch tensors (the trainer and the PyTorch reference samplers); alpha and sigma may be scalars or
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 # Defined beside ModelConfig (which validates it and may not import the sampling package); this is
 # the same tuple.
-from dil.runtime.model_config import PREDICTIONS
+from dil.runtime.model.config import PREDICTIONS
 
 __all__ = ["PREDICTIONS", "to_x0", "to_x0_eps", "training_target"]
 

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dil.runtime import spectral
-from dil.runtime.rng import SeriesStreams
+from dil.runtime.model import frequency
+from dil.runtime.sampling.rng import SeriesStreams
 from dil.runtime.sampling.contracts import Controller, Engine, FullStepEngine
 from dil.runtime.sampling.fast_controller import FastController
 from dil.runtime.sampling.full_controller import FullController
@@ -81,10 +81,10 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     Bad shapes raise ValueError before any engine call.
 
     A frequency-domain model (engine.config.domain, docs/frequency.md): the sampler runs on the
-    horizon's spectral coordinates: its prior is G * x_T (x_T white, G = spectral.noise_gains), the
-    known features enter per coordinate (spectral.to_spectrum along the horizon), the guard is the
-    per-coordinate bound of the time clip (spectral.clip_bound), and SampleResult.x0 is mapped back
-    to the time domain (spectral.from_spectrum): callers see time-domain samples either way.
+    horizon's spectral coordinates: its prior is G * x_T (x_T white, G = frequency.noise_gains), the
+    known features enter per coordinate (frequency.to_spectrum along the horizon), the guard is the
+    per-coordinate bound of the time clip (frequency.clip_bound), and SampleResult.x0 is mapped back
+    to the time domain (frequency.from_spectrum): callers see time-domain samples either way.
     """
     wall0 = time.perf_counter()
     if config.num_diffusion_steps != schedule.num_steps:
@@ -103,7 +103,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     feat_pad = _padded_features(hor_feat, cfg, G, H, Ph)
     freq = getattr(cfg, "domain", "time") == "frequency"
     if freq and feat_pad is not None:  # Ph == 1: token t is coordinate t of every feature's trajectory
-        feat_pad[:, :T, 0] = spectral.to_spectrum(feat_pad[:, :T, 0], axis=1)
+        feat_pad[:, :T, 0] = frequency.to_spectrum(feat_pad[:, :T, 0], axis=1)
     controller = controller or make_controller(config)
     solver = DPMSolverPP(schedule, config.steps, spacing=config.spacing)
     controller.start(G, N, T, solver, streams, domain="frequency" if freq else "time")
@@ -112,7 +112,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     device_kv = engine.device_cache(G, N, T)
     # A full step whose keys/values no later step reads runs the engine's lean full-step graph.
     lean = device_kv is None and isinstance(engine, FullStepEngine) and engine.full_step
-    x0_clip = spectral.clip_bound(config.x0_clip, H) if freq else config.x0_clip
+    x0_clip = frequency.clip_bound(config.x0_clip, H) if freq else config.x0_clip
     cache = TokenCache(cfg.num_layers, G, N, T, cfg.d_model, keep_kv=device_kv is None, x0_clip=x0_clip,
                        prediction=getattr(cfg, "prediction", "epsilon"), patch=Ph)
     stats = SamplerStats(series=G, samples=N, steps=config.steps, full_tokens=G * N * T * config.steps)
@@ -122,7 +122,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     t_table = _time_table(tuple(solver.kappas), cfg.time_embed_dim)
     x = np.array(x_T, dtype=np.float64)
     if freq:
-        x *= spectral.noise_gains(H)
+        x *= frequency.noise_gains(H)
     x_pad = np.zeros((G, N, T + 1, Ph))  # padding entries (pos_sub == T) read a 0
     # Per-step engine inputs go into buffers made once (the features never change across steps);
     # each step writes only what changed: the diffusion time and the noisy values.
@@ -175,7 +175,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     stats.engine_seconds = engine.stats.seconds - engine_s0
     stats.wall_seconds = time.perf_counter() - wall0
     stats.control_seconds = stats.wall_seconds - stats.engine_seconds
-    return SampleResult(x0=spectral.from_spectrum(x) if freq else x, stats=stats)
+    return SampleResult(x0=frequency.from_spectrum(x) if freq else x, stats=stats)
 
 
 @lru_cache(maxsize=64)

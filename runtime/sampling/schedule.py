@@ -108,7 +108,7 @@ class NoiseSchedule:
         last evaluation is at sigma ~ 0.016; docs/model.md section 5.1).
         The logsnr grid is strictly decreasing in exact arithmetic; in float64 too for every M up to
         1000 with the linear and cosine schedules (at T = 1000 the closest kappas lie > 0.004 apart,
-        far from a rounding collision; tests/test_schedule.py checks every M).
+        far from a rounding collision; tests/runtime/test_schedule.py checks every M).
         """
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")

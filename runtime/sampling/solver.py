@@ -25,7 +25,7 @@ Order 3 integrates the exact solution above exactly over the quadratic through t
 last three x0_hat (D1 ~ h x0', D2 ~ h^2 x0''). diffusers' DPMSolverMultistepScheduler and the
 DPM-Solver reference code write D2 without the factor 2, i.e. D2 ~ h^2 x0'' / 2, which makes their
 "third-order" update only second-order accurate (local error O(h^3) instead of O(h^4));
-tests/test_solver.py measures the local error order of each update here.
+tests/runtime/test_solver.py measures the local error order of each update here.
 
 The order may differ per token (an int array broadcast over x): the lattice controller chooses it.
 A token never gets more order than the history allows (first steps) and the last update, to clean
