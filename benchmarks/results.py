@@ -74,7 +74,7 @@ def bench_command(engine: str, dataset: str, out: Path, extra: list[str], checkp
 
 def _run(cmd: list[str]) -> None:
     """Run a dil CLI through this interpreter (no installed console script needed)."""
-    module = {"dil-eval": "dil.evaluate.cli", "dil-bench": "dil.evaluate.bench_cli"}[cmd[0]]
+    module = {"dil-eval": "dil.evaluate.cli.eval", "dil-bench": "dil.evaluate.cli.bench"}[cmd[0]]
     print("$ " + shlex.join(cmd), flush=True)
     subprocess.run([sys.executable, "-m", module] + cmd[1:], check=True)
 

@@ -181,7 +181,7 @@ def trajectories(engine: str, split: str, n_windows: int, samples: int, steps: i
     w = eval_windows(fc, spec, table, split, n_windows)
     ids = [i for row, ok in zip(window_ids(w.names, w.origins), w.valid) for i, v in zip(row, ok) if v]
     ctx = w.contexts[w.valid]
-    config = sampler_config(None, inference_steps=steps, **settings)
+    config = sampler_config(None, steps=steps, **settings)
     loc, scale = context_scale(ctx)
     z = standardise(ctx, loc, scale)
     x0, x_T = [], []  # per window: [steps, N, H], [N, H]

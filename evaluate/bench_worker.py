@@ -111,10 +111,10 @@ def _runtime(spec: dict):
     def forecast(ctx, ids, steps, feats=None):
         kw = dict(opts)
         if "config" in kw:
-            kw["config"] = SamplerConfig(inference_steps=steps, solver_order=order, **kw["config"], **spacing)
+            kw["config"] = SamplerConfig(steps=steps, solver_order=order, **kw["config"], **spacing)
         else:
             kw.update(steps=steps, **spacing)
-        f = fc.predict_windows(ctx, num_samples=spec["samples"], seed=spec["seed"], series_keys=list(ids),
+        f = fc.predict_windows(ctx, num_samples=spec["samples"], seed=spec["seed"], series_ids=list(ids),
                                batch_series=len(ids), features=feats, **kw)
         st = f.stats
         if st.steps != steps:  # the sampler must have run the steps asked for

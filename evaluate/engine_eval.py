@@ -25,7 +25,7 @@ def forecaster_fn(forecaster, num_samples: int = 100, steps: int | None = 20, se
 
     def fn(contexts, ids, features=None):
         fc = forecaster.predict_windows(
-            contexts, num_samples=num_samples, steps=steps, seed=seed, series_keys=list(ids), names=list(ids),
+            contexts, num_samples=num_samples, steps=steps, seed=seed, series_ids=list(ids),
             batch_series=len(ids), memory_budget=memory_budget, features=features, **settings,
         )
         if stats is not None:
@@ -41,10 +41,10 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     the manifest says it was trained on. The table holds the covariate columns the model uses
     (manifest.features), read raw. A file without `date_column` for a model with time features
     takes its dates from the model's training date column (a note in the table's notes says so;
-    dil.runtime.cli.run.date_column_default)."""
+    dil.runtime.inputs.rules.table_date_column)."""
     from dil.data.registry import DATASETS
     from dil.data.datasets import resolve
-    from dil.runtime.cli.run import date_column_default
+    from dil.runtime.inputs.rules import table_date_column
     from dil.runtime.inputs.table import DataError
 
     trained_on = manifest.data or {}
@@ -58,7 +58,7 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
             columns = list(trained_on["columns"])
     note = None
     if data is not None and dataset is None and date_column is None:
-        date_column, note = date_column_default(data, manifest)
+        date_column, note = table_date_column(data, manifest)
     covariates = [c.name for c in manifest.features.covariates]
     spec, table = resolve(dataset, data, date_column, columns, covariates=covariates or None, **dates)
     if note:
@@ -109,8 +109,8 @@ def evaluate_engine(
     spec, table = engine_data(engine, fc.manifest, dataset, data, date_column, columns, date_format=date_format,
                               dayfirst=dayfirst)
     given = {k: v for k, v in (sampler or {}).items() if v is not None}
-    config = sampler_config(fc.default_config, inference_steps=options.steps, **given)  # options over the artifact's
-    flags = given_flags(options.steps, given.get("lattice"), given.get("cache"))
+    config = sampler_config(fc.default_config, steps=options.steps, **given)  # options over the artifact's
+    flags = given_flags(options.steps, given.get("lattice"), given.get("cache"), given.get("solver_order"))
     options = replace(options, steps=config.steps)
     subset, ref = {}, None
     if ddpm_windows:

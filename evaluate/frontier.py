@@ -100,7 +100,7 @@ def choose_defaults(rows: list[dict], tolerance: float = TOLERANCE) -> dict:
 
     rows: dicts with "sampler" ("plain" or "fast"), "steps" (int), "crps" (float; None or NaN: not
     a candidate) and "latency_s" (one window, seconds). Returns {"lattice", "cache",
-    "inference_steps", "reference_crps", "crps", "latency_s", "reference": label, "tolerance",
+    "steps", "reference_crps", "crps", "latency_s", "reference": label, "tolerance",
     "why": one line}. Raises FrontierError without a plain row of finite CRPS at its most steps.
     """
     unknown = sorted({str(r["sampler"]) for r in rows} - set(SAMPLERS))
@@ -120,7 +120,7 @@ def choose_defaults(rows: list[dict], tolerance: float = TOLERANCE) -> dict:
     return {
         "lattice": lattice,
         "cache": cache,
-        "inference_steps": int(best["steps"]),
+        "steps": int(best["steps"]),
         "reference_crps": float(ref["crps"]),
         "crps": float(best["crps"]),
         "latency_s": float(best["latency_s"]),
@@ -230,7 +230,7 @@ def score_samplers(fc, w, options, runs) -> tuple[list[dict], list]:
     rows, configs = [], []
     for sampler, steps, *order in runs:
         lattice, cache = SAMPLERS[sampler]
-        config = SamplerConfig(inference_steps=steps, lattice=lattice, cache=cache,
+        config = SamplerConfig(steps=steps, lattice=lattice, cache=cache,
                                solver_order=order[0] if order else SamplerConfig.solver_order)
         configs.append(config)
         costs = []
@@ -267,7 +267,7 @@ def _latencies(fc, timing, configs: list, cfg: FrontierConfig) -> list[list[floa
     for n in range(cfg.repeats + 1):
         for times, config in zip(out, configs):
             start = time.perf_counter()
-            fc.predict_windows(ctx, num_samples=cfg.samples, seed=cfg.seed, series_keys=[ident], config=config,
+            fc.predict_windows(ctx, num_samples=cfg.samples, seed=cfg.seed, series_ids=[ident], config=config,
                                features=feats)
             if n:  # the first round is the warm-up (ONNX Runtime's first call of a shape allocates)
                 times.append(time.perf_counter() - start)
@@ -279,7 +279,7 @@ def format_frontier(report: dict) -> str:
     p, c = report["protocol"], report["choice"]
     threads = f"{p['threads']} thread" + "s" * (p["threads"] != 1)
     chosen = next(r for r in report["rows"] if (r["sampler"], r["steps"]) == (
-        "fast" if c["cache"] else "plain", c["inference_steps"]))
+        "fast" if c["cache"] else "plain", c["steps"]))
     lines = [
         f"frontier of {Path(p['engine']).name} on {c['origins']} validation origins of {p['dataset']} "
         f"(rows {p['val_rows'][0]}..{p['val_rows'][1] - 1}) = {c['windows']} windows, {c['samples']} samples, "
@@ -296,7 +296,7 @@ def format_frontier(report: dict) -> str:
         lines.append(f"{r['sampler']:<7} {r['steps']:>5} {_num(r['crps'], '{:.4f}'):>8} {_num(ratio, '{:.3f}'):>11} {cov:>10} "
                      f"{r['latency_s']:>10.4f} {r['latency_s'] / chosen['latency_s']:>8.2f}x {tokens:>7}{mark}")
     lines.append(f"default: lattice {'on' if c['lattice'] else 'off'}, cache {'on' if c['cache'] else 'off'}, "
-                 f"{c['inference_steps']} steps ({c['why']})")
+                 f"{c['steps']} steps ({c['why']})")
     return "\n".join(lines)
 
 

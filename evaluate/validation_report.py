@@ -393,7 +393,7 @@ def run_validation(engine_path, checkpoint=None, dataset: str | None = None, ser
     for name, value, low in (("series", series, 1), ("samples", samples, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    config = SamplerConfig(inference_steps=steps, **(sampler_settings or {}))
+    config = SamplerConfig(steps=steps, **(sampler_settings or {}))
     say("loading the artifact")
     manifest = load_manifest(engine_path)
     engine = OnnxEngine(manifest, threads=threads)

@@ -123,7 +123,7 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--checkpoint", default=None, type=click.Path(path_type=Path),
               help="Run folder written by dil-train (config.json + model.safetensors), e.g. runs/metro.")
-@click.option("--artifact", default=None, type=click.Path(path_type=Path),
+@click.option("--engine", "artifact", default=None, type=click.Path(path_type=Path),
               help="Instead of --checkpoint: an exported artifact (NAME.json, NAME.fp16.json, ...) to build "
                    "TensorRT plans for on this machine (with --tensorrt); no training run or torch model needed.")
 @click.option("--out", default=Path("engines"), type=click.Path(path_type=Path),
@@ -154,7 +154,7 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
               "(strongly typed, as TensorRT 11 always does) instead of the FP16 builder flag.")
 @click.option("--timing-cache", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="TensorRT timing cache file [default: tensorrt.timing.cache in the output folder].")
-@click.option("--force", is_flag=True, help="With --artifact: rebuild the plans even when they are up to date.")
+@click.option("--force", is_flag=True, help="With --engine: rebuild the plans even when they are up to date.")
 @click.option("--allow-incomplete", is_flag=True, help="Export a run whose training did not finish (stopped before "
               "its planned epochs without early stopping, e.g. killed); refused otherwise.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -179,12 +179,12 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
       dil-export --checkpoint runs/mine --out engines --name mine --data my.csv
       dil-export --checkpoint runs/metro-traffic --fp16          # + engines/metro-traffic.fp16.*
       dil-export --checkpoint runs/metro-traffic --out engines/metro-traffic.plan   # + TensorRT
-      dil-export --artifact engines/metro-traffic.fp16.json --tensorrt            # plans on this GPU
+      dil-export --engine engines/metro-traffic.fp16.json --tensorrt            # plans on this GPU
     """
     from dil.runtime.support.deps import MissingDependency, require
 
     if (checkpoint is None) == (artifact is None):
-        raise click.ClickException("give exactly one of --checkpoint (export a trained run) and --artifact "
+        raise click.ClickException("give exactly one of --checkpoint (export a trained run) and --engine "
                                    "(build TensorRT plans for an exported artifact)")
     out, name, plan_out, plan_fp16 = _plan_target(out, name)
     tensorrt, fp16 = tensorrt or plan_out, fp16 or plan_fp16
@@ -237,9 +237,9 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
 
 def _plans_for_artifact(artifact: Path, tensorrt: bool, ranges: dict, strongly_typed: bool, timing_cache, force: bool,
                         quiet: bool) -> None:
-    """dil-export --artifact X --tensorrt: (re)build the plans of an existing artifact."""
+    """dil-export --engine X --tensorrt: (re)build the plans of an existing artifact."""
     if not tensorrt:
-        raise click.ClickException("--artifact builds TensorRT plans for an exported artifact: add --tensorrt")
+        raise click.ClickException("--engine builds TensorRT plans for an exported artifact: add --tensorrt")
     from dil.export.tensorrt import TrtBuildError
     from dil.export.trt_artifact import tensorrt_for_artifact
     from dil.runtime.manifest import ManifestError

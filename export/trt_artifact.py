@@ -1,5 +1,5 @@
 """TensorRT plans for an artifact: built during `dil-export --tensorrt`, or later on the GPU machine
-from an existing artifact (`dil-export --artifact engines/NAME.json --tensorrt`), which needs only
+from an existing artifact (`dil-export --engine engines/NAME.json --tensorrt`), which needs only
 the ONNX graphs and their manifest, not the training run.
 
 Plans are keyed (docs/tensorrt.md) on the source graphs' sha256, the TensorRT version, the compute

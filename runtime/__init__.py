@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from dil.runtime.sampling.fast_controller import FastController
 from dil.runtime.backends.onnx_engine import EngineError, EngineStats, OnnxEngine
 from dil.runtime.forecaster import Forecast, ForecastError, Forecaster
+from dil.runtime.inputs.errors import DataError
 from dil.runtime.manifest import Manifest, ManifestError, load_manifest
 from dil.runtime.outputs.quantiles import QUANTILE_LEVELS
 from dil.runtime.sampling.rng import SeriesStreams
@@ -21,6 +22,7 @@ from dil.runtime.sampling.stats import SamplerStats
 from dil.runtime.inputs.window_features import WindowFeatures
 
 __all__ = [
+    "DataError",
     "EngineError",
     "EngineStats",
     "FastController",

@@ -29,8 +29,10 @@ from typing import Protocol
 
 import numpy as np
 
+from dil.runtime.inputs.errors import ForecastError
 from dil.runtime.manifest import Manifest
-from dil.runtime.outputs.quantiles import QUANTILE_LEVELS, quantile_column, sample_quantiles
+from dil.runtime.outputs.frame import forecast_frame
+from dil.runtime.outputs.quantiles import QUANTILE_LEVELS, sample_quantiles
 from dil.runtime.sampling.rng import SeriesStreams
 from dil.runtime.sampling.chunks import DEFAULT_MEMORY_BUDGET, sample_blocks, series_per_call
 from dil.runtime.sampling.config import SamplerConfig, check_int, sampler_config
@@ -38,8 +40,9 @@ from dil.runtime.sampling.contracts import Engine
 from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.stats import SamplerStats
 from dil.runtime.inputs.scaling import ScalingError, context_scale, standardise
-from dil.runtime.inputs.window_features import (FeatureInputError, WindowFeatures, check_window_features, future_dates,
-                                         history_features)
+from dil.runtime.inputs.histories import frame_histories
+from dil.runtime.inputs.rules import build_windows, usable
+from dil.runtime.inputs.window_features import FeatureInputError, WindowFeatures, check_window_features
 
 DEFAULT_BATCH_SERIES = 16
 
@@ -48,11 +51,6 @@ class ArtifactEngine(Engine, Protocol):
     """An Engine loaded from an artifact (OnnxEngine, TrtEngine): its manifest gives the schedule."""
 
     manifest: Manifest
-
-
-class ForecastError(ValueError):
-    """The history cannot be forecast (too short, Inf values, an all-missing context, missing
-    dates or covariates the model needs, ...)."""
 
 
 @dataclass
@@ -86,60 +84,9 @@ class Forecast:
 
     def to_frame(self):
         """Long pandas DataFrame, one row per (series, future step), columns
-        `series`, `timestamp` (or `step` = 1..H without timestamps), `mean`, `median`, `q05` .. `q95`."""
-        import pandas as pd
-
-        G, H = self.mean.shape
-        data = {"series": np.repeat(np.asarray(self.series, dtype=object), H)}
-        if self.timestamps is not None:
-            data["timestamp"] = np.tile(np.asarray(self.timestamps, dtype="datetime64[ns]"), G)
-        else:
-            data["step"] = np.tile(np.arange(1, H + 1), G)
-        data["mean"] = self.mean.reshape(-1)
-        data["median"] = self.median.reshape(-1)
-        for q, level in enumerate(self.levels):
-            data[quantile_column(level)] = self.quantiles[:, q, :].reshape(-1)
-        return pd.DataFrame(data)
-
-
-def _as_table(history, series_ids, timestamps, freq):
-    """(values float64 [T, C], names, history timestamps or None, freq or None) from any accepted input."""
-    names = None
-    if hasattr(history, "columns") and hasattr(history, "to_numpy"):  # pandas DataFrame
-        import pandas as pd
-
-        for c in history.columns:
-            if not (pd.api.types.is_numeric_dtype(history[c]) or history[c].isna().all()):
-                raise ForecastError(f"column {c!r} is not numeric")
-        names = list(history.columns)
-        values = history.to_numpy(dtype=np.float64, na_value=np.nan)
-        if isinstance(history.index, pd.DatetimeIndex) and timestamps is None:
-            timestamps, freq = history.index, freq or history.index.freqstr
-    elif hasattr(history, "to_numpy") and hasattr(history, "name"):  # pandas Series
-        import pandas as pd
-
-        if not pd.api.types.is_numeric_dtype(history):
-            raise ForecastError(f"series {history.name!r} is not numeric")
-        names = [history.name if history.name is not None else 0]
-        values = history.to_numpy(dtype=np.float64, na_value=np.nan)[:, None]
-        if isinstance(history.index, pd.DatetimeIndex) and timestamps is None:
-            timestamps, freq = history.index, freq or history.index.freqstr
-    else:
-        try:
-            values = np.asarray(history, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ForecastError("history is not numeric (expected a float array or a DataFrame)") from None
-        if values.ndim == 1:
-            values = values[:, None]
-        if values.ndim != 2:
-            raise ForecastError(f"history must be 1-D [T] or 2-D [T, C], got shape {values.shape}")
-    if series_ids is not None:
-        names = list(series_ids)
-        if len(names) != values.shape[1]:
-            raise ForecastError(f"series_ids has {len(names)} names for {values.shape[1]} series")
-    if names is None:
-        names = list(range(values.shape[1]))
-    return values, names, timestamps, freq
+        `series`, `timestamp` (or `step` = 1..H without timestamps), `mean`, `median`, `q05` .. `q95`
+        (dil.runtime.outputs.frame, the one output table of dil-run too)."""
+        return forecast_frame(self.series, self.mean, self.median, self.quantiles, self.timestamps, self.levels)
 
 
 def _check_finite(values: np.ndarray, names, where: str) -> None:
@@ -184,7 +131,7 @@ class Forecaster:
     @cached_property
     def default_config(self) -> SamplerConfig:
         """The sampler a call without `config` runs: the artifact's "sampler_defaults" (lattice, cache,
-        inference_steps, a distilled student's solver_order; recorded by dil-bench --frontier
+        steps, a distilled student's solver_order; recorded by dil-bench --frontier
         --write-defaults or, for a student, by dil-export) over the documented
         defaults, or SamplerConfig() (fast sampler, 20 steps) for an artifact without them."""
         return self.manifest.default_sampler()
@@ -225,42 +172,32 @@ class Forecaster:
         (the column and the future rows), before any engine call.
         """
         self._config(config, steps, solver_order, settings)  # a bad setting: before any work
-        values, names, times, freq = _as_table(history, series_ids, timestamps, freq)
+        histories = frame_histories(history, series_ids, timestamps, freq, covariates)
         L, H = self.context_length, self.horizon
-        if values.shape[0] < L:
-            raise ForecastError(f"history has {values.shape[0]} rows, the model needs at least {L} (context_length)")
-        if times is not None and len(times) != values.shape[0]:
-            raise ForecastError(f"timestamps has {len(times)} entries for {values.shape[0]} history rows")
-        _check_finite(values, names, "the history")
-        try:
-            future = future_dates(self.features, times, freq, H)
-            one = history_features(self.features, values.shape[0], L, H, times, future, covariates)
-        except FeatureInputError as exc:
-            raise ForecastError(str(exc)) from None
-        C = values.shape[1]
-        features = None if one is None else WindowFeatures(*(np.repeat(a, C, axis=0) for a in (
-            one.context_known, one.context_past, one.horizon_known)))
-        contexts = values[-L:].T  # [C, L]
+        if histories:
+            _check_finite(np.stack([h.values for h in histories], axis=1), [h.id for h in histories], "the history")
+        histories, _ = usable(histories, L, skip=False, hint="")
+        windows = build_windows(histories, self.features, L, H)
         forecast = self.predict_windows(
-            contexts, num_samples, steps, seed, series_keys=names, batch_series=batch_series,
-            solver_order=solver_order, progress=progress, names=names, config=config,
-            memory_budget=memory_budget, features=features, **settings,
+            windows.contexts, num_samples, steps, seed, series_ids=windows.ids, batch_series=batch_series,
+            solver_order=solver_order, progress=progress, config=config, memory_budget=memory_budget,
+            features=windows.features, **settings,
         )
-        forecast.timestamps = future
+        forecast.timestamps = windows.shared_future
         return forecast
 
     def predict_windows(self, contexts, num_samples: int = 100, steps: int | None = None, seed: int = 0,
-                        series_keys=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int | None = None,
-                        progress: bool = False, names=None, config: SamplerConfig | None = None,
+                        series_ids=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int | None = None,
+                        progress: bool = False, config: SamplerConfig | None = None,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET, features: WindowFeatures | None = None,
                         **settings) -> Forecast:
         """Forecast from G context windows at once (the evaluation harness's entry point).
 
         contexts: float [G, L'] with L' >= context_length (the last context_length values are used),
-        NaN = missing. series_keys: G series names or non-negative ints keying the random streams
+        NaN = missing. series_ids: G series names or non-negative ints keying the random streams
         (default 0..G-1; give each window a distinct key, e.g. series * n_origins + origin, for
-        independent noise; see dil.runtime.sampling.rng.series_key). names: G labels for Forecast.series
-        (default: the keys). config, steps, solver_order, memory_budget, settings: as in predict.
+        independent noise; see dil.runtime.sampling.rng.series_key); they label Forecast.series too.
+        config, steps, solver_order, memory_budget, settings: as in predict.
         features: the windows' time features and covariates (WindowFeatures: context_known
         [G, L', Fk], context_past [G, L', Fp], horizon_known [G, H, Fk], encoded as
         dil.runtime.inputs.features.row_features does), required when the model has features; a
@@ -288,10 +225,10 @@ class Forecaster:
         # whatever the batch's layout, which keeps a series' result bit-identical across batches.
         ctx = np.ascontiguousarray(ctx[:, -L:])
         G = ctx.shape[0]
-        streams = SeriesStreams(seed, range(G) if series_keys is None else list(series_keys))
-        names = list(streams.keys) if names is None else list(names)
-        if len(streams) != G or len(names) != G:
-            raise ForecastError(f"got {len(streams)} series keys and {len(names)} names for {G} windows")
+        streams = SeriesStreams(seed, range(G) if series_ids is None else list(series_ids))
+        names = list(range(G)) if series_ids is None else list(series_ids)
+        if len(streams) != G:
+            raise ForecastError(f"got {len(streams)} series_ids for {G} windows")
         _check_finite(ctx.T, names, "its context window")
         try:
             known, past, hor = check_window_features(self.features, features, G, L, H)
@@ -321,7 +258,7 @@ class Forecaster:
     def _config(self, config: SamplerConfig | None, steps, solver_order, settings: dict) -> SamplerConfig:
         """The call's SamplerConfig: `config`, else the artifact's defaults, with the named overrides."""
         base = config if config is not None else self.default_config
-        return sampler_config(base, inference_steps=steps, solver_order=solver_order, **settings)
+        return sampler_config(base, steps=steps, solver_order=solver_order, **settings)
 
     def _sample(self, z: np.ndarray, feats: tuple, streams: SeriesStreams, num_samples: int, config: SamplerConfig,
                 progress: bool, batch: int) -> tuple[np.ndarray, SamplerStats]:

@@ -8,9 +8,10 @@
 
 `predict(dataset)` yields one gluonts SampleForecast per entry: samples float64 [num_samples,
 horizon] on the entry's own scale, starting at the Period after the entry's last target step. The
-entry's noise is keyed by its item_id (dil.runtime.rng), so a forecast does not depend on the other
-entries of the dataset nor on how they are batched: an entry whose item_id is dil-eval's window id
-("<series>@<origin row>", dil.evaluate.harness.window_ids) gets dil-eval's samples exactly.
+entry's noise is keyed by its item_id (the series key of Forecaster.predict), so a forecast does not
+depend on the other entries of the dataset nor on how they are batched: an entry whose item_id is
+dil-eval's window id ("<series>@<origin row>", dil.evaluate.harness.window_ids) gets dil-eval's
+samples exactly.
 
 gluonts is an optional dependency (`pip install 'dil[gluonts]'`); importing this module without it
 raises MissingDependency (an ImportError) with that line. `import dil.runtime` never imports it.

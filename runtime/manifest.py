@@ -53,7 +53,7 @@ _SCHEDULE_KEYS = ("num_steps", "kind", "beta_start", "beta_end")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # The SamplerConfig fields an artifact's "sampler_defaults" sets (the rest of the record documents
 # how they were chosen: CRPS, windows, the measured table, "why").
-SAMPLER_DEFAULT_KEYS = ("lattice", "cache", "inference_steps")
+SAMPLER_DEFAULT_KEYS = ("lattice", "cache", "steps")
 # ... and the ones it may set: a distilled student's record gives its solver order (docs/distillation.md).
 SAMPLER_OPTIONAL_KEYS = ("solver_order",)
 # The shipped default model: NAME.* in the package dil.engines (pyproject's package-data).
@@ -131,7 +131,7 @@ class Manifest:
     features: the dil.runtime.inputs.features.FeatureSpec of the model's inputs beyond the target (time
     features, covariates); the JSON key "features", absent in artifacts exported before it
     existed (= FeatureSpec(): the target only).
-    sampler_defaults: the checked "sampler_defaults" record (lattice, cache, inference_steps, why,
+    sampler_defaults: the checked "sampler_defaults" record (lattice, cache, steps, why,
     ...) or None (the artifact has none: the built-in SamplerConfig defaults apply).
     """
 
@@ -176,7 +176,7 @@ class Manifest:
 
     def default_sampler(self) -> SamplerConfig:
         """The SamplerConfig a call without sampler settings runs: the artifact's "sampler_defaults"
-        (lattice, cache, inference_steps, and solver_order where given) over the built-in defaults;
+        (lattice, cache, steps, and solver_order where given) over the built-in defaults;
         SamplerConfig() without them."""
         if self.sampler_defaults is None:
             return SamplerConfig()
@@ -281,11 +281,13 @@ def load_manifest(engine) -> Manifest:
 
 def check_sampler_defaults(record, where: str) -> dict:
     """`record` when it is a valid "sampler_defaults" record, else ManifestError (one line, naming the
-    key, prefixed by `where`): a dict whose lattice and cache are true/false and inference_steps an
+    key, prefixed by `where`): a dict whose lattice and cache are true/false and steps an
     integer in SamplerConfig's range; solver_order, when present, an integer in [1, 3]; "why", when
     present, a string. Other keys are kept as they are."""
     if not isinstance(record, dict):
         raise ManifestError(f"{where}: field 'sampler_defaults' is a {type(record).__name__}, expected a dict")
+    if "steps" not in record and "inference_steps" in record:  # the key's name in manifests written before it was renamed
+        record = {("steps" if k == "inference_steps" else k): v for k, v in record.items()}
     for key in SAMPLER_DEFAULT_KEYS:
         if key not in record:
             raise ManifestError(f"{where}: field 'sampler_defaults.{key}' is missing")
@@ -293,9 +295,9 @@ def check_sampler_defaults(record, where: str) -> dict:
         if not isinstance(record[key], bool):
             raise ManifestError(f"{where}: field 'sampler_defaults.{key}' must be true or false, got {record[key]!r}")
     try:
-        check_int("inference_steps", record["inference_steps"], 1, 1000)
+        check_int("steps", record["steps"], 1, 1000)
     except ValueError as exc:  # the message's own words after the name: "must be an integer in [...], got ..."
-        raise ManifestError(f"{where}: field 'sampler_defaults.inference_steps'{str(exc)[len('inference_steps'):]}"
+        raise ManifestError(f"{where}: field 'sampler_defaults.steps'{str(exc)[len('steps'):]}"
                             ) from None
     if "solver_order" in record:
         try:

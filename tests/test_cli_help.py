@@ -27,9 +27,9 @@ SCRIPTS = {
     "dil-export": ("dil.export.cli", ["--checkpoint", "--out"]),
     "dil-run": ("dil.runtime.cli.run", ["--input", "--date-format", "--dayfirst", "--skip-bad-series", "--out",
                                     "--spacing logsnr|time"]),
-    "dil-eval": ("dil.evaluate.cli", ["--data", "--date-format", "--dayfirst", "--json", "--plots", "--spacing logsnr|time"]),
-    "dil-bench": ("dil.evaluate.bench_cli", ["--engine", "--json", "--plot", "--spacing logsnr|time"]),
-    "dil-validate": ("dil.evaluate.validate_cli", ["--engine", "--json"]),
+    "dil-eval": ("dil.evaluate.cli.eval", ["--data", "--date-format", "--dayfirst", "--json", "--plots", "--spacing logsnr|time"]),
+    "dil-bench": ("dil.evaluate.cli.bench", ["--engine", "--json", "--plot", "--spacing logsnr|time"]),
+    "dil-validate": ("dil.evaluate.cli.validate", ["--engine", "--json"]),
 }
 
 

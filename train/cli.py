@@ -9,50 +9,8 @@ from pathlib import Path
 import click
 
 from dil.data.registry import DATASETS, DEFAULT_DATASET
-
-# Options that default to the run's stored value on --resume and to the library default otherwise.
-MODEL_OPTIONS = {"context": "context_length", "horizon": "horizon", "d_model": "d_model", "heads": "num_heads",
-                 "layers": "num_layers", "ffn_dim": "ffn_dim", "prediction": "prediction",
-                 "context_patch": "context_patch", "horizon_patch": "horizon_patch", "domain": "domain"}
-TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "noise_draws", "lr", "seed", "device", "patience")
-# What a new run predicts (docs/model.md section 2.2); runs keep what they were trained with.
-DEFAULT_PREDICTION = "v"
-# Context steps per context token (docs/model.md section 4): a day for hourly rows, else the largest
-# of these dividing the context length.
-HOURLY_PATCH = 24
-PATCHES = (12, 8, 6, 4, 2, 1)
-# Horizon steps per horizon token for hourly rows (docs/model.md section 4): on metro-traffic 4-hour
-# tokens forecast as well as 1-hour ones (docs/results.md) at a quarter of the tokens per call.
-HOURLY_HORIZON_PATCH = 4
-# What a new run diffuses (docs/frequency.md): the horizon's steps ("time") or its orthonormal real
-# DFT ("frequency"). Time: more accurate on metro-traffic (CRPS 0.0557 vs 0.0612) and ETTh1 at
-# horizon 96 (0.297 vs 0.356), docs/results.md "Time vs frequency domain".
-DEFAULT_DOMAIN = "time"
-
-
-def _hourly(freq: str | None) -> bool:
-    if not freq:
-        return False
-    import pandas as pd
-
-    try:
-        return pd.tseries.frequencies.to_offset(freq) == pd.tseries.frequencies.to_offset("h")
-    except ValueError:
-        return False
-
-
-def default_context_patch(context_length: int, freq: str | None) -> int:
-    """The context patch of a new run: 24 (a day) for hourly rows when it divides the context
-    length, else the largest of 12, 8, 6, 4, 2, 1 that does."""
-    if context_length % HOURLY_PATCH == 0 and _hourly(freq):
-        return HOURLY_PATCH
-    return next(p for p in PATCHES if context_length % p == 0)
-
-
-def default_horizon_patch(horizon: int, freq: str | None) -> int:
-    """The horizon patch of a new run: 4 for hourly rows when it divides the horizon, else 1."""
-    return HOURLY_HORIZON_PATCH if horizon % HOURLY_HORIZON_PATCH == 0 and _hourly(freq) else 1
-
+from dil.runtime.cli.options import date_options
+from dil.train.presets import MODEL_OPTIONS, run_configs
 
 def _stored(run_dir: Path) -> dict:
     path = run_dir / "state.json"
@@ -75,42 +33,6 @@ def _covariate_names(opts: dict, stored: dict) -> tuple[list[str], list[str]]:
     past = (_names(opts["past_covariates"]) if opts["past_covariates"] is not None
             else [c["name"] for c in covs if not c["known"]])
     return known, past
-
-
-def _configs(opts: dict, spec, table, stored: dict, known, past):
-    """(ModelConfig, TrainConfig, FeatureSpec) of the run: options, else the run's values on
-    --resume, else the defaults; the features fitted on the table's train part."""
-    from dil.data.windows import split_bounds
-    from dil.runtime.model.config import ModelConfig
-    from dil.train.dataset import fit_feature_spec
-    from dil.train.trainer import TrainConfig
-
-    model = dict(stored.get("model") or {})
-    if not model:
-        model = dict(ModelConfig().to_dict(), context_length=spec.context_length, horizon=spec.horizon,
-                     prediction=DEFAULT_PREDICTION)
-    model.update({field: opts[opt] for opt, field in MODEL_OPTIONS.items() if opts[opt] is not None})
-    freq = table.freq or spec.freq
-    L, P = model["context_length"], model.get("context_patch")
-    if opts["context_patch"] is None and not stored.get("model"):
-        model["context_patch"] = P = default_context_patch(L, freq) if L >= 1 else 1
-    if P is not None and P >= 1 and L % P:
-        raise ValueError(f"--context-patch {P} does not divide --context-length {L}")
-    H, Ph = model["horizon"], model.get("horizon_patch", 1)
-    model.setdefault("domain", DEFAULT_DOMAIN)
-    if opts["horizon_patch"] is None and not stored.get("model"):
-        frequency = model["domain"] == "frequency"  # one token per spectral coordinate
-        model["horizon_patch"] = Ph = 1 if frequency else default_horizon_patch(H, freq) if H >= 1 else 1
-    if Ph is not None and Ph >= 1 and H % Ph:
-        raise ValueError(f"--horizon-patch {Ph} does not divide --horizon {H}")
-    time_features = opts["time_features"]
-    if time_features is None and stored:
-        time_features = bool((stored.get("features") or {}).get("time_features"))
-    features = fit_feature_spec(table, freq, known, past, time_features, split_bounds(spec, table.n_steps)["train"])
-    model.update(context_features=features.context_width, horizon_features=features.horizon_width)
-    train = dict(stored.get("train") or {})
-    train.update({k: opts[k] for k in TRAIN_OPTIONS if opts[k] is not None})
-    return ModelConfig.from_dict(model), TrainConfig.from_dict(train), features
 
 
 # What a student inherits from its teacher: the options that would change it are refused with --distill.
@@ -164,12 +86,7 @@ def _describe(features) -> str:
               help=f"Bundled dataset to train on (default {DEFAULT_DATASET}).")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A local table instead: .csv, .csv.gz, .txt(.gz) (no header) or .parquet; rows = time steps, columns = series.")
-@click.option("--date-column", default=None, help="Timestamp column of --data (sorted, de-duplicated, regular gaps become missing steps).")
-@click.option("--date-format", default=None, metavar="FMT",
-              help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' [ISO dates as such; other dates "
-                   "month-first or day-first, whichever reads every row; when both do, an error].")
-@click.option("--dayfirst/--monthfirst", "dayfirst", default=None,
-              help="Read --date-column day-first (13.07.2016) or month-first (07/13/2016) [decided from the data].")
+@date_options("--data", "none: a table without dates (no time features)")
 @click.option("--columns", default=None, help="Comma-separated series to train on (default: every numeric column).")
 @click.option("--context-length", "--context", "context", type=int, default=None,
               help="Context length L in steps [dataset default, e.g. 336 for metro-traffic].")
@@ -299,7 +216,7 @@ def _run(opts: dict) -> None:
                               date_format=opts["date_format"], dayfirst=opts["dayfirst"], covariates=known + past)
         for line in table.notes:
             click.echo(line, err=True)
-        model_config, train_config, features = _configs(opts, spec, table, stored, known, past)
+        model_config, train_config, features = run_configs(opts, spec, table, stored, known, past)
         if distill is not None and (model_config != distill.teacher.config or
                                     features.to_dict() != stored["features"]):
             raise DataError("--distill: this data gives the student other features than its teacher's: train it on "

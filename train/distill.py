@@ -35,10 +35,9 @@ import torch
 from dil.runtime.model import frequency
 from dil.runtime.model.config import ModelConfig
 from dil.runtime.sampling.config import X0_CLIP_DEFAULT
-from dil.runtime.sampling.parametrisation import to_x0_eps, training_target
+from dil.runtime.sampling.parametrisation import clip_x0, to_x0_eps, training_target
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule, diffusion_time_features
 from dil.runtime.sampling.solver import DPMSolverPP
-from dil.runtime.sampling.token_cache import clip_x0
 from dil.train.dataset import NoiseDraw, WindowBatch
 
 # Teacher steps per run by default: the smallest multiple of K that is at least this many. Twelve
@@ -85,7 +84,7 @@ class DistillConfig:
 
     def sampler_defaults(self) -> dict:
         """The artifact's "sampler_defaults" record for this student (runtime/manifest.py)."""
-        return {"lattice": False, "cache": False, "inference_steps": self.student_steps, "solver_order": 1,
+        return {"lattice": False, "cache": False, "steps": self.student_steps, "solver_order": 1,
                 "why": f"distilled student: {self.student_steps} first-order steps, trained to match "
                        f"{self.teacher_steps} steps of order {self.teacher_order} of the run {self.teacher} "
                        "(dil-train --distill, docs/distillation.md)"}

@@ -124,15 +124,15 @@ class AncestralForecast:
 
 
 def ancestral_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, seed: int,
-                       series_keys=None, progress=None, ctx_extra=None, hor_feat=None) -> AncestralForecast:
+                       series_ids=None, progress=None, ctx_extra=None, hor_feat=None) -> AncestralForecast:
     """Forecast G context windows by T-step ancestral sampling of the torch module.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used).
-    seed, series_keys: the noise streams (dil.runtime.sampling.rng.SeriesStreams; keys default 0..G-1), as
+    seed, series_ids: the noise streams (dil.runtime.sampling.rng.SeriesStreams; keys default 0..G-1), as
     in the runtime. ctx_extra, hor_feat: a model's features, as in reference_forecast.
     """
     z, loc, scale = standardised_contexts(model, contexts)
-    streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
+    streams = SeriesStreams(seed, range(z.shape[0]) if series_ids is None else series_ids)
     x0 = ancestral_sample(model, schedule, network_context(model, z, ctx_extra), streams.seed, streams.keys,
                           num_samples, progress, hor_feat)
     return AncestralForecast(samples_std=x0, samples=unstandardise(x0, loc, scale), loc=loc, scale=scale)

@@ -141,13 +141,13 @@ def reference_sample(model: ScoreNet, schedule: NoiseSchedule, ctx: np.ndarray, 
 
 
 def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_samples: int, steps: int,
-                       seed: int, series_keys=None, solver_order: int = 2, config=None,
+                       seed: int, series_ids=None, solver_order: int = 2, config=None,
                        x0_clip: float = X0_CLIP_DEFAULT, ctx_extra=None, hor_feat=None,
                        spacing: str = DEFAULT_SPACING) -> ReferenceForecast:
     """Forecast G context windows with the torch module and the torch solver.
 
     contexts: float [G, L'] (NaN = missing; the last context_length values are used);
-    seed, series_keys: the random streams (dil.runtime.sampling.rng.SeriesStreams; keys default 0..G-1), as
+    seed, series_ids: the random streams (dil.runtime.sampling.rng.SeriesStreams; keys default 0..G-1), as
     in the runtime. config: None for the plain sampler (every token, `solver_order`), or sampler
     settings (a dil.runtime SamplerConfig, or any object with its attribute names) for the whole
     fast sampler through ReferenceSampler and dil.evaluate.reference.controller, run in the
@@ -159,7 +159,7 @@ def reference_forecast(model: ScoreNet, schedule: NoiseSchedule, contexts, num_s
     """
     z, loc, scale = standardised_contexts(model, contexts)
     ctx = network_context(model, z, ctx_extra)
-    streams = SeriesStreams(seed, range(z.shape[0]) if series_keys is None else series_keys)
+    streams = SeriesStreams(seed, range(z.shape[0]) if series_ids is None else series_ids)
     x_T = streams.initial_noise(num_samples, model.config.horizon)
     if config is None:
         x0 = reference_sample(model, schedule, ctx, x_T, steps, solver_order, x0_clip, hor_feat=hor_feat,

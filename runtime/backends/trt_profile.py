@@ -212,4 +212,4 @@ def check_plan_record(record: dict, trt_version: str, gpu_name: str, compute_cap
 
 def rebuild_command(manifest_path) -> str:
     """The dil-export command that rebuilds an artifact's plans on this machine."""
-    return f"dil-export --artifact {manifest_path} --tensorrt"
+    return f"dil-export --engine {manifest_path} --tensorrt"

@@ -3,7 +3,7 @@
 Many-series data is stored this way (a wide table with a million columns is not). The input is a
 CSV file (.csv, .csv.gz) or Parquet: a file or a folder of .parquet files (read together). A CSV
 is read as text, every cell as written, so that the single-process reading and the Ray
-pipeline's (dil.runtime.batch.ray_job, which reads the same cells with pyarrow) convert the very same
+pipeline's (dil.runtime.jobs.ray_job, which reads the same cells with pyarrow) convert the very same
 strings the very same way.
 
 Each series becomes a `SeriesHistory` through `series_history`, from its rows alone: the target
@@ -21,12 +21,13 @@ long table gets the same forecast as the column of that name of a wide table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dil.runtime.inputs.histories import SeriesHistory, long_series_history
 from dil.runtime.inputs.table import DataError, clean_times, covariate_column, parse_dates, read_errors
 
 LONG_SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -45,28 +46,13 @@ class LongSpec:
     covariates: tuple = ()
     date_format: str | None = None
     dayfirst: bool | None = None
+    # the model's known covariates: with some, a series' rows after its last observed value are its
+    # forecast steps (dil.runtime.inputs.histories.split_future)
+    known_covariates: tuple = ()
 
     @property
     def columns(self) -> list[str]:
         return [self.id_column, self.date_column, self.target_column, *self.covariates]
-
-
-@dataclass
-class SeriesHistory:
-    """One series of a long table.
-
-    id: the series id (text). values: float64 [T], NaN = missing. timestamps: datetime64[ns] [T],
-    sorted, unique. freq: pandas frequency alias, or None when the times follow no regular step.
-    covariates: raw covariate columns [T, k] (as SeriesTable.covariates) or None. notes: the
-    repairs made while reading (missing steps added, no regular step), one line each.
-    """
-
-    id: str
-    values: np.ndarray
-    timestamps: np.ndarray
-    freq: str | None = None
-    covariates: pd.DataFrame | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def long_kind(path) -> str:
@@ -114,7 +100,7 @@ def long_columns(path) -> list[str]:
 
 
 def long_spec(path, id_column: str, date_column: str | None, target_column: str | None, covariates=(),
-              date_format=None, dayfirst=None) -> LongSpec:
+              date_format=None, dayfirst=None, known_covariates=()) -> LongSpec:
     """The LongSpec of a long table, its columns checked against the header (DataError, one line).
 
     date_column is required (a series' rows are ordered by it); target_column defaults to the one
@@ -128,6 +114,9 @@ def long_spec(path, id_column: str, date_column: str | None, target_column: str 
     roles = {id_column: "the id column", date_column: "the date column"}
     if id_column == date_column:
         raise DataError(f"{source}: column {id_column!r} cannot be both the id and the date column")
+    for c, what in ((id_column, "id"), (date_column, "date")):  # before the target's default, which needs them
+        if c not in header:
+            raise DataError(f"{source}: unknown {what} column {c!r}; columns are {', '.join(header)}")
     if target_column is None:
         rest = [c for c in header if c not in roles and c not in covariates]
         if len(rest) != 1:
@@ -135,9 +124,8 @@ def long_spec(path, id_column: str, date_column: str | None, target_column: str 
             raise DataError(f"{source}: pass --target-column (the columns besides the id, date and covariates: "
                             f"{found})")
         target_column = rest[0]
-    for c, what in ((id_column, "id"), (date_column, "date"), (target_column, "target")):
-        if c not in header:
-            raise DataError(f"{source}: unknown {what} column {c!r}; columns are {', '.join(header)}")
+    if target_column not in header:
+        raise DataError(f"{source}: unknown target column {target_column!r}; columns are {', '.join(header)}")
     if target_column in roles:
         raise DataError(f"{source}: column {target_column!r} is {roles[target_column]}, not the target")
     for c in covariates:
@@ -145,7 +133,8 @@ def long_spec(path, id_column: str, date_column: str | None, target_column: str 
             raise DataError(f"{source}: the covariate column {c!r} is missing; columns are {', '.join(header)}")
         if c in roles or c == target_column:
             raise DataError(f"{source}: covariate {c!r} is {roles.get(c, 'the target column')}")
-    return LongSpec(id_column, date_column, target_column, covariates, date_format, dayfirst)
+    return LongSpec(id_column, date_column, target_column, covariates, date_format, dayfirst,
+                    tuple(known_covariates))
 
 
 def read_long(path, spec: LongSpec) -> pd.DataFrame:
@@ -226,5 +215,5 @@ def series_history(sid: str, rows: pd.DataFrame, spec: LongSpec, source: str) ->
     times, grid, freq, notes, kept = clean_times(times, values[:, None], f"{where}: column {spec.date_column!r}")
     if cov is not None:
         cov = cov.reindex(kept).reset_index(drop=True)  # an added step (-1) has missing covariates
-    return SeriesHistory(id=sid, values=np.ascontiguousarray(grid[:, 0]), freq=freq, covariates=cov, notes=notes,
-                         timestamps=times.to_numpy(dtype="datetime64[ns]"))
+    return long_series_history(sid, grid[:, 0], times.to_numpy(dtype="datetime64[ns]"), freq, cov, notes,
+                               spec.known_covariates, source)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dil.runtime.inputs.errors import DataError
 from dil.runtime.support.files import sha256_file
 
 # A regular step must explain at least this share of the gaps between consecutive timestamps, and
@@ -40,10 +41,6 @@ _MAX_REINDEX_GROWTH = 4.0
 # Year first (2016-07-13, 2016/07/13, 20160713, with or without a time): never day-first.
 _YEAR_FIRST = re.compile(r"^\s*\d{4}[-/.]?\d{1,2}[-/.]?\d{1,2}(?:\D|$)")
 _DATE_OPTIONS = "pass --dayfirst, --monthfirst or --date-format (e.g. %d.%m.%Y %H:%M)"
-
-
-class DataError(ValueError):
-    """Bad input data. The message is one line naming the file, column or row."""
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """The score network's configuration, shared by training, export and the runtime.
 
-Torch-free so that the runtime can read it from a manifest. Defaults are the bundled default model.
+Torch-free so that the runtime can read it from a manifest. The defaults are the first release's
+model (epsilon, context 168, one step per token); the shipped model's configuration is its
+manifest's (docs/model.md).
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def _check_bool(name: str, value) -> None:
 class SamplerConfig:
     """Settings of the sampler (defaults documented in docs/sampler.md, section 1).
 
-    Plain DPM-Solver++: num_diffusion_steps (T of the model, a check), inference_steps (M; also
-    readable as the property `steps`), solver_order (used when the lattice is off), spacing (the
+    Plain DPM-Solver++: num_diffusion_steps (T of the model, a check), steps (M, network
+    evaluations), solver_order (used when the lattice is off), spacing (the
     step grid: "logsnr", uniform in log-SNR, or "time", uniform in diffusion time; see
     NoiseSchedule.sampling_grid). Switches: lattice, cache (both off = the plain sampler, bit for bit).
     Lattice: max_scales, entropy_budget, temperature, max_solver_order, stability_threshold_low/high,
@@ -65,7 +65,7 @@ class SamplerConfig:
     """
 
     num_diffusion_steps: int = 1000
-    inference_steps: int = 20
+    steps: int = 20
     solver_order: int = 2
     spacing: str = DEFAULT_SPACING
     lattice: bool = True
@@ -105,14 +105,9 @@ class SamplerConfig:
         object.__setattr__(self, "entropy_weights", tuple(self.entropy_weights))
         self._validate()
 
-    @property
-    def steps(self) -> int:
-        """M, the number of model evaluations (read-only alias of inference_steps)."""
-        return self.inference_steps
-
     def _validate(self) -> None:
         check_int("num_diffusion_steps", self.num_diffusion_steps, 1, 100_000)
-        check_int("inference_steps", self.inference_steps, 1, 1000)
+        check_int("steps", self.steps, 1, 1000)
         check_int("solver_order", self.solver_order, 1, MAX_ORDER)
         if not isinstance(self.spacing, str) or self.spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")

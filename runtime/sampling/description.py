@@ -8,13 +8,22 @@ explicit options override either, setting by setting.
 from __future__ import annotations
 
 
-def sampler_name(config) -> str:
+def sampler_name(config, token_fraction: float | None = None) -> str:
     """The sampler a SamplerConfig runs, in words ("plain DPM-Solver++", "plain DPM-Solver++ of order 1",
-    "fast sampler (lattice + token cache)"); the plain sampler's order is named when it is not 2."""
+    "fast sampler (lattice + token cache)"); the plain sampler's order is named when it is not 2;
+    token_fraction: the share of tokens a run computed, named for the fast sampler."""
     if config.plain:
         return "plain DPM-Solver++" + ("" if config.solver_order == 2 else f" of order {config.solver_order}")
     parts = [p for p, on in (("lattice", config.lattice), ("token cache", config.cache)) if on]
-    return f"fast sampler ({' + '.join(parts)})"
+    share = "" if token_fraction is None else f", {token_fraction:.0%} of tokens computed"
+    return f"fast sampler ({' + '.join(parts)}{share})"
+
+
+def stats_text(stats) -> str:
+    """A SamplerStats as indented lines under "sampler stats:" (dil-run --stats)."""
+    d = stats.to_dict()
+    lines = [f"  {k:18s} {v:.4f}" if isinstance(v, float) else f"  {k:18s} {v}" for k, v in d.items()]
+    return "sampler stats:\n" + "\n".join(lines)
 
 
 def given_flags(steps=None, lattice=None, cache=None, solver_order=None) -> list[str]:

@@ -30,7 +30,8 @@ from dil.runtime.sampling import lattice as lat
 from dil.runtime.sampling.config import SamplerConfig
 from dil.runtime.sampling.solver import DPMSolverPP
 from dil.runtime.sampling.step_plan import StepPlan, subset_positions
-from dil.runtime.sampling.token_cache import TokenCache, clip_x0
+from dil.runtime.sampling.parametrisation import clip_x0
+from dil.runtime.sampling.token_cache import TokenCache
 
 HISTORY = lat.TEMPORAL_WINDOW + 1  # x0_hat arrays kept: X0[i-1] .. X0[i-4]
 

@@ -17,11 +17,13 @@ arrays that broadcast against x.
 
 from __future__ import annotations
 
+import numpy as np
+
 # Defined beside ModelConfig (which validates it and may not import the sampling package); this is
 # the same tuple.
 from dil.runtime.model.config import PREDICTIONS
 
-__all__ = ["PREDICTIONS", "to_x0", "to_x0_eps", "training_target"]
+__all__ = ["PREDICTIONS", "clip_x0", "to_x0", "to_x0_eps", "training_target"]
 
 
 def _check(prediction: str) -> None:
@@ -55,3 +57,17 @@ def training_target(x0, eps, alpha, sigma, prediction: str):
     if prediction == "epsilon":
         return eps
     return alpha * eps - sigma * x0
+
+
+def clip_x0(x0_hat: np.ndarray, x0_clip) -> np.ndarray:
+    """The data-prediction guard (docs/sampler.md section 2): x0_hat clipped to [-x0_clip, x0_clip]
+    on the standardised scale; x0_clip = 0 returns x0_hat itself (off, bit for bit). x0_clip may be
+    a float64 [H] array of per-coordinate bounds (a frequency-domain model's, frequency.clip_bound).
+
+    Why: an epsilon network's data prediction (x - sigma eps) / alpha carries the network's eps
+    error times sigma / alpha, about 160 at the first step of the shipped schedule, so that a small
+    eps error puts x0_hat tens of context standard deviations out; the solver then writes it into
+    x and later steps follow it (benchmarks/x0_error.py). A v network's x0 error is its output
+    error times sigma (parametrisation.py); the guard stays as a bound on what the sampler writes.
+    """
+    return np.clip(x0_hat, -x0_clip, x0_clip) if np.any(x0_clip) else x0_hat

@@ -6,22 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dil.runtime.sampling.parametrisation import to_x0, to_x0_eps
+from dil.runtime.sampling.parametrisation import clip_x0, to_x0, to_x0_eps
 from dil.runtime.sampling.step_plan import StepPlan
-
-
-def clip_x0(x0_hat: np.ndarray, x0_clip) -> np.ndarray:
-    """The data-prediction guard (docs/sampler.md section 2): x0_hat clipped to [-x0_clip, x0_clip]
-    on the standardised scale; x0_clip = 0 returns x0_hat itself (off, bit for bit). x0_clip may be
-    a float64 [H] array of per-coordinate bounds (a frequency-domain model's, spectral.clip_bound).
-
-    Why: an epsilon network's data prediction (x - sigma eps) / alpha carries the network's eps
-    error times sigma / alpha, about 160 at the first step of the shipped schedule, so that a small
-    eps error puts x0_hat tens of context standard deviations out; the solver then writes it into
-    x and later steps follow it (benchmarks/x0_error.py). A v network's x0 error is its output
-    error times sigma (parametrisation.py); the guard stays as a bound on what the sampler writes.
-    """
-    return np.clip(x0_hat, -x0_clip, x0_clip) if np.any(x0_clip) else x0_hat
 
 
 def _clip_into(a: np.ndarray, bound) -> np.ndarray:

@@ -90,9 +90,9 @@ def test_noise_streams_x_T_first_and_batch_independent(tiny_model, tiny_config):
     np.testing.assert_array_equal(seen[0], SeriesStreams(9, [3, 5]).initial_noise(2, 8))  # the fast sampler's x_T
 
     raw, _ = _ctx(tiny_config, 3, seed=4)
-    both = ancestral_forecast(tiny_model, schedule, raw, 6, seed=1, series_keys=["a", "b", "c"])
-    alone = ancestral_forecast(tiny_model, schedule, raw[2:], 6, seed=1, series_keys=["c"])
-    swapped = ancestral_forecast(tiny_model, schedule, raw[[2, 0]], 6, seed=1, series_keys=["c", "a"])
+    both = ancestral_forecast(tiny_model, schedule, raw, 6, seed=1, series_ids=["a", "b", "c"])
+    alone = ancestral_forecast(tiny_model, schedule, raw[2:], 6, seed=1, series_ids=["c"])
+    swapped = ancestral_forecast(tiny_model, schedule, raw[[2, 0]], 6, seed=1, series_ids=["c", "a"])
     np.testing.assert_allclose(alone.samples[0], both.samples[2], rtol=0, atol=1e-5)
     np.testing.assert_allclose(swapped.samples[1], both.samples[0], rtol=0, atol=1e-5)
     # Original scale = standardised scale * scale + loc.

@@ -22,7 +22,7 @@ L, H, N = 16, 8, 4
 def _cli(args):
     from click.testing import CliRunner
 
-    from dil.evaluate.bench_cli import main
+    from dil.evaluate.cli.bench import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -31,8 +31,8 @@ def _predict(fc, ctx, ids, steps, lattice):
     """The runtime forecast of a bench run, called directly (lattice = cache = `lattice`)."""
     from dil.runtime.sampling.config import SamplerConfig
 
-    cfg = SamplerConfig(inference_steps=steps, lattice=lattice, cache=lattice)
-    return fc.predict_windows(ctx, num_samples=N, seed=0, series_keys=ids, batch_series=len(ids), config=cfg)
+    cfg = SamplerConfig(steps=steps, lattice=lattice, cache=lattice)
+    return fc.predict_windows(ctx, num_samples=N, seed=0, series_ids=ids, batch_series=len(ids), config=cfg)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_bench_spacing_reaches_torch_full_and_the_runtime(tiny_artifact, tiny_ch
     fc = Forecaster.load(tiny_artifact)
 
     def crps(**spacing):
-        s = fc.predict_windows(w.contexts[mask], num_samples=N, steps=3, seed=0, series_keys=ids, lattice=False,
+        s = fc.predict_windows(w.contexts[mask], num_samples=N, steps=3, seed=0, series_ids=ids, lattice=False,
                                cache=False, **spacing).samples
         return M.crps_quantile(w.targets[mask], s)
 

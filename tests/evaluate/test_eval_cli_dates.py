@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 
-from dil.evaluate.cli import main
+from dil.evaluate.cli.eval import main
 
 
 def _table(tmp_path, fmt):

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run_piped(args, cwd):
     """dil-eval in a fresh interpreter, stdout and stderr pipes (not terminals); it reports whether
     torch was imported."""
-    code = ("import sys; from dil.evaluate.cli import main; main(sys.argv[1:], standalone_mode=False); "
+    code = ("import sys; from dil.evaluate.cli.eval import main; main(sys.argv[1:], standalone_mode=False); "
             "import resource; print('torch imported:', 'torch' in sys.modules, "
             "'peak KiB:', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd,

@@ -233,7 +233,7 @@ def test_bad_forecaster_output_and_season_errors(synthetic):
 
 def test_report_table_and_plots(synthetic, tmp_path):
     pytest.importorskip("matplotlib")
-    from dil.evaluate.cli import format_report
+    from dil.evaluate.cli.eval import format_report
     from dil.evaluate.plots import calibration_plot, fan_charts
 
     table, spec = synthetic
@@ -256,7 +256,7 @@ def test_report_table_and_plots(synthetic, tmp_path):
 def _cli(args):
     from click.testing import CliRunner
 
-    from dil.evaluate.cli import main
+    from dil.evaluate.cli.eval import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -286,7 +286,7 @@ def test_dil_eval_cli_end_to_end(tiny_artifact, tmp_path):
     ctx = np.concatenate([table.values[o - 16 : o].T for o in origins])
     tgt = np.concatenate([table.values[o : o + 8].T for o in origins])
     ids = [f"{n}@{o}" for o in origins for n in table.names]
-    s = fc.predict_windows(ctx, num_samples=8, steps=4, seed=3, series_keys=ids).samples
+    s = fc.predict_windows(ctx, num_samples=8, steps=4, seed=3, series_ids=ids).samples
     assert report["model"]["crps"] == pytest.approx(M.crps_quantile(tgt, s), rel=1e-9)
     assert report["model"]["mae"] == pytest.approx(M.mae(tgt, np.median(s, axis=1)), rel=1e-9)
 
@@ -320,7 +320,7 @@ def test_dil_eval_plain_sampler_switch(tiny_artifact, tmp_path, spacing):
     ctx = np.concatenate([table.values[o - 16 : o].T for o in origins])
     tgt = np.concatenate([table.values[o : o + 8].T for o in origins])
     ids = [f"{n}@{o}" for o in origins for n in table.names]
-    s = Forecaster.load(tiny_artifact).predict_windows(ctx, num_samples=8, steps=5, seed=0, series_keys=ids,
+    s = Forecaster.load(tiny_artifact).predict_windows(ctx, num_samples=8, steps=5, seed=0, series_ids=ids,
                                                        lattice=False, cache=False,
                                                        **({} if spacing is None else {"spacing": spacing})).samples
     assert report["model"]["crps"] == pytest.approx(M.crps_quantile(tgt, s), rel=1e-9)
@@ -405,11 +405,11 @@ def test_dil_eval_ddpm_baseline_on_the_same_windows(tiny_artifact, tiny_checkpoi
     assert ref["window_ids"] == ids
     ctx = np.stack([table.values[o - 16 : o, c] for o, c in pairs])
     tgt = np.stack([table.values[o : o + 8, c] for o, c in pairs])
-    model = Forecaster.load(tiny_artifact).predict_windows(ctx, num_samples=4, steps=2, seed=0, series_keys=ids)
+    model = Forecaster.load(tiny_artifact).predict_windows(ctx, num_samples=4, steps=2, seed=0, series_ids=ids)
     assert ref["same_windows"]["model"]["crps"] == pytest.approx(M.crps_quantile(tgt, model.samples), rel=1e-9)
     assert ref["same_windows"]["seasonal_naive"]["mae"] is not None
     ck = load_checkpoint(tiny_checkpoint)
-    ddpm = ancestral_forecast(ck.model, ck.schedule, ctx, 4, seed=0, series_keys=ids)
+    ddpm = ancestral_forecast(ck.model, ck.schedule, ctx, 4, seed=0, series_ids=ids)
     assert ref["crps"] == pytest.approx(M.crps_quantile(tgt, ddpm.samples), rel=1e-6)
 
 

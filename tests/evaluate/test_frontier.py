@@ -28,7 +28,7 @@ def test_plain_10_steps_wins_where_the_cache_cannot_pay():
     rows = _rows(("plain", 5, 0.0600, 0.05), ("plain", 10, 0.0557, 0.09), ("plain", 20, 0.0557, 0.18),
                  ("plain", 50, 0.0556, 0.45), ("fast", 10, 0.0559, 0.17), ("fast", 20, 0.0556, 0.30))
     choice = choose_defaults(rows)
-    assert (choice["lattice"], choice["cache"], choice["inference_steps"]) == (False, False, 10)
+    assert (choice["lattice"], choice["cache"], choice["steps"]) == (False, False, 10)
     assert choice["reference_crps"] == 0.0556 and choice["crps"] == 0.0557
     # 0.0600 > 1.01 * 0.0556 = 0.056156: plain 5 is out although fastest; fast 10 (0.17 s) is the fastest
     # fast candidate, 0.17 / 0.09 = 1.89x slower.
@@ -41,7 +41,7 @@ def test_fast_sampler_wins_when_it_is_fastest_within_one_percent():
                  ("fast", 10, 0.0570, 0.08), ("fast", 20, 0.0560, 0.12))
     choice = choose_defaults(rows)
     # within 1%: plain 20 (0.0561 <= 0.056156), plain 50, fast 20; fast 10 (0.0570) is not.
-    assert (choice["lattice"], choice["cache"], choice["inference_steps"]) == (True, True, 20)
+    assert (choice["lattice"], choice["cache"], choice["steps"]) == (True, True, 20)
     assert choice["why"] == ("fast 20 steps: CRPS within 1% of plain 50 steps, fastest; the token cache paid "
                              "(plain 20 steps: 1.67x slower)")
 
@@ -50,7 +50,7 @@ def test_only_the_reference_qualifies():
     rows = _rows(("plain", 10, 0.0600, 0.10), ("plain", 20, 0.0570, 0.20), ("plain", 50, 0.0556, 0.50),
                  ("fast", 20, 0.0580, 0.15))
     choice = choose_defaults(rows)
-    assert (choice["lattice"], choice["cache"], choice["inference_steps"]) == (False, False, 50)
+    assert (choice["lattice"], choice["cache"], choice["steps"]) == (False, False, 50)
     assert choice["crps"] == choice["reference_crps"] == 0.0556
     assert choice["why"] == ("plain 50 steps: the reference; no faster configuration is within 1% of its CRPS; "
                              "the token cache did not pay (no fast configuration within 1%: fast 20 steps, "
@@ -66,7 +66,7 @@ def test_a_fast_rival_within_tolerance_but_uncalibrated_is_named_as_such():
                                          ("fast", 10, 0.25312, 0.4523, 0.8136, 0.255),
                                          ("fast", 50, 0.25406, 0.4583, 0.8317, 0.966))]
     choice = choose_defaults(rows)
-    assert (choice["cache"], choice["inference_steps"]) == (False, 10)
+    assert (choice["cache"], choice["steps"]) == (False, 10)
     assert choice["why"] == ("plain 10 steps: CRPS within 1% of plain 50 steps, fastest; the token cache did not pay "
                              "(no fast configuration within 1% with calibrated intervals: fast 10 steps, CRPS -0.1%, "
                              "coverage 0.45/0.81 vs 0.50/0.88)")
@@ -76,7 +76,7 @@ def test_ties_go_to_plain_then_fewer_steps_and_nan_never_qualifies():
     rows = _rows(("fast", 10, 0.05, 0.1), ("plain", 20, 0.05, 0.1), ("plain", 10, 0.05, 0.1), ("plain", 50, 0.05, 0.3),
                  ("fast", 5, float("nan"), 0.01), ("plain", 5, None, 0.01))
     choice = choose_defaults(rows)
-    assert (choice["cache"], choice["inference_steps"]) == (False, 10)
+    assert (choice["cache"], choice["steps"]) == (False, 10)
 
 
 def test_the_fastest_calibrated_candidate_wins():
@@ -88,11 +88,11 @@ def test_the_fastest_calibrated_candidate_wins():
                                       (7, 0.0556, 0.528, 0.892, 0.07), (20, 0.0557, 0.569, 0.911, 0.20),
                                       (50, 0.0557, 0.57, 0.91, 0.50))]
     choice = choose_defaults(rows)
-    assert (choice["cache"], choice["inference_steps"]) == (False, 7)
+    assert (choice["cache"], choice["steps"]) == (False, 7)
     # a reference as far off as the fast rows: coverage does not decide, the fastest within 1% wins
     for r in rows:
         r["coverage_90"] = 0.80
-    assert choose_defaults(rows)["inference_steps"] == 5
+    assert choose_defaults(rows)["steps"] == 5
 
 
 def test_the_rule_refuses_rows_without_a_reference():
@@ -115,7 +115,7 @@ def artifact_copy(tiny_artifact, tmp_path):
     return out / "tiny.json"
 
 
-PLAIN3 = {"lattice": False, "cache": False, "inference_steps": 3, "why": "plain 3 steps: measured by hand"}
+PLAIN3 = {"lattice": False, "cache": False, "steps": 3, "why": "plain 3 steps: measured by hand"}
 
 
 def test_predict_runs_the_artifact_defaults_and_explicit_options_win(tiny_artifact, artifact_copy):
@@ -125,29 +125,29 @@ def test_predict_runs_the_artifact_defaults_and_explicit_options_win(tiny_artifa
     history = 50 + np.random.default_rng(0).standard_normal((30, 2)).cumsum(axis=0)
     mine, plain = Forecaster.load(artifact_copy), Forecaster.load(tiny_artifact)
     assert plain.default_config == SamplerConfig()  # no record: the built-in defaults, as before
-    assert mine.default_config == SamplerConfig(lattice=False, cache=False, inference_steps=3)
+    assert mine.default_config == SamplerConfig(lattice=False, cache=False, steps=3)
 
     def samples(fc, **kw):
         return fc.predict(history, num_samples=6, seed=0, **kw).samples
 
     got = samples(mine)
     np.testing.assert_array_equal(got, samples(plain, config=SamplerConfig(lattice=False, cache=False,
-                                                                           inference_steps=3)))
+                                                                           steps=3)))
     assert not np.array_equal(got, samples(plain))  # the built-in default samples differently
     np.testing.assert_array_equal(samples(mine, steps=5, lattice=True),
-                                  samples(plain, config=SamplerConfig(inference_steps=5, lattice=True, cache=False)))
+                                  samples(plain, config=SamplerConfig(steps=5, lattice=True, cache=False)))
     np.testing.assert_array_equal(samples(mine, config=SamplerConfig()), samples(plain))
 
 
 @pytest.mark.parametrize("value, match", [
     ("fast", r"field 'sampler_defaults' is a str, expected a dict"),
-    ({"lattice": "yes", "cache": False, "inference_steps": 10}, r"'sampler_defaults.lattice' must be true or false"),
-    ({"lattice": False, "inference_steps": 10}, r"'sampler_defaults.cache' is missing"),
-    ({"lattice": False, "cache": False, "inference_steps": 0},
-     r"'sampler_defaults.inference_steps' must be an integer in \[1, 1000\], got 0"),
-    ({"lattice": False, "cache": False, "inference_steps": 2.5}, r"'sampler_defaults.inference_steps' must be"),
-    ({"lattice": False, "cache": False, "inference_steps": True}, r"'sampler_defaults.inference_steps' must be"),
-    ({"lattice": False, "cache": False, "inference_steps": 10, "why": 3}, r"'sampler_defaults.why' is a int"),
+    ({"lattice": "yes", "cache": False, "steps": 10}, r"'sampler_defaults.lattice' must be true or false"),
+    ({"lattice": False, "steps": 10}, r"'sampler_defaults.cache' is missing"),
+    ({"lattice": False, "cache": False, "steps": 0},
+     r"'sampler_defaults.steps' must be an integer in \[1, 1000\], got 0"),
+    ({"lattice": False, "cache": False, "steps": 2.5}, r"'sampler_defaults.steps' must be"),
+    ({"lattice": False, "cache": False, "steps": True}, r"'sampler_defaults.steps' must be"),
+    ({"lattice": False, "cache": False, "steps": 10, "why": 3}, r"'sampler_defaults.why' is a int"),
 ])
 def test_bad_sampler_defaults_are_refused_in_one_line(artifact_copy, value, match):
     d = json.loads(artifact_copy.read_text())
@@ -199,8 +199,8 @@ def test_frontier_on_the_tiny_model_scores_the_validation_windows(tiny_artifact)
     fc = Forecaster.load(tiny_artifact)
     assert [(r["sampler"], r["steps"]) for r in report["rows"]] == [("plain", 1), ("plain", 4), ("fast", 4)]
     for row in report["rows"]:
-        config = SamplerConfig(inference_steps=row["steps"], lattice=row["lattice"], cache=row["cache"])
-        s = fc.predict_windows(ctx, num_samples=4, seed=0, series_keys=ids, config=config).samples
+        config = SamplerConfig(steps=row["steps"], lattice=row["lattice"], cache=row["cache"])
+        s = fc.predict_windows(ctx, num_samples=4, seed=0, series_ids=ids, config=config).samples
         assert row["crps"] == pytest.approx(crps_quantile(tgt, s, mask=~np.isnan(tgt)), rel=1e-12)
         assert len(row["latencies_s"]) == 1 and row["latency_s"] > 0
     choice = report["choice"]
@@ -226,7 +226,7 @@ def table_csv(tmp_path):
 
 
 def test_write_defaults_then_dil_run_uses_them(tiny_artifact, artifact_copy, table_csv, tmp_path):
-    from dil.evaluate.bench_cli import main as bench
+    from dil.evaluate.cli.bench import main as bench
     from dil.runtime.cli.run import main as run
 
     before = json.loads(artifact_copy.read_text())
@@ -238,7 +238,7 @@ def test_write_defaults_then_dil_run_uses_them(tiny_artifact, artifact_copy, tab
     assert f"sampler_defaults written to {artifact_copy}" in res.output and record["why"] in res.output
     assert sorted(p.name for p in artifact_copy.parent.iterdir()) == sorted(
         p.name for p in tiny_artifact.parent.glob("tiny.*"))  # no temporary file left
-    flags = ["--steps", str(record["inference_steps"]), "--lattice" if record["lattice"] else "--no-lattice",
+    flags = ["--steps", str(record["steps"]), "--lattice" if record["lattice"] else "--no-lattice",
              "--cache" if record["cache"] else "--no-cache"]
     base = ["--input", str(table_csv), "--samples", "4", "--stats"]
     mine = CliRunner().invoke(run, ["--engine", str(artifact_copy), *base, "--out", str(tmp_path / "a.csv")])
@@ -246,13 +246,13 @@ def test_write_defaults_then_dil_run_uses_them(tiny_artifact, artifact_copy, tab
     assert mine.exit_code == 0 and theirs.exit_code == 0, mine.output + theirs.output
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     name = "plain DPM-Solver++" if not record["cache"] else "fast sampler (lattice + token cache)"
-    assert f"sampler: {name}, {record['inference_steps']} steps (artifact default: {record['why']})" in mine.output
+    assert f"sampler: {name}, {record['steps']} steps (artifact default: {record['why']})" in mine.output
     assert f"({flags[0]}, {flags[2]}, {flags[3]} given; otherwise the built-in default" in theirs.output
 
 
 def test_frontier_options_are_checked_and_a_failed_run_writes_nothing(artifact_copy, monkeypatch):
     import dil.evaluate.frontier as frontier
-    from dil.evaluate.bench_cli import main as bench
+    from dil.evaluate.cli.bench import main as bench
     from dil.evaluate.harness import EvaluationError
 
     before = artifact_copy.read_bytes()
@@ -276,7 +276,7 @@ def test_frontier_options_are_checked_and_a_failed_run_writes_nothing(artifact_c
 
 
 def test_dil_eval_runs_the_artifact_defaults(tiny_artifact, artifact_copy, tmp_path):
-    from dil.evaluate.cli import main as evaluate
+    from dil.evaluate.cli.eval import main as evaluate
 
     write_sampler_defaults(artifact_copy, dict(PLAIN3))
     args = ["--windows", "1", "--samples", "4"]
@@ -292,7 +292,7 @@ def test_dil_eval_runs_the_artifact_defaults(tiny_artifact, artifact_copy, tmp_p
 
 
 def test_help_names_the_artifact_default():
-    from dil.evaluate.cli import main as evaluate
+    from dil.evaluate.cli.eval import main as evaluate
     from dil.runtime.cli.run import main as run
 
     for cli in (run, evaluate):
@@ -310,10 +310,10 @@ def test_latencies_take_turns_between_configurations():
     calls = []
 
     class Recorder:
-        def predict_windows(self, ctx, num_samples, seed, series_keys, config, features):
-            calls.append(config.inference_steps)
+        def predict_windows(self, ctx, num_samples, seed, series_ids, config, features):
+            calls.append(config.steps)
 
-    configs = [SamplerConfig(inference_steps=n) for n in (5, 10, 20)]
+    configs = [SamplerConfig(steps=n) for n in (5, 10, 20)]
     times = frontier._latencies(Recorder(), ("w", np.zeros((1, 4)), None), configs, FrontierConfig(repeats=2))
     assert calls == [5, 10, 20] * 3
     assert [len(t) for t in times] == [2, 2, 2] and all(x >= 0 for t in times for x in t)

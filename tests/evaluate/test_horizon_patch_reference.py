@@ -128,7 +128,7 @@ def test_lattice_orders_reach_every_step_of_their_token(model):
     is a plain sampler loop over full_step whose per-step order is each token's order repeated over
     its 4 steps; the orders really differ between tokens of a row."""
     ctx, _, x_T, streams = _inputs(2, 3, seed=4)
-    config = SamplerConfig(inference_steps=STEPS, K=T, max_age=1)
+    config = SamplerConfig(steps=STEPS, K=T, max_age=1)
     ref = ReferenceSampler(model, NoiseSchedule(), ctx, x_T, STEPS, streams, ReferenceController(config))
     got = ref.run()
     assert all(d.computed.all() for d in ref.decisions)
@@ -218,7 +218,7 @@ def test_scripted_token_subsets_match_the_runtime_in_lockstep(model):
     ref = ReferenceSampler(model, NoiseSchedule(), ctx, x_T, STEPS, streams, ScriptedReference(masks, orders), bucket=4)
     engine = LockstepEngine(ref, TorchGraphs(model), model.config)
     rec = RecordingController(ScriptedRuntime(masks, orders), before_plan=engine.advance)
-    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS), streams, controller=rec)
+    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=STEPS), streams, controller=rec)
     assert engine.mismatched_calls == 0 and engine.input_max_abs_diff == 0.0
     assert compare_decisions(rec.decisions, ref.decisions)["agreement"] == 1.0
     x_ref = ref.x.numpy()
@@ -240,7 +240,7 @@ def test_validate_sampler_agrees_for_patch_tokens(model, settings):
 
     windows, info = training_windows({"dataset": "etth1"}, 48, H, 3)
     assert info["used"]
-    config = SamplerConfig(inference_steps=STEPS, **settings)
+    config = SamplerConfig(steps=STEPS, **settings)
     report = validate_sampler(ModuleEngine(model), model, NoiseSchedule(), windows[0], config, 8, seed=1)
     check = report["controller_check"]
     assert report["controller_agreement"] == 1.0 and check["mismatched_calls"] == 0
@@ -280,7 +280,7 @@ def test_validate_sampler_passes_with_the_onnx_graphs_of_patch_tokens(model, pat
     engine = OnnxEngine.load(patch_artifact, threads=1)
     assert engine.config.horizon_patch == PH
     windows, _ = training_windows({"dataset": "etth1"}, 48, H, 3)
-    config = SamplerConfig(inference_steps=STEPS, **settings)
+    config = SamplerConfig(steps=STEPS, **settings)
     report = validate_sampler(engine, model, NoiseSchedule(), windows[0], config, 8, seed=1)
     assert report["controller_agreement"] == 1.0 and report["controller_check"]["mismatched_calls"] == 0
     assert report["decision_agreement"] >= 0.99 and report["quantile_max_abs_err"] <= 1e-3

@@ -25,17 +25,17 @@ def test_runtime_equals_torch_reference(tiny_artifact, tiny_model, contexts, ord
     """Same seed, same NumPy noise streams: samples agree to 1e-4 on the standardised scale."""
     keys = ["north", "south", 7]
     runtime = Forecaster.load(tiny_artifact, threads=1).predict_windows(
-        contexts, num_samples=8, steps=10, seed=5, series_keys=keys, solver_order=order,
+        contexts, num_samples=8, steps=10, seed=5, series_ids=keys, solver_order=order,
         lattice=False, cache=False,  # the plain sampler (the fast one is checked by dil.train's reference sampler)
     )
     ref = reference_forecast(tiny_model, NoiseSchedule(), contexts, num_samples=8, steps=10, seed=5,
-                             series_keys=keys, solver_order=order)
+                             series_ids=keys, solver_order=order)
     np.testing.assert_array_equal(runtime.loc, ref.loc)
     np.testing.assert_array_equal(runtime.scale, ref.scale)
     diff = np.abs(runtime.standardised() - ref.samples_std).max()
     assert diff <= 1e-4, f"max abs difference {diff:.3g} on the standardised scale"
     # Different seeds give clearly different samples, so the agreement above is not vacuous.
-    other = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=6, series_keys=keys, solver_order=order)
+    other = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=6, series_ids=keys, solver_order=order)
     assert np.abs(other.samples_std - ref.samples_std).max() > 1e-2
 
 
@@ -44,10 +44,10 @@ def test_runtime_equals_torch_reference_on_the_time_grid(tiny_artifact, tiny_mod
     argument): they agree; the default (logsnr) grid gives clearly different samples."""
     keys = ["north", "south", 7]
     runtime = Forecaster.load(tiny_artifact, threads=1).predict_windows(
-        contexts, num_samples=8, steps=10, seed=5, series_keys=keys, lattice=False, cache=False, spacing="time")
-    ref = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=5, series_keys=keys, spacing="time")
+        contexts, num_samples=8, steps=10, seed=5, series_ids=keys, lattice=False, cache=False, spacing="time")
+    ref = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=5, series_ids=keys, spacing="time")
     assert np.abs(runtime.standardised() - ref.samples_std).max() <= 1e-4
-    logsnr = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=5, series_keys=keys)
+    logsnr = reference_forecast(tiny_model, NoiseSchedule(), contexts, 8, 10, seed=5, series_ids=keys)
     assert np.abs(logsnr.samples_std - ref.samples_std).max() > 1e-2
 
 

@@ -139,7 +139,7 @@ def test_scripted_subsets_match_the_runtime_with_shared_outputs(tiny_model, tiny
     ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, STREAMS, ScriptedReference(masks, orders), bucket=4)
     engine = LockstepEngine(ref, TorchGraphs(tiny_model), tiny_config)
     rec = RecordingController(ScriptedRuntime(masks, orders), before_plan=engine.advance)
-    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS), STREAMS, controller=rec)
+    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=STEPS), STREAMS, controller=rec)
     assert engine.mismatched_calls == 0 and engine.input_max_abs_diff == 0.0
     assert compare_decisions(rec.decisions, ref.decisions)["agreement"] == 1.0
     x_ref = ref.x.numpy()
@@ -159,7 +159,7 @@ def test_scripted_subsets_free_run_onnx_vs_torch(tiny_artifact, tiny_model, inpu
     ctx, x_T = inputs
     masks, orders = scripted(*x_T.shape, STEPS, seed=1)
     engine = OnnxEngine.load(tiny_artifact, threads=1)
-    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=STEPS), STREAMS,
+    result = sample(engine, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=STEPS), STREAMS,
                     controller=ScriptedRuntime(masks, orders))
     ref = ReferenceSampler(tiny_model, NoiseSchedule(), ctx, x_T, STEPS, STREAMS, ScriptedReference(masks, orders), bucket=4)
     assert np.abs(result.x0 - ref.run()).max() <= 1e-4
@@ -282,10 +282,10 @@ def test_forecaster_fast_sampler_equals_reference_forecast(tiny_artifact, tiny_m
     rng = np.random.default_rng(11)
     ctx = 5.0 + rng.standard_normal((3, tiny_config.context_length)).cumsum(axis=1)
     keys = ["north", "south", 7]
-    config = SamplerConfig(inference_steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100, x0_clip=0.0,
+    config = SamplerConfig(steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100, x0_clip=0.0,
                            spacing=spacing)
-    rt = Forecaster.load(tiny_artifact, threads=1).predict_windows(ctx, 8, seed=5, series_keys=keys,
+    rt = Forecaster.load(tiny_artifact, threads=1).predict_windows(ctx, 8, seed=5, series_ids=keys,
                                                                   batch_series=2, config=config)
-    ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, STEPS, seed=5, series_keys=keys, config=config)
+    ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, STEPS, seed=5, series_ids=keys, config=config)
     assert rt.stats.token_fraction < 0.8  # tokens were reused
     assert np.abs(rt.standardised() - ref.samples_std).max() <= 1e-4

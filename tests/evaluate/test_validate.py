@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
 from dil.export.real_data import training_windows  # noqa: E402
-from dil.evaluate.validate_cli import main as cli  # noqa: E402
+from dil.evaluate.cli.validate import main as cli  # noqa: E402
 from dil.evaluate.validation_report import (  # noqa: E402
     compare_decisions,
     compare_forecasts,
@@ -98,7 +98,7 @@ def test_runtime_and_reference_agree_on_real_windows(engine, tiny_model, tiny_co
     """Issue 3's gates on real contexts fed to the tiny model (context 16, horizon 8)."""
     windows, info = training_windows({"dataset": dataset}, tiny_config.context_length, tiny_config.horizon, 3)
     assert info["used"] and windows[0].shape == (3, tiny_config.context_length)
-    config = SamplerConfig(inference_steps=STEPS, **settings)
+    config = SamplerConfig(steps=STEPS, **settings)
     report = validate_sampler(engine, tiny_model, NoiseSchedule(), windows[0], config, SAMPLES, seed=1)
     assert report["controller_agreement"] == 1.0
     assert report["controller_check"]["mismatched_calls"] == 0
@@ -122,14 +122,12 @@ def test_runtime_and_reference_agree_on_real_windows(engine, tiny_model, tiny_co
 
 @pytest.mark.parametrize("spacing", ["logsnr", "time"])
 def test_validation_reference_runs_the_configs_grid(tiny_model, tiny_config, spacing):
-    """Both sides of dil-validate take the step grid from the one SamplerConfig (--set spacing=time)."""
-    from dil.evaluate.validate_cli import parse_settings
+    """Both sides of dil-validate take the step grid from the one SamplerConfig (--spacing time)."""
     from dil.evaluate.validation_report import reference_sampler
     from dil.runtime.sampling.solver import DPMSolverPP
 
-    settings = parse_settings([f"spacing={spacing}"])
-    assert settings == {"spacing": spacing}
-    config = SamplerConfig(inference_steps=5, **settings)
+    settings = {"spacing": spacing}
+    config = SamplerConfig(steps=5, **settings)
     ctx, _, x_T, streams = prepare_inputs(np.random.default_rng(0).standard_normal((1, 20)), tiny_config, 2, 0)
     ref = reference_sampler(tiny_model, NoiseSchedule(), ctx, x_T, config, streams)
     want = NoiseSchedule().sampling_grid(5, spacing)
@@ -145,7 +143,7 @@ def test_controller_check_detects_a_controller_that_differs(tiny_model, tiny_con
     monkeypatch.setattr(vr, "reference_controller", lambda config: ReferenceFullController(1))
     rng = np.random.default_rng(0)
     ctx, _, x_T, streams = prepare_inputs(rng.standard_normal((2, 20)), tiny_config, 3, 0)
-    config = SamplerConfig(inference_steps=4, solver_order=2)
+    config = SamplerConfig(steps=4, solver_order=2)
     check = controller_check(tiny_model, NoiseSchedule(), ctx, x_T, config, streams)
     # Steps 1 and 2 differ (order 2 vs 1) on every token; step 0 (history cap) and 3 (last) agree.
     units = 4 * (2 * 3 * tiny_config.horizon + 2)
@@ -181,7 +179,7 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
     ctx, _, x_T, streams = prepare_inputs(windows[0], tiny_config, SAMPLES, 0)
     # The time grid: there this perturbation flips near-tied decisions (on the logsnr grid the tiny
     # model's decisions have wider margins and none flips, even at 3e-4); both sides run the config's grid.
-    config = SamplerConfig(inference_steps=STEPS, spacing="time", **BUSY_CACHE)
+    config = SamplerConfig(steps=STEPS, spacing="time", **BUSY_CACHE)
     run = free_run(Perturbed(other), tiny_model, NoiseSchedule(), ctx, x_T, config, streams)
     assert 0.9 < run["decision_agreement"] < 1.0 and run["first_flips"] >= 1
     firsts = [f["consequence"] for f in run["flips"]]
@@ -193,7 +191,7 @@ def test_free_run_lists_flips_with_their_margins(tiny_model, tiny_config):
 def test_free_run_reports_runtime_stats(engine, tiny_model, tiny_config):
     rng = np.random.default_rng(1)
     ctx, _, x_T, streams = prepare_inputs(5 + rng.standard_normal((2, 30)), tiny_config, 4, 3)
-    run = free_run(engine, tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(inference_steps=3), streams)
+    run = free_run(engine, tiny_model, NoiseSchedule(), ctx, x_T, SamplerConfig(steps=3), streams)
     assert run["runtime_stats"]["engine_calls"] == 3
     assert run["units"] == 3 * (2 * 4 * tiny_config.horizon + 2)
 

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 
-from dil.evaluate.validate_cli import main as validate_cli  # noqa: E402
+from dil.evaluate.cli.validate import main as validate_cli  # noqa: E402
 from dil.export.weights import load_torch_model, torch_model_for  # noqa: E402
 from dil.runtime.manifest import ManifestError, checkpoint_run, load_manifest  # noqa: E402
 
@@ -210,7 +210,7 @@ def test_shipped_weights_reproduce_the_shipped_graphs():
 
 
 def test_dil_bench_torch_runs_from_the_artifact_alone(tiny_artifact, tiny_checkpoint, tmp_path, monkeypatch):
-    from dil.evaluate.bench_cli import main as bench_cli
+    from dil.evaluate.cli.bench import main as bench_cli
 
     monkeypatch.chdir(tmp_path)
     base = ["--engine", str(tiny_artifact), "--only", "torch-full", "--steps", "2", "--series", "1", "--samples", "4",

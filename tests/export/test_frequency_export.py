@@ -80,7 +80,7 @@ def test_frequency_model_trains_exports_and_validates(freq_artifact):
     model = load_checkpoint(run).model
     windows, _ = training_windows({"dataset": "etth1", "columns": ["OT"]}, cfg.context_length, cfg.horizon, 3)
     for settings in ({}, BUSY_CACHE):
-        config = SamplerConfig(inference_steps=STEPS, **settings)
+        config = SamplerConfig(steps=STEPS, **settings)
         report = validate_sampler(engine, model, manifest.schedule, windows[0], config, SAMPLES, seed=1,
                                   graph_report=graphs)
         assert report["controller_agreement"] == 1.0 and report["controller_check"]["mismatched_calls"] == 0

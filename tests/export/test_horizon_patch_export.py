@@ -359,7 +359,7 @@ def test_sampler_device_cache_path_fits_the_token_profile(ph_export, settings):
     ctx = np.concatenate([context_features(rng.standard_normal((G, 48))), rng.uniform(-1, 1, (G, 48, FK))], -1)
     feat = rng.uniform(-1, 1, (G, cfg.horizon, FK)).astype(np.float32)
     x_T = SeriesStreams(0, range(G)).initial_noise(N, cfg.horizon)
-    config = SamplerConfig(inference_steps=8, **settings)
+    config = SamplerConfig(steps=8, **settings)
     host_engine = OnnxEngine(manifest, threads=1)
     host_engine.full_step = False  # the same denoise graph as the device path (not the lean full step)
     host = sample(host_engine, manifest.schedule, ctx.astype(np.float32), x_T, config, SeriesStreams(0, range(G)),

@@ -153,8 +153,8 @@ def test_plan_record_must_match_this_machine():
     ]
     for args, text in cases:
         with pytest.raises(PlanMismatch) as err:
-            check_plan_record(RECORD, *args, rebuild="dil-export --artifact x.json --tensorrt")
-        assert text in str(err.value) and "dil-export --artifact x.json --tensorrt" in str(err.value)
+            check_plan_record(RECORD, *args, rebuild="dil-export --engine x.json --tensorrt")
+        assert text in str(err.value) and "dil-export --engine x.json --tensorrt" in str(err.value)
         assert ".onnx" in str(err.value)
 
 
@@ -301,12 +301,12 @@ def test_tensorrt_export_refused_without_gpu_before_any_work(tiny_checkpoint, ti
     out = tmp_path / "engines"
     for args in (["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--tensorrt"],
                  ["--checkpoint", str(tiny_checkpoint), "--out", str(out / "tiny.plan")],
-                 ["--artifact", str(tiny_artifact), "--tensorrt"]):
+                 ["--engine", str(tiny_artifact), "--tensorrt"]):
         res = CliRunner().invoke(export_cli, args)
         assert res.exit_code == 1, res.output
         assert "no NVIDIA GPU on this machine" in res.output and "Traceback" not in res.output
         assert not out.exists()
-    res = CliRunner().invoke(export_cli, ["--artifact", str(tiny_artifact)])
+    res = CliRunner().invoke(export_cli, ["--engine", str(tiny_artifact)])
     assert res.exit_code == 1 and "add --tensorrt" in res.output
 
 
@@ -324,7 +324,7 @@ def test_manifest_keeps_the_tensorrt_record(tiny_artifact, tmp_path):
     m = load_manifest(tmp_path / "tiny.plan")
     assert m.extra["tensorrt"]["gpu"] == RECORD["gpu"]
     assert json.loads(m.to_json())["tensorrt"] == d["tensorrt"]
-    assert rebuild_command(m.path) == f"dil-export --artifact {m.path} --tensorrt"
+    assert rebuild_command(m.path) == f"dil-export --engine {m.path} --tensorrt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,5 +395,5 @@ def test_trt_mismatched_plan_refused_and_rebuild_is_cached(trt_artifact, tmp_pat
     d = json.loads((tmp_path / "tiny.json").read_text())
     d["tensorrt"]["version"] = "0.0.1"
     (tmp_path / "tiny.json").write_text(json.dumps(d))
-    with pytest.raises(EngineError, match="built with TensorRT 0.0.1.*dil-export --artifact"):
+    with pytest.raises(EngineError, match="built with TensorRT 0.0.1.*dil-export --engine"):
         TrtEngine.load(tmp_path / "tiny.plan")

@@ -62,7 +62,7 @@ def test_blocks_and_the_row_estimate_by_hand():
 
 @pytest.mark.parametrize("settings", [FAST, {"lattice": False, "cache": False}], ids=["fast", "plain"])
 def test_a_small_budget_gives_the_same_forecast_in_bounded_calls(tiny_artifact, contexts, settings):
-    kw = dict(num_samples=N, steps=4, seed=2, series_keys=["a", "b", 7], **settings)
+    kw = dict(num_samples=N, steps=4, seed=2, series_ids=["a", "b", 7], **settings)
     one_call = Forecaster.load(tiny_artifact, threads=1)
     one_call.engine.call_tokens = None  # every series in one call: no token limit
     whole = one_call.predict_windows(contexts, **kw)
@@ -125,7 +125,7 @@ def test_the_token_limit_splits_calls_without_changing_a_sample(tiny_artifact, c
 def test_plain_forecast_equals_one_call_over_all_samples(tiny_artifact, contexts):
     """The plain sampler's rows are independent: the blocks give what one call over every row gives."""
     fc = Forecaster.load(tiny_artifact, threads=1)
-    config = SamplerConfig(inference_steps=3, lattice=False, cache=False)
+    config = SamplerConfig(steps=3, lattice=False, cache=False)
     blocked = fc.predict_windows(contexts, N, seed=5, config=config)
     ctx = contexts[:, -fc.context_length:]
     loc, scale = context_scale(ctx)

@@ -22,7 +22,7 @@ KEYS = [7, 11, 5]
 # Partial steps on the tiny model (H = 8): a small core, no change trigger, no event/probe fallbacks.
 # Guard off: the untrained model's data predictions lie hundreds of standard deviations out, and
 # held at the clip they would not change between steps (no probe error, no core event to test).
-PARTIAL = dict(inference_steps=STEPS, K=2, bucket=1, max_age=2, tau_0=1000.0, tau_warn=1000.0, probe_warn=1000.0,
+PARTIAL = dict(steps=STEPS, K=2, bucket=1, max_age=2, tau_0=1000.0, tau_warn=1000.0, probe_warn=1000.0,
                random_probe_ratio=0.3, full_fraction=1.0, R=1000, warmup_steps=1, final_full=False, x0_clip=0.0)
 
 
@@ -68,7 +68,7 @@ def test_controller_gets_its_streams_at_start_and_checks_them(engine, inputs):
 
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_switches_off_reproduce_the_plain_sampler_bit_for_bit(engine, inputs, order):
-    config = SamplerConfig(inference_steps=STEPS, solver_order=order, lattice=False, cache=False)
+    config = SamplerConfig(steps=STEPS, solver_order=order, lattice=False, cache=False)
     ctx, x_T = inputs
     streams = SeriesStreams(0, KEYS)
     lean, engine.full_step = engine.full_step, False  # plain on the fast sampler's denoise graph, not the lean one
@@ -144,7 +144,7 @@ def test_each_full_step_fallback_fires(engine, inputs):
 
 
 def test_cache_off_computes_everything_with_lattice_orders(engine, inputs):
-    result, ctl = run(engine, inputs, inference_steps=STEPS, cache=False)
+    result, ctl = run(engine, inputs, steps=STEPS, cache=False)
     assert all(d["computed"].all() for d in ctl.decisions)
     assert result.stats.tokens_computed == result.stats.full_tokens
     orders = {int(o) for d in ctl.decisions[3:-1] for o in np.unique(d["order"])}
@@ -153,7 +153,7 @@ def test_cache_off_computes_everything_with_lattice_orders(engine, inputs):
 
 def test_lattice_partitions_after_a_run(engine, inputs):
     H = engine.config.horizon
-    _, ctl = run(engine, inputs, **{**PARTIAL, "inference_steps": 12}, max_scales=3, refine_gap=0.0)
+    _, ctl = run(engine, inputs, **{**PARTIAL, "steps": 12}, max_scales=3, refine_gap=0.0)
     s_max = coarsest_scale(H, 3)
     start = (np.arange(H) >> ctl.lvl) << ctl.lvl
     for s in range(s_max + 1):  # every token of a node carries the node's scale
@@ -182,10 +182,10 @@ def test_forecaster_fast_default_is_seeded_and_batch_independent(tiny_artifact):
     fc = Forecaster.load(tiny_artifact, threads=1)
     rng = np.random.default_rng(1)
     ctx = rng.standard_normal((4, fc.context_length)) * 3 + 10
-    kw = dict(num_samples=5, steps=6, seed=2, series_keys=[3, 1, 4, 1_000_003], K=2, bucket=1)
+    kw = dict(num_samples=5, steps=6, seed=2, series_ids=[3, 1, 4, 1_000_003], K=2, bucket=1)
     a = fc.predict_windows(ctx, batch_series=4, **kw)
     b = fc.predict_windows(ctx, batch_series=1, **kw)
-    c = fc.predict_windows(ctx[[3, 2, 1, 0]], **{**kw, "series_keys": kw["series_keys"][::-1]}, batch_series=3)
+    c = fc.predict_windows(ctx[[3, 2, 1, 0]], **{**kw, "series_ids": kw["series_ids"][::-1]}, batch_series=3)
     assert np.array_equal(a.samples, b.samples) and np.array_equal(a.samples, c.samples[::-1])
     assert a.stats.tokens_computed < a.stats.full_tokens  # the fast sampler is the default
 
@@ -196,7 +196,7 @@ def test_forecaster_fast_default_is_seeded_and_batch_independent(tiny_artifact):
         (dict(entropy_budget=-0.1), r"entropy_budget must be a number in \[0, 1\]"),
         (dict(max_solver_order=0), r"max_solver_order must be an integer in \[1, 3\]"),
         (dict(max_solver_order=4), r"max_solver_order must be an integer in \[1, 3\]"),
-        (dict(steps=0), r"inference_steps must be an integer in \[1, 1000\]"),
+        (dict(steps=0), r"steps must be an integer in \[1, 1000\]"),
         (dict(random_probe_ratio=1.5), r"random_probe_ratio must be a number in \[0, 1\]"),
         (dict(K=-1), r"K must be an integer in \[0, 100000\]"),
         (dict(tau_0=0.0), r"tau_0 must be a number in \(0, 1000\]"),
@@ -231,7 +231,7 @@ def _csv(tmp_path, rows: int = 40):
         (["--entropy-budget", "-1"], r"entropy_budget must be a number in \[0, 1\]"),
         (["--max-solver-order", "4"], r"max_solver_order must be an integer in \[1, 3\]"),
         (["--random-probe-ratio", "2"], r"random_probe_ratio must be a number in \[0, 1\]"),
-        (["--steps", "0"], r"inference_steps must be an integer in \[1, 1000\]"),
+        (["--steps", "0"], r"steps must be an integer in \[1, 1000\]"),
         (["--spacing", "uniform"], r"spacing must be one of logsnr, time, got 'uniform'"),
     ],
 )

@@ -124,7 +124,7 @@ def test_exact_denoiser_samples_the_same_forecast_in_either_domain(H):
     mu, S = rng.standard_normal(H), B @ B.T / H + 0.1 * np.eye(H)
     steps, G, N = 12, 2, 5
     e = rng.standard_normal((G, N, H))
-    config = SamplerConfig(inference_steps=steps, lattice=False, cache=False, x0_clip=0.0)
+    config = SamplerConfig(steps=steps, lattice=False, cache=False, x0_clip=0.0)
     ctx = np.zeros((G, 3, 2), np.float32)
     freq = sample(_GaussianOracle(mu, S, steps, "frequency"), SCH, ctx, e, config, SeriesStreams(0, range(G))).x0
     time = sample(_GaussianOracle(mu, S, steps, "time"), SCH, ctx, sp.from_spectrum(sp.noise_gains(H) * e), config,
@@ -138,7 +138,7 @@ def test_exact_denoiser_samples_the_same_forecast_in_either_domain(H):
 
 def test_fast_controller_core_is_the_lowest_frequencies():
     H = 10
-    ctl = FastController(SamplerConfig(inference_steps=4, K=3))
+    ctl = FastController(SamplerConfig(steps=4, K=3))
     ctl.start(1, 2, H, DPMSolverPP(SCH, 4), SeriesStreams(0, [0]), domain="frequency")
     assert sorted(ctl.core.tolist()) == [0, 1, 2, 6, 7]
     assert ctl.follow_weights is None  # core follow interpolates in time: off

@@ -126,7 +126,7 @@ def _lean_vs_old(engine, config, **kwargs):
 
 def test_plain_sampler_runs_the_lean_graph_with_the_same_samples(tiny_artifact):
     engine = CountingEngine.load(tiny_artifact, threads=1)
-    lean, old, lean_calls, old_calls = _lean_vs_old(engine, SamplerConfig(inference_steps=10, lattice=False,
+    lean, old, lean_calls, old_calls = _lean_vs_old(engine, SamplerConfig(steps=10, lattice=False,
                                                                           cache=False))
     assert lean_calls == {"denoise": 0, "denoise_full": 10} and old_calls == {"denoise": 10, "denoise_full": 0}
     # Not bit-identical: the two graphs sum the same terms in another order (float32 rounding).
@@ -138,7 +138,7 @@ def test_fast_sampler_keeps_the_denoise_graph(tiny_artifact):
     """Its full steps' keys/values feed later cached steps: it never calls denoise_full, so its
     samples are bit-identical whether or not the engine offers the full step."""
     engine = CountingEngine.load(tiny_artifact, threads=1)
-    lean, old, lean_calls, _ = _lean_vs_old(engine, SamplerConfig(inference_steps=10))
+    lean, old, lean_calls, _ = _lean_vs_old(engine, SamplerConfig(steps=10))
     assert lean_calls["denoise_full"] == 0 and lean_calls["denoise"] > 0
     np.testing.assert_array_equal(lean, old)
 
@@ -163,7 +163,7 @@ def test_old_artifact_samples_on_the_denoise_graph(old_artifact, tiny_artifact):
     assert "denoise_full" not in load_manifest(old_artifact).to_dict()["io"]
     with pytest.raises(EngineError, match="no denoise_full graph"):
         engine.denoise_full(*(np.zeros(1, np.float32),) * 4)
-    config = SamplerConfig(inference_steps=6, lattice=False, cache=False)
+    config = SamplerConfig(steps=6, lattice=False, cache=False)
     got = _sample(engine, config)
     new = OnnxEngine.load(tiny_artifact, threads=1)
     new.full_step = False  # the new artifact on the old path: the same graphs, bit for bit
@@ -207,7 +207,7 @@ def test_patch_model_graph_and_sampler(patch_artifact):
     _check_graph(engine, model, 2, 3, 6)
     _check_graph(engine, model, 1, 2, 2, L=24)  # fewer tokens, shorter context
     hor_feat = np.random.default_rng(1).uniform(-1, 1, (2, 24, 2)).astype(np.float32)
-    lean, old, lean_calls, _ = _lean_vs_old(engine, SamplerConfig(inference_steps=10, lattice=False, cache=False),
+    lean, old, lean_calls, _ = _lean_vs_old(engine, SamplerConfig(steps=10, lattice=False, cache=False),
                                             hor_feat=hor_feat)
     assert lean_calls == {"denoise": 0, "denoise_full": 10}
     np.testing.assert_allclose(lean, old, rtol=0, atol=1e-6)
@@ -219,7 +219,7 @@ def test_shipped_model_has_the_graph_and_samples_alike():
     assert engine.full_step, "the shipped artifact lacks denoise_full: re-export it"
     cfg = engine.config
     hor_feat = np.random.default_rng(2).uniform(-1, 1, (1, cfg.horizon, cfg.horizon_features - 1)).astype(np.float32)
-    lean, old, lean_calls, _ = _lean_vs_old(engine, SamplerConfig(inference_steps=10, lattice=False, cache=False),
+    lean, old, lean_calls, _ = _lean_vs_old(engine, SamplerConfig(steps=10, lattice=False, cache=False),
                                             G=1, N=20, hor_feat=hor_feat)
     assert lean_calls == {"denoise": 0, "denoise_full": 10}
     np.testing.assert_allclose(lean, old, rtol=0, atol=1e-6)

@@ -14,7 +14,7 @@ from dil.runtime.sampling.config import X0_CLIP_DEFAULT, SamplerConfig, sampler_
 from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
 from dil.runtime.sampling.solver import DPMSolverPP
-from dil.runtime.sampling.token_cache import clip_x0
+from dil.runtime.sampling.parametrisation import clip_x0
 
 STEPS, H, N = 10, 8, 4
 BAD = (0, 1, 2)  # (series, sample, token) whose eps is wrong at the highest noise levels
@@ -66,7 +66,7 @@ def run(error: float, wrong_steps: int = 1, **settings) -> np.ndarray:
     streams = SeriesStreams(0, [0, 1])
     x_T = streams.initial_noise(N, H)
     ctx = np.zeros((2, 4, 2), dtype=np.float32)
-    config = SamplerConfig(inference_steps=STEPS, **settings)
+    config = SamplerConfig(steps=STEPS, **settings)
     return sample(GaussianEngine(schedule, STEPS, error, wrong_steps), schedule, ctx, x_T, config, streams).x0
 
 
@@ -153,13 +153,13 @@ def test_runtime_and_reference_clip_alike_where_it_binds(tiny_artifact, tiny_mod
     rng = np.random.default_rng(11)
     ctx = 5.0 + rng.standard_normal((3, tiny_config.context_length)).cumsum(axis=1)
     keys = ["north", "south", 7]
-    config = SamplerConfig(inference_steps=6, x0_clip=CLIP, **(FAST_PARTIAL if fast else PLAIN))
-    rt = Forecaster.load(tiny_artifact, threads=1).predict_windows(ctx, 8, seed=5, series_keys=keys, config=config)
+    config = SamplerConfig(steps=6, x0_clip=CLIP, **(FAST_PARTIAL if fast else PLAIN))
+    rt = Forecaster.load(tiny_artifact, threads=1).predict_windows(ctx, 8, seed=5, series_ids=keys, config=config)
     if fast:
-        ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, 6, seed=5, series_keys=keys, config=config)
+        ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, 6, seed=5, series_ids=keys, config=config)
         assert rt.stats.token_fraction < 1.0
     else:
-        ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, 6, seed=5, series_keys=keys, x0_clip=CLIP)
+        ref = reference_forecast(tiny_model, NoiseSchedule(), ctx, 8, 6, seed=5, series_ids=keys, x0_clip=CLIP)
     z = rt.standardised()
     on_clip = np.isclose(np.abs(ref.samples_std), CLIP, rtol=0, atol=1e-9)
     assert on_clip.any() and (np.abs(ref.samples_std) < CLIP - 1.0).any()
@@ -168,6 +168,6 @@ def test_runtime_and_reference_clip_alike_where_it_binds(tiny_artifact, tiny_mod
 
 
 def test_dil_run_exposes_the_setting():
-    from dil.runtime.cli.run import SAMPLER_OPTIONS
+    from dil.runtime.cli.options import ADVANCED_SAMPLER_OPTIONS as SAMPLER_OPTIONS
 
     assert ("--x0-clip", "x0_clip") in [(flag, name) for flag, name, _, _ in SAMPLER_OPTIONS]

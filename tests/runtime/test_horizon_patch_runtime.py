@@ -109,7 +109,7 @@ def test_plain_sampler_with_patches_matches_the_torch_reference():
     hor_feat = np.random.default_rng(3).uniform(-0.5, 0.5, (G, H, 2)).astype(np.float32)
     streams = SeriesStreams(0, [0, 1])
     x_T = streams.initial_noise(N, H)
-    config = SamplerConfig(inference_steps=8, lattice=False, cache=False)
+    config = SamplerConfig(steps=8, lattice=False, cache=False)
     got = sample(ModuleEngine(model), NoiseSchedule(), ctx, x_T, config, streams, hor_feat=hor_feat)
     want = reference_sample(model, NoiseSchedule(), ctx, x_T, 8, solver_order=config.solver_order,
                             x0_clip=config.x0_clip, hor_feat=hor_feat)
@@ -122,7 +122,7 @@ def test_fast_sampler_with_patches_computes_token_subsets_and_ignores_the_batch(
     forecast is the same alone or next to another series (same seed)."""
     model = patch_model(horizon=64, patch=2)
     ctx = _inputs(2, seed=5)
-    config = SamplerConfig(inference_steps=10)
+    config = SamplerConfig(steps=10)
     engine = ModuleEngine(model)
 
     def run(rows):
@@ -140,4 +140,4 @@ def test_sampler_rejects_a_horizon_that_is_not_whole_tokens():
     streams = SeriesStreams(0, [0])
     with pytest.raises(ValueError, match="horizon_patch 4"):
         sample(ModuleEngine(model), NoiseSchedule(), _inputs(1), np.zeros((1, 2, 14)),
-               SamplerConfig(inference_steps=4), streams)
+               SamplerConfig(steps=4), streams)

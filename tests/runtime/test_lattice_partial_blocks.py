@@ -121,7 +121,7 @@ def _controller_check(horizon: int, patch: int, steps: int, seed: int, G: int = 
     ctx = context_features(z)
     streams = SeriesStreams(seed, range(G))
     x_T = streams.initial_noise(N, horizon)
-    config = SamplerConfig(inference_steps=steps)
+    config = SamplerConfig(steps=steps)
     ref = reference_sampler(model, NoiseSchedule(), ctx, x_T, config, streams)
     from dil.export.graph_check import TorchGraphs
 

@@ -82,7 +82,7 @@ def test_stdout_skip_bad_series_and_numeric_ids(tmp_path):
     long.to_parquet(tmp_path / "long.parquet", index=False)
     args = ["--input", tmp_path / "long.parquet", "--id-column", "id"] + RUN
     r = _run(args)
-    assert r.exit_code == 1 and "series '12' has no observed value in its last 336 rows" in r.output
+    assert r.exit_code == 1 and "series '12' has no observed value in the last 336 rows" in r.output
     r = _run(args + ["--skip-bad-series"])
     assert r.exit_code == 0, r.output
     assert "warning: skipped 1 of 2 series" in r.stderr and "forecast 1 series" in r.stderr

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_long_table import to_long, wide_frame
 
 from dil.runtime.cli.run import main
-from dil.runtime.batch.ray_job import FAULT_MARKER_ENV
+from dil.runtime.jobs.ray_job import FAULT_MARKER_ENV
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'dil[ray]')")
 pytestmark = pytest.mark.slow  # a local Ray cluster: about a minute for the module
@@ -93,7 +93,7 @@ def _short(long: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.parametrize("edit, message", [
     (_broken, "long.csv: series 's07': column 'value' is not numeric (at 2018-01-05 00:00:00: 'broken')"),
-    (_short, "series 's03' has 300 rows, the model needs at least 336 (context_length)"),
+    (_short, "series 's03' has fewer than 336 rows (the model's context_length); --skip-bad-series forecasts the others"),
 ])
 def test_failed_job_leaves_no_output_folder(cluster, tmp_path, edit, message):
     edit(to_long(wide_frame(rows=360, names=NAMES))).to_csv(tmp_path / "long.csv", index=False)

@@ -234,7 +234,7 @@ def test_bad_settings_name_the_setting(forecaster, history, kwargs, match):
 
 
 def test_sampler_config_defaults():
-    assert SamplerConfig() == SamplerConfig(inference_steps=20, solver_order=2)
+    assert SamplerConfig() == SamplerConfig(steps=20, solver_order=2)
 
 
 def test_sampler_config_has_an_ordinary_constructor_and_one_merge():
@@ -242,17 +242,17 @@ def test_sampler_config_has_an_ordinary_constructor_and_one_merge():
 
     from dil.runtime.sampling.config import sampler_config
 
-    config = SamplerConfig(inference_steps=7)
+    config = SamplerConfig(steps=7)
     assert config.steps == 7 and replace(config, K=2).steps == 7
     with pytest.raises(TypeError):
-        SamplerConfig(steps=7)  # one name per setting: no constructor alias
+        SamplerConfig(inference_steps=7)  # one name per setting: the old name is gone
     with pytest.raises(AttributeError):
         config.steps = 3
     merged = sampler_config(config, solver_order=3, K=None)  # None: the option was left unset
     assert (merged.steps, merged.solver_order, merged.K) == (7, 3, SamplerConfig().K)
     assert sampler_config(None) == SamplerConfig() and sampler_config(config) is config
-    with pytest.raises(ValueError, match="unknown sampler setting 'steps'"):
-        sampler_config(config, steps=3)
+    with pytest.raises(ValueError, match="unknown sampler setting 'inference_steps'"):
+        sampler_config(config, inference_steps=3)
     import dil.runtime.sampling.sampler as loop
 
     assert not hasattr(loop, "SamplerConfig")  # one home: dil.runtime.sampling.config
@@ -445,7 +445,7 @@ def test_feature_forecasts_are_batch_independent_and_match_predict_windows(featu
     past = ((cov["rain_1h"].to_numpy() - 0.5) / 2.0)[:, None]
     feats = WindowFeatures(np.repeat(known[None, T - L:T], 3, 0), np.repeat(past[None, T - L:T], 3, 0),
                            np.repeat(known[None, T:], 3, 0))
-    w = fc.predict_windows(history.to_numpy()[-L:].T, num_samples=6, steps=4, seed=2, series_keys=["a", "b", "c"],
+    w = fc.predict_windows(history.to_numpy()[-L:].T, num_samples=6, steps=4, seed=2, series_ids=["a", "b", "c"],
                            features=feats)
     np.testing.assert_allclose(w.samples, together.samples, rtol=0, atol=1e-9)
     # The inputs matter: a future known covariate and the dates change the forecast; rows past

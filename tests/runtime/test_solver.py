@@ -223,7 +223,7 @@ def test_sampler_loop_returns_the_data_for_an_exact_network(order):
     x_T = rng.standard_normal(x_star.shape)
     assert isinstance(engine, Engine)
     result = sample(engine, SCH, np.zeros((2, 3, 2), np.float32), x_T,
-                    SamplerConfig(inference_steps=steps, solver_order=order), SeriesStreams(0, range(2)))
+                    SamplerConfig(steps=steps, solver_order=order), SeriesStreams(0, range(2)))
     np.testing.assert_allclose(result.x0, x_star, rtol=0, atol=1e-6)
     assert result.stats.engine_calls == steps and result.stats.encode_calls == 1
     assert result.stats.tokens_computed == result.stats.full_tokens == 2 * 3 * 5 * steps
@@ -240,7 +240,7 @@ def test_sampler_evaluates_the_network_on_the_configs_grid(spacing):
     x_star = rng.standard_normal((1, 2, 4)).astype(np.float32).astype(np.float64)
     engine = _OracleEngine(x_star, steps, spacing=spacing)
     result = sample(engine, SCH, np.zeros((1, 3, 2), np.float32), rng.standard_normal(x_star.shape),
-                    SamplerConfig(inference_steps=steps, spacing=spacing, lattice=False, cache=False),
+                    SamplerConfig(steps=steps, spacing=spacing, lattice=False, cache=False),
                     SeriesStreams(0, range(1)))
     want = diffusion_time_features(SCH.sampling_grid(steps, spacing), 4).astype(np.float32)
     assert len(engine.t_feats) == steps

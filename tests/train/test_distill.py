@@ -92,7 +92,7 @@ def test_steps_are_checked():
         with pytest.raises(ValueError, match="steps"):
             DistillConfig("t", "0", student_steps=K, teacher_steps=M)
     record = DistillConfig("t", "0", 4, 12).sampler_defaults()
-    assert (record["inference_steps"], record["solver_order"], record["lattice"], record["cache"]) == (4, 1, False, False)
+    assert (record["steps"], record["solver_order"], record["lattice"], record["cache"]) == (4, 1, False, False)
 
 
 # -- dil-train --distill, dil-export, dil-run ---------------------------------------------------------
@@ -150,7 +150,7 @@ def test_student_artifact_runs_its_steps(student, tmp_path):
     assert res.exit_code == 0, res.output
     assert "plain DPM-Solver++ of order 1, 3 steps (--steps given; otherwise the artifact default" in res.output
     assert "[24, 0, 0]" in res.output  # the order histogram: 3 steps x 4 samples x 2 tokens, all first order
-    from dil.evaluate.bench_cli import main as bench_main
+    from dil.evaluate.cli.bench import main as bench_main
 
     # dil-bench runs the student's order in the runtime and in torch (at 3 steps, order 2 would show)
     res = CliRunner().invoke(bench_main, ["--engine", str(tmp_path / "engines" / "student.json"), "--only",
@@ -192,7 +192,7 @@ def test_bad_distill_options_one_line_nothing_written(student, tmp_path, extra, 
 def test_sampler_defaults_solver_order_is_checked():
     from dil.runtime.manifest import ManifestError, check_sampler_defaults
 
-    record = {"lattice": False, "cache": False, "inference_steps": 4}
+    record = {"lattice": False, "cache": False, "steps": 4}
     assert check_sampler_defaults(dict(record, solver_order=1), "m") == dict(record, solver_order=1)
     for bad in (0, 4, 1.0, True):
         with pytest.raises(ManifestError, match=r"sampler_defaults.solver_order' must be an integer in \[1, 3\]"):

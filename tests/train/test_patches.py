@@ -76,7 +76,7 @@ class _Recorder:
 def _run(config, ctx, hor_feat, G=2, N=3):
     streams = SeriesStreams(0, range(G))
     engine = _Recorder(config)
-    sample(engine, NoiseSchedule(), ctx, streams.initial_noise(N, config.horizon), SamplerConfig(inference_steps=2),
+    sample(engine, NoiseSchedule(), ctx, streams.initial_noise(N, config.horizon), SamplerConfig(steps=2),
            streams, hor_feat=hor_feat)
     return engine
 
@@ -308,7 +308,7 @@ def test_plain_sampler_equals_the_torch_reference(v_engine, v_model, inputs, ord
 
     engine, _ = v_engine
     ctx, feat, x_T, streams = inputs
-    config = SamplerConfig(inference_steps=STEPS, lattice=False, cache=False, solver_order=order, x0_clip=0.0)
+    config = SamplerConfig(steps=STEPS, lattice=False, cache=False, solver_order=order, x0_clip=0.0)
     got = sample(engine, NoiseSchedule(), ctx, x_T, config, streams, hor_feat=feat).x0
     ref = reference_sample(v_model, NoiseSchedule(), ctx, x_T, STEPS, order, x0_clip=0.0, hor_feat=feat)
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
@@ -323,7 +323,7 @@ def test_fast_sampler_agrees_with_the_reference_in_lockstep_and_free_run(v_engin
     from dil.evaluate.validation_report import validate_sampler
 
     engine, _ = v_engine
-    config = SamplerConfig(inference_steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100,
+    config = SamplerConfig(steps=STEPS, K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100,
                            random_probe_ratio=0.2, x0_clip=0.0)
     report = validate_sampler(engine, v_model, NoiseSchedule(), windows[0], config, 16, seed=1)
     assert report["features"] == "random"

@@ -189,7 +189,7 @@ def test_bad_feature_input_one_line_nothing_written(tmp_path, extra, message):
 
 
 def test_default_context_patch_rule():
-    from dil.train.cli import default_context_patch
+    from dil.train.presets import default_context_patch
 
     assert default_context_patch(168, "h") == 24 and default_context_patch(336, "h") == 24
     assert default_context_patch(100, "h") == 4  # 24 does not divide 100

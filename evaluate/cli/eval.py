@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from dil.evaluate.harness import DEFAULT_BATCH_SIZE
-from dil.runtime.cli.run import SPACING_HELP
+from dil.runtime.cli.options import artifact_option, checked_output, date_options, one_line, pop_dates, pop_sampler, \
+    sampler_options
 from dil.runtime.support.files import write_text
-from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 
 _ROWS = ("crps", "crps_sample", "crps_sum", "mae", "mse", "coverage_50", "coverage_90")
 
@@ -64,50 +64,18 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
     return lines
 
 
-def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
-    """Fail before any work when an output could not be written (missing folders are fine: they are
-    created when the output is written, with dil.runtime.support.files.made_folders)."""
-    from dil.runtime.support.files import folder_problem
-
-    if path is None:
-        return
-    problem = folder_problem(path if is_dir else path.parent)
-    if problem:
-        raise click.ClickException(f"{what} {path}: {problem}")
-    if is_dir and path.exists() and not path.is_dir():
-        raise click.ClickException(f"{what}: {path} exists and is not a directory")
-    if not is_dir and path.is_dir():
-        raise click.ClickException(f"{what}: {path} is a directory")
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--engine", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="Exported artifact: NAME.onnx, NAME.plan or NAME.json (any resolves to the manifest); "
-                   "default: the shipped metro-traffic model.")
+@artifact_option()
 @click.option("--dataset", help="Bundled dataset to evaluate on (default: the one the engine was trained on).")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
               help="Evaluate on a local table instead (CSV, CSV.GZ, TXT or Parquet; rows = time steps).")
-@click.option("--date-column", help="Timestamp column of --data (default: for a model with time features, the date "
-                                    "column of its training data when --data has it, with a note).")
-@click.option("--date-format", metavar="FMT",
-              help="strptime format of --date-column, e.g. '%d.%m.%Y %H:%M' (default: ISO dates as such; other "
-                   "dates month-first or day-first, whichever reads every row; when both do, an error).")
-@click.option("--dayfirst/--monthfirst", "dayfirst", default=None,
-              help="Read --date-column day-first (13.07.2016) or month-first (07/13/2016) (default: from the data).")
+@date_options("--data", "for a model with time features, the date column of its training data when --data has it, "
+                        "with a note")
 @click.option("--columns", help="Comma-separated series to evaluate (default: the engine's / all numeric).")
 @click.option("--windows", "n_windows", type=click.IntRange(min=1),
               help="Evaluate this many evenly spaced test origins (default: all; stride = horizon).")
 @click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1), help="Samples per window.")
-@click.option("--steps", default=None, type=click.IntRange(min=1),
-              help="Sampler steps. [default: the artifact's, else 20]")
-@click.option("--lattice/--no-lattice", default=None,
-              help="Lattice controller (per-token solver orders, refresh priority). [default: the artifact's, "
-                   "else on]")
-@click.option("--cache/--no-cache", default=None,
-              help="E2-CRF token cache; --no-lattice --no-cache is the plain DPM-Solver++ sampler. [default: the "
-                   "artifact's, else on]")
-@click.option("--spacing", metavar="|".join(SPACINGS), default=DEFAULT_SPACING, show_default=True,
-              help=SPACING_HELP + " Recorded in the report's protocol.")
+@sampler_options()
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
 @click.option("--season", type=click.IntRange(min=1),
               help="Seasonal-naive lag in steps (default: the dataset's, or from the row frequency).")
@@ -129,8 +97,8 @@ def _check_out(path: Path | None, what: str, is_dir: bool = False) -> None:
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write fan charts and a calibration plot (PNG) to this folder, created when missing (needs "
                    "dil[plot]).")
-def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_windows, samples, steps, lattice,
-         cache, spacing, seed, season, batch_size, ddpm_windows, checkpoint, json_path, plots_dir):
+def main(engine, dataset, data, columns, n_windows, samples, seed, season, batch_size, ddpm_windows, checkpoint, json_path,
+         plots_dir, **options):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
@@ -155,8 +123,10 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
 
     if checkpoint is not None and not ddpm_windows:
         raise click.UsageError("--checkpoint is only used by --ddpm-windows N (the PyTorch DDPM reference)")
-    _check_out(json_path, "--json")
-    _check_out(plots_dir, "--plots", is_dir=True)
+    dates, sampler = pop_dates(options), pop_sampler(options)
+    steps = sampler.pop("steps")
+    checked_output(json_path, "--json")
+    checked_output(plots_dir, "--plots", folder=True)
     try:
         if plots_dir is not None:
             from dil.runtime.support.deps import require
@@ -166,18 +136,16 @@ def main(engine, dataset, data, date_column, date_format, dayfirst, columns, n_w
             from dil.runtime.manifest import default_artifact
 
             engine = default_artifact()
-        sampler = {"lattice": lattice, "cache": cache, "spacing": spacing}
-        sampler_config(None, **sampler)  # a bad setting: one line, before any work
+        sampler_config(None, **{k: v for k, v in sampler.items() if v is not None})  # a bad setting: before any work
         options = EvalOptions(n_windows=n_windows, samples=samples, steps=steps, seed=seed, season=season,
                               batch_size=batch_size, progress=True)
         ev = evaluate_engine(
-            engine, options, dataset=dataset, data=data, date_column=date_column, columns=columns,
-            date_format=date_format, dayfirst=dayfirst, sampler=sampler,
+            engine, options, dataset=dataset, data=data, columns=columns, sampler=sampler, **dates,
             ddpm_windows=ddpm_windows, checkpoint=checkpoint,
         )
     except (DataError, ManifestError, EvaluationError, MissingDependency, ReferenceUnavailable, ValueError,
             OSError) as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise one_line(exc) from None
     report = ev.report
     report["protocol"]["engine"] = str(engine)
     for note in [*ev.notes, f"note: {report['protocol']['sampler_choice']}"]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dil.runtime.cli.run import SPACING_HELP
+from dil.runtime.cli.options import SPACING_HELP, checked_output
 from dil.runtime.support.files import write_text
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, SPACINGS
 from dil.evaluate.bench_worker import NAMES
@@ -135,12 +135,11 @@ def main(ctx, engine, dataset, checkpoint, json_path, plot_path, steps, large_st
     from dil.runtime.support.deps import MissingDependency, require
     from dil.runtime.inputs.table import DataError
     from dil.evaluate.bench import BenchConfig, BenchError, run_bench
-    from dil.evaluate.cli import _check_out
     from dil.evaluate.harness import EvaluationError
     from dil.runtime.manifest import ManifestError
 
-    _check_out(json_path, "--json")
-    _check_out(plot_path, "--plot")
+    checked_output(json_path, "--json")
+    checked_output(plot_path, "--plot")
     if frontier or write_defaults:
         return _frontier(ctx, engine, dataset, json_path, steps, fast_steps, samples, repeats, windows, threads,
                          seed, write_defaults)

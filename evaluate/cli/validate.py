@@ -8,38 +8,10 @@ from pathlib import Path
 
 import click
 
+from dil.runtime.cli.options import pop_sampler, sampler_options
+
 # What `pip install 'dil[export]'` brings; checked before anything imports torch.
 VALIDATE_MODULES = ("torch", "safetensors", "onnx", "onnxruntime")
-
-
-def parse_settings(pairs) -> dict:
-    """Sampler settings from NAME=VALUE strings, typed like SamplerConfig's fields (bool: true/false,
-    tuple: comma-separated numbers). Raises click.BadParameter naming the bad pair."""
-    from dataclasses import fields
-
-    from dil.runtime.sampling.config import SamplerConfig
-
-    kinds = {f.name: type(f.default) for f in fields(SamplerConfig)}
-    out = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in kinds or name in ("inference_steps", "num_diffusion_steps"):
-            raise click.BadParameter(f"{pair!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(kinds))}",
-                                     param_hint="--set")
-        kind, text = kinds[name], text.strip()
-        try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                    raise ValueError(text)
-                out[name] = text.lower() in ("true", "1", "yes", "on")
-            elif kind is tuple:
-                out[name] = tuple(float(v) for v in text.split(","))
-            else:
-                out[name] = kind(text)
-        except ValueError:
-            raise click.BadParameter(f"{pair!r}: {name} takes a {kind.__name__} value", param_hint="--set") from None
-    return out
 
 
 def _fmt(x) -> str:
@@ -88,12 +60,10 @@ def summary_lines(report: dict) -> list[str]:
 @click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
 @click.option("--steps", default=20, show_default=True, type=int, help="Solver steps (network evaluations).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise and of the controller's choices.")
-@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
-              help="A sampler setting, as in dil-run and docs/sampler.md (repeatable), e.g. --set K=2 "
-                   "--set cache=false [default: the documented defaults].")
+@sampler_options(steps=False)
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: one per core).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, settings, threads, quiet):
+def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, threads, quiet, **options):
     """Validate an exported artifact and the runtime's sampler against the PyTorch reference.
 
     \b
@@ -124,7 +94,7 @@ def main(engine, checkpoint, json_path, dataset, series, samples, steps, seed, s
             require(module, "export")
     except MissingDependency as exc:
         raise click.ClickException(str(exc)) from None
-    sampler_settings = parse_settings(settings)
+    sampler_settings = {k: v for k, v in pop_sampler(options).items() if v is not None}
     from dil.runtime.support.files import folder_problem, made_folders
 
     problem = json_path is not None and folder_problem(json_path.parent)  # missing folders are created

@@ -4,12 +4,12 @@
       -> groupby(id column).map_groups: one row per series, its SeriesHistory (tasks)
       -> map_batches(ForecastActor, compute=ActorPoolStrategy(size=actors)): each actor loads the
          engine once and forecasts batches of --batch-series series with
-         dil.runtime.batch.forecast.forecast_histories
+         dil.runtime.jobs.forecast.forecast_histories
       -> write_parquet into a hidden sibling folder, one file per block,
          renamed to the output folder when every block is written (removed on failure).
 
 The forecast of a series depends on its rows, the seed and its id only (dil.runtime.inputs.long_table,
-dil.runtime.batch.forecast), so the output equals the single-process `dil-run --id-column` output
+dil.runtime.jobs.forecast), so the output equals the single-process `dil-run --id-column` output
 bit for bit, whatever the number of actors, blocks or retries. An actor that dies is restarted by
 Ray and its batch retried (max_restarts, max_task_retries = -1); an exception raised by dil (bad
 data) is not retried: the job fails with that one line and leaves no output folder.
@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from dil.runtime.batch.forecast import RunSettings
+from dil.runtime.jobs.forecast import RunSettings
 from dil.runtime.inputs.long_table import LongSpec
 
 # Test hook (tests/runtime/test_ray_job.py): the path of a marker file; the first actor call that finds
@@ -103,7 +103,7 @@ class ForecastActor:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from dil.runtime.batch.forecast import forecast_histories
+        from dil.runtime.jobs.forecast import forecast_histories
         from dil.runtime.outputs.quantiles import QUANTILE_LEVELS
 
         if self.fault_marker:
@@ -114,7 +114,7 @@ class ForecastActor:
             else:
                 os._exit(1)  # the worker process dies mid-job; Ray restarts the actor and retries this batch
         histories = sorted((pickle.loads(b) for b in batch["history"]), key=lambda h: h.id)
-        frame, _ = forecast_histories(self.forecaster, histories, self.settings)
+        frame, _ = forecast_histories(self.forecaster, histories, self.settings, whole=False)
         return pa.Table.from_pandas(frame, schema=output_schema(QUANTILE_LEVELS), preserve_index=False)
 
 
@@ -146,8 +146,7 @@ def _dataset(ray, path: Path, spec: LongSpec):
 
 def _root_error(exc: BaseException) -> BaseException:
     """The exception raised in dil code inside a Ray worker (Ray wraps it), else `exc`."""
-    from dil.runtime.forecaster import ForecastError
-    from dil.runtime.inputs.table import DataError
+    from dil.runtime.inputs.errors import DataError, ForecastError
 
     seen, todo = set(), [exc]
     while todo:

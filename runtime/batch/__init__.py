@@ -1,2 +1,0 @@
-"""Forecasts of many series: the long-table run in one process (run.py) or on Ray (ray_job.py),
-both through forecast.py (docs/scale-out.md)."""
