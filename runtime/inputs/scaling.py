@@ -17,10 +17,11 @@ class ScalingError(ValueError):
     """A window cannot be scaled (no observed value in its context)."""
 
 
-def context_scale(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def context_scale(context: np.ndarray, floor=None) -> tuple[np.ndarray, np.ndarray]:
     """Location and scale per window from the observed context values.
 
-    context: float [..., L] on the original scale, NaN = missing.
+    context: float [..., L] on the original scale, NaN = missing. floor: None, or float [...] (or a
+    scalar): the smallest scale of each window, in the series' units (series_floor).
     Returns (loc, scale), float64 [...]. Raises ScalingError if a window has no observed value.
     """
     x = np.asarray(context, dtype=np.float64)
@@ -34,6 +35,8 @@ def context_scale(context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     var = (np.where(observed, x - loc[..., None], 0.0) ** 2).sum(axis=-1) / count
     mean_abs = np.abs(xz).sum(axis=-1) / count
     scale = np.maximum(np.maximum(np.sqrt(var), MIN_SCALE_REL * mean_abs), MIN_SCALE_ABS)
+    if floor is not None:
+        scale = np.maximum(scale, np.asarray(floor, dtype=np.float64))
     return loc, scale
 
 

@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from builders import ScriptedReference, ScriptedRuntime, runtime_positions, scripted  # noqa: E402
 from dil.runtime.sampling.rng import SeriesStreams  # noqa: E402
 from dil.runtime.sampling.step_plan import StepPlan  # noqa: E402
 from dil.runtime.inputs.scaling import context_features  # noqa: E402
@@ -29,63 +30,6 @@ def inputs(tiny_config):
     z = rng.standard_normal((2, tiny_config.context_length))
     z[0, 3:6] = np.nan
     return context_features(z), rng.standard_normal((2, 5, tiny_config.horizon))
-
-
-def scripted(G: int, N: int, H: int, steps: int, seed: int = 0):
-    """Per step: computed bool [G, N, H] (all on step 0, ~40% later, never an empty row) and
-    requested orders int [G, N, H] in 1..3."""
-    rng = np.random.default_rng(seed)
-    masks = rng.random((steps, G, N, H)) < 0.4
-    masks[0] = True
-    masks[:, :, :, 0] = True
-    orders = rng.integers(1, 4, size=(steps, G, N, H))
-    return masks, orders
-
-
-def runtime_positions(mask: np.ndarray, bucket: int = 4) -> np.ndarray:
-    """NumPy twin of subset_positions for the runtime side of the scripted controller."""
-    G, N, H = mask.shape
-    S = min(H, -(-int(mask.sum(-1).max()) // bucket) * bucket)
-    return np.sort(np.where(mask, np.arange(H), H), axis=-1)[..., :S].astype(np.int64)
-
-
-class ScriptedRuntime:
-    """A runtime controller replaying fixed decisions."""
-
-    def __init__(self, masks, orders):
-        self.masks, self.orders = masks, orders
-
-    counters: dict = {}
-
-    def start(self, G, N, H, solver, streams, domain="time"):
-        pass
-
-    def plan(self, i, cache):
-        m = self.masks[i]
-        return StepPlan(pos_sub=runtime_positions(m), order=self.orders[i], full=bool(m.all()))
-
-    def adjust(self, i, cache, computed):
-        pass
-
-    def observe(self, i, cache):
-        pass
-
-
-class ScriptedReference:
-    """The reference twin of ScriptedRuntime."""
-
-    def __init__(self, masks, orders):
-        self.masks, self.orders = masks, orders
-
-    def start(self, sampler, streams):
-        pass
-
-    def plan(self, i, sampler):
-        m = torch.from_numpy(self.masks[i])
-        return ReferencePlan(m, torch.from_numpy(self.orders[i]), m.all(dim=2).all(dim=1))
-
-    def observe(self, i, sampler):
-        pass
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])

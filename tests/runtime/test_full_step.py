@@ -23,7 +23,7 @@ from dil.runtime.sampling.config import SamplerConfig
 from dil.runtime.sampling.contracts import FullStepEngine
 from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.schedule import NoiseSchedule
-from patch_models import patch_model
+from builders import patch_model
 
 torch = pytest.importorskip("torch")
 
@@ -180,7 +180,7 @@ def test_a_named_full_step_graph_must_exist_and_match(tiny_artifact, tmp_path):
         load_manifest(tmp_path / "tiny.denoise_full.onnx")  # the graph's own name resolves to NAME.json
 
 
-# -- a horizon-patch model with known features (tests/patch_models.py) ---------------------------
+# -- a horizon-patch model with known features (tests/builders.py) ---------------------------
 @pytest.fixture(scope="module")
 def patch_artifact(tmp_path_factory):
     """(model, manifest path): a random model with context patches of 12, horizon 24 in tokens of 4,

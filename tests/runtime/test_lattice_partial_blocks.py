@@ -31,7 +31,7 @@ from dil.evaluate.validation_report import (  # noqa: E402
     runtime_controller,
 )
 from dil.runtime.sampling.rng import SeriesStreams  # noqa: E402
-from patch_models import patch_model  # noqa: E402
+from builders import patch_model  # noqa: E402
 from dil.runtime.sampling import lattice as lat  # noqa: E402
 from dil.runtime.sampling.config import SamplerConfig  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule  # noqa: E402

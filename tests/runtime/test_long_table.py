@@ -15,26 +15,8 @@ from click.testing import CliRunner
 
 from dil.runtime.cli.run import main
 
-NAMES = ["east", "north", "south"]
+from builders import NAMES, to_long, wide_frame  # noqa: E402
 RUN = ["--samples", 6, "--threads", 1]
-
-
-def wide_frame(rows: int = 400, names=NAMES, seed: int = 3) -> pd.DataFrame:
-    """Hourly series (daily cycle + noise, a few gaps) with a date_time column, as the shipped model reads."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(rows)
-    data = {"date_time": pd.date_range("2018-01-01", periods=rows, freq="h").strftime("%Y-%m-%d %H:%M:%S")}
-    for i, n in enumerate(names):
-        x = 3000 + 1500 * np.sin(2 * np.pi * (t + 3 * i) / 24) + rng.normal(0, 100, rows)
-        x[rng.choice(rows, 5, replace=False)] = np.nan
-        data[n] = x
-    return pd.DataFrame(data)
-
-
-def to_long(wide: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """The long form of a wide frame, rows shuffled (a long table's rows come in any order)."""
-    long = wide.melt(id_vars="date_time", var_name="id", value_name="value")[["id", "date_time", "value"]]
-    return long.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
 def _run(args):

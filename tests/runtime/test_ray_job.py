@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_long_table import to_long, wide_frame
+from builders import to_long, wide_frame
 
 from dil.runtime.cli.run import main
 from dil.runtime.jobs.ray_job import FAULT_MARKER_ENV

@@ -68,7 +68,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from dil.export.graph_check import FP32_TOLERANCE, SUBSET_TOLERANCE  # noqa: E402
 from dil.train.model import ScoreNet  # noqa: E402
-from patch_models import patch_model  # noqa: E402
+from builders import patch_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

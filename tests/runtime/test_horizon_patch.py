@@ -20,7 +20,7 @@ from dil.runtime.sampling.sampler import gather_inputs, sample
 from dil.runtime.sampling.schedule import NoiseSchedule
 from dil.runtime.sampling.step_plan import StepPlan
 from dil.runtime.sampling.token_cache import TokenCache
-from patch_models import patch_model
+from builders import patch_model
 
 torch = pytest.importorskip("torch")
 

@@ -24,8 +24,8 @@ from dil.evaluate.reference.sampler import (  # noqa: E402
     reference_sample,
 )
 from dil.runtime.sampling.rng import SeriesStreams  # noqa: E402
-from patch_models import patch_model  # noqa: E402
-from test_reference_sampler import ScriptedReference, ScriptedRuntime, scripted  # noqa: E402  fixed decisions
+from builders import patch_model  # noqa: E402
+from builders import ScriptedReference, ScriptedRuntime, scripted  # noqa: E402  fixed decisions
 from dil.runtime.sampling.config import SamplerConfig  # noqa: E402
 from dil.runtime.sampling.parametrisation import to_x0_eps  # noqa: E402
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features  # noqa: E402
@@ -38,7 +38,7 @@ BUSY_CACHE = dict(K=2, bucket=1, full_fraction=1.0, tau_0=3.0, R=100, random_pro
 
 
 def ref_model(known: int = 0, prediction: str = "epsilon"):
-    """Horizon 32 in tokens of 4 steps (patch_models.patch_model), `known` known features per step."""
+    """Horizon 32 in tokens of 4 steps (builders.patch_model), `known` known features per step."""
     return patch_model(H, PH, known, prediction, seed=2)
 
 
