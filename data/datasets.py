@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from dil.data.registry import DEFAULT_DATASET, file_spec, get_spec
 from dil.runtime.inputs.table import DataError, SeriesTable, load_table
 
@@ -30,15 +32,17 @@ def _names(value) -> list[str]:
 
 
 def resolve(dataset=None, data=None, date_column=None, columns=None, *, date_format=None, dayfirst=None,
-            covariates=None):
+            covariates=None, missing_values=()):
     """(DatasetSpec, SeriesTable) for a CLI: a bundled dataset by name or a user file.
 
     Exactly one of dataset / data may be given (neither: the default dataset). date_column,
     date_format (strptime) and dayfirst (True / False / None = decide, see load_table) apply to a
     user file; for a bundled dataset `columns` may pick a subset of its series. covariates: columns
     read raw into the table's `covariates` (never targets; a name also in `columns` is a DataError).
-    The table's `notes` say what reading a user file repaired (print them).
+    missing_values: values read as missing (--missing-value), beside a bundled dataset's own. The
+    table's `notes` say what reading a user file repaired (print them).
     """
+    missing_values = tuple(float(v) for v in missing_values or ())
     if dataset is not None and data is not None:
         raise DataError("give either a bundled dataset or a data file, not both")
     columns, covariates = _names(columns), _names(covariates)
@@ -48,8 +52,9 @@ def resolve(dataset=None, data=None, date_column=None, columns=None, *, date_for
     cov = {"covariates": covariates} if covariates else {}
     if data is not None:
         table = load_table(data, date_column=date_column, columns=columns or None, date_format=date_format,
-                           dayfirst=dayfirst, **cov)
-        spec = file_spec(data, table, date_column=date_column, date_format=date_format, dayfirst=dayfirst)
+                           dayfirst=dayfirst, missing_values=missing_values, **cov)
+        spec = file_spec(data, table, date_column=date_column, date_format=date_format, dayfirst=dayfirst,
+                         missing_values=missing_values)
         return spec, table
     for given, option in ((date_column, "--date-column"), (date_format, "--date-format"),
                           (dayfirst, "--dayfirst/--monthfirst")):
@@ -57,6 +62,10 @@ def resolve(dataset=None, data=None, date_column=None, columns=None, *, date_for
             raise DataError(f"{option} applies to a data file (--data), not to a bundled dataset")
     spec = get_spec(dataset or DEFAULT_DATASET)
     table = load_dataset(spec.name, covariates)
+    extra = [v for v in missing_values if v not in spec.missing_values]
+    if extra:
+        table.values[np.isin(table.values, extra)] = np.nan
+        spec = replace(spec, missing_values=tuple(spec.missing_values) + tuple(extra))
     if columns:
         table = table.select(columns)
         spec = replace(spec, columns=tuple(columns))

@@ -163,6 +163,48 @@ DEFAULT_DATASET = "metro-traffic"
 _SEASON_BY_FREQ = {"h": 168, "10min": 144, "15min": 96, "30min": 48, "min": 1440, "D": 7, "B": 5}
 
 
+@dataclass(frozen=True)
+class FrequencyPreset:
+    """What a new run on rows of one frequency defaults to: the window (context_length, horizon
+    steps) of a table with no window of its own, and the natural step groups a patch is chosen from
+    (e.g. 10-minute rows: 1, 2 and 3 steps, an hour, 2, 3, 4, 6, 12 hours, a day)."""
+
+    name: str
+    context_length: int
+    horizon: int
+    groups: tuple
+
+
+PRESETS = {
+    "10min": FrequencyPreset("10-minute", 288, 144, (1, 2, 3, 6, 12, 18, 24, 36, 72, 144)),
+    "15min": FrequencyPreset("15-minute", 192, 96, (1, 2, 4, 8, 12, 16, 24, 48, 96)),
+    "30min": FrequencyPreset("30-minute", 336, 48, (1, 2, 4, 6, 8, 12, 24, 48)),
+    "h": FrequencyPreset("hourly", 336, 24, (1, 2, 3, 4, 6, 8, 12, 24)),
+    "D": FrequencyPreset("daily", 56, 14, (1, 7, 14, 28)),
+    "B": FrequencyPreset("business-day", 60, 10, (1, 5, 10, 20)),
+    "W": FrequencyPreset("weekly", 104, 8, (1, 2, 4, 13, 26, 52)),
+}
+# Rows of another or unknown frequency: any divisor up to a day of hours.
+OTHER = FrequencyPreset("other", 168, 24, (1, 2, 3, 4, 6, 8, 12, 24))
+
+
+def frequency_preset(freq: str | None) -> FrequencyPreset:
+    """The preset of rows of pandas frequency `freq` (OTHER for None or one without a preset)."""
+    if not freq:
+        return OTHER
+    import pandas as pd
+
+    try:
+        offset = pd.tseries.frequencies.to_offset(freq)
+    except ValueError:
+        return OTHER
+    for key, preset in PRESETS.items():
+        other = pd.tseries.frequencies.to_offset(key)
+        if offset == other or (key == "W" and offset.rule_code.startswith("W")):
+            return preset
+    return OTHER
+
+
 def get_spec(name: str) -> DatasetSpec:
     """The bundled dataset `name`, or DataError listing the valid names."""
     try:
@@ -176,15 +218,20 @@ def season_for_freq(freq: str | None) -> int:
     return _SEASON_BY_FREQ.get(freq or "", 1)
 
 
-def file_spec(path, table=None, date_column=None, columns=None, context_length=168, horizon=24, date_format=None,
-              dayfirst=None) -> DatasetSpec:
-    """A DatasetSpec for a user file: 70/10/20 chronological split, season from the frequency.
+def file_spec(path, table=None, date_column=None, columns=None, context_length=None, horizon=None, date_format=None,
+              dayfirst=None, missing_values=()) -> DatasetSpec:
+    """A DatasetSpec for a user file: 70/10/20 chronological split, season and window (context_length,
+    horizon; None: the row frequency's preset, frequency_preset) from the frequency.
 
     table: the loaded SeriesTable (gives freq and the selected columns), optional. date_format,
-    dayfirst: how its dates were read (load_table's arguments).
+    dayfirst: how its dates were read (load_table's arguments); missing_values: the values read as
+    missing (--missing-value).
     """
     freq = table.freq if table is not None else None
     cols = tuple(table.names) if table is not None else (tuple(columns) if columns else None)
+    preset = frequency_preset(freq)  # the window of the row frequency's preset unless given
+    context_length = preset.context_length if context_length is None else context_length
+    horizon = preset.horizon if horizon is None else horizon
     return DatasetSpec(
         name=Path(path).name,
         file=str(path),
@@ -199,6 +246,7 @@ def file_spec(path, table=None, date_column=None, columns=None, context_length=1
         bundled=False,
         date_format=date_format,
         dayfirst=dayfirst,
+        missing_values=tuple(float(v) for v in missing_values),
     )
 
 

@@ -35,7 +35,8 @@ def forecaster_fn(forecaster, num_samples: int = 100, steps: int | None = 20, se
     return fn
 
 
-def engine_data(engine, manifest, dataset=None, data=None, date_column=None, columns=None, **dates):
+def engine_data(engine, manifest, dataset=None, data=None, date_column=None, columns=None, missing_values=(),
+                **dates):
     """(DatasetSpec, SeriesTable) to evaluate an engine on: `dataset` (bundled name) or `data` (a
     file, its dates read as `dates` say: date_format, dayfirst), else the bundled dataset and series
     the manifest says it was trained on. The table holds the covariate columns the model uses
@@ -44,6 +45,7 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     dil.runtime.inputs.rules.table_date_column)."""
     from dil.data.registry import DATASETS
     from dil.data.datasets import resolve
+    from dil.runtime.inputs import rules
     from dil.runtime.inputs.rules import table_date_column
     from dil.runtime.inputs.table import DataError
 
@@ -52,7 +54,8 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
         dataset = trained_on.get("dataset")
         if dataset not in DATASETS:
             raise DataError(
-                f"engine {engine} was trained on {dataset!r}, not a bundled dataset: pass --data FILE or --dataset NAME"
+                f"engine {engine} was trained on {dataset!r}, not a bundled dataset: pass its table with --data FILE, or "
+                "--dataset NAME"
             )
         if columns is None and trained_on.get("columns"):
             columns = list(trained_on["columns"])
@@ -60,9 +63,11 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     if data is not None and dataset is None and date_column is None:
         date_column, note = table_date_column(data, manifest)
     covariates = [c.name for c in manifest.features.covariates]
-    spec, table = resolve(dataset, data, date_column, columns, covariates=covariates or None, **dates)
-    if note:
-        table.notes.insert(0, note)
+    missing, missing_note = rules.missing_values(missing_values, manifest)
+    spec, table = resolve(dataset, data, date_column, columns, covariates=covariates or None,
+                          missing_values=missing, **dates)
+    for line in reversed([n for n in (note, missing_note if data is not None else None) if n]):
+        table.notes.insert(0, line)
     return spec, table
 
 
@@ -79,6 +84,7 @@ def evaluate_engine(
     sampler: dict | None = None,
     ddpm_windows: int = 0,
     checkpoint=None,
+    missing_values=(),
 ) -> Evaluation:
     """run_evaluation for an exported artifact (any path naming it, see dil.runtime.manifest).
 
@@ -106,8 +112,8 @@ def evaluate_engine(
 
     fc = Forecaster.load(engine)
     model = fc.manifest.model
-    spec, table = engine_data(engine, fc.manifest, dataset, data, date_column, columns, date_format=date_format,
-                              dayfirst=dayfirst)
+    spec, table = engine_data(engine, fc.manifest, dataset, data, date_column, columns, missing_values,
+                              date_format=date_format, dayfirst=dayfirst)
     given = {k: v for k, v in (sampler or {}).items() if v is not None}
     config = sampler_config(fc.default_config, steps=options.steps, **given)  # options over the artifact's
     flags = given_flags(options.steps, given.get("lattice"), given.get("cache"), given.get("solver_order"))

@@ -56,7 +56,9 @@ class FrontierConfig:
     the reference is the plain sampler at max(plain_steps). repeats: timed one-window forecasts per
     configuration, after one warm-up (the median counts). threads: ONNX Runtime intra-op threads
     (0: the cores available). dataset: a bundled dataset instead of the one the manifest's data
-    record names. tolerance: the CRPS margin of the rule. batch_size: windows per forecaster call.
+    record names; data: a table file instead (a model trained on a user's file: its training table,
+    read with the dates and missing values the manifest records). tolerance: the CRPS margin of the
+    rule. batch_size: windows per forecaster call.
     """
 
     windows: int = 48
@@ -67,6 +69,7 @@ class FrontierConfig:
     repeats: int = 3
     threads: int = 0
     dataset: str | None = None
+    data: str | None = None
     tolerance: float = TOLERANCE
     batch_size: int = DEFAULT_BATCH_SIZE
 
@@ -190,7 +193,10 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
     say = say or (lambda line: None)
     threads = cfg.threads or machine.default_threads()
     fc = Forecaster.load(engine, threads=threads)
-    spec, table = engine_data(engine, fc.manifest, cfg.dataset)
+    trained = fc.manifest.data or {}
+    dates = {} if cfg.data is None else {k: trained.get(k) for k in ("date_column", "date_format", "dayfirst")}
+    spec, table = engine_data(engine, fc.manifest, cfg.dataset, cfg.data, columns=trained.get("columns") if cfg.data
+                              else None, **dates)
     L, H = fc.context_length, fc.horizon
     w = protocol_windows(table, spec, L, H, cfg.windows, features=fc.features, part=SPLIT)
     busy = machine.busy()
@@ -217,6 +223,13 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
                 "timing_window": timing[0], "busy_machine": busy, "threads": threads}
     protocol["plain_steps"], protocol["fast_steps"] = list(cfg.plain_steps), list(cfg.fast_steps)
     return finite_or_none({"rows": rows, "choice": choice, "protocol": protocol})
+
+
+# The frontier dil-export measures (docs/sampler.md section 14): dil-bench --frontier's windows and
+# samples, two plain step counts and one timing repeat fewer. On the shipped teacher it picks what the
+# full frontier picked (plain, 10 steps) in 53 s on 2 busy cores; with 32 or 16 windows it did not
+# (fast 10, plain 20): the coverage and latency differences it decides on are a few points.
+EXPORT_FRONTIER = dict(windows=48, samples=100, plain_steps=(5, 7, 10, 20, 50), fast_steps=(10, 20), repeats=2)
 
 
 def score_samplers(fc, w, options, runs) -> tuple[list[dict], list]:
@@ -302,3 +315,30 @@ def format_frontier(report: dict) -> str:
 
 def _num(v, fmt: str) -> str:
     return "-" if not _finite(v) else fmt.format(v)
+
+
+def measure_defaults(engine, data=None, progress: bool = False, say=None,
+                     config: FrontierConfig | None = None) -> tuple[dict | None, str]:
+    """The frontier dil-export runs after writing an artifact (EXPORT_FRONTIER, on the validation
+    windows of the data it was trained on), recorded as its "sampler_defaults".
+
+    engine: any path naming the artifact. data: the training table file, for a model trained on a
+    user's file (a bundled dataset is found by name). config: the frontier to measure (default:
+    EXPORT_FRONTIER; its data is replaced by `data`). Returns (the recorded choice or None, one line
+    saying what was recorded or why nothing was). Raises what run_frontier raises.
+    """
+    from dil.data.registry import DATASETS
+    from dil.runtime.manifest import load_manifest, write_sampler_defaults
+
+    manifest = load_manifest(engine)
+    if manifest.sampler_defaults is not None:
+        return None, "sampler defaults: the artifact's own (a distilled student runs the steps it was trained for)"
+    if (manifest.data or {}).get("dataset") not in DATASETS and data is None:
+        return None, ("sampler defaults: not measured: the model was trained on a local table; pass --data FILE "
+                      "(or run dil-bench --engine ... --frontier --data FILE --write-defaults)")
+    config = replace(config or FrontierConfig(**EXPORT_FRONTIER), data=None if data is None else str(data))
+    report = run_frontier(engine, config, progress=progress, say=say)
+    choice = report["choice"]
+    path = write_sampler_defaults(engine, choice)
+    return choice, (f"sampler defaults: {choice['why']} (on {choice['windows']} validation windows; written to "
+                    f"{path.name})")

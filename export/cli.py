@@ -154,13 +154,19 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
               "(strongly typed, as TensorRT 11 always does) instead of the FP16 builder flag.")
 @click.option("--timing-cache", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="TensorRT timing cache file [default: tensorrt.timing.cache in the output folder].")
+@click.option("--frontier/--no-frontier", default=True, show_default=True,
+              help="After exporting, measure the artifact's sampler defaults on the validation windows of its "
+                   "training data (the fastest sampler within 1% of the plain sampler's CRPS at 50 steps, "
+                   "docs/sampler.md section 14) and record them in its manifest; --no-frontier leaves the "
+                   "built-in defaults (a distilled student keeps its own).")
 @click.option("--force", is_flag=True, help="With --engine: rebuild the plans even when they are up to date.")
 @click.option("--allow-incomplete", is_flag=True, help="Export a run whose training did not finish (stopped before "
               "its planned epochs without early stopping, e.g. killed); refused otherwise.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | None, data_path: Path | None,
          fp16: bool, tensorrt: bool, trt_batch, trt_samples, trt_tokens, trt_context, trt_horizon,
-         strongly_typed: bool, timing_cache: Path | None, force: bool, allow_incomplete: bool, quiet: bool) -> None:
+         strongly_typed: bool, timing_cache: Path | None, frontier: bool, force: bool, allow_incomplete: bool,
+         quiet: bool) -> None:
     """Export a checkpoint to ONNX (encode, denoise and the full-step denoise_full graphs) and validate it.
 
     The graphs are checked against the PyTorch model with ONNX Runtime (CPU) on random inputs and on
@@ -233,6 +239,21 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
     for variant in manifest.variants:
         for line in fp16_lines(variant) + tensorrt_lines(variant):
             click.echo(line)
+    if frontier:
+        click.echo(_sampler_defaults(manifest.path, data_path, quiet))
+
+
+def _sampler_defaults(path: Path, data_path, quiet: bool) -> str:
+    """dil-export's frontier (dil.evaluate.frontier.measure_defaults): the one line it reports. A
+    failure leaves the artifact as exported, with the built-in defaults, and says why."""
+    from dil.evaluate.frontier import measure_defaults
+
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    try:
+        return measure_defaults(path, data_path, progress=not quiet, say=say)[1]
+    except ValueError as exc:  # FrontierError, DataError, EvaluationError, ManifestError: one line each
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"sampler defaults: not measured ({first}); dil-bench --frontier --write-defaults measures them"
 
 
 def _plans_for_artifact(artifact: Path, tensorrt: bool, ranges: dict, strongly_typed: bool, timing_cache, force: bool,

@@ -136,6 +136,28 @@ class Forecaster:
         defaults, or SamplerConfig() (fast sampler, 20 steps) for an artifact without them."""
         return self.manifest.default_sampler()
 
+    @cached_property
+    def _recorded_floors(self) -> dict:
+        return {str(k): float(v) for k, v in ((self.manifest.data or {}).get("scale_floors") or {}).items()}
+
+    def scale_floors(self, series_ids, history_floors=None) -> np.ndarray:
+        """float64 [G]: the scale floor of each series (dil.runtime.inputs.scaling): the one recorded
+        for the training series it names (a window id "<series>@<origin>" names <series>); for
+        another series, of a model trained with floors, history_floors' entry (its history's floor)
+        where given; else 0 (no floor: every model trained before the floor existed)."""
+        from dil.runtime.inputs.scaling import LEGACY_SCALING_RULE, window_series
+
+        recorded = self._recorded_floors
+        floored = (self.manifest.data or {}).get("scaling", LEGACY_SCALING_RULE) != LEGACY_SCALING_RULE
+        out = np.zeros(len(series_ids))
+        for g, sid in enumerate(series_ids):
+            name = window_series(sid)
+            if name in recorded:
+                out[g] = recorded[name]
+            elif floored and history_floors is not None:
+                out[g] = history_floors[g]
+        return out
+
     @property
     def features(self):
         """The model's inputs beyond the target (dil.runtime.inputs.features.FeatureSpec, from the manifest)."""
@@ -181,7 +203,7 @@ class Forecaster:
         forecast = self.predict_windows(
             windows.contexts, num_samples, steps, seed, series_ids=windows.ids, batch_series=batch_series,
             solver_order=solver_order, progress=progress, config=config, memory_budget=memory_budget,
-            features=windows.features, **settings,
+            features=windows.features, scale_floor=self.scale_floors(windows.ids, windows.history_floors), **settings,
         )
         forecast.timestamps = windows.shared_future
         return forecast
@@ -190,7 +212,7 @@ class Forecaster:
                         series_ids=None, batch_series: int = DEFAULT_BATCH_SERIES, solver_order: int | None = None,
                         progress: bool = False, config: SamplerConfig | None = None,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET, features: WindowFeatures | None = None,
-                        **settings) -> Forecast:
+                        scale_floor=None, **settings) -> Forecast:
         """Forecast from G context windows at once (the evaluation harness's entry point).
 
         contexts: float [G, L'] with L' >= context_length (the last context_length values are used),
@@ -201,7 +223,8 @@ class Forecaster:
         features: the windows' time features and covariates (WindowFeatures: context_known
         [G, L', Fk], context_past [G, L', Fp], horizon_known [G, H, Fk], encoded as
         dil.runtime.inputs.features.row_features does), required when the model has features; a
-        missing or misshapen one raises ForecastError before any engine call.
+        missing or misshapen one raises ForecastError before any engine call. scale_floor: float [G],
+        each window's scale floor in its series' units (default: `scale_floors(series_ids)`).
 
         Memory: each sampler call runs one block of at most SAMPLE_BLOCK (1024) samples for as many
         series as memory_budget allows, so its working memory is at most max(memory_budget,
@@ -238,7 +261,8 @@ class Forecaster:
         if empty.any():
             raise ForecastError(f"series {names[int(np.argmax(empty))]!r} has no observed value in its last {L} rows")
         try:
-            loc, scale = context_scale(ctx)
+            floor = self.scale_floors(names) if scale_floor is None else np.asarray(scale_floor, dtype=np.float64)
+            loc, scale = context_scale(ctx, floor)
         except ScalingError as exc:  # unreachable after the check above; kept as one-line safety
             raise ForecastError(str(exc)) from None
         z = standardise(ctx, loc, scale)

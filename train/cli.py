@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from dil.data.registry import DATASETS, DEFAULT_DATASET
-from dil.runtime.cli.options import date_options
-from dil.train.presets import MODEL_OPTIONS, run_configs
+from dil.runtime.cli.options import date_options, missing_value_option
+from dil.train.presets import MODEL_OPTIONS, describe_choices, run_configs
 
 def _stored(run_dir: Path) -> dict:
     path = run_dir / "state.json"
@@ -87,6 +87,7 @@ def _describe(features) -> str:
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A local table instead: .csv, .csv.gz, .txt(.gz) (no header) or .parquet; rows = time steps, columns = series.")
 @date_options("--data", "none: a table without dates (no time features)")
+@missing_value_option("the table")
 @click.option("--columns", default=None, help="Comma-separated series to train on (default: every numeric column).")
 @click.option("--context-length", "--context", "context", type=int, default=None,
               help="Context length L in steps [dataset default, e.g. 336 for metro-traffic].")
@@ -212,9 +213,13 @@ def _run(opts: dict) -> None:
                                 "(and the same --date-column)")
             dataset = dataset if dataset in DATASETS else DEFAULT_DATASET
         known, past = _covariate_names(opts, stored)
+        missing = opts["missing_values"] or tuple((stored.get("data") or {}).get("missing_values") or ())
         spec, table = resolve(dataset, opts["data"], opts["date_column"], opts["columns"],
-                              date_format=opts["date_format"], dayfirst=opts["dayfirst"], covariates=known + past)
-        for line in table.notes:
+                              date_format=opts["date_format"], dayfirst=opts["dayfirst"], covariates=known + past,
+                              missing_values=missing)
+        from dil.runtime.inputs.checks import suspicious_values
+
+        for line in table.notes + suspicious_values(table.values, table.names, table.source):
             click.echo(line, err=True)
         model_config, train_config, features = run_configs(opts, spec, table, stored, known, past)
         if distill is not None and (model_config != distill.teacher.config or
@@ -229,7 +234,7 @@ def _run(opts: dict) -> None:
                             distill=distill)
     except DistributedError as exc:
         raise click.ClickException(stopped_message(exc, opts["out"])) from None
-    except (DataError, CheckpointError, ScalingError, ValueError) as exc:
+    except (DataError, CheckpointError, ScalingError, ValueError) as exc:  # TrainingDiverged too
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     finally:
         if dist is not None:
@@ -247,6 +252,7 @@ def _run(opts: dict) -> None:
     click.echo(f"model: {model_config.domain}-domain {model_config.prediction}-prediction, context {model_config.context_length} steps in "
                f"tokens of {model_config.context_patch}, horizon {model_config.horizon} steps in tokens of "
                f"{model_config.horizon_patch}; {_describe(features)}")
+    click.echo(describe_choices(model_config, table.freq or spec.freq, features))
     if dist is not None:
         click.echo(f"data-parallel: {dist.world_size} processes ({dist.backend}), global batch "
                    f"{dist.world_size} x {train_config.batch_size} windows per step")

@@ -14,8 +14,9 @@ import numpy as np
 
 from dil.data.windows import gather_series, observed_counts, split_bounds, window_origins
 from dil.runtime.inputs.features import (FeatureError, FeatureSpec, RowFeatures, context_inputs, fit_covariates, row_features,
-                                  time_feature_names)
-from dil.runtime.inputs.scaling import context_scale, standardise
+                                         seen_time_features, time_feature_names)
+from dil.runtime.inputs.scaling import (LEGACY_SCALING_RULE, SCALE_FLOOR_REL, SCALING_RULE, context_scale, series_floor,
+                                        standardise)
 from dil.runtime.model.frequency import noise_gains, to_spectrum
 from dil.runtime.inputs.table import DataError
 from dil.runtime.inputs.window_features import WindowFeatures
@@ -62,8 +63,10 @@ class WindowSet:
     """
 
     def __init__(self, values: np.ndarray, context: int, horizon: int, start: int, end: int, min_observed: float = 0.5,
-                 features: RowFeatures | None = None, domain: str = "time"):
+                 features: RowFeatures | None = None, domain: str = "time", floors: np.ndarray | None = None):
         self.values = np.asarray(values, dtype=np.float64)
+        # float64 [C]: each series' scale floor (dil.runtime.inputs.scaling); None: no floor
+        self.floors = None if floors is None else np.asarray(floors, dtype=np.float64)
         self.context, self.horizon = int(context), int(horizon)
         self.domain = domain
         T = self.values.shape[0]
@@ -88,7 +91,7 @@ class WindowSet:
         """The windows at positions `index` (int [B]) of this set, scaled."""
         origins = self.origins[index]
         ctx, tgt = gather_series(self.values, origins, self.channels[index], self.context, self.horizon)
-        loc, scale = context_scale(ctx)
+        loc, scale = context_scale(ctx, None if self.floors is None else self.floors[self.channels[index]])
         z_ctx = standardise(ctx, loc, scale)
         y = standardise(tgt, loc, scale)
         observed = ~np.isnan(y)
@@ -171,12 +174,22 @@ def fit_feature_spec(table, freq: str | None, known=(), past=(), time_features: 
     """The FeatureSpec of a training run on `table` (a SeriesTable whose `covariates` hold the named
     columns): the time features of `freq` (time_features None: when the table has dates and a
     frequency; True: required, FeatureError without them; False: none), the known-future and
-    past-only covariates with their statistics from the rows [train_rows) only (the train part)."""
+    past-only covariates with their statistics from the rows [train_rows) only (the train part).
+    By default (time_features None) a calendar feature whose cycle the training rows span fewer
+    than MIN_CYCLES times is left out (dil.runtime.inputs.features.seen_time_features); a tuple of
+    names (a resumed run's) is used as it is."""
     has_dates = table.timestamps is not None and bool(freq)
     if time_features and not has_dates:
         raise FeatureError("--time-features: the table has no dates with a regular frequency "
                            "(give --date-column, or pass --no-time-features)")
-    names = time_feature_names(freq) if (has_dates if time_features is None else time_features) else ()
+    if isinstance(time_features, (tuple, list)):  # a resumed run's own names
+        names = tuple(time_features)
+    else:
+        names = time_feature_names(freq) if (has_dates if time_features is None else time_features) else ()
+    if names and time_features is None and train_rows is not None:  # the default keeps the cycles seen
+        a, b = train_rows
+        span = (table.timestamps[b - 1] - table.timestamps[a]) / np.timedelta64(1, "D")
+        names, _ = seen_time_features(names, float(span))
     covs = ()
     if known or past:
         if table.covariates is None:
@@ -187,10 +200,15 @@ def fit_feature_spec(table, freq: str | None, known=(), past=(), time_features: 
 
 
 def data_record(spec, table, context: int, horizon: int, bounds: dict,
-                features: FeatureSpec | None = None) -> dict:
+                features: FeatureSpec | None = None, floors: np.ndarray | None = None) -> dict:
     """The checkpoint's description of the training data (read by export, runtime and eval).
-    "covariates" lists the covariate columns read beside the targets (known-future, then past-only)."""
+    "covariates" lists the covariate columns read beside the targets (known-future, then past-only);
+    "scaling" names the per-window scaling rule and "scale_floors" each series' scale floor
+    (dil.runtime.inputs.scaling; floors None: the rule without floors)."""
     features = features or FeatureSpec()
+    scaling = {"scaling": LEGACY_SCALING_RULE} if floors is None else {
+        "scaling": SCALING_RULE, "scale_floor_rel": SCALE_FLOOR_REL,
+        "scale_floors": {str(n): float(f) for n, f in zip(table.names, floors)}}
     return {
         "dataset": spec.name,
         "source": table.source,
@@ -201,9 +219,10 @@ def data_record(spec, table, context: int, horizon: int, bounds: dict,
         "dayfirst": spec.dayfirst,
         "freq": table.freq or spec.freq,
         "season": spec.season,
+        "missing_values": [float(v) for v in spec.missing_values],
         "context_length": context,
         "horizon": horizon,
-        "scaling": "context-mean-std",
+        **scaling,
         "splits": {k: [int(a), int(b)] for k, (a, b) in bounds.items()},
         "covariates": [c.name for c in features.covariates],
     }
@@ -214,7 +233,7 @@ class SplitWindows:
     the rows' features, validated up front: bad data fails before anything is written.
     config: the ModelConfig (window, and per-step widths that must be the features')."""
 
-    def __init__(self, spec, table, config, min_observed: float, features: FeatureSpec):
+    def __init__(self, spec, table, config, min_observed: float, features: FeatureSpec, floored: bool = True):
         domain = getattr(config, "domain", "time")
         L, H = config.context_length, config.horizon
         T = table.n_steps
@@ -225,10 +244,14 @@ class SplitWindows:
                 raise FeatureError(f"model {key} is {getattr(config, key)} but the features make {want} per step")
         self.bounds = split_bounds(spec, T)
         rows = row_features(features, table.timestamps, table.covariates, rows=T)
+        a, b = self.bounds["train"]
+        # floored: each series' scale floor from its training rows (dil.runtime.inputs.scaling); False
+        # for a run resumed from before the floor existed.
+        self.floors = series_floor(table.values[a:b]) if floored else None
         self.train = WindowSet(table.values, L, H, *self.bounds["train"], min_observed=min_observed, features=rows,
-                               domain=domain)
+                               domain=domain, floors=self.floors)
         self.val = WindowSet(table.values, L, H, *self.bounds["val"], min_observed=min_observed, features=rows,
-                             domain=domain)
+                             domain=domain, floors=self.floors)
         for part, ws in (("train", self.train), ("val", self.val)):
             if len(ws) == 0:
                 a, b = self.bounds[part]

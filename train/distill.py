@@ -35,6 +35,7 @@ import torch
 from dil.runtime.model import frequency
 from dil.runtime.model.config import ModelConfig
 from dil.runtime.sampling.config import X0_CLIP_DEFAULT
+from dil.runtime.inputs.scaling import LEGACY_SCALING_RULE
 from dil.runtime.sampling.parametrisation import clip_x0, to_x0_eps, training_target
 from dil.runtime.sampling.schedule import DEFAULT_SPACING, NoiseSchedule, diffusion_time_features
 from dil.runtime.sampling.solver import DPMSolverPP
@@ -191,6 +192,8 @@ class Distillation:
 
     spec: DistillConfig
     teacher: torch.nn.Module
+    # the teacher's scaling rule (its data record's "scaling"): the student scales its windows alike
+    scaling: str = LEGACY_SCALING_RULE
 
     def start(self, model, ema, schedule: NoiseSchedule, draws: int, device) -> TeacherTrajectories:
         """Copy the teacher's weights into the student `model` and its EMA copy; the teacher's
@@ -230,4 +233,6 @@ def load_distillation(teacher_run, student_steps: int | None = None, teacher_ste
     spec = DistillConfig(teacher=Path(teacher_run).resolve().name,
                          teacher_sha256=sha256_file(Path(teacher_run) / "model.safetensors"),
                          student_steps=K, teacher_steps=teacher_steps or default_teacher_steps(K))
-    return Distillation(spec, ckpt.model), read_config(teacher_run)
+    config = read_config(teacher_run)
+    scaling = (config.get("data") or {}).get("scaling", LEGACY_SCALING_RULE)
+    return Distillation(spec, ckpt.model, scaling), config

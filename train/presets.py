@@ -6,6 +6,8 @@ the stored values of a resumed run and these defaults; dil-train (dil.train.cli)
 
 from __future__ import annotations
 
+from dil.data.registry import frequency_preset
+
 # Options that default to the run's stored value on --resume and to the library default otherwise.
 MODEL_OPTIONS = {"context": "context_length", "horizon": "horizon", "d_model": "d_model", "heads": "num_heads",
                  "layers": "num_layers", "ffn_dim": "ffn_dim", "prediction": "prediction",
@@ -13,41 +15,39 @@ MODEL_OPTIONS = {"context": "context_length", "horizon": "horizon", "d_model": "
 TRAIN_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "noise_draws", "lr", "seed", "device", "patience")
 # What a new run predicts (docs/model.md section 2.2); runs keep what they were trained with.
 DEFAULT_PREDICTION = "v"
-# Context steps per context token (docs/model.md section 4): a day for hourly rows, else the largest
-# of these dividing the context length.
-HOURLY_PATCH = 24
-PATCHES = (12, 8, 6, 4, 2, 1)
-# Horizon steps per horizon token for hourly rows (docs/model.md section 4): on metro-traffic 4-hour
-# tokens forecast as well as 1-hour ones (docs/results.md) at a quarter of the tokens per call.
-HOURLY_HORIZON_PATCH = 4
+# Token budget of a window (docs/model.md section 4): a new run's patches are the smallest of its row
+# frequency's natural step groups that keep the context within CONTEXT_TOKENS tokens and the horizon
+# within HORIZON_TOKENS. On hourly rows this gives the measured preset (context 336 in day tokens, 14
+# tokens; horizon 24 in 4-hour tokens, 6 tokens: docs/results.md); elsewhere it bounds a step's cost
+# (weather's 10-minute rows made 144 horizon tokens and a projected 25-hour training).
+CONTEXT_TOKENS = 16
+HORIZON_TOKENS = 6
+
+
+def _patch(length: int, groups: tuple, budget: int) -> int:
+    """The smallest group dividing `length` into at most `budget` tokens, else the largest divisor."""
+    fits = [g for g in groups if length % g == 0 and length // g <= budget]
+    if fits:
+        return min(fits)
+    return max([g for g in groups if length % g == 0] or [1])
+
+
+def default_context_patch(context_length: int, freq: str | None) -> int:
+    """The context patch of a new run: the smallest natural step group of the row frequency that
+    keeps the context within CONTEXT_TOKENS tokens (hourly 336: 24, a day)."""
+    return _patch(context_length, frequency_preset(freq).groups, CONTEXT_TOKENS)
+
+
+def default_horizon_patch(horizon: int, freq: str | None) -> int:
+    """The horizon patch of a new run: the smallest natural step group of the row frequency that
+    keeps the horizon within HORIZON_TOKENS tokens (hourly 24: 4)."""
+    return _patch(horizon, frequency_preset(freq).groups, HORIZON_TOKENS)
+
+
 # What a new run diffuses (docs/frequency.md): the horizon's steps ("time") or its orthonormal real
 # DFT ("frequency"). Time: more accurate on metro-traffic (CRPS 0.0557 vs 0.0612) and ETTh1 at
 # horizon 96 (0.297 vs 0.356), docs/results.md "Time vs frequency domain".
 DEFAULT_DOMAIN = "time"
-
-
-def _hourly(freq: str | None) -> bool:
-    if not freq:
-        return False
-    import pandas as pd
-
-    try:
-        return pd.tseries.frequencies.to_offset(freq) == pd.tseries.frequencies.to_offset("h")
-    except ValueError:
-        return False
-
-
-def default_context_patch(context_length: int, freq: str | None) -> int:
-    """The context patch of a new run: 24 (a day) for hourly rows when it divides the context
-    length, else the largest of 12, 8, 6, 4, 2, 1 that does."""
-    if context_length % HOURLY_PATCH == 0 and _hourly(freq):
-        return HOURLY_PATCH
-    return next(p for p in PATCHES if context_length % p == 0)
-
-
-def default_horizon_patch(horizon: int, freq: str | None) -> int:
-    """The horizon patch of a new run: 4 for hourly rows when it divides the horizon, else 1."""
-    return HOURLY_HORIZON_PATCH if horizon % HOURLY_HORIZON_PATCH == 0 and _hourly(freq) else 1
 
 
 def run_configs(opts: dict, spec, table, stored: dict, known, past):
@@ -77,10 +77,28 @@ def run_configs(opts: dict, spec, table, stored: dict, known, past):
     if Ph is not None and Ph >= 1 and H % Ph:
         raise ValueError(f"--horizon-patch {Ph} does not divide --horizon {H}")
     time_features = opts["time_features"]
-    if time_features is None and stored:
-        time_features = bool((stored.get("features") or {}).get("time_features"))
+    if time_features is None and stored:  # the run's own names (what the default chose when it started)
+        time_features = tuple((stored.get("features") or {}).get("time_features") or ())
     features = fit_feature_spec(table, freq, known, past, time_features, split_bounds(spec, table.n_steps)["train"])
     model.update(context_features=features.context_width, horizon_features=features.horizon_width)
     train = dict(stored.get("train") or {})
     train.update({k: opts[k] for k in TRAIN_OPTIONS if opts[k] is not None})
     return ModelConfig.from_dict(model), TrainConfig.from_dict(train), features
+
+
+def describe_choices(model, freq: str | None, features) -> str:
+    """One line: the window, its tokens and the time features a run uses, and why (its row
+    frequency's preset and the token budget; calendar features left out for too short a history)."""
+    from dil.runtime.inputs.features import MIN_CYCLES, time_feature_names
+
+    preset = frequency_preset(freq)
+    ctx_tokens, hor_tokens = model.context_length // model.context_patch, model.horizon // model.horizon_patch
+    text = (f"preset: {preset.name} rows ({freq or 'no frequency'}): context {model.context_length} steps in tokens "
+            f"of {model.context_patch} ({ctx_tokens} tokens), horizon {model.horizon} in tokens of "
+            f"{model.horizon_patch} ({hor_tokens}); token budget {CONTEXT_TOKENS} + {HORIZON_TOKENS}")
+    names = features.time_features
+    left = [n for n in (time_feature_names(freq) if freq else ()) if n not in names]
+    text += f"; time features {', '.join(names)}" if names else "; no time features"
+    if names and left:
+        text += f" ({', '.join(left)} left out: the training rows span fewer than {MIN_CYCLES} of its cycle)"
+    return text

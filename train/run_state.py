@@ -50,6 +50,18 @@ def load_state(run_dir: Path, model, ema, opt) -> dict:
     return meta
 
 
+def stored_scaling(run_dir: Path) -> str | None:
+    """The scaling rule of a run folder's state.json (its data record; a run made before the rule
+    was recorded used dil.runtime.inputs.scaling.LEGACY_SCALING_RULE), or None when unreadable."""
+    from dil.runtime.inputs.scaling import LEGACY_SCALING_RULE
+
+    try:
+        meta = json.loads((Path(run_dir) / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (meta.get("data") or {}).get("scaling", LEGACY_SCALING_RULE)
+
+
 def read_resume_meta(run_dir: Path, config: ModelConfig, data: dict, features=None) -> dict:
     """state.json of a run folder, refusing one trained with another model, other data or other
     features (a dil.runtime.inputs.features.FeatureSpec; a run without the record had none)."""

@@ -60,6 +60,9 @@ def format_runs(report: dict) -> str:
               help="Exported artifact: NAME.onnx, NAME.plan or NAME.json.")
 @click.option("--dataset", help="Bundled dataset whose test windows are used, with --frontier its validation "
                                 "windows (default: the engine's).")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --frontier: the training table of a model trained on a local file (read with the dates and "
+                   "missing values its manifest records).")
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
               help="Training run folder of the engine, for torch-full and reference-ddpm1000 "
                    "(default: the torch weights the artifact ships; without them those runs are skipped).")
@@ -109,7 +112,7 @@ def format_runs(report: dict) -> str:
                    "in one step, its other content unchanged; nothing is written when the run fails). dil-run, "
                    "dil-eval and Forecaster.predict then use it unless given sampler options.")
 @click.pass_context
-def main(ctx, engine, dataset, checkpoint, json_path, plot_path, steps, large_steps, series, samples, repeats,
+def main(ctx, engine, dataset, data, checkpoint, json_path, plot_path, steps, large_steps, series, samples, repeats,
          large_repeats, ddpm_repeats, ddpm_series, windows, threads, spacing, seed, only, in_process, frontier,
          fast_steps, write_defaults):
     """Benchmark the samplers of an exported model in one run on this machine.
@@ -141,8 +144,10 @@ def main(ctx, engine, dataset, checkpoint, json_path, plot_path, steps, large_st
     checked_output(json_path, "--json")
     checked_output(plot_path, "--plot")
     if frontier or write_defaults:
-        return _frontier(ctx, engine, dataset, json_path, steps, fast_steps, samples, repeats, windows, threads,
+        return _frontier(ctx, engine, dataset, data, json_path, steps, fast_steps, samples, repeats, windows, threads,
                          seed, write_defaults)
+    if data is not None:
+        raise click.UsageError("--data applies to --frontier only (the benchmark times the bundled dataset's windows)")
     if ctx.get_parameter_source("fast_steps") != click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--fast-steps applies to --frontier only")
     try:
@@ -190,7 +195,7 @@ def _frontier_steps(ctx, steps: str) -> tuple:
     return _ints(steps, "--steps")
 
 
-def _frontier(ctx, engine, dataset, json_path, steps, fast_steps, samples, repeats, windows, threads, seed,
+def _frontier(ctx, engine, dataset, data, json_path, steps, fast_steps, samples, repeats, windows, threads, seed,
               write_defaults) -> None:
     """dil-bench --frontier [--write-defaults]: dil.evaluate.frontier, printed, then recorded."""
     from dil.runtime.support.files import folder_problem, made_folders
@@ -209,7 +214,7 @@ def _frontier(ctx, engine, dataset, json_path, steps, fast_steps, samples, repea
     try:
         cfg = FrontierConfig(windows=windows or 48, samples=samples, seed=seed, plain_steps=_frontier_steps(ctx, steps),
                              fast_steps=_ints(fast_steps, "--fast-steps"), repeats=repeats, threads=threads,
-                             dataset=dataset)
+                             dataset=dataset, data=None if data is None else str(data))
         if write_defaults:  # refused before the run, not after minutes of it
             manifest = load_manifest(engine)
             problem = folder_problem(manifest.path.parent)

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from dil.evaluate.harness import DEFAULT_BATCH_SIZE
-from dil.runtime.cli.options import artifact_option, checked_output, date_options, one_line, pop_dates, pop_sampler, \
-    sampler_options
+from dil.runtime.cli.options import (artifact_option, checked_output, date_options, missing_value_option, one_line,
+                                     pop_dates, pop_sampler, sampler_options)
 from dil.runtime.support.files import write_text
 
 _ROWS = ("crps", "crps_sample", "crps_sum", "mae", "mse", "coverage_50", "coverage_90")
@@ -71,6 +71,7 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
               help="Evaluate on a local table instead (CSV, CSV.GZ, TXT or Parquet; rows = time steps).")
 @date_options("--data", "for a model with time features, the date column of its training data when --data has it, "
                         "with a note")
+@missing_value_option("--data or --dataset")
 @click.option("--columns", help="Comma-separated series to evaluate (default: the engine's / all numeric).")
 @click.option("--windows", "n_windows", type=click.IntRange(min=1),
               help="Evaluate this many evenly spaced test origins (default: all; stride = horizon).")
@@ -97,8 +98,8 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write fan charts and a calibration plot (PNG) to this folder, created when missing (needs "
                    "dil[plot]).")
-def main(engine, dataset, data, columns, n_windows, samples, seed, season, batch_size, ddpm_windows, checkpoint, json_path,
-         plots_dir, **options):
+def main(engine, dataset, data, missing_values, columns, n_windows, samples, seed, season, batch_size, ddpm_windows,
+         checkpoint, json_path, plots_dir, **options):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
@@ -140,7 +141,8 @@ def main(engine, dataset, data, columns, n_windows, samples, seed, season, batch
         options = EvalOptions(n_windows=n_windows, samples=samples, steps=steps, seed=seed, season=season,
                               batch_size=batch_size, progress=True)
         ev = evaluate_engine(
-            engine, options, dataset=dataset, data=data, columns=columns, sampler=sampler, **dates,
+            engine, options, dataset=dataset, data=data, columns=columns, sampler=sampler,
+            missing_values=missing_values, **dates,
             ddpm_windows=ddpm_windows, checkpoint=checkpoint,
         )
     except (DataError, ManifestError, EvaluationError, MissingDependency, ReferenceUnavailable, ValueError,

@@ -51,6 +51,13 @@ def date_options(table: str = "--input", default_help: str | None = None):
     return add
 
 
+def missing_value_option(table: str = "--input"):
+    """--missing-value V (repeatable): cells of the series equal to V are missing values."""
+    return click.option("--missing-value", "missing_values", multiple=True, type=float, metavar="V",
+                        help=f"Read V in the series of {table} as a missing value, e.g. a sentinel such as -9999 "
+                             "(repeatable).")
+
+
 def pop_dates(kwargs: dict) -> dict:
     """The date options' values, taken out of a command's kwargs."""
     return {k: kwargs.pop(k) for k in DATE_KEYS}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from dil.runtime.cli.options import artifact_option, date_options, one_line, pop_dates, pop_sampler, sampler_options
+from dil.runtime.cli.options import (artifact_option, date_options, missing_value_option, one_line, pop_dates, pop_sampler,
+                                     sampler_options)
 from dil.runtime.support.deps import MissingDependency
 
 # Errors shown as one line: bad input, options or files (every dil error is a ValueError) and a
@@ -46,6 +47,7 @@ RUN_ERRORS = (ValueError, OSError, MissingDependency)
                    "in their last context_length rows (they are listed on stderr) instead of stopping.")
 @date_options("--input", "for a model with time features, the date column of its training data (date_time for "
                          "the shipped model) when the table has it")
+@missing_value_option()
 @sampler_options()
 @click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same forecast).")
@@ -63,7 +65,7 @@ RUN_ERRORS = (ValueError, OSError, MissingDependency)
                    "your options), then the sampler's statistics (engine calls, tokens computed, cache reuse, "
                    "full steps, order histogram, refinements/merges, engine and control time).")
 def main(engine, input_path, id_column, target_column, ray_address, actors, columns, skip_bad_series, samples, seed,
-         out, plot, threads, batch_series, show_stats, **options):
+         out, plot, threads, batch_series, show_stats, missing_values, **options):
     """Forecast the series of a table with an exported diffusion model.
 
     Without --columns the series the model was trained on are forecast when the table has them
@@ -105,7 +107,7 @@ def main(engine, input_path, id_column, target_column, ray_address, actors, colu
     req = RunRequest(input=input_path, out=out, plot=plot, columns=cols, id_column=id_column,
                      target_column=target_column, engine=engine, threads=threads, ray=ray_address, actors=actors,
                      num_samples=samples, seed=seed, batch_series=batch_series, skip_bad_series=skip_bad_series,
-                     sampler=sampler, stats=show_stats, **dates)
+                     sampler=sampler, stats=show_stats, missing_values=missing_values, **dates)
     try:
         summary = run_job(req, lambda line: click.echo(line, err=True))
     except RUN_ERRORS as exc:

@@ -73,6 +73,21 @@ def time_feature_names(freq: str | None) -> tuple[str, ...]:
     return _BY_OFFSET.get(offset.rule_code.split("-")[0], ())
 
 
+# The cycle each calendar feature repeats over, in days, and how many cycles the training rows must
+# span for a run to use it: a cycle seen once names each training position once (ETTh1: one year of
+# training rows made day_of_year a row index, docs/model.md section 1.4).
+CYCLE_DAYS = {"second_of_minute": 1 / 1440, "minute_of_hour": 1 / 24, "hour_of_day": 1.0, "day_of_week": 7.0,
+              "day_of_month": 30.44, "day_of_year": 365.25, "week_of_year": 365.25, "month_of_year": 365.25}
+MIN_CYCLES = 3
+
+
+def seen_time_features(names, span_days: float) -> tuple[tuple, tuple]:
+    """(kept, dropped) time feature names: kept when the training rows span at least MIN_CYCLES of
+    the feature's cycle (span_days: days from the first to the last training row)."""
+    kept = tuple(n for n in names if span_days >= MIN_CYCLES * CYCLE_DAYS[n])
+    return kept, tuple(n for n in names if n not in kept)
+
+
 def time_features(timestamps, names) -> np.ndarray:
     """float64 [T, len(names)]: each named calendar field of `timestamps` ([T] datetime64 or a
     DatetimeIndex) scaled to [-0.5, 0.5] as value / (max - min) - 0.5."""

@@ -49,6 +49,8 @@ class LongSpec:
     # the model's known covariates: with some, a series' rows after its last observed value are its
     # forecast steps (dil.runtime.inputs.histories.split_future)
     known_covariates: tuple = ()
+    # target values read as missing (--missing-value)
+    missing_values: tuple = ()
 
     @property
     def columns(self) -> list[str]:
@@ -100,7 +102,7 @@ def long_columns(path) -> list[str]:
 
 
 def long_spec(path, id_column: str, date_column: str | None, target_column: str | None, covariates=(),
-              date_format=None, dayfirst=None, known_covariates=()) -> LongSpec:
+              date_format=None, dayfirst=None, known_covariates=(), missing_values=()) -> LongSpec:
     """The LongSpec of a long table, its columns checked against the header (DataError, one line).
 
     date_column is required (a series' rows are ordered by it); target_column defaults to the one
@@ -134,7 +136,7 @@ def long_spec(path, id_column: str, date_column: str | None, target_column: str 
         if c in roles or c == target_column:
             raise DataError(f"{source}: covariate {c!r} is {roles.get(c, 'the target column')}")
     return LongSpec(id_column, date_column, target_column, covariates, date_format, dayfirst,
-                    tuple(known_covariates))
+                    tuple(known_covariates), tuple(float(v) for v in missing_values))
 
 
 def read_long(path, spec: LongSpec) -> pd.DataFrame:
@@ -190,6 +192,8 @@ def _target(raw: pd.Series, sid: str, spec: LongSpec, times: pd.DatetimeIndex, s
             raise DataError(f"{source}: series {sid!r}: column {spec.target_column!r} is not numeric "
                             f"(at {times[i]}: {cells[i]!r})")
         values[~missing] = parsed
+    if spec.missing_values:
+        values = np.where(np.isin(values, spec.missing_values), np.nan, values)
     inf = np.isinf(values)
     if inf.any():
         raise DataError(f"{source}: series {sid!r}: column {spec.target_column!r} has an infinite value at "

@@ -18,6 +18,7 @@ import numpy as np
 
 from dil.runtime.inputs.errors import DataError, ForecastError
 from dil.runtime.inputs.histories import SeriesHistory
+from dil.runtime.inputs.scaling import series_floor
 from dil.runtime.inputs.window_features import FeatureInputError, WindowFeatures, future_dates, history_features
 
 SKIP_HINT = "--skip-bad-series forecasts the others"
@@ -45,6 +46,19 @@ def date_column_default(columns, manifest, source: str) -> tuple[str | None, str
     if str(trained) not in columns:
         raise DataError(f"{need} (it was trained with {trained!r}; {source} has no such column)")
     return str(trained), f"note: dates from column {trained!r} (the model's training data)"
+
+
+def missing_values(given, manifest) -> tuple[tuple, str | None]:
+    """(the values read as missing, a note line or None): `given` (--missing-value) and those the
+    model's training data was read with (the manifest's data.missing_values, e.g. weather's -9999),
+    with a note naming the latter when they were not given."""
+    given = tuple(float(v) for v in given or ())
+    trained = tuple(float(v) for v in ((manifest.data or {}).get("missing_values") or ()) if float(v) not in given)
+    note = None
+    if trained:
+        note = (f"note: reading {', '.join(f'{v:g}' for v in trained)} as missing (the model's training data was read "
+                "so)")
+    return given + trained, note
 
 
 def table_date_column(path, manifest) -> tuple[str | None, str | None]:
@@ -116,13 +130,16 @@ class Windows:
     ids: the G series ids (random-stream keys and labels). contexts: float64 [G, L], NaN = missing.
     features: WindowFeatures (context_known [G, L, Fk], context_past [G, L, Fp], horizon_known
     [G, H, Fk]) or None for a model without features. futures: G arrays datetime64[ns] [H] of the
-    future steps' times, or None for a series without dates or a regular step.
+    future steps' times, or None for a series without dates or a regular step. history_floors:
+    float64 [G], each series' scale floor from its whole history (dil.runtime.inputs.scaling
+    .series_floor), which a model with a floor rule uses for a series it was not trained on.
     """
 
     ids: list
     contexts: np.ndarray
     features: WindowFeatures | None
     futures: list
+    history_floors: np.ndarray | None = None
 
     @property
     def shared_future(self):
@@ -162,7 +179,9 @@ def build_windows(histories: list[SeriesHistory], spec, context: int, horizon: i
     if feats and feats[0] is not None:
         features = WindowFeatures(*(np.concatenate([getattr(f, name) for f in feats]) for name in
                                     ("context_known", "context_past", "horizon_known")))
-    return Windows(ids=[h.id for h in histories], contexts=ctx, features=features, futures=futures)
+    floors = np.array([float(series_floor(h.values)) for h in histories], dtype=np.float64)
+    return Windows(ids=[h.id for h in histories], contexts=ctx, features=features, futures=futures,
+                   history_floors=floors)
 
 
 def _features(h: SeriesHistory, spec, context: int, horizon: int):

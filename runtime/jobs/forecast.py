@@ -39,6 +39,7 @@ def forecast_windows(forecaster, windows: Windows, settings: RunSettings, progre
     fc = forecaster.predict_windows(windows.contexts, num_samples=settings.num_samples, seed=settings.seed,
                                     series_ids=windows.ids, config=settings.config,
                                     batch_series=settings.batch_series, features=windows.features,
+                                    scale_floor=forecaster.scale_floors(windows.ids, windows.history_floors),
                                     progress=progress)
     fc.timestamps = windows.shared_future
     return fc

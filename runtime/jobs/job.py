@@ -35,7 +35,9 @@ class RunRequest:
     model's training date column when the table has it), date_format, dayfirst. A long table:
     id_column, target_column. engine: the artifact (None: the shipped model); threads: ONNX
     Runtime threads (per actor on Ray). ray: None (this process), "local" or a cluster address;
-    actors: Ray actors (None: one per CPU). sampler: the sampler settings given (SamplerConfig
+    actors: Ray actors (None: one per CPU). missing_values: values of the series read as missing
+    (--missing-value; the model's training data's own are added, dil.runtime.inputs.rules
+    .missing_values). sampler: the sampler settings given (SamplerConfig
     fields; None values are not given), over the artifact's defaults. stats: add the sampler that
     ran and its statistics to the summary.
     """
@@ -59,6 +61,7 @@ class RunRequest:
     skip_bad_series: bool = False
     sampler: dict = field(default_factory=dict)
     stats: bool = False
+    missing_values: tuple = ()
 
     @property
     def long(self) -> bool:
@@ -131,16 +134,18 @@ def run_job(req: RunRequest, say) -> str:
 def _run_wide(req: RunRequest, manifest, settings: RunSettings, say, start: float) -> str:
     from dil.runtime.forecaster import Forecaster
     from dil.runtime.inputs.histories import table_histories
-    from dil.runtime.inputs.rules import build_windows, series_to_forecast, table_date_column, usable
+    from dil.runtime.inputs.rules import (build_windows, missing_values, series_to_forecast, table_date_column,
+                                          usable)
     from dil.runtime.inputs.table import load_table
     from dil.runtime.jobs.forecast import forecast_windows
 
     spec, date_column, dates_note = manifest.features, req.date_column, None
     if date_column is None:
         date_column, dates_note = table_date_column(req.input, manifest)
+    missing, missing_note = missing_values(req.missing_values, manifest)
     table = load_table(req.input, date_column=date_column, columns=req.columns, date_format=req.date_format,
-                       dayfirst=req.dayfirst, covariates=[c.name for c in spec.covariates])
-    for line in ([dates_note] if dates_note else []) + table.notes:
+                       dayfirst=req.dayfirst, covariates=[c.name for c in spec.covariates], missing_values=missing)
+    for line in [n for n in (dates_note, missing_note) if n] + table.notes:
         say(line)
     forecaster = Forecaster.load(req.engine, threads=req.threads)
     table, note = series_to_forecast(table, forecaster.manifest.data.get("columns"), req.columns is not None)
@@ -222,10 +227,15 @@ def _long_date_column(req: RunRequest, manifest, say) -> str | None:
 
 def _run_long(req: RunRequest, manifest, settings: RunSettings, say, start: float) -> str:
     from dil.runtime.inputs.long_table import long_spec
+    from dil.runtime.inputs.rules import missing_values
 
     spec = manifest.features
+    missing, missing_note = missing_values(req.missing_values, manifest)
+    if missing_note:
+        say(missing_note)
     long = long_spec(req.input, req.id_column, _long_date_column(req, manifest, say), req.target_column,
-                     [c.name for c in spec.covariates], req.date_format, req.dayfirst, spec.known_covariates)
+                     [c.name for c in spec.covariates], req.date_format, req.dayfirst, spec.known_covariates,
+                     missing)
     source, samples, steps = Path(req.input).name, settings.num_samples, settings.config.steps
     if req.ray is not None:
         from dil.runtime.jobs.ray_job import RayJob, forecast_on_ray

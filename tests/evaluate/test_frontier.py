@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -317,3 +318,50 @@ def test_latencies_take_turns_between_configurations():
     times = frontier._latencies(Recorder(), ("w", np.zeros((1, 4)), None), configs, FrontierConfig(repeats=2))
     assert calls == [5, 10, 20] * 3
     assert [len(t) for t in times] == [2, 2, 2] and all(x >= 0 for t in times for x in t)
+
+
+def test_measure_defaults_records_the_choice(tiny_artifact, tmp_path):
+    """dil-export's frontier (measure_defaults): the choice is measured on the artifact's validation
+    windows and recorded as its sampler_defaults, which the Forecaster then runs."""
+    import shutil
+
+    from dil.evaluate.frontier import FrontierConfig, measure_defaults
+    from dil.runtime import Forecaster
+    from dil.runtime.manifest import load_manifest
+
+    for f in Path(tiny_artifact).parent.glob("tiny.*"):
+        shutil.copy(f, tmp_path / f.name)
+    engine = tmp_path / "tiny.json"
+    assert load_manifest(engine).sampler_defaults is None
+    config = FrontierConfig(windows=4, samples=8, plain_steps=(2, 4), fast_steps=(2,), repeats=1)
+    choice, line = measure_defaults(engine, config=config)
+    record = load_manifest(engine).sampler_defaults
+    assert record == choice and record["split"] == "val" and record["windows"] == 4 * 7  # 4 origins x 7 series
+    assert (record["steps"], record["cache"]) in {(2, False), (4, False), (2, True)}
+    assert line.startswith("sampler defaults: ") and record["why"] in line
+    assert Forecaster.load(engine).default_config.steps == record["steps"]
+    # an artifact with defaults of its own (a student's) keeps them
+    again, line = measure_defaults(engine, config=config)
+    assert again is None and "the artifact's own" in line
+
+
+def test_dil_export_measures_sampler_defaults_by_default(tmp_path):
+    """A user's own model runs its fastest calibrated sampler without a second command: dil-export
+    records measured sampler_defaults unless --no-frontier (a model of a user's file: with --data)."""
+    pytest.importorskip("torch")
+    from dil.export.cli import main as export_cli
+    from dil.runtime.manifest import load_manifest
+    from dil.train.cli import main as train_cli
+
+    run = tmp_path / "runs" / "m"
+    tiny = ["--context", "16", "--horizon", "8", "--d-model", "16", "--heads", "2", "--layers", "1", "--ffn-dim", "16",
+            "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4", "--noise-draws", "1", "--quiet"]
+    assert CliRunner().invoke(train_cli, tiny + ["--dataset", "metro-traffic", "--out", str(run)]).exit_code == 0
+    res = CliRunner().invoke(export_cli, ["--checkpoint", str(run), "--out", str(tmp_path / "eng"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    record = load_manifest(tmp_path / "eng" / "m.json").sampler_defaults
+    assert record is not None and record["dataset"] == "metro-traffic" and record["windows"] == 48
+    assert f"sampler defaults: {record['why']}" in res.output
+    res = CliRunner().invoke(export_cli, ["--checkpoint", str(run), "--out", str(tmp_path / "eng2"), "--quiet",
+                                          "--no-frontier"])
+    assert res.exit_code == 0 and load_manifest(tmp_path / "eng2" / "m.json").sampler_defaults is None

@@ -307,7 +307,7 @@ def test_cli_help():
 
 
 def test_cli_missing_checkpoint(tmp_path):
-    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path)]))
+    line = _one_line_error(CliRunner().invoke(cli, ["--no-frontier", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path)]))
     assert "no checkpoint" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -318,29 +318,29 @@ def test_cli_checkpoint_of_another_config(tiny_checkpoint, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     cfg["model"]["d_model"] = 32  # the weights are for d_model 16
     (run / "config.json").write_text(json.dumps(cfg))
-    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(run), "--out", str(tmp_path / "eng")]))
+    line = _one_line_error(CliRunner().invoke(cli, ["--no-frontier", "--checkpoint", str(run), "--out", str(tmp_path / "eng")]))
     assert "do not match the model config" in line and "size mismatch" in line
     assert not (tmp_path / "eng").exists()
 
 
 def test_cli_failed_export_leaves_no_new_folders(tiny_checkpoint, tmp_path):
     out = tmp_path / "a" / "b"  # created for the export, removed again when it fails
-    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(tmp_path / "nope"), "--out", str(out)]))
+    line = _one_line_error(CliRunner().invoke(cli, ["--no-frontier", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)]))
     assert "nope" in line and not (tmp_path / "a").exists()
-    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(tiny_checkpoint), "--out", "/dev/null/x"]))
+    line = _one_line_error(CliRunner().invoke(cli, ["--no-frontier", "--checkpoint", str(tiny_checkpoint), "--out", "/dev/null/x"]))
     assert "/dev/null is not a folder" in line
 
 
 def test_cli_missing_dependency_names_the_extra(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails as if not installed
-    line = _one_line_error(CliRunner().invoke(cli, ["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)]))
+    line = _one_line_error(CliRunner().invoke(cli, ["--no-frontier", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)]))
     assert "dil[export]" in line
 
 
 @pytest.mark.slow
 def test_cli_exports_into_a_new_folder(tiny_checkpoint, tmp_path):
     out = tmp_path / "new" / "engines"  # missing folders are created
-    result = CliRunner().invoke(cli, ["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--name", "cli"])
+    result = CliRunner().invoke(cli, ["--no-frontier", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--name", "cli"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["cli.denoise.onnx", "cli.denoise_full.onnx", "cli.encode.onnx",
                                                      "cli.json", "cli.weights.safetensors"]

@@ -125,7 +125,7 @@ def test_export_fp16_artifact_end_to_end(tiny_checkpoint, tmp_path):
     from dil.runtime import Forecaster
 
     out = tmp_path / "engines"
-    res = CliRunner().invoke(export_cli, ["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--name", "tiny",
+    res = CliRunner().invoke(export_cli, ["--no-frontier", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--name", "tiny",
                                           "--fp16", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "FP16 vs PyTorch float32" in res.output

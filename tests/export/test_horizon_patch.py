@@ -96,7 +96,7 @@ def ph_export(ph_model, tmp_path_factory):
             "freq": "h", "season": 24, "context_length": 48, "horizon": 8, "scaling": "context-mean-std"}
     save_checkpoint(run, ph_model, NoiseSchedule(), data, {"epochs": 0}, features=spec)
     out = tmp_path_factory.mktemp("ph-engines")
-    result = CliRunner().invoke(export_cli, ["--checkpoint", str(run), "--out", str(out), "--fp16", "--quiet"])
+    result = CliRunner().invoke(export_cli, ["--no-frontier", "--checkpoint", str(run), "--out", str(out), "--fp16", "--quiet"])
     assert result.exit_code == 0, result.output
     return result, load_manifest(out / "ph4.json")
 

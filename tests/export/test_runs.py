@@ -96,7 +96,7 @@ def test_training_progress_from_partial_records(tmp_path, files, expect):
 
 def test_export_refuses_a_run_that_did_not_finish(killed_run, tmp_path):
     out = tmp_path / "engines"
-    result = CliRunner().invoke(export_cli, ["--checkpoint", str(killed_run), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(export_cli, ["--no-frontier", "--checkpoint", str(killed_run), "--out", str(out), "--quiet"])
     assert result.exit_code != 0
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: the training of ")
@@ -107,7 +107,7 @@ def test_export_refuses_a_run_that_did_not_finish(killed_run, tmp_path):
 @pytest.mark.slow
 def test_export_of_an_incomplete_run_when_allowed(killed_run, tmp_path):
     out = tmp_path / "engines"
-    result = CliRunner().invoke(export_cli, ["--checkpoint", str(killed_run), "--out", str(out), "--name", "part",
+    result = CliRunner().invoke(export_cli, ["--no-frontier", "--checkpoint", str(killed_run), "--out", str(out), "--name", "part",
                                              "--allow-incomplete", "--quiet"])
     assert result.exit_code == 0, result.output
     m = load_manifest(out / "part.json")

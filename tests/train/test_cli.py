@@ -76,8 +76,11 @@ def covariate_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cov")
     path, frame = _covariate_table(tmp)
     out = tmp / "runs" / "site"
+    # --time-features: all four hourly features, though 14 days of training rows span fewer than 3 of
+    # some of their cycles (the default would leave those out)
     res = CliRunner().invoke(main, TINY + ["--data", str(path), "--date-column", "time", "--columns", "load",
-                                           "--covariates", "day_type", "--past-covariates", "temp", "--out", str(out)])
+                                           "--covariates", "day_type", "--past-covariates", "temp", "--time-features",
+                                           "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out, path, frame, res.output
 
@@ -102,7 +105,7 @@ def test_covariates_and_time_features_end_to_end(covariate_run):
     # Fc = value, observed, 4 time features, 2 one-hot day types, temp; Fh = noisy value, 4 + 2 known
     model = config["model"]
     assert (model["context_features"], model["horizon_features"]) == (9, 7)
-    assert (model["prediction"], model["context_patch"]) == ("v", 8)
+    assert (model["prediction"], model["context_patch"]) == ("v", 1)  # 16 context steps are within the token budget
     assert json.loads((out / "state.json").read_text())["features"] == config["features"]
     assert config["data"]["covariates"] == ["day_type", "temp"]
     assert load_checkpoint(out).features == FeatureSpec.from_dict(config["features"])
@@ -132,7 +135,7 @@ def test_covariate_run_exports_its_features(covariate_run, tmp_path):
     from dil.runtime.manifest import load_manifest
 
     out, path, _, _ = covariate_run
-    res = CliRunner().invoke(export_main, ["--checkpoint", str(out), "--out", str(tmp_path / "engines"),
+    res = CliRunner().invoke(export_main, ["--no-frontier", "--checkpoint", str(out), "--out", str(tmp_path / "engines"),
                                            "--data", str(path)])
     assert res.exit_code == 0, res.output
     config = json.loads((out / "config.json").read_text())
@@ -188,11 +191,41 @@ def test_bad_feature_input_one_line_nothing_written(tmp_path, extra, message):
     assert not (tmp_path / "runs").exists()
 
 
-def test_default_context_patch_rule():
-    from dil.train.presets import default_context_patch
+@pytest.mark.parametrize("freq, window, patches, preset", [
+    # (row frequency, its preset window, its patches: context <= 16 tokens, horizon <= 6 tokens)
+    ("10min", (288, 144), (18, 24), "10-minute"),
+    ("15min", (192, 96), (12, 16), "15-minute"),
+    ("30min", (336, 48), (24, 8), "30-minute"),
+    ("h", (336, 24), (24, 4), "hourly"),  # the measured metro-traffic preset
+    ("D", (56, 14), (7, 7), "daily"),
+    ("B", (60, 10), (5, 5), "business-day"),
+    ("W-SUN", (104, 8), (13, 2), "weekly"),
+])
+def test_preset_rule_for_each_frequency(freq, window, patches, preset):
+    from dil.data.registry import file_spec, frequency_preset
+    from dil.runtime.inputs.table import SeriesTable
+    from dil.train.presets import CONTEXT_TOKENS, HORIZON_TOKENS, default_context_patch, default_horizon_patch
 
-    assert default_context_patch(168, "h") == 24 and default_context_patch(336, "h") == 24
-    assert default_context_patch(100, "h") == 4  # 24 does not divide 100
-    assert default_context_patch(288, "10min") == 12 and default_context_patch(120, "B") == 12
-    assert default_context_patch(16, None) == 8 and default_context_patch(7, None) == 1
-    assert default_context_patch(48, "2h") == 12  # a day of 2-hour rows is not 24 steps
+    p = frequency_preset(freq)
+    assert p.name == preset and (p.context_length, p.horizon) == window
+    L, H = window
+    P, Ph = default_context_patch(L, freq), default_horizon_patch(H, freq)
+    assert (P, Ph) == patches
+    assert L % P == 0 and L // P <= CONTEXT_TOKENS and H % Ph == 0 and H // Ph <= HORIZON_TOKENS
+    # the smallest natural group within the budget: the next smaller one would exceed it
+    smaller = [g for g in p.groups if g < P and L % g == 0]
+    assert not smaller or L // max(smaller) > CONTEXT_TOKENS
+    # a user's file of that frequency gets the preset's window
+    table = SeriesTable(values=np.zeros((10, 1)), names=["y"], freq=freq)
+    spec = file_spec("x.csv", table)
+    assert (spec.context_length, spec.horizon) == window
+
+
+def test_preset_rule_off_the_presets():
+    from dil.train.presets import default_context_patch, default_horizon_patch
+
+    assert default_context_patch(168, "h") == 12  # 14 half-day tokens (a day would be 7)
+    assert default_context_patch(100, "h") == 4  # no hourly group gives <= 16 tokens: the largest divisor
+    assert default_context_patch(16, None) == 1 and default_context_patch(7, None) == 1
+    assert default_horizon_patch(96, "h") == 24 and default_horizon_patch(7, "h") == 1
+    assert default_context_patch(48, "2h") == 3  # rows without a preset: any divisor up to 24 steps

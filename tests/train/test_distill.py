@@ -130,7 +130,7 @@ def test_student_artifact_runs_its_steps(student, tmp_path):
     from dil.runtime.manifest import load_manifest
 
     _, out, _ = student
-    res = CliRunner().invoke(export_main, ["--checkpoint", str(out), "--out", str(tmp_path / "engines"),
+    res = CliRunner().invoke(export_main, ["--no-frontier", "--checkpoint", str(out), "--out", str(tmp_path / "engines"),
                                            "--name", "student", "--quiet"])
     assert res.exit_code == 0, res.output
     manifest = load_manifest(tmp_path / "engines" / "student.json")
@@ -149,7 +149,7 @@ def test_student_artifact_runs_its_steps(student, tmp_path):
     res = CliRunner().invoke(run_main, run + ["--steps", "3", "--out", str(tmp_path / "fc3.csv")])
     assert res.exit_code == 0, res.output
     assert "plain DPM-Solver++ of order 1, 3 steps (--steps given; otherwise the artifact default" in res.output
-    assert "[24, 0, 0]" in res.output  # the order histogram: 3 steps x 4 samples x 2 tokens, all first order
+    assert "[48, 0, 0]" in res.output  # the order histogram: 3 steps x 4 samples x 4 tokens, all first order
     from dil.evaluate.cli.bench import main as bench_main
 
     # dil-bench runs the student's order in the runtime and in torch (at 3 steps, order 2 would show)

@@ -118,7 +118,7 @@ def test_two_process_run_exports_and_forecasts(ddp_run, tmp_path):
     from dil.runtime.cli.run import main as run_main
 
     out, _ = ddp_run
-    res = CliRunner().invoke(export_main, ["--checkpoint", str(out), "--out", str(tmp_path / "engines"), "--quiet"])
+    res = CliRunner().invoke(export_main, ["--no-frontier", "--checkpoint", str(out), "--out", str(tmp_path / "engines"), "--quiet"])
     assert res.exit_code == 0, res.output
     manifest = tmp_path / "engines" / "metro.json"
     assert json.loads(manifest.read_text())["model"]["context_length"] == 48

@@ -83,8 +83,10 @@ def test_fit_feature_spec_uses_the_train_rows_and_the_frequency():
     times = pd.date_range("2024-01-01", periods=6, freq="h").to_numpy()
     cov = pd.DataFrame({"temp": [1.0, 3.0, 100.0, 100.0, 100.0, 100.0], "kind": ["a", "b", "c", "a", "b", "c"]})
     table = SeriesTable(values=np.zeros((6, 1)), names=["y"], timestamps=times, freq="h", covariates=cov)
-    spec = fit_feature_spec(table, "h", ["kind"], ["temp"], None, (0, 2))
+    spec = fit_feature_spec(table, "h", ["kind"], ["temp"], True, (0, 2))
     assert spec.time_features == ("hour_of_day", "day_of_week", "day_of_month", "day_of_year") and spec.freq == "h"
+    # by default a cycle the training rows (here 1 hour) do not span 3 times is left out
+    assert fit_feature_spec(table, "h", train_rows=(0, 2)).time_features == ()
     assert [(c.name, c.known, c.mean, c.std, c.categories) for c in spec.covariates] == [
         ("kind", True, 0.0, 1.0, ("a", "b")), ("temp", False, 2.0, 1.0, ())]  # rows 0..1 only
     assert (spec.context_width, spec.horizon_width) == (2 + 4 + 2 + 1, 1 + 4 + 2)
@@ -198,11 +200,11 @@ def test_cli_trains_a_loadable_checkpoint(tiny_run):
 
     out, output = tiny_run
     assert "checkpoint:" in output and "best val loss" in output
-    # metro-traffic is hourly: 4 time features on every token (Fc = 2 + 4, Fh = 1 + 4); 24 does not
-    # divide 16, so a context token is 8 steps; 4 divides the horizon 8, so a horizon token is 4 hours;
-    # new runs predict v
+    # metro-traffic is hourly, its training rows span 4 years: 4 time features on every token (Fc = 2 + 4,
+    # Fh = 1 + 4); the hourly preset's token budget (16 context, 6 horizon tokens) keeps 16 context steps
+    # in 1-step tokens and makes the horizon 8 four 2-step tokens; new runs predict v
     expect = ModelConfig(context_length=16, horizon=8, d_model=16, num_heads=2, num_layers=2, ffn_dim=32,
-                         context_features=6, horizon_features=5, prediction="v", context_patch=8, horizon_patch=4)
+                         context_features=6, horizon_features=5, prediction="v", context_patch=1, horizon_patch=2)
     ck = load_checkpoint(out, expect=expect)
     assert ck.features.time_features == ("hour_of_day", "day_of_week", "day_of_month", "day_of_year")
     assert ck.features.freq == "h" and ck.features.covariates == ()
