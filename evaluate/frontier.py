@@ -324,7 +324,8 @@ def measure_defaults(engine, data=None, progress: bool = False, say=None,
 
     engine: any path naming the artifact. data: the training table file, for a model trained on a
     user's file (a bundled dataset is found by name). config: the frontier to measure (default:
-    EXPORT_FRONTIER; its data is replaced by `data`). Returns (the recorded choice or None, one line
+    EXPORT_FRONTIER, its origins cut so that the windows, origins x series, are about as many as
+    its `windows` for one series; its data is replaced by `data`). Returns (the recorded choice or None, one line
     saying what was recorded or why nothing was). Raises what run_frontier raises.
     """
     from dil.data.registry import DATASETS
@@ -336,7 +337,10 @@ def measure_defaults(engine, data=None, progress: bool = False, say=None,
     if (manifest.data or {}).get("dataset") not in DATASETS and data is None:
         return None, ("sampler defaults: not measured: the model was trained on a local table; pass --data FILE "
                       "(or run dil-bench --engine ... --frontier --data FILE --write-defaults)")
-    config = replace(config or FrontierConfig(**EXPORT_FRONTIER), data=None if data is None else str(data))
+    if config is None:  # about EXPORT_FRONTIER["windows"] windows, whatever the number of series
+        series = len((manifest.data or {}).get("columns") or [None])
+        config = FrontierConfig(**{**EXPORT_FRONTIER, "windows": max(4, -(-EXPORT_FRONTIER["windows"] // series))})
+    config = replace(config, data=None if data is None else str(data))
     report = run_frontier(engine, config, progress=progress, say=say)
     choice = report["choice"]
     path = write_sampler_defaults(engine, choice)

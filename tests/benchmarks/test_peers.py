@@ -149,7 +149,7 @@ def test_bad_input_fails_before_any_work(tmp_path):
     proc = _run_script(["--models", "3x64,4x99"], tmp_path)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
-        "error: --models takes a comma list of 3x64, 2x40, 2x40-168, got '3x64,4x99'"
+        "error: --models takes a comma list of 3x64, 2x40, 2x40-168, patchtst, got '3x64,4x99'"
     ]
     page = tmp_path / "page.md"
     page.write_text("<!-- peers:end -->\n<!-- peers:start -->\n")
