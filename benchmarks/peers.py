@@ -1,4 +1,4 @@
-"""Peer benchmark: GluonTS DeepAR (and PatchTST) next to dil on dil-eval's own test windows of a bundled dataset, in one run.
+"""Peer benchmark: GluonTS DeepAR (and PatchTST) next to dil on dil-eval's test windows of a bundled dataset.
 
 Run from the repository root (the peers need the optional extra: pip install 'dil[peers]'):
 
@@ -92,7 +92,6 @@ from typing import ClassVar
 import numpy as np
 
 DATASET = "metro-traffic"  # the default dataset, the shipped model's
-HORIZON = 24  # metro-traffic's (every dataset's H is its registry spec's horizon)
 METRO_CONTEXT = 168  # the peers' context on metro-traffic: that of every published metro run
 UNDATED_START = "1990-01-01"  # row 0 of a table without dates, as GluonTS's exchange_rate dataset
 MARK_START, MARK_END = "<!-- peers:start -->", "<!-- peers:end -->"  # metro-traffic's section
@@ -254,7 +253,9 @@ def peer_entries(data: PeerData) -> tuple[list, list, list]:
     before its origin; in the order of test_origins)."""
     import pandas as pd
 
-    start = pd.Period(UNDATED_START if data.start is None else pd.Timestamp(data.start), freq=data.spec.freq)
+    with warnings.catch_warnings():  # pandas deprecates business-day Periods; GluonTS 0.17 still takes them
+        warnings.filterwarnings("ignore", "Period with BDay freq", FutureWarning)
+        start = pd.Period(UNDATED_START if data.start is None else pd.Timestamp(data.start), freq=data.spec.freq)
     names = data.windows.names
     columns = [s.astype(np.float32) for s in data.series]
 
@@ -498,6 +499,12 @@ def _f(v, digits: int = 4) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _mae(v) -> str:
+    """An MAE in the data's units: 1 decimal from 100 up (metro's vehicles per hour), else 4
+    significant digits (exchange rates near 1, temperatures, ...)."""
+    return "–" if v is None else f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
 def _families(rows: dict) -> list:
     """The peer families of a run's rows in their order (["DeepAR"] for a result without them)."""
     found = [r["family"] for k, r in rows.items() if k not in ("dil", "seasonal_naive") and r.get("family")]
@@ -549,7 +556,7 @@ def markdown(result: dict, command: str) -> str:
             train_cell += f" ({r['epochs_run']} epochs{', stopped early' if r['stopped_early'] else ''})"
         crps_ratio = ratio.get("crps", dil["crps"] / r["crps"] if key == "seasonal_naive" else None)
         lines.append(
-            f"| {r['label']} | {_f(r['crps'])} | {_f(r['mae'], 1)} | {_f(r.get('coverage_50'), 3)} | "
+            f"| {r['label']} | {_f(r['crps'])} | {_mae(r['mae'])} | {_f(r.get('coverage_50'), 3)} | "
             f"{_f(r.get('coverage_90'), 3)} | {train_cell} | {_f(r.get('all_s'), 2)} | {_f(r.get('one_ms'), 1)} | "
             f"{_f(crps_ratio, 3)} | {_f(ratio.get('all_s'), 3)} | {_f(ratio.get('one_ms'), 3)} |"
         )

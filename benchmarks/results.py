@@ -303,7 +303,9 @@ def main(argv=None) -> None:
 
 # Sections other scripts write between their markers stay on the regenerated page, in this order:
 # benchmarks/peers.py (DeepAR), benchmarks/domains.py (time vs frequency), the sampler frontiers.
-KEPT_SECTIONS = ("frontiers", "distill", "domains", "peers")
+# benchmarks/peers.py writes "peers" (metro-traffic) and "peers-NAME" for every other bundled dataset.
+KEPT_SECTIONS = ("frontiers", "distill", "domains", "peers", "peers-exchange-rate", "peers-etth1", "peers-etth2",
+                 "peers-weather")
 
 
 def kept_sections(old: str) -> str:

@@ -39,7 +39,7 @@ from dil.runtime.sampling.config import SamplerConfig, check_int, sampler_config
 from dil.runtime.sampling.contracts import Engine
 from dil.runtime.sampling.sampler import sample
 from dil.runtime.sampling.stats import SamplerStats
-from dil.runtime.inputs.scaling import ScalingError, context_scale, standardise
+from dil.runtime.inputs.scaling import ScalingError, context_scale, standardise, unscalable, unscalable_text
 from dil.runtime.inputs.histories import frame_histories
 from dil.runtime.inputs.rules import build_windows, usable
 from dil.runtime.inputs.window_features import FeatureInputError, WindowFeatures, check_window_features
@@ -91,10 +91,10 @@ class Forecast:
 
 def _check_finite(values: np.ndarray, names, where: str) -> None:
     """values: [rows, C]; raise ForecastError naming the first Inf's series and row."""
-    inf = np.isinf(values)
-    if inf.any():
-        row, col = np.argwhere(inf)[0]
-        raise ForecastError(f"series {names[col]!r} has an infinite value at row {row + 1} of {where}")
+    bad = unscalable(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ForecastError(f"series {names[col]!r} has {unscalable_text(values[row, col])} at row {row + 1} of {where}")
 
 
 class Forecaster:

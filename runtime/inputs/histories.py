@@ -61,6 +61,18 @@ def future_note(source: str, n_future: int, first_future, known: tuple) -> str:
             f"steps: their known covariates ({', '.join(known)}) are used")
 
 
+def trailing_note(source: str, values: np.ndarray, timestamps) -> str | None:
+    """For a model without known covariates: the note saying that the table's last rows hold no
+    observed value (they stay missing context values and the forecast starts after them), or None."""
+    observed = np.flatnonzero(~np.isnan(values).all(axis=1))
+    empty = values.shape[0] - (int(observed[-1]) + 1 if observed.size else 0)
+    if not empty or not observed.size:
+        return None
+    when = f" (from {_time_text(timestamps[-empty])})" if timestamps is not None else ""
+    return (f"note: the last {empty} row{'s' if empty > 1 else ''} of {source}{when} hold no observed value: they are "
+            "missing values of the context, and the forecast starts after them")
+
+
 def _time_text(t) -> str:
     import pandas as pd
 
@@ -77,6 +89,8 @@ def table_histories(table, known_covariates: tuple = ()) -> tuple[list[SeriesHis
     if end < T:
         first = table.timestamps[end] if table.timestamps is not None else None
         notes.append(future_note(table.source, T - end, first, known_covariates))
+    elif not known_covariates:
+        notes += [n for n in [trailing_note(table.source, table.values, table.timestamps)] if n]
     times = None if table.timestamps is None else table.timestamps[:end]
     values = table.values[:end]
     histories = [SeriesHistory(id=name, values=values[:, j], timestamps=times, freq=table.freq,
@@ -93,6 +107,8 @@ def long_series_history(sid: str, values: np.ndarray, timestamps: np.ndarray, fr
     notes = list(notes)
     if end < len(values):
         notes.append(future_note(f"{source}: series {sid!r}", len(values) - end, timestamps[end], known_covariates))
+    elif not known_covariates:
+        notes += [n for n in [trailing_note(f"{source}: series {sid!r}", values[:, None], timestamps)] if n]
     return SeriesHistory(id=sid, values=np.ascontiguousarray(values[:end]), timestamps=timestamps[:end], freq=freq,
                          covariates=covariates, notes=notes)
 
@@ -108,11 +124,33 @@ def frame_histories(history, series_ids=None, timestamps=None, freq=None, covari
     if times is not None and len(times) != values.shape[0]:
         raise ForecastError(f"timestamps has {len(times)} entries for {values.shape[0]} history rows")
     if times is not None:
-        import pandas as pd
-
-        times = pd.DatetimeIndex(times).as_unit("ns").to_numpy()
+        times, values, freq, covariates = _clean(times, values, freq, covariates)
     return [SeriesHistory(id=name, values=values[:, j], timestamps=times, freq=freq, covariates=covariates)
             for j, name in enumerate(names)]
+
+
+def _clean(times, values: np.ndarray, freq, covariates):
+    """The library's history under dil-run's rules for a table's dates (dil.runtime.inputs.table
+    .clean_times): rows sorted by time, a repeated timestamp's first row kept, the missing steps of a
+    regular step added as missing values; each repair is a UserWarning of dil-run's note line. The
+    covariates' history rows follow the same repairs (their future rows stay after them)."""
+    import warnings
+
+    import pandas as pd
+
+    from dil.runtime.inputs.table import clean_times
+
+    index = pd.DatetimeIndex(times).as_unit("ns")
+    T = len(index)
+    cleaned, values, found, notes, rows = clean_times(index, values, "history")
+    for line in notes:
+        warnings.warn(line, UserWarning, stacklevel=4)
+    if covariates is not None and not np.array_equal(rows, np.arange(T)):
+        frame = covariates if isinstance(covariates, pd.DataFrame) else pd.DataFrame(covariates)
+        frame = frame.reset_index(drop=True)
+        history = frame.iloc[:T].reindex(rows).reset_index(drop=True)
+        covariates = pd.concat([history, frame.iloc[T:]], ignore_index=True)
+    return cleaned.to_numpy(dtype="datetime64[ns]"), np.ascontiguousarray(values), freq or found, covariates
 
 
 def _as_table(history, series_ids, timestamps, freq):

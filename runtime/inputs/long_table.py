@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from dil.runtime.inputs.histories import SeriesHistory, long_series_history
+from dil.runtime.inputs.scaling import unscalable, unscalable_text
 from dil.runtime.inputs.table import DataError, clean_times, covariate_column, parse_dates, read_errors
 
 LONG_SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -194,10 +195,11 @@ def _target(raw: pd.Series, sid: str, spec: LongSpec, times: pd.DatetimeIndex, s
         values[~missing] = parsed
     if spec.missing_values:
         values = np.where(np.isin(values, spec.missing_values), np.nan, values)
-    inf = np.isinf(values)
-    if inf.any():
-        raise DataError(f"{source}: series {sid!r}: column {spec.target_column!r} has an infinite value at "
-                        f"{times[int(np.argmax(inf))]}")
+    bad = unscalable(values)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{source}: series {sid!r}: column {spec.target_column!r} has {unscalable_text(values[i])} at "
+                        f"{times[i]}")
     return values
 
 

@@ -2,7 +2,7 @@
 
 One module for every entry (dil-run on a wide or long table, dil-run --ray, dil-eval on a user's
 file, Forecaster.predict): which date column a table's dates come from (`date_column_default`),
-which columns are forecast (`series_to_forecast`), which series cannot be forecast (`usable`: too
+which values are missing (`missing_values`), which columns are forecast (`series_to_forecast`), which series cannot be forecast (`usable`: too
 few rows or no observed value in the context; an error, or skipped with a warning), and what each
 window feeds the model (`build_windows`: the last context_length values, the dates of the future
 steps, the time features and covariates of the context and horizon rows). Errors are DataError or
@@ -68,27 +68,23 @@ def table_date_column(path, manifest) -> tuple[str | None, str | None]:
     return date_column_default(table_columns(path), manifest, Path(path).name)
 
 
-def series_to_forecast(table, trained, explicit: bool):
-    """(the table restricted to the series to forecast, a note line or None saying why).
-
-    explicit (--columns given): the table as read. Otherwise the series the model was trained on
-    (`trained`, the manifest's training columns), found by name; when the table has none of them,
-    every numeric column.
-    """
-    if explicit:
-        return table, None
+def series_to_forecast(header, trained, source: str) -> tuple[list | None, str | None]:
+    """(the columns to read as series, or None for every numeric column; a note line or None saying
+    why), from a table's column names when --columns was not given: the series the model was
+    trained on (`trained`, the manifest's training columns), found by name; when the table has none
+    of them, every numeric column. Only the columns read are parsed (a huge cell elsewhere costs
+    nothing)."""
     trained = [str(c) for c in (trained or [])]
-    present = [c for c in trained if c in table.names]
+    present = [c for c in trained if c in header]
     if present == trained and trained:
-        return table.select(trained), None
+        return trained, None
     if present:
-        missing = [c for c in trained if c not in table.names]
-        return table.select(present), (f"note: forecasting {name_list(present)}, the model's training series in "
-                                       f"{table.source} (not found: {name_list(missing)}); --columns picks others")
+        missing = [c for c in trained if c not in header]
+        return present, (f"note: forecasting {name_list(present)}, the model's training series in {source} (not "
+                         f"found: {name_list(missing)}); --columns picks others")
     why = (f"the model's training series ({name_list(trained)}) are not in it" if trained
            else "the model records no training series")
-    return table, (f"note: forecasting every numeric column of {table.source} ({name_list(table.names)}): {why}; "
-                   "--columns picks the series")
+    return None, f"note: forecasting every numeric column of {source}: {why}; --columns picks the series"
 
 
 def usable(histories: list[SeriesHistory], context: int, skip: bool, source: str = "",

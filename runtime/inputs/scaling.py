@@ -26,6 +26,22 @@ SCALING_RULE = "context-mean-std-floor"
 LEGACY_SCALING_RULE = "context-mean-std"
 
 
+# The largest magnitude a value may have: the scaling squares deviations, and a square beyond
+# float64's range (1.8e308) would make the scale infinite and the forecast -inf / NaN.
+MAX_ABS_VALUE = 1e150
+
+
+def unscalable(values: np.ndarray) -> np.ndarray:
+    """bool, where a value is infinite or beyond MAX_ABS_VALUE (NaN is missing, not unscalable)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(np.asarray(values, dtype=np.float64)) > MAX_ABS_VALUE
+
+
+def unscalable_text(value: float) -> str:
+    """How a DataError names such a value."""
+    return "an infinite value" if np.isinf(value) else f"a value too large to scale ({value:g}; at most {MAX_ABS_VALUE:g})"
+
+
 class ScalingError(ValueError):
     """A window cannot be scaled (no observed value in its context)."""
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from dil.runtime.inputs.errors import DataError
+from dil.runtime.inputs.scaling import unscalable, unscalable_text
 from dil.runtime.support.files import sha256_file
 
 # A regular step must explain at least this share of the gaps between consecutive timestamps, and
@@ -107,13 +108,46 @@ def _kind(path: Path) -> str:
     raise DataError(f"{path.name}: unsupported file type (use .csv, .csv.gz, .txt, .txt.gz or .parquet)")
 
 
-def _first_line_is_numeric(path: Path) -> bool:
+_DECIMAL_COMMA = re.compile(r"^\s*-?\d+,\d+\s*$")
+
+
+def csv_dialect(path: Path) -> dict:
+    """read_csv's sep and decimal for a CSV file, from its first lines: ";"-separated when its first
+    line has more semicolons than commas, and then decimal commas when a cell reads like "3,14"
+    (European spreadsheets write both); otherwise "," and ".". (A comma-separated file cannot use
+    decimal commas.)"""
+    try:
+        import gzip
+
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            lines = [f.readline() for _ in range(20)]
+    except OSError:  # reported by the real read
+        return {"sep": ",", "decimal": "."}
+    first = lines[0]
+    if first.count(";") <= first.count(","):
+        return {"sep": ",", "decimal": "."}
+    cells = [c for line in lines[1:] for c in line.rstrip("\n").split(";")]
+    return {"sep": ";", "decimal": "," if any(_DECIMAL_COMMA.match(c) for c in cells) else "."}
+
+
+def dialect_note(path: Path, dialect: dict) -> list[str]:
+    """The note saying that a file was read as ";"-separated (with decimal commas)."""
+    if dialect["sep"] == ",":
+        return []
+    commas = " with decimal commas" if dialect["decimal"] == "," else ""
+    return [f"note: {path.name}: read as a ';'-separated table{commas}"]
+
+
+def _first_line_is_numeric(path: Path, dialect: dict | None = None) -> bool:
     """True when the first CSV row parses as numbers (a headerless table)."""
     try:
-        head = pd.read_csv(path, header=None, nrows=1, dtype=str)
+        head = pd.read_csv(path, header=None, nrows=1, dtype=str, sep=(dialect or {}).get("sep", ","))
     except Exception:  # noqa: BLE001 - unreadable files are reported by the real read
         return False
-    return bool(pd.to_numeric(head.iloc[0], errors="coerce").notna().all())
+    decimal = (dialect or {}).get("decimal", ".")
+    cells = head.iloc[0].str.replace(",", ".", regex=False) if decimal == "," else head.iloc[0]
+    return bool(pd.to_numeric(cells, errors="coerce").notna().all())
 
 
 @contextmanager
@@ -132,9 +166,10 @@ def read_errors(path: Path):
         raise DataError(f"{path.name}: cannot read the file ({first})") from None
 
 
-def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
+def _read_frame(path: Path, names, raw: bool = False, usecols=None) -> pd.DataFrame:
     """The file as a DataFrame; raw: CSV cells as text, with no NA spelling recognised (the
-    covariates' reading, see the module docstring)."""
+    covariates' reading, see the module docstring). usecols: the column names to read (None: all);
+    the others are never parsed, whatever they hold."""
     kind = _kind(path)
     text = dict(dtype=str, keep_default_na=False) if raw else {}
     with read_errors(path):
@@ -142,13 +177,18 @@ def _read_frame(path: Path, names, raw: bool = False) -> pd.DataFrame:
             from dil.runtime.support.deps import require
 
             require("pyarrow", "parquet")
-            return pd.read_parquet(path)
-        headerless = kind == "txt" or names is not None or _first_line_is_numeric(path)
+            return pd.read_parquet(path, columns=None if usecols is None else list(usecols))
+        dialect = csv_dialect(path) if kind == "csv" else {"sep": ",", "decimal": "."}
+        headerless = kind == "txt" or names is not None or _first_line_is_numeric(path, dialect)
         if headerless:
-            frame = pd.read_csv(path, header=None, **text)
+            frame = pd.read_csv(path, header=None, **text, **dialect)
             frame.columns = list(names) if names is not None else [str(i) for i in range(frame.shape[1])]
+            return frame if usecols is None else frame[list(usecols)]
+        if usecols is not None:
+            wanted = set(usecols)
+            frame = pd.read_csv(path, usecols=lambda c: str(c) in wanted, **text, **dialect)
             return frame
-        return pd.read_csv(path, **text)
+        return pd.read_csv(path, **text, **dialect)
 
 
 def table_columns(path) -> list[str]:
@@ -169,9 +209,10 @@ def table_columns(path) -> list[str]:
             schema = pq.read_schema(path)
             index = (schema.pandas_metadata or {}).get("index_columns", [])  # restored as the index by pandas
             return [str(n) for n in schema.names if n not in index]
-        if kind == "txt" or _first_line_is_numeric(path):
-            return [str(i) for i in range(pd.read_csv(path, header=None, nrows=1).shape[1])]
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        dialect = csv_dialect(path) if kind == "csv" else {"sep": ",", "decimal": "."}
+        if kind == "txt" or _first_line_is_numeric(path, dialect):
+            return [str(i) for i in range(pd.read_csv(path, header=None, nrows=1, sep=dialect["sep"]).shape[1])]
+        return [str(c) for c in pd.read_csv(path, nrows=0, sep=dialect["sep"]).columns]
 
 
 def covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
@@ -196,7 +237,7 @@ def covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
 
 def _covariates(path: Path, frame: pd.DataFrame, names, covariates, source: str) -> pd.DataFrame:
     """The covariate columns [T, k] in file order, read raw (see covariate_column)."""
-    raw = frame if _kind(path) == "parquet" else _read_frame(path, names, raw=True)
+    raw = frame if _kind(path) == "parquet" else _read_frame(path, names, raw=True, usecols=list(covariates))
     raw.columns = [str(c) for c in raw.columns]
     return pd.DataFrame({c: covariate_column(raw[c], c, source) for c in covariates})
 
@@ -308,11 +349,16 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         raise DataError(f"data file not found: {path}")
     if date_column is None and (date_format is not None or dayfirst is not None):
         raise DataError(f"{source}: a date format or --dayfirst/--monthfirst needs a date column (--date-column)")
-    frame = _read_frame(path, names)
+    header = list(names) if names is not None else table_columns(path)
+    if columns is not None:  # only the columns the run uses are read (a huge cell elsewhere costs nothing)
+        used = [c for c in header if c in {str(x) for x in [date_column, *columns, *(covariates or ())]}]
+        frame = _read_frame(path, names, usecols=used if set(used) >= {str(x) for x in columns} else None)
+    else:
+        frame = _read_frame(path, names)
     if len(frame) == 0:
         raise DataError(f"{source}: the file has no rows")
-    header = [str(c) for c in frame.columns]
-    frame.columns = header
+    frame.columns = [str(c) for c in frame.columns]
+    notes = dialect_note(path, csv_dialect(path)) if _kind(path) == "csv" else []
     if date_column is not None and date_column not in header:
         raise DataError(f"{source}: unknown date column {date_column!r}; columns are {', '.join(header)}")
     if columns is not None:
@@ -343,17 +389,18 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
     values = np.stack(arrays, axis=1)
     for sentinel in missing_values:
         values[values == sentinel] = np.nan
-    inf = np.isinf(values)
-    if inf.any():
-        row, col = np.argwhere(inf)[0]
-        raise DataError(f"{source}: column {kept[col]!r} has an infinite value at data row {row + 1}")
+    bad = unscalable(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{source}: column {kept[col]!r} has {unscalable_text(values[row, col])} at data row {row + 1}")
 
     cov = _covariates(path, frame, names, covariates, source) if covariates else None
 
-    timestamps, freq, notes = None, None, []
+    timestamps, freq = None, None
     if date_column is not None:
         times = parse_dates(frame, date_column, source, date_format, dayfirst)
-        times, values, freq, notes, rows = clean_times(times, values, f"{source}: column {date_column!r}")
+        times, values, freq, repairs, rows = clean_times(times, values, f"{source}: column {date_column!r}")
+        notes += repairs
         timestamps = times.to_numpy(dtype="datetime64[ns]")
         if cov is not None:  # the same rows as the values; an added step (-1) has missing covariates
             cov = cov.reindex(rows).reset_index(drop=True)

@@ -74,6 +74,7 @@ def check_request(req: RunRequest) -> None:
     from dil.runtime.sampling.config import sampler_config
 
     sampler_config(None, **_given(req.sampler))  # a bad setting: one line, before any work
+    _not_the_input(req)
     if not req.long:
         from dil.runtime.outputs.write import check_outputs
 
@@ -92,6 +93,10 @@ def check_request(req: RunRequest) -> None:
     if req.ray is not None:
         if req.out is None:
             raise RunRequestError("--ray needs --out FOLDER (a new folder of Parquet files)")
+        if Path(req.out).name.lower().endswith((".csv", ".csv.gz", ".txt", ".gz")):
+            raise RunRequestError(f"--out {req.out}: --ray writes a folder of Parquet files, not a "
+                                  f"{''.join(Path(req.out).suffixes)} file; name a folder (e.g. "
+                                  f"{Path(req.out).name.split('.')[0]}/)")
         from dil.runtime.support.deps import require
 
         require("ray", "ray")  # the one-line missing-extra error, before any work
@@ -104,6 +109,21 @@ def check_request(req: RunRequest) -> None:
         check_outputs(req.out, None)
 
 
+def _not_the_input(req: RunRequest) -> None:
+    """An output must not replace the table the run reads, nor go inside a folder it reads."""
+    source = Path(req.input)
+    for option, out in (("--out", req.out), ("--plot", req.plot)):
+        if out is None or not source.exists():
+            continue
+        target = Path(out).resolve()
+        if source.is_dir() and source.resolve() in (target, *target.parents):
+            raise RunRequestError(f"{option} {out}: inside the input folder {req.input}, which the run reads; "
+                                  "choose another place")
+        if target == source.resolve() or (target.exists() and target.samefile(source)):
+            raise RunRequestError(f"{option} {out}: is the input table {req.input}; the forecast would replace it: "
+                                  "choose another file")
+
+
 def _given(sampler: dict) -> dict:
     return {k: v for k, v in sampler.items() if v is not None}
 
@@ -114,11 +134,15 @@ def run_job(req: RunRequest, say) -> str:
     RunRequestError or RayJobError, each one line."""
     from dil.runtime.manifest import default_artifact, load_manifest
     from dil.runtime.sampling.config import check_int, sampler_config
+    from dil.runtime.support.files import remove_stale_temporaries
     from dil.runtime.sampling.rng import SeriesStreams
 
     start = time.perf_counter()
     check_request(req)
     manifest = load_manifest(req.engine if req.engine is not None else default_artifact())  # before any work
+    for out in (req.out, req.plot):
+        if out is not None and not req.ray and remove_stale_temporaries(out):
+            say(f"note: removed the unfinished temporary file of {Path(out).name} that a stopped run left beside it")
     config = sampler_config(manifest.default_sampler(), **_given(req.sampler))  # options over the artifact's
     # What the Forecaster checks per call, checked once here: on Ray it would fail in every actor.
     check_int("num_samples", req.num_samples, 1, 100_000)
@@ -134,21 +158,26 @@ def run_job(req: RunRequest, say) -> str:
 def _run_wide(req: RunRequest, manifest, settings: RunSettings, say, start: float) -> str:
     from dil.runtime.forecaster import Forecaster
     from dil.runtime.inputs.histories import table_histories
-    from dil.runtime.inputs.rules import (build_windows, missing_values, series_to_forecast, table_date_column,
-                                          usable)
-    from dil.runtime.inputs.table import load_table
+    from dil.runtime.inputs.rules import (build_windows, missing_values, name_list, series_to_forecast,
+                                          table_date_column, usable)
+    from dil.runtime.inputs.table import load_table, table_columns
     from dil.runtime.jobs.forecast import forecast_windows
 
     spec, date_column, dates_note = manifest.features, req.date_column, None
     if date_column is None:
         date_column, dates_note = table_date_column(req.input, manifest)
     missing, missing_note = missing_values(req.missing_values, manifest)
-    table = load_table(req.input, date_column=date_column, columns=req.columns, date_format=req.date_format,
+    columns, note = req.columns, None
+    if columns is None:
+        columns, note = series_to_forecast(table_columns(req.input), (manifest.data or {}).get("columns"),
+                                           Path(req.input).name)
+    table = load_table(req.input, date_column=date_column, columns=columns, date_format=req.date_format,
                        dayfirst=req.dayfirst, covariates=[c.name for c in spec.covariates], missing_values=missing)
     for line in [n for n in (dates_note, missing_note) if n] + table.notes:
         say(line)
+    if note and columns is None:  # every numeric column: name them
+        note = note.replace(f"column of {table.source}:", f"column of {table.source} ({name_list(table.names)}):")
     forecaster = Forecaster.load(req.engine, threads=req.threads)
-    table, note = series_to_forecast(table, forecaster.manifest.data.get("columns"), req.columns is not None)
     histories, future_notes = table_histories(table, spec.known_covariates)
     histories, warning = usable(histories, forecaster.context_length, req.skip_bad_series, source=table.source)
     for line in [note, *future_notes, warning]:

@@ -31,6 +31,27 @@ def atomic_path(path):
         raise
 
 
+# A temporary file of atomic_path not written to for this long belongs to a run that was stopped.
+STALE_SECONDS = 60.0
+
+
+def remove_stale_temporaries(path) -> int:
+    """Remove the temporary files atomic_path left beside `path` when a run writing it was killed
+    (.NAME.*.tmp not modified for STALE_SECONDS); returns how many were removed."""
+    import time
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    removed = 0
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if tmp.is_file() and time.time() - tmp.stat().st_mtime >= STALE_SECONDS:
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,0 +1,146 @@
+"""Inputs a new user meets first: each forecast right or refused in one line (docs/inputs.md).
+
+Every case here gave a wrong result or a wrong refusal before the one input pipeline; the wide,
+long and library entries are run where the rule is shared.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from dil.runtime.cli.run import main as run_main
+
+
+def _table(rows: int = 60, freq: str = "h", seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2024-01-01", periods=rows, freq=freq).strftime("%Y-%m-%d %H:%M")
+    return pd.DataFrame({"date": times, "a": 10 + rng.standard_normal(rows).cumsum(),
+                         "b": 5 + rng.standard_normal(rows)})
+
+
+def _run(engine, *args):
+    return CliRunner().invoke(run_main, ["--engine", str(engine), "--samples", "4", *[str(a) for a in args]])
+
+
+def _one_line_error(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    return lines[0]
+
+
+def test_the_output_cannot_replace_the_input(tiny_artifact, tmp_path):
+    path = tmp_path / "g.csv"
+    _table().to_csv(path, index=False)
+    before = path.read_bytes()
+    line = _one_line_error(_run(tiny_artifact, "--input", path, "--out", path))
+    assert "is the input table" in line and path.read_bytes() == before
+    os.symlink(path, tmp_path / "link.csv")  # the same file under another name
+    assert "is the input table" in _one_line_error(_run(tiny_artifact, "--input", path, "--out", tmp_path / "link.csv"))
+
+
+def test_huge_values_are_refused_naming_the_row(tiny_artifact, tmp_path):
+    frame = _table()
+    frame.loc[41, "a"] = 1e300
+    frame.to_csv(tmp_path / "h.csv", index=False)
+    line = _one_line_error(_run(tiny_artifact, "--input", tmp_path / "h.csv"))
+    assert "column 'a' has a value too large to scale (1e+300" in line and "data row 42" in line
+    from dil.runtime import ForecastError, Forecaster
+
+    with pytest.raises(ForecastError, match="too large to scale"):
+        Forecaster.load(tiny_artifact).predict(frame[["a", "b"]].to_numpy(), num_samples=2)
+
+
+def test_trailing_empty_rows_are_named(tiny_artifact, tmp_path):
+    frame = _table()
+    frame.loc[55:, ["a", "b"]] = np.nan
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    res = _run(tiny_artifact, "--input", tmp_path / "t.csv", "--date-column", "date", "--out", tmp_path / "f.csv")
+    assert res.exit_code == 0, res.output
+    assert "the last 5 rows of t.csv (from 2024-01-03 07:00:00) hold no observed value" in res.output
+    # the forecast starts after the table's last row, as the note says
+    assert pd.read_csv(tmp_path / "f.csv")["timestamp"].iloc[0] == "2024-01-03 12:00:00"
+
+
+def test_a_short_long_series_is_skippable_as_in_a_wide_table(tiny_artifact, tmp_path):
+    wide = _table()
+    long = pd.concat([pd.DataFrame({"id": s, "date": wide["date"], "v": wide[s]}) for s in ("a", "b")])
+    long = pd.concat([long, pd.DataFrame({"id": "s", "date": wide["date"][:10], "v": 1.0})])  # 10 rows < 16
+    long.to_csv(tmp_path / "l.csv", index=False)
+    args = ["--input", tmp_path / "l.csv", "--id-column", "id", "--date-column", "date"]
+    line = _one_line_error(_run(tiny_artifact, *args))
+    assert "series 's' has fewer than 16 rows" in line and "--skip-bad-series" in line
+    res = _run(tiny_artifact, *args, "--skip-bad-series", "--out", tmp_path / "f.csv")
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 of 3 series" in res.output
+    assert sorted(pd.read_csv(tmp_path / "f.csv")["series"].unique()) == ["a", "b"]
+
+
+def test_unknown_id_column_is_named(tiny_artifact, tmp_path):
+    wide = _table()
+    pd.DataFrame({"id": "a", "date": wide["date"], "v": wide["a"]}).to_csv(tmp_path / "l.csv", index=False)
+    line = _one_line_error(_run(tiny_artifact, "--input", tmp_path / "l.csv", "--id-column", "idx",
+                                "--date-column", "date"))
+    assert "unknown id column 'idx'" in line and "--target-column" not in line
+
+
+def test_semicolons_and_decimal_commas(tiny_artifact, tmp_path):
+    frame = _table()
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    text = frame.to_csv(index=False, sep=";", decimal=",")
+    (tmp_path / "e.csv").write_text(text)
+    outs = {}
+    for name in ("c", "e"):
+        res = _run(tiny_artifact, "--input", tmp_path / f"{name}.csv", "--date-column", "date",
+                   "--out", tmp_path / f"{name}.fc.csv")
+        assert res.exit_code == 0, res.output
+        outs[name] = pd.read_csv(tmp_path / f"{name}.fc.csv")
+    assert "read as a ';'-separated table with decimal commas" in res.output
+    pd.testing.assert_frame_equal(outs["c"], outs["e"])
+
+
+def test_stale_temporary_of_a_killed_run_is_removed(tiny_artifact, tmp_path):
+    _table().to_csv(tmp_path / "g.csv", index=False)
+    stale = tmp_path / ".f.csv.abc123.tmp"  # what a run killed while writing f.csv leaves
+    stale.write_text("")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    res = _run(tiny_artifact, "--input", tmp_path / "g.csv", "--out", tmp_path / "f.csv")
+    assert res.exit_code == 0, res.output
+    assert not stale.exists() and "removed the unfinished temporary file of f.csv" in res.output
+
+
+def test_ray_output_must_be_a_folder(tiny_artifact, tmp_path):
+    line = _one_line_error(_run(tiny_artifact, "--input", tmp_path / "x.csv", "--id-column", "id", "--ray",
+                                "--out", tmp_path / "r4.csv"))
+    assert "--ray writes a folder of Parquet files, not a .csv file" in line
+
+
+def test_library_applies_the_table_rules(tiny_artifact):
+    """Forecaster.predict on a history with a missing, a repeated or an unsorted row: the rows are
+    repaired as dil-run repairs them (with its note as a warning), so the forecast equals the one of
+    the repaired history."""
+    from dil.runtime import Forecaster
+
+    fc = Forecaster.load(tiny_artifact)
+    index = pd.date_range("2024-01-01", periods=40, freq="15min")
+    clean = pd.Series(np.sin(np.arange(40) / 3.0), index=index, name="s")
+    want = fc.predict(clean, num_samples=4, seed=1)
+    broken = pd.concat([clean.iloc[:30], clean.iloc[[12]] + 7.0, clean.iloc[31:]])  # row 30 missing, 12 repeated
+    broken = broken.iloc[::-1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = fc.predict(broken, num_samples=4, seed=1)
+    messages = [str(w.message) for w in caught]
+    assert any("not in time order" in m for m in messages) and any("repeats the timestamp" in m for m in messages)
+    assert any("1 missing step of 15min" in m for m in messages)
+    missing = clean.copy()
+    missing.iloc[30] = np.nan
+    np.testing.assert_array_equal(got.samples, fc.predict(missing, num_samples=4, seed=1).samples)
+    assert np.array_equal(got.timestamps, want.timestamps)
