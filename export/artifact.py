@@ -174,7 +174,7 @@ def _versions() -> dict:
 
 def _data_record(data: dict, config) -> dict:
     """The manifest's data section: the checkpoint's record, with the window and scaling always set."""
-    record = dict(data)
+    record = {k: v for k, v in data.items() if k != "path"}  # where the run read its table: not the artifact's
     record.setdefault("context_length", config.context_length)
     record.setdefault("horizon", config.horizon)
     record.setdefault("scaling", "context-mean-std")

@@ -116,6 +116,18 @@ def load_checkpoint(run_dir, expect: ModelConfig | None = None) -> Checkpoint:
     return Checkpoint(model, config, schedule, cfg.get("data", {}), cfg.get("training", {}), run_dir, features)
 
 
+def read_tensors(path) -> dict:
+    """The tensors of a safetensors file; CheckpointError (one line) for a truncated or damaged one
+    (safetensors raises its own error type, not an OSError)."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is damaged or truncated ({first}); train or copy it again") from None
+
+
 def load_weights(path, config: ModelConfig) -> ScoreNet:
     """A ScoreNet of `config` holding the state_dict in the safetensors file `path` (eval mode).
 
@@ -123,7 +135,7 @@ def load_weights(path, config: ModelConfig) -> ScoreNet:
     """
     model = ScoreNet(config)
     try:
-        state = load_file(str(path))
+        state = read_tensors(path)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]

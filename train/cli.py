@@ -22,6 +22,26 @@ def _stored(run_dir: Path) -> dict:
         return {}  # the trainer reports the broken file
 
 
+def stored_table_options(opts: dict, record: dict, who: str) -> dict:
+    """The options with --data and the table's reading options taken from a run's data record (the
+    file it was trained on, recorded as "path"), for --resume or --distill without --data. A
+    DataError (one line) when the record has no path or the file is gone."""
+    from dil.runtime.inputs.errors import DataError
+
+    path = record.get("path")
+    if not path or not Path(path).is_file():
+        where = f" ({path} is gone)" if path else ""
+        raise DataError(f"{who} was trained on the local table {record.get('source') or record.get('dataset')}"
+                        f"{where}: pass it with --data (and the same --date-column)")
+    given = dict(opts, data=Path(path))
+    for key in ("date_column", "date_format", "dayfirst"):
+        if given.get(key) is None:
+            given[key] = record.get(key)
+    if given.get("columns") is None and record.get("columns"):
+        given["columns"] = ",".join(record["columns"])
+    return given
+
+
 def _names(value: str | None) -> list[str]:
     return [c.strip() for c in (value or "").split(",") if c.strip()]
 
@@ -207,11 +227,14 @@ def _run(opts: dict) -> None:
         distill, stored = _student(opts, stored)
         dataset = opts["dataset"]
         if dataset is None and opts["data"] is None:
-            dataset = (stored.get("data") or {}).get("dataset") if stored else None
-            if distill is not None and dataset not in DATASETS:
-                raise DataError(f"--distill: the teacher was trained on a local table ({dataset}): pass it with --data "
-                                "(and the same --date-column)")
-            dataset = dataset if dataset in DATASETS else DEFAULT_DATASET
+            record = stored.get("data") or {}
+            dataset = record.get("dataset") if stored else None
+            if stored and dataset not in DATASETS:  # a local table: the run's own file and reading options
+                opts = stored_table_options(opts, record, "--distill: the teacher" if distill is not None else
+                                            "--resume: the run")
+                dataset = None
+            else:
+                dataset = dataset if dataset in DATASETS else DEFAULT_DATASET
         known, past = _covariate_names(opts, stored)
         missing = opts["missing_values"] or tuple((stored.get("data") or {}).get("missing_values") or ())
         spec, table = resolve(dataset, opts["data"], opts["date_column"], opts["columns"],

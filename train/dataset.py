@@ -9,6 +9,7 @@ the runtime will feed. Missing target steps are masked out of the loss, never tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -212,6 +213,8 @@ def data_record(spec, table, context: int, horizon: int, bounds: dict,
     return {
         "dataset": spec.name,
         "source": table.source,
+        # the training table of a run on a local file: --resume and --distill read it again from here
+        **({} if spec.bundled else {"path": str(Path(spec.file).resolve())}),
         "sha256": table.sha256,
         "columns": list(table.names),
         "date_column": spec.date_column,

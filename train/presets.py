@@ -100,5 +100,5 @@ def describe_choices(model, freq: str | None, features) -> str:
     left = [n for n in (time_feature_names(freq) if freq else ()) if n not in names]
     text += f"; time features {', '.join(names)}" if names else "; no time features"
     if names and left:
-        text += f" ({', '.join(left)} left out: the training rows span fewer than {MIN_CYCLES} of its cycle)"
+        text += f" ({', '.join(left)} left out: the training rows span fewer than {MIN_CYCLES} of its cycles)"
     return text

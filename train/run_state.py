@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from dil.runtime.support.files import write_text
 from dil.runtime.model.config import ModelConfig
-from dil.train.checkpoint import CheckpointError, save_tensors
+from dil.train.checkpoint import CheckpointError, read_tensors, save_tensors
 
 
 def save_state(run_dir: Path, model, ema, opt, meta: dict) -> None:
@@ -38,7 +37,7 @@ def save_state(run_dir: Path, model, ema, opt, meta: dict) -> None:
 def load_state(run_dir: Path, model, ema, opt) -> dict:
     """Restore model, EMA and optimizer from the run folder; returns state.json's content."""
     meta = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(run_dir / "state.safetensors"))
+    tensors = read_tensors(run_dir / "state.safetensors")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     state: dict = {}

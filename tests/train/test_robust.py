@@ -131,3 +131,38 @@ def test_missing_value_in_dil_run_and_dil_eval(tiny_artifact, tmp_path):
         assert res.exit_code == 0, res.output
         reports[name] = json.loads(js.read_text())["model"]
     assert reports["blank"] == reports["coded"]
+
+
+def test_resume_reads_the_runs_own_table(tmp_path):
+    """kill -9 during `dil-train --data FILE ...`, then the README's `dil-train --out runs/NAME --resume`:
+    the run's table and reading options come from the run folder."""
+    path = _user_table(tmp_path)
+    run = tmp_path / "run"
+    base = TINY + ["--steps-per-epoch", "4", "--out", str(run)]
+    res = CliRunner().invoke(train_main, base + ["--data", str(path), "--date-column", "time", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(train_main, base + ["--resume", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "state.json").read_text())["epoch"] == 2
+    path.unlink()
+    res = CliRunner().invoke(train_main, base + ["--resume", "--epochs", "3"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert "was trained on the local table station.csv" in res.output and "is gone" in res.output
+
+
+def test_truncated_weights_and_state_are_one_line(tmp_path):
+    from dil.export.cli import main as export_main
+
+    path = _user_table(tmp_path)
+    run = tmp_path / "run"
+    base = TINY + ["--data", str(path), "--date-column", "time", "--steps-per-epoch", "4", "--out", str(run)]
+    assert CliRunner().invoke(train_main, base + ["--epochs", "1"]).exit_code == 0
+    for name in ("state.safetensors", "model.safetensors"):
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 2])
+    res = CliRunner().invoke(train_main, base + ["--epochs", "2", "--resume"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "state.safetensors is damaged or truncated" in res.output
+    res = CliRunner().invoke(export_main, ["--checkpoint", str(run), "--out", str(tmp_path / "eng"), "--no-frontier"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "model.safetensors is damaged or truncated" in res.output and not (tmp_path / "eng").exists()
