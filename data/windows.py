@@ -72,9 +72,10 @@ def test_origins(spec, T: int, context: int | None = None, horizon: int | None =
 
 
 def split_origins(spec, T: int, context: int | None = None, horizon: int | None = None, n_windows: int | None = None,
-                  part: str = "test") -> np.ndarray:
+                  part: str = "test", say=None) -> np.ndarray:
     """The rolling windows of one split part ("train", "val" or "test"), int64 [W], by the protocol of
-    test_origins (the validation windows the sampler defaults are chosen on: part="val")."""
+    test_origins (the validation windows the sampler defaults are chosen on: part="val"). say: a
+    callable told, in one line, when n_windows asks for more origins than the part holds."""
     spec = _spec(spec)
     if spec is None:
         raise ValueError("split_origins needs a DatasetSpec or a bundled dataset name")
@@ -87,6 +88,9 @@ def split_origins(spec, T: int, context: int | None = None, horizon: int | None 
             f"{spec.name}: the {part} part (rows {start}..{end - 1}) holds no window of "
             f"context {context} + horizon {horizon}"
         )
+    if n_windows is not None and n_windows > origins.size and say is not None:
+        say(f"note: {spec.name}: the {part} part holds {origins.size} origins of context {context} + horizon "
+            f"{horizon}, fewer than the {n_windows} asked for: all of them are used")
     if n_windows is not None and n_windows < origins.size:
         if n_windows < 1:
             raise ValueError("n_windows must be >= 1")

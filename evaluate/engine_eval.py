@@ -35,6 +35,16 @@ def forecaster_fn(forecaster, num_samples: int = 100, steps: int | None = 20, se
     return fn
 
 
+def _merged(costs: list):
+    """The SamplerStats of all of an evaluation's forecaster calls, summed (None without any)."""
+    if not costs:
+        return None
+    total = costs[0]
+    for c in costs[1:]:
+        total = total.merge(c)
+    return total
+
+
 def engine_data(engine, manifest, dataset=None, data=None, date_column=None, columns=None, missing_values=(),
                 **dates):
     """(DatasetSpec, SeriesTable) to evaluate an engine on: `dataset` (bundled name) or `data` (a
@@ -66,7 +76,12 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     missing, missing_note = rules.missing_values(missing_values, manifest)
     spec, table = resolve(dataset, data, date_column, columns, covariates=covariates or None,
                           missing_values=missing, **dates)
-    for line in reversed([n for n in (note, missing_note if data is not None else None) if n]):
+    other = None
+    trained_name = trained_on.get("dataset")
+    if dataset is not None and trained_name and dataset != trained_name:
+        other = (f"note: the model was trained on {trained_name}, not {dataset}: these scores measure how it carries "
+                 "over to other data")
+    for line in reversed([n for n in (note, missing_note if data is not None else None, other) if n]):
         table.notes.insert(0, line)
     return spec, table
 
@@ -142,5 +157,6 @@ def evaluate_engine(
     ev.report["protocol"]["token_fraction"] = tokens / full if full else None
     ev.report["protocol"]["inputs"] = describe(fc.features)  # the time features and covariates the model used
     ev.notes = list(table.notes)  # what reading a user file repaired
+    ev.stats = _merged(costs)  # what the forecasts cost: dil-eval --stats
     return ev
 

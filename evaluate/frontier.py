@@ -198,7 +198,7 @@ def run_frontier(engine, cfg: FrontierConfig = FrontierConfig(), progress: bool 
     spec, table = engine_data(engine, fc.manifest, cfg.dataset, cfg.data, columns=trained.get("columns") if cfg.data
                               else None, **dates)
     L, H = fc.context_length, fc.horizon
-    w = protocol_windows(table, spec, L, H, cfg.windows, features=fc.features, part=SPLIT)
+    w = protocol_windows(table, spec, L, H, cfg.windows, features=fc.features, part=SPLIT, say=say)
     busy = machine.busy()
     if busy:
         say(f"warning: {busy}, and the choice of the default rests on them")

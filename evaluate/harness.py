@@ -109,11 +109,13 @@ class EvalWindows:
 @dataclass
 class Evaluation:
     """`report`: the JSON-ready result of `evaluate`; `windows`: the arrays behind it (for plots);
-    `notes`: one-line remarks for the user (e.g. rows a user file's reading repaired)."""
+    `notes`: one-line remarks for the user (e.g. rows a user file's reading repaired); `stats`: the
+    SamplerStats of all the model's forecasts (None when not collected)."""
 
     report: dict
     windows: EvalWindows
     notes: list = field(default_factory=list)
+    stats: object = None
 
 
 def gather(values: np.ndarray, origins: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -251,7 +253,7 @@ def _iso(ts) -> str | None:
 
 
 def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | None = None,
-                     season: int | None = None, features=None, part: str = "test") -> EvalWindows:
+                     season: int | None = None, features=None, part: str = "test", say=None) -> EvalWindows:
     """The scored test windows of the protocol, before any forecast.
 
     table: dil.data SeriesTable (values [T, C]; timestamps and covariates where `features` needs
@@ -268,7 +270,7 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
     lag = resolve_season(spec, season)
     values = np.asarray(table.values, dtype=np.float64)
     t = values.shape[0]
-    origins = np.asarray(split_origins(spec, t, context, horizon, n_windows, part), dtype=np.int64)
+    origins = np.asarray(split_origins(spec, t, context, horizon, n_windows, part, say=say), dtype=np.int64)
     if origins.size == 0:
         raise EvaluationError(
             f"{spec.name}: no {part} window of context {context} + horizon {horizon} fits in {t} rows"
@@ -366,7 +368,9 @@ def protocol_report(table, spec, w: EvalWindows, context: int, horizon: int, opt
             "last_origin": int(origins[-1]),
             "first_origin_time": None if w.timestamps is None else _iso(w.timestamps[0]),
             "last_origin_time": None if w.timestamps is None else _iso(w.timestamps[-1]),
-            "stride": int(origins[1] - origins[0]) if origins.size > 1 else None,
+            # the protocol's stride (one horizon) and, with --windows, the rows between the kept origins
+            "stride": int(horizon),
+            "kept_every": int(origins[1] - origins[0]) if origins.size > 1 else None,
         },
         "season": resolve_season(spec, options.season),
     }

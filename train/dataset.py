@@ -248,6 +248,10 @@ class SplitWindows:
         self.bounds = split_bounds(spec, T)
         rows = row_features(features, table.timestamps, table.covariates, rows=T)
         a, b = self.bounds["train"]
+        empty = [n for n, e in zip(table.names, np.isnan(table.values[a:b]).all(axis=0)) if e]
+        if empty:
+            raise DataError(f"{table.source}: column {empty[0]!r} has no observed value in the train part (rows "
+                            f"{a}..{b - 1}); leave it out of --columns")
         # floored: each series' scale floor from its training rows (dil.runtime.inputs.scaling); False
         # for a run resumed from before the floor existed.
         self.floors = series_floor(table.values[a:b]) if floored else None

@@ -27,6 +27,11 @@ def _num(v, fmt="{:.4f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _speed(speedup: float) -> str:
+    """'1.92x faster' or '1.92x slower' (a speed-up below 1 is a slow-down: 0.52x -> 1.92x slower)."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+
+
 def format_runs(report: dict) -> str:
     """The runs as a text table, then the speed/accuracy ratios."""
     lines = [
@@ -50,7 +55,7 @@ def format_runs(report: dict) -> str:
         change = "" if q["crps_change"] is None else f", CRPS {q['crps_change']:+.2%}"
         other = q["vs"] + (f" ({q['vs_steps']} steps)" if q["vs_steps"] != q["steps"] else "")
         lines.append(
-            f"{q['series']}x{p['samples']}, {q['steps']} steps: {q['run']} {q['speedup']:.2f}x faster than {other}{change}"
+            f"{q['series']}x{p['samples']}, {q['steps']} steps: {q['run']} {_speed(q['speedup'])} than {other}{change}"
         )
     return "\n".join(lines)
 

@@ -92,6 +92,9 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
               help="Training run folder of the engine, for --ddpm-windows (default: the torch weights the "
                    "artifact ships).")
+@click.option("--stats", "show_stats", is_flag=True,
+              help="Also print the sampler's statistics over all the model's forecasts (engine calls, tokens "
+                   "computed, cache reuse, engine and control time), as dil-run --stats does.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the full report (metrics, baselines, protocol) to this JSON file (missing folders are "
                    "created).")
@@ -99,7 +102,7 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
               help="Write fan charts and a calibration plot (PNG) to this folder, created when missing (needs "
                    "dil[plot]).")
 def main(engine, dataset, data, missing_values, columns, n_windows, samples, seed, season, batch_size, ddpm_windows,
-         checkpoint, json_path, plots_dir, **options):
+         checkpoint, show_stats, json_path, plots_dir, **options):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
@@ -153,6 +156,10 @@ def main(engine, dataset, data, missing_values, columns, n_windows, samples, see
     for note in [*ev.notes, f"note: {report['protocol']['sampler_choice']}"]:
         click.echo(note, err=True)
     click.echo(format_report(report))
+    if show_stats and ev.stats is not None:
+        from dil.runtime.sampling.description import stats_text
+
+        click.echo(stats_text(ev.stats))
     from dil.runtime.support.files import made_folders
 
     if json_path is not None:

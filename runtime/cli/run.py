@@ -37,7 +37,7 @@ RUN_ERRORS = (ValueError, OSError, MissingDependency)
               help="Forecast the long table on Ray (needs the 'ray' extra): alone, a local cluster sized to the "
                    "machine; 'auto' or HOST:PORT joins a running cluster. --out names a new folder of Parquet "
                    "files; the forecast equals the one without --ray, bit for bit.")
-@click.option("--actors", default=None, type=int,
+@click.option("--actors", default=None, type=click.IntRange(min=1),
               help="Ray actors that forecast (each loads the engine once) [default: one per CPU of the cluster].")
 @click.option("--columns", default=None, metavar="A,B",
               help="Series to forecast [default: the series the model was trained on, by name, when the table "
@@ -49,7 +49,7 @@ RUN_ERRORS = (ValueError, OSError, MissingDependency)
                          "the shipped model) when the table has it")
 @missing_value_option()
 @sampler_options()
-@click.option("--samples", default=100, show_default=True, type=int, help="Sample paths per series.")
+@click.option("--samples", default=100, show_default=True, type=click.IntRange(1, 100_000), help="Sample paths per series.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same forecast).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, metavar="PATH",
               help="Write the forecast table here (.csv, .csv.gz or .parquet; missing folders are created); "
@@ -58,7 +58,7 @@ RUN_ERRORS = (ValueError, OSError, MissingDependency)
               help="Also draw a fan chart of the first 4 series (.png, .pdf, .svg; needs the 'plot' extra); the "
                    "summary says which were drawn.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: one per core).")
-@click.option("--batch-series", default=16, show_default=True, type=int,
+@click.option("--batch-series", default=16, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Series per engine batch (memory only: results do not depend on it).")
 @click.option("--stats", "show_stats", is_flag=True,
               help="Print which sampler and steps ran and why (the artifact's default, the built-in one or "

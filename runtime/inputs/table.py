@@ -291,14 +291,41 @@ def _text_dates(raw: pd.Series, col: str, source: str, dayfirst: bool | None) ->
     return day if day_ok or day.notna().sum() > month.notna().sum() else month
 
 
+# Number dates: epoch seconds or milliseconds by their size (1973..2286 either way), and 8-digit
+# integers 19000101..22001231 as YYYYMMDD; any other number is refused rather than read as nanoseconds.
+_EPOCH_UNITS = (("s", 1e8, 1e10), ("ms", 1e11, 1e13))
+
+
+def _number_dates(raw: pd.Series, col: str, source: str) -> pd.Series:
+    x = pd.to_numeric(raw, errors="coerce")
+    present = x.dropna()
+    if not len(present):
+        return _to_datetime(raw)
+    whole = bool((present == present.round()).all())
+    if whole and present.between(19000101, 22001231).all():
+        return _to_datetime(present.astype("int64").astype(str).reindex(raw.index), format="%Y%m%d")
+    for unit, low, high in _EPOCH_UNITS:
+        if present.abs().between(low, high).all():
+            return _to_datetime(x, unit=unit)
+    raise DataError(f"{source}: column {col!r} holds numbers that are neither epoch seconds nor milliseconds nor "
+                    f"YYYYMMDD dates (first {present.iloc[0]!r}): pass --date-format (%s for epoch seconds)")
+
+
 def parse_dates(frame: pd.DataFrame, col: str, source: str, date_format: str | None = None,
                  dayfirst: bool | None = None) -> pd.DatetimeIndex:
+    """The dates of column `col`: text as the module docstring says; numbers as epoch seconds or
+    milliseconds (by their size) or YYYYMMDD; date_format "%s" reads epoch seconds."""
     raw = frame[col]
-    if date_format is not None:
-        parsed = _to_datetime(raw, format=date_format)
+    numbers = pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw)
+    if date_format == "%s":  # pandas' strptime has no %s
+        parsed = _to_datetime(pd.to_numeric(raw, errors="coerce"), unit="s")
+    elif date_format is not None:
+        parsed = _to_datetime(raw.astype(str) if numbers else raw, format=date_format)
     elif pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw):
         parsed = _text_dates(raw, col, source, dayfirst)
-    else:  # numbers or datetimes (Parquet): nothing to choose
+    elif numbers:
+        parsed = _number_dates(raw, col, source)
+    else:  # datetimes (Parquet): nothing to choose
         parsed = _to_datetime(raw)
     bad = parsed.isna()
     if bad.any():
@@ -455,5 +482,5 @@ def clean_times(times: pd.DatetimeIndex, values: np.ndarray, where: str):
         times, values = full, grid
     if freq is None and len(times) >= 3:
         notes.append(f"note: {where}: the timestamps follow no regular step; the rows are used as equally "
-                     "spaced steps (forecasts get step numbers, not timestamps)")
+                     "spaced steps")
     return times, values, freq, notes, rows

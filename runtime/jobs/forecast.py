@@ -45,15 +45,20 @@ def forecast_windows(forecaster, windows: Windows, settings: RunSettings, progre
     return fc
 
 
-def forecast_histories(forecaster, histories, settings: RunSettings, name_series: bool = True, whole: bool = True):
+def forecast_histories(forecaster, histories, settings: RunSettings, name_series: bool = True, whole: bool = True,
+                       say=None):
     """(forecast frame, ids of the skipped series) of a list of SeriesHistory, CHUNK_SERIES at a time.
 
     The frame is dil.runtime.outputs.frame's: H rows per series, in the order of `histories`, a
     timestamp column (NaT for a series whose times follow no regular step). Raises ForecastError
     (one line naming the series) for a series that cannot be forecast, unless skipped (the rule of
     dil.runtime.inputs.rules.usable). whole: `histories` are all the run's series (False for one
-    Ray batch of them, which may skip all of its series).
+    Ray batch of them, which may skip all of its series). say: told one progress line per chunk
+    when there is more than one (a long table of many series).
     """
+    import time
+
+    started = time.perf_counter()
     L, H = forecaster.context_length, forecaster.horizon
     kept, _ = usable(histories, L, settings.skip_bad_series, whole=whole)
     skipped = [h.id for h in histories if all(h is not k for k in kept)] if len(kept) < len(histories) else []
@@ -62,6 +67,11 @@ def forecast_histories(forecaster, histories, settings: RunSettings, name_series
         windows = build_windows(kept[start:start + CHUNK_SERIES], forecaster.features, L, H, name_series=name_series)
         fc = forecast_windows(forecaster, windows, settings)
         frames.append(forecast_frame(fc.series, fc.mean, fc.median, fc.quantiles, windows.futures, fc.levels))
+        done = min(len(kept), start + CHUNK_SERIES)
+        if say is not None and len(kept) > CHUNK_SERIES:
+            elapsed = time.perf_counter() - started
+            say(f"forecast {done}/{len(kept)} series, {elapsed:.0f} s elapsed, ~{elapsed * (len(kept) - done) / done:.0f} s "
+                "left")
     if not frames:
         empty = np.zeros((0, H))
         return forecast_frame([], empty, empty, np.zeros((0, 19, H)), []), skipped

@@ -295,7 +295,7 @@ def _forecast_here(req: RunRequest, spec, settings: RunSettings, say):
     if len(notes) > MAX_NOTES:
         say(f"note: ... and {len(notes) - MAX_NOTES} more such notes")
     forecaster = Forecaster.load(req.engine, threads=req.threads)
-    frame, skipped = forecast_histories(forecaster, series, settings)
+    frame, skipped = forecast_histories(forecaster, series, settings, say=say)
     if skipped:
         say(f"warning: skipped {len(skipped)} of {len(series)} series with fewer than {forecaster.context_length} "
             f"rows or no observed value in their last {forecaster.context_length} rows (the model's context): "
