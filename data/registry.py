@@ -159,6 +159,58 @@ DATASETS: dict[str, DatasetSpec] = {
 
 DEFAULT_DATASET = "metro-traffic"
 
+# The ProbTS long-term setting (Zhang et al., NeurIPS 2024 Datasets and Benchmarks; github.com/microsoft/ProbTS),
+# `dil-eval --protocol probts` (docs/probts.md). ProbTS cuts the file's rows as they are (no cleaning,
+# no reindexing), so its borders are rows of the raw file; dil.data.windows.probts_origins maps them
+# onto the cleaned table by timestamp.
+PROBTS_CONTEXT = 96  # context_length of config/ltsf/*/*.yaml
+PROBTS_HORIZON = 96  # prediction_length of the same configs
+PROBTS_STRIDE = 96  # DataManager's test_rolling_length default
+# Windows per test batch in ProbTS's long-term configs (test_batch_size of config/ltsf/{etth1,etth2,
+# weather_ltsf,exchange_ltsf}/*.yaml): the batch-pooled CRPS of its first evaluator depends on it.
+PROBTS_BATCH_SIZES = (8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class ProbTSSetup:
+    """How ProbTS splits one of the bundled datasets (probts/data/data_utils/get_datasets.py,
+    get_dataset_borders).
+
+    probts_name: the dataset's name in ProbTS (its config folder). ett_rows: ETTh's fixed row ends of
+    train / val / test (12/4/4 months of 30 days: 8640, 11520, 14400; rows after them unused); None:
+    the ratio rule on the file's N rows, train = int(N * train_ratio), test = the last
+    int(N * test_ratio), validation the rows between.
+    """
+
+    probts_name: str
+    ett_rows: tuple[int, int, int] | None = None
+    train_ratio: float = 0.7
+    test_ratio: float = 0.2
+
+    def describe(self) -> str:
+        if self.ett_rows is not None:
+            a, b, c = self.ett_rows
+            return f"ProbTS {self.probts_name}: file rows 0..{a - 1} / {a}..{b - 1} / {b}..{c - 1} (train/val/test)"
+        return (f"ProbTS {self.probts_name}: int(N*{self.train_ratio}) train rows, the last int(N*{self.test_ratio}) "
+                "test, validation between, N = the file's rows")
+
+
+PROBTS = {
+    "etth1": ProbTSSetup("etth1", ett_rows=(8640, 11520, 14400)),
+    "etth2": ProbTSSetup("etth2", ett_rows=(8640, 11520, 14400)),
+    "weather": ProbTSSetup("weather_ltsf"),
+    "exchange-rate": ProbTSSetup("exchange_ltsf"),
+}
+
+
+def probts_setup(name: str) -> ProbTSSetup:
+    """ProbTS's split of the bundled dataset `name`, or DataError naming the datasets it covers."""
+    try:
+        return PROBTS[name]
+    except KeyError:
+        raise DataError(f"the probts protocol covers the bundled datasets {', '.join(PROBTS)}, not {name!r}") from None
+
+
 # Seasonal-naive lag for user files, by row frequency (pandas alias); 1 (naive) otherwise.
 _SEASON_BY_FREQ = {"h": 168, "10min": 144, "15min": 96, "30min": 48, "min": 1440, "D": 7, "B": 5}
 

@@ -7,9 +7,12 @@ context may reach back into earlier parts (it is history, not a target).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from dil.data.registry import DatasetSpec, Splits, get_spec
+from dil.data.registry import (PROBTS_CONTEXT, PROBTS_HORIZON, PROBTS_STRIDE, DatasetSpec, ProbTSSetup, Splits,
+                               get_spec, probts_setup)
 from dil.runtime.inputs.table import DataError
 
 
@@ -100,6 +103,106 @@ def split_origins(spec, T: int, context: int | None = None, horizon: int | None 
 
 
 test_origins.__test__ = False  # a library function whose name pytest would otherwise collect
+
+
+# --- the ProbTS long-term setting (dil-eval --protocol probts, docs/probts.md) --------------------
+
+def probts_bounds(setup: ProbTSSetup, n_rows: int) -> dict[str, tuple[int, int]]:
+    """ProbTS's parts {"train": (0, a), "val": (a, b), "test": (b, c)} in rows of the raw file of n_rows
+    rows (probts/data/data_utils/get_datasets.py, get_dataset_borders). Raises DataError when the
+    file is too short for them."""
+    if setup.ett_rows is not None:
+        a, b, c = (int(x) for x in setup.ett_rows)
+    else:
+        num_train, num_test = int(n_rows * setup.train_ratio), int(n_rows * setup.test_ratio)
+        a, b, c = num_train, n_rows - num_test, n_rows
+    if not 0 < a < b < c <= n_rows:
+        raise DataError(f"{setup.describe()}: {n_rows} rows are too few")
+    return {"train": (0, a), "val": (a, b), "test": (b, c)}
+
+
+def probts_raw_origins(setup: ProbTSSetup, n_rows: int, horizon: int = PROBTS_HORIZON,
+                       stride: int = PROBTS_STRIDE) -> np.ndarray:
+    """ProbTS's test origins in rows of the raw file, int64 [W]: the test part's first row b, then every
+    `stride` rows, ceil((c - b - horizon) / stride) of them (probts/data/data_utils/data_utils.py,
+    get_rolling_test: the i-th test series ends at b + horizon + i * stride, its last `horizon` rows
+    the target). The count can leave the test part's last rows unscored (ETTh: 29 windows, the last
+    target ending 96 rows before the part's end)."""
+    b, c = probts_bounds(setup, n_rows)["test"]
+    count = max(0, math.ceil((c - b - horizon) / stride))
+    return b + stride * np.arange(count, dtype=np.int64)
+
+
+def raw_timestamps(spec: DatasetSpec) -> np.ndarray | None:
+    """The date column of a bundled dataset's file as it is (no sorting, de-duplication or
+    reindexing): datetime64[ns] [rows], None for a file without dates."""
+    if spec.date_column is None:
+        return None
+    import pandas as pd
+
+    col = pd.read_csv(spec.path, usecols=[spec.date_column])[spec.date_column]
+    return pd.to_datetime(col).to_numpy(dtype="datetime64[ns]")
+
+
+def probts_origins(spec, table, n_windows: int | None = None, context: int = PROBTS_CONTEXT,
+                   horizon: int = PROBTS_HORIZON, say=None, raw=None) -> tuple[np.ndarray, dict]:
+    """The ProbTS test windows of a bundled dataset in rows of its cleaned table: (origins int64 [W], info).
+
+    spec: the dataset's DatasetSpec (or name); table: its SeriesTable (dil.data.load_dataset).
+    ProbTS's origins are rows of the raw file (probts_raw_origins); each is mapped onto the table by
+    its timestamp, and its ProbTS window (the `context` rows before it and the `horizon` from it) must
+    be the same rows in the table (no duplicate or gap of the file inside it), else DataError. A file
+    without dates is the table row for row. n_windows: keep that many evenly spaced origins (first and
+    last included), as split_origins does. raw: the file's timestamps (default: read by
+    raw_timestamps). info: the raw row count, ProbTS's parts in raw and in table rows, the count.
+    """
+    spec = _spec(spec)
+    setup = probts_setup(spec.name)
+    raw_ts = raw_timestamps(spec) if raw is None else np.asarray(raw, dtype="datetime64[ns]")
+    n_rows = table.n_steps if raw_ts is None else int(raw_ts.size)
+    bounds = probts_bounds(setup, n_rows)
+    raw_origins = probts_raw_origins(setup, n_rows, horizon)
+    if raw_origins.size == 0:
+        raise DataError(f"{setup.describe()}: the test part holds no window of horizon {horizon}")
+    if raw_ts is None:  # the file's rows are the table's
+        rows = raw_origins.copy()
+
+        def to_table(r):
+            return int(r)
+    else:
+        table_ts = np.asarray(table.timestamps, dtype="datetime64[ns]")
+
+        def to_table(r):
+            return np.searchsorted(table_ts, raw_ts[r])
+
+        rows = to_table(raw_origins)
+        span = np.arange(-context, horizon)
+        raw_idx, tab_idx = raw_origins[:, None] + span, rows[:, None] + span
+        ok = (raw_idx.min() >= 0) & (tab_idx.min() >= 0) & (tab_idx.max() < table_ts.size)
+        same = ok and np.array_equal(raw_ts[raw_idx], table_ts[np.clip(tab_idx, 0, table_ts.size - 1)])
+        if not same:
+            raise DataError(f"{spec.name}: a ProbTS window spans a duplicate or missing row of the file; the cleaned "
+                            "table cannot reproduce it")
+    info = {
+        "dataset": setup.probts_name,
+        "rule": setup.describe(),
+        "file_rows": n_rows,
+        "raw_parts": {k: [int(a), int(b)] for k, (a, b) in bounds.items()},
+        "test_rows": [int(to_table(bounds["test"][0])), int(to_table(bounds["test"][1] - 1)) + 1],
+        "raw_first_origin": int(raw_origins[0]),
+        "raw_last_origin": int(raw_origins[-1]),
+        "origins_all": int(raw_origins.size),
+    }
+    origins = np.asarray(rows, dtype=np.int64)
+    if n_windows is not None and n_windows > origins.size and say is not None:
+        say(f"note: {spec.name}: ProbTS's test part holds {origins.size} origins, fewer than the {n_windows} asked for: "
+            "all of them are used")
+    if n_windows is not None and n_windows < origins.size:
+        if n_windows < 1:
+            raise ValueError("n_windows must be >= 1")
+        pick = np.unique(np.round(np.linspace(0, origins.size - 1, int(n_windows))).astype(np.int64))
+        origins = origins[pick]
+    return origins, info
 
 
 def _offsets(origins: np.ndarray, start: int, length: int) -> np.ndarray:

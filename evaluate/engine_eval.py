@@ -118,7 +118,8 @@ def evaluate_engine(
     minutes per window on a CPU). It needs torch (MissingDependency naming the extra otherwise)
     and the torch weights: `checkpoint`, else the artifact's own, else the run the manifest names
     (ReferenceUnavailable otherwise, see dil.evaluate.torch_baselines.load_reference); 0 (the
-    default) imports no torch.
+    default) imports no torch. options.protocol "probts": ProbTS's long-term windows and metrics
+    (dil.evaluate.harness.probts_setting) on a bundled dataset, every series of it.
     """
     from dil.runtime import Forecaster
     from dil.runtime.sampling.description import given_flags, sampler_line
@@ -127,6 +128,15 @@ def evaluate_engine(
 
     fc = Forecaster.load(engine)
     model = fc.manifest.model
+    if options.protocol == "probts":
+        from dil.evaluate.harness import EvaluationError
+
+        if data is not None:
+            raise EvaluationError("the probts protocol runs on ProbTS's bundled datasets (--dataset), not on --data")
+        if columns:
+            raise EvaluationError("the probts protocol scores every series of the dataset at once: drop --columns")
+        # The dataset the model was trained on, all of its series (not only those it was trained on).
+        dataset = dataset or (fc.manifest.data or {}).get("dataset")
     spec, table = engine_data(engine, fc.manifest, dataset, data, date_column, columns, missing_values,
                               date_format=date_format, dayfirst=dayfirst)
     given = {k: v for k, v in (sampler or {}).items() if v is not None}

@@ -35,6 +35,8 @@ from dil.evaluate import metrics as M
 from dil.runtime.outputs.quantiles import QUANTILE_LEVELS
 from dil.runtime.inputs.window_features import table_features
 
+# The ProbTS code the probts protocol follows (docs/probts.md): the repository and the commit read.
+PROBTS_SOURCE = "github.com/microsoft/ProbTS @ 66f826cb39cfecb7920f0f953fc8743b6c28229b (2025-05-20)"
 # Central-interval widths of the calibration curve (coverage vs nominal level).
 CALIBRATION_WIDTHS = np.round(np.arange(1, 10) * 0.1, 1)
 # Windows per forecaster call. Measured on metro-traffic's 437 test windows (shipped model, plain 10
@@ -42,6 +44,7 @@ CALIBRATION_WIDTHS = np.round(np.arange(1, 10) * 0.1, 1)
 # 497 MB. Past a few windows a call is no faster per window, only bigger.
 DEFAULT_BATCH_SIZE = 4
 ALL = "all windows"  # the scope of StreamedScores holding every forecast window
+PROTOCOLS = ("dil", "probts")  # EvalOptions.protocol: dil-eval's own, ProbTS's long-term setting
 
 
 class EvaluationError(ValueError):
@@ -57,6 +60,9 @@ class EvalOptions:
     seasonal-naive lag override (None: the dataset's). batch_size: windows per forecaster call; one
     batch of samples [batch_size, N, H] is held at a time. progress: tqdm's bar when stderr is a
     terminal, else one line per batch on stderr (logs, pipes, CI); False: silent.
+    protocol: "dil" (docs/model.md section 6) or "probts": ProbTS's long-term test windows of a
+    bundled dataset (horizon 96, origins from the first row of ProbTS's test part at stride 96, the
+    model's own context before each) and ProbTS's per-window metrics besides dil's (docs/probts.md).
     """
 
     n_windows: int | None = None
@@ -66,8 +72,11 @@ class EvalOptions:
     season: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     progress: bool = True
+    protocol: str = "dil"
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise EvaluationError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         for name in ("samples", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise EvaluationError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -253,7 +262,8 @@ def _iso(ts) -> str | None:
 
 
 def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | None = None,
-                     season: int | None = None, features=None, part: str = "test", say=None) -> EvalWindows:
+                     season: int | None = None, features=None, part: str = "test", say=None,
+                     origins=None) -> EvalWindows:
     """The scored test windows of the protocol, before any forecast.
 
     table: dil.data SeriesTable (values [T, C]; timestamps and covariates where `features` needs
@@ -263,14 +273,17 @@ def protocol_windows(table, spec, context: int, horizon: int, n_windows: int | N
     table) give each window's WindowFeatures. Windows whose context or target has no observed
     value are not valid (skipped); `baseline` is the seasonal naive from all the rows before each
     origin (seasonal_naive_at), the same whatever the context. part: the split part whose windows
-    these are ("val": the validation windows, dil.evaluate.frontier's).
+    these are ("val": the validation windows, dil.evaluate.frontier's). origins: the origins to use
+    instead of the protocol's (int [O], rows of the table; n_windows and part then unused).
     """
     from dil.data.windows import split_origins
 
     lag = resolve_season(spec, season)
     values = np.asarray(table.values, dtype=np.float64)
     t = values.shape[0]
-    origins = np.asarray(split_origins(spec, t, context, horizon, n_windows, part, say=say), dtype=np.int64)
+    if origins is None:
+        origins = split_origins(spec, t, context, horizon, n_windows, part, say=say)
+    origins = np.asarray(origins, dtype=np.int64)
     if origins.size == 0:
         raise EvaluationError(
             f"{spec.name}: no {part} window of context {context} + horizon {horizon} fits in {t} rows"
@@ -340,14 +353,22 @@ def score_subset(w: EvalWindows, mask: np.ndarray, own: M.StreamedScores, model:
     }
 
 
-def protocol_report(table, spec, w: EvalWindows, context: int, horizon: int, options: EvalOptions) -> dict:
-    """report["protocol"]: what was evaluated, how (dataset, windows, split, samples, seed, ...)."""
+def protocol_report(table, spec, w: EvalWindows, context: int, horizon: int, options: EvalOptions,
+                    probts: dict | None = None) -> dict:
+    """report["protocol"]: what was evaluated, how (dataset, windows, split, samples, seed, ...).
+    probts: the info of dil.data.windows.probts_origins under the probts protocol (its split and
+    test rows replace the dataset's; "protocol" and "probts" say so)."""
     from dil.data.windows import split_bounds
 
     origins = w.origins
-    test_a, test_b = (int(x) for x in split_bounds(spec, np.asarray(table.values).shape[0])["test"])
-    splits = getattr(spec, "splits", None)
-    return {
+    if probts is not None:
+        test_a, test_b = probts["test_rows"]
+        rule = probts["rule"]
+    else:
+        test_a, test_b = (int(x) for x in split_bounds(spec, np.asarray(table.values).shape[0])["test"])
+        splits = getattr(spec, "splits", None)
+        rule = splits.describe() if splits is not None else None
+    report = {
         "dataset": spec.name,
         "source": getattr(table, "source", ""),
         "sha256": getattr(table, "sha256", ""),
@@ -362,7 +383,7 @@ def protocol_report(table, spec, w: EvalWindows, context: int, horizon: int, opt
         "seed": int(options.seed),
         "quantile_levels": [float(q) for q in QUANTILE_LEVELS],
         "split": {
-            "rule": splits.describe() if splits is not None else None,
+            "rule": rule,
             "test_rows": [test_a, test_b],
             "first_origin": int(origins[0]),
             "last_origin": int(origins[-1]),
@@ -374,6 +395,10 @@ def protocol_report(table, spec, w: EvalWindows, context: int, horizon: int, opt
         },
         "season": resolve_season(spec, options.season),
     }
+    if probts is not None:
+        report["protocol"] = "probts"
+        report["probts"] = probts
+    return report
 
 
 def run_evaluation(forecast_fn, table, spec, context: int, horizon: int, options: EvalOptions = EvalOptions(),
@@ -389,8 +414,13 @@ def run_evaluation(forecast_fn, table, spec, context: int, horizon: int, options
     model's and seasonal naive's metrics on those windows (see score_subset).
     features: the model's FeatureSpec (time features, covariates; None: none): every forecast_fn
     then gets each batch's WindowFeatures as its third argument (see the module docstring).
+    options.protocol "probts": ProbTS's test windows and metrics (probts_setting; docs/probts.md):
+    report["model"]["probts"] and report["baselines"]["seasonal_naive"]["probts"] hold the latter.
     """
-    w = protocol_windows(table, spec, context, horizon, options.n_windows, options.season, features)
+    origins = probts = None
+    if options.protocol == "probts":
+        origins, probts = probts_setting(table, spec, horizon, options.n_windows)
+    w = protocol_windows(table, spec, context, horizon, options.n_windows, options.season, features, origins=origins)
     masks = {name: subset(w.valid, count) for name, (_, count) in (subset_baselines or {}).items()}
     w.forecast = stream_forecasts(forecast_fn, w, w.valid, options, scopes=masks)
     extra = {name: stream_forecasts(fn, w, w.valid, options, desc=name).scores(ALL)
@@ -402,9 +432,43 @@ def run_evaluation(forecast_fn, table, spec, context: int, horizon: int, options
         "model": w.forecast.scores(ALL),
         "baselines": {"seasonal_naive": score_point(w, w.baseline), **extra},
         "calibration": calibration(w.forecast),
-        "protocol": protocol_report(table, spec, w, context, horizon, options),
+        "protocol": protocol_report(table, spec, w, context, horizon, options, probts),
     }
+    if probts is not None:
+        from dil.data.registry import PROBTS_BATCH_SIZES
+
+        report["model"]["probts"] = w.forecast.probts(ALL, PROBTS_BATCH_SIZES)
+        report["baselines"]["seasonal_naive"]["probts"] = M.probts_crps(
+            w.targets, w.baseline[:, :, None, :], mask=w.target_mask, batch_sizes=PROBTS_BATCH_SIZES)
     return Evaluation(report=finite_or_none(report), windows=w)
+
+
+def probts_setting(table, spec, horizon: int, n_windows: int | None = None) -> tuple[np.ndarray, dict]:
+    """The test origins (rows of `table`) and the protocol record of ProbTS's long-term setting on a
+    bundled dataset (dil.data.windows.probts_origins). The forecaster's horizon must be ProbTS's (96);
+    its context may be any (a longer one reaches further back from ProbTS's origins). Every series of
+    the dataset is scored: a ProbTS window is one origin with all of them. EvaluationError otherwise."""
+    from dil.data.registry import PROBTS, PROBTS_CONTEXT, PROBTS_HORIZON, PROBTS_STRIDE, get_spec
+    from dil.data.windows import probts_origins
+
+    if spec.name not in PROBTS or not getattr(spec, "bundled", True):
+        raise EvaluationError(f"the probts protocol covers the bundled datasets {', '.join(PROBTS)}, not {spec.name}")
+    if int(horizon) != PROBTS_HORIZON:
+        raise EvaluationError(f"the probts protocol forecasts {PROBTS_HORIZON} steps; this model's horizon is {horizon}")
+    if spec.columns != get_spec(spec.name).columns:  # resolve() records a --columns choice there
+        raise EvaluationError(f"the probts protocol scores every series of {spec.name} at once: drop --columns")
+    origins, info = probts_origins(spec, table, n_windows)
+    info = {
+        **info,
+        "context": PROBTS_CONTEXT,
+        "horizon": PROBTS_HORIZON,
+        "stride": PROBTS_STRIDE,
+        "quantile_levels": [float(q) for q in QUANTILE_LEVELS],
+        "metrics": "crps, nmae: per-window normalisation (ProbTS since 2024-06-21); crps_pooled, nmae_pooled: "
+                   "pooled over batches of B windows, batch-size weighted (ProbTS's first evaluator, 2024-06-17)",
+        "source": PROBTS_SOURCE,
+    }
+    return origins, info
 
 
 def finite_or_none(obj):

@@ -204,6 +204,75 @@ def seasonal_naive(history, season: int, horizon: int) -> np.ndarray:
     return phase[..., np.arange(horizon) % season]
 
 
+def probts_window_terms(y, quantiles, median, levels=QUANTILE_LEVELS, mask=None):
+    """Per window (one origin: all its series at once) the sums behind ProbTS's metrics.
+
+    y: target [O, C, H]; quantiles: [O, C, Q, H] at `levels` (Q,); median: [O, C, H]; mask: bool
+    [O, C, H] (True = counts; NaN targets never count). Returns float64 (ql [O, Q], abs_error [O],
+    abs_target [O]): 2 * sum over series and horizon of |(q_a - y) * (1{y <= q_a} - a)| per level,
+    sum |y - median| and sum |y|, each over the window's counted steps (probts/utils/metrics.py
+    quantile_loss, abs_error, abs_target_sum; a masked step is left out of both, as ProbTS's masked
+    arrays leave it).
+    """
+    yz, obs = _target(y, mask)
+    q = np.asarray(quantiles, dtype=np.float64)
+    levels = np.asarray(levels, dtype=np.float64)
+    if yz.ndim != 3 or q.shape != yz.shape[:2] + (levels.size, yz.shape[-1]):
+        raise ValueError(f"probts terms need targets [O, C, H] and quantiles [O, C, {levels.size}, H], "
+                         f"got {yz.shape} and {q.shape}")
+    yq, oq = yz[:, :, None, :], obs[:, :, None, :]
+    pinball = np.where(oq, np.abs((q - yq) * ((yq <= q) - levels[:, None])), 0.0)
+    ql = 2.0 * pinball.sum(axis=(1, 3))  # [O, Q]
+    abs_error = np.where(obs, np.abs(yz - np.asarray(median, dtype=np.float64)), 0.0).sum(axis=(1, 2))
+    return ql, abs_error, np.abs(yz).sum(axis=(1, 2))
+
+
+def probts_scores(y, quantiles, median, levels=QUANTILE_LEVELS, mask=None, batch_sizes=()) -> dict:
+    """ProbTS's long-term metrics (docs/probts.md) from per-window quantiles and medians.
+
+    Shapes as probts_window_terms; a window is one origin with all its series. Returns
+    {"crps": mean over windows of (mean over levels of ql / sum |y|), "nmae": mean over windows of
+    sum |y - median| / sum |y|, "windows": the windows counted} (probts/utils/evaluator.py since
+    2024-06-21: per-window normalisation); a window with sum |y| = 0 (nothing to normalise by) is
+    left out, so is one without a counted step. batch_sizes: for each B, also ProbTS's first
+    evaluator (2024-06-17): the same ratios pooled over consecutive batches of B windows, then
+    averaged over the batches weighted by their sizes: "crps_pooled" and "nmae_pooled",
+    {str(B): value}. NaN without a counted window.
+    """
+    ql, abs_error, abs_target = probts_window_terms(y, quantiles, median, levels, mask)
+    keep = abs_target > 0
+    ql, abs_error, abs_target = ql[keep], abs_error[keep], abs_target[keep]
+    n = int(keep.sum())
+    nan = float("nan")
+    out = {
+        "crps": float(np.mean(np.mean(ql / abs_target[:, None], axis=1))) if n else nan,
+        "nmae": float(np.mean(abs_error / abs_target)) if n else nan,
+        "windows": n,
+    }
+    if batch_sizes:
+        out["crps_pooled"], out["nmae_pooled"] = {}, {}
+        for b in batch_sizes:
+            crps, nmae, sizes = [], [], []
+            for a in range(0, n, int(b)):
+                den = abs_target[a : a + b].sum()
+                crps.append(np.mean(ql[a : a + b].sum(axis=0) / den))
+                nmae.append(abs_error[a : a + b].sum() / den)
+                sizes.append(min(int(b), n - a))
+            w = np.asarray(sizes, dtype=np.float64)
+            out["crps_pooled"][str(b)] = float(np.sum(np.asarray(crps) * w) / w.sum()) if n else nan
+            out["nmae_pooled"][str(b)] = float(np.sum(np.asarray(nmae) * w) / w.sum()) if n else nan
+    return out
+
+
+def probts_crps(y, samples, levels=QUANTILE_LEVELS, mask=None, batch_sizes=()) -> dict:
+    """probts_scores of a sample forecast: y [O, C, H], samples [O, C, N, H] (N = 1: a point
+    forecast, whose CRPS is then its NMAE). Quantiles and median: numpy's linear method, as ProbTS's
+    np.quantile."""
+    s = _samples(samples, np.shape(y))
+    q = np.moveaxis(sample_quantiles(s, axis=-2, levels=levels), 0, -2)  # [O, C, Q, H]
+    return probts_scores(y, q, median_forecast(s), levels, mask, batch_sizes)
+
+
 class StreamedScores:
     """The metrics of a sample forecast of many windows, fed a batch of windows at a time.
 
@@ -280,6 +349,11 @@ class StreamedScores:
             "coverage_50": cov50,
             "coverage_90": cov90,
         }
+
+    def probts(self, scope: str, batch_sizes=()) -> dict:
+        """probts_scores on a scope's windows (from the stored quantiles and medians)."""
+        q = np.moveaxis(self.quantiles[: self.crps_levels.size], 0, 2)  # [O, C, Q, H]
+        return probts_scores(self.targets, q, self.median, self.crps_levels, self._mask(scope), batch_sizes)
 
     def _mask(self, scope: str) -> np.ndarray:
         """bool [O, C, H]: the target steps of a scope that count."""

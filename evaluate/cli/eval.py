@@ -42,12 +42,32 @@ def format_report(report: dict) -> str:
     for name, ref in report["baselines"].items():
         if "same_windows" in ref:
             lines += _subset_lines(name, ref)
+    if "probts" in model:
+        lines += _probts_lines(p, model["probts"], naive["probts"])
     lines.append(
         f"CRPS = mean weighted quantile loss over {len(p['quantile_levels'])} levels"
         f" {p['quantile_levels'][0]:.2f}..{p['quantile_levels'][-1]:.2f}, normalised by sum |y|;"
         f" seasonal naive lag {p['season']}; mae/mse of the median in data units"
     )
     return "\n".join(lines)
+
+
+def _probts_lines(p: dict, model: dict, naive: dict) -> list[str]:
+    """The ProbTS metrics (--protocol probts): per-window normalised, then pooled per test batch."""
+    info = p["probts"]
+    lines = [
+        f"ProbTS long-term setting ({info['dataset']}, {model['windows']} windows of all {p['series']} series, origins "
+        f"{info['raw_first_origin']}..{info['raw_last_origin']} of the file, stride {info['stride']}):",
+        f"{'metric':<12} {'model':>12} {'seasonal naive':>15} {'ratio':>7}",
+    ]
+    rows = [("crps", model.get("crps"), naive.get("crps")), ("nmae", model.get("nmae"), naive.get("nmae"))]
+    for key in ("crps_pooled", "nmae_pooled"):
+        rows += [(f"{key[:4]}_b{b}", v, naive.get(key, {}).get(b)) for b, v in model.get(key, {}).items()]
+    for k, m, b in rows:
+        ratio = m / b if m is not None and b else None
+        lines.append(f"{k:<12} {_fmt(m):>12} {_fmt(b):>15} {_fmt(ratio):>7}")
+    lines.append("ProbTS crps/nmae: normalised per window, then averaged; *_bB: pooled over test batches of B windows")
+    return lines
 
 
 def _subset_lines(name: str, ref: dict) -> list[str]:
@@ -73,6 +93,17 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
                         "with a note")
 @missing_value_option("--data or --dataset")
 @click.option("--columns", help="Comma-separated series to evaluate (default: the engine's / all numeric).")
+@click.option("--protocol", type=click.Choice(["dil", "probts"]), default="dil", show_default=True,
+              help="dil: the rolling test windows of docs/model.md section 6. probts: the ProbTS long-term "
+                   "setting (Zhang et al., NeurIPS 2024; github.com/microsoft/ProbTS) on etth1, etth2, weather or "
+                   "exchange-rate, for a model of horizon 96: ProbTS's split (ETTh: rows 8640/2880/2880; weather, "
+                   "exchange: 70/10/20 % of the file's rows, int-truncated), origins from its test part's first row "
+                   "at stride 96 (ETTh1/2 29, weather 109, exchange 15), the model's context before each (it may "
+                   "reach into the validation part), every series of an origin one window; reports besides dil's "
+                   "metrics ProbTS's CRPS (19 levels 0.05..0.95: per window 2 x the quantile loss summed over "
+                   "horizon and series / that window's sum |y|, averaged over levels, then windows) and NMAE "
+                   "(sum |y - median| / sum |y| per window), and the same pooled per test batch of 8/16/32/64 "
+                   "windows (ProbTS's first evaluator), on the original scale. docs/probts.md.")
 @click.option("--windows", "n_windows", type=click.IntRange(min=1),
               help="Evaluate this many evenly spaced test origins (default: all; stride = horizon).")
 @click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1), help="Samples per window.")
@@ -101,8 +132,8 @@ def _subset_lines(name: str, ref: dict) -> list[str]:
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write fan charts and a calibration plot (PNG) to this folder, created when missing (needs "
                    "dil[plot]).")
-def main(engine, dataset, data, missing_values, columns, n_windows, samples, seed, season, batch_size, ddpm_windows,
-         checkpoint, show_stats, json_path, plots_dir, **options):
+def main(engine, dataset, data, missing_values, columns, protocol, n_windows, samples, seed, season, batch_size,
+         ddpm_windows, checkpoint, show_stats, json_path, plots_dir, **options):
     """Evaluate an exported forecaster on the rolling test windows of a dataset.
 
     Every series x every test origin is one window (context and horizon are the engine's); the model
@@ -142,7 +173,7 @@ def main(engine, dataset, data, missing_values, columns, n_windows, samples, see
             engine = default_artifact()
         sampler_config(None, **{k: v for k, v in sampler.items() if v is not None})  # a bad setting: before any work
         options = EvalOptions(n_windows=n_windows, samples=samples, steps=steps, seed=seed, season=season,
-                              batch_size=batch_size, progress=True)
+                              batch_size=batch_size, progress=True, protocol=protocol)
         ev = evaluate_engine(
             engine, options, dataset=dataset, data=data, columns=columns, sampler=sampler,
             missing_values=missing_values, **dates,
