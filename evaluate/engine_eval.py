@@ -76,6 +76,11 @@ def engine_data(engine, manifest, dataset=None, data=None, date_column=None, col
     missing, missing_note = rules.missing_values(missing_values, manifest)
     spec, table = resolve(dataset, data, date_column, columns, covariates=covariates or None,
                           missing_values=missing, **dates)
+    feats = manifest.features.time_features
+    if feats and table.timestamps is None:
+        what = (f"{table.source} is read without dates: pass --date-column" if data is not None else
+                f"{spec.name} has no dates, so it cannot be scored on it (a model trained with --no-time-features can)")
+        raise DataError(f"the model uses time features ({', '.join(feats)}) and {what}")
     other = None
     trained_name = trained_on.get("dataset")
     if dataset is not None and trained_name and dataset != trained_name:

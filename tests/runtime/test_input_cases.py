@@ -144,3 +144,35 @@ def test_library_applies_the_table_rules(tiny_artifact):
     missing.iloc[30] = np.nan
     np.testing.assert_array_equal(got.samples, fc.predict(missing, num_samples=4, seed=1).samples)
     assert np.array_equal(got.timestamps, want.timestamps)
+
+
+@pytest.mark.parametrize("dates, how", [
+    (lambda t: (t - pd.Timestamp("1970-01-01")) // pd.Timedelta("1s"), []),  # epoch seconds
+    (lambda t: (t - pd.Timestamp("1970-01-01")) // pd.Timedelta("1ms"), []),  # epoch milliseconds
+    (lambda t: (t - pd.Timestamp("1970-01-01")) // pd.Timedelta("1s"), ["--date-format", "%s"]),
+])
+def test_number_dates_are_epoch_seconds_or_milliseconds(tiny_artifact, tmp_path, dates, how):
+    frame = _table()
+    times = pd.to_datetime(frame["date"])
+    frame.to_csv(tmp_path / "iso.csv", index=False)
+    frame.assign(date=dates(times)).to_csv(tmp_path / "num.csv", index=False)
+    outs = []
+    for name, extra in (("iso", []), ("num", how)):
+        res = _run(tiny_artifact, "--input", tmp_path / f"{name}.csv", "--date-column", "date", *extra,
+                   "--out", tmp_path / f"{name}.fc.csv")
+        assert res.exit_code == 0, res.output
+        outs.append(pd.read_csv(tmp_path / f"{name}.fc.csv"))
+    pd.testing.assert_frame_equal(*outs)  # the same dates: 2024-01-03 12:00 onwards, not 1970
+    assert outs[0]["timestamp"].iloc[0] == "2024-01-03 12:00:00"
+
+
+def test_compact_dates_and_flags_in_one_line(tiny_artifact, tmp_path):
+    frame = _table(rows=40, freq="D")
+    frame.assign(date=pd.to_datetime(frame["date"]).dt.strftime("%Y%m%d").astype(int)).to_csv(tmp_path / "d.csv",
+                                                                                                index=False)
+    res = _run(tiny_artifact, "--input", tmp_path / "d.csv", "--date-column", "date", "--out", tmp_path / "f.csv")
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "f.csv")["timestamp"].iloc[0] == "2024-02-10"
+    res = _run(tiny_artifact, "--input", tmp_path / "d.csv", "--samples", "0")  # click's usage error: exit 2
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "'--samples'" in errors[0] and "num_samples" not in res.output

@@ -166,3 +166,26 @@ def test_truncated_weights_and_state_are_one_line(tmp_path):
     res = CliRunner().invoke(export_main, ["--checkpoint", str(run), "--out", str(tmp_path / "eng"), "--no-frontier"])
     assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
     assert "model.safetensors is damaged or truncated" in res.output and not (tmp_path / "eng").exists()
+
+
+def test_all_missing_column_and_one_line_per_epoch_in_a_log(tmp_path):
+    import subprocess
+    import sys
+
+    frame = pd.read_csv(_user_table(tmp_path))
+    frame["dead"] = np.nan
+    frame.to_csv(tmp_path / "dead.csv", index=False)
+    base = TINY[:-1] + ["--data", str(tmp_path / "dead.csv"), "--date-column", "time", "--steps-per-epoch", "3"]
+    res = CliRunner().invoke(train_main, TINY + base[len(TINY) - 1:] + ["--epochs", "1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "column 'dead' has no observed value in the train part" in res.output
+    # stderr to a file (not a terminal): one progress line per epoch, no tqdm bar
+    log = tmp_path / "train.log"
+    with open(log, "w") as err:
+        done = subprocess.run([sys.executable, "-m", "dil.train.cli", *base, "--columns", "rain,wind", "--epochs", "2",
+                               "--out", str(tmp_path / "r2")], stderr=err, stdout=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, log.read_text()
+    lines = log.read_text().splitlines()
+    epochs = [ln for ln in lines if ln.startswith("train: step")]
+    assert len(epochs) == 2 and "epoch 2" in epochs[1] and "val" in epochs[1], lines
+    assert "\r" not in log.read_text() and "it/s" not in log.read_text() and "step/s" not in log.read_text()

@@ -1,0 +1,39 @@
+"""dil-eval and dil-bench say what they do in words that match it (docs/inputs.md, docs/model.md 6)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from dil.evaluate.cli.eval import main as eval_main
+
+
+def test_a_dated_model_on_a_dataset_without_dates_is_one_line():
+    res = CliRunner().invoke(eval_main, ["--dataset", "exchange-rate", "--windows", "1", "--samples", "2"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "exchange-rate has no dates, so it cannot be scored on it" in res.output
+    assert "pass the date column" not in res.output
+
+
+def test_other_data_note_protocol_stride_and_stats(tmp_path):
+    js = tmp_path / "e.json"
+    res = CliRunner().invoke(eval_main, ["--dataset", "etth1", "--columns", "OT", "--windows", "3", "--samples", "2",
+                                         "--stats", "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    assert "note: the model was trained on metro-traffic, not etth1" in res.output
+    assert "sampler stats:" in res.output and "engine_calls" in res.output
+    split = json.loads(js.read_text())["protocol"]["split"]
+    # the protocol's stride is one horizon; with --windows 3 the kept origins lie further apart
+    assert split["stride"] == 24 and split["kept_every"] > 24
+
+
+def test_frontier_says_when_fewer_validation_origins_exist(tiny_artifact):
+    from dil.evaluate.frontier import FrontierConfig, run_frontier
+
+    lines = []
+    cfg = FrontierConfig(windows=1000, samples=2, plain_steps=(2,), fast_steps=(), repeats=1)
+    report = run_frontier(tiny_artifact, cfg, progress=False, say=lines.append)
+    origins = report["choice"]["origins"]
+    assert origins < 1000
+    assert any(f"holds {origins} origins" in ln and "fewer than the 1000 asked for" in ln for ln in lines), lines
