@@ -66,6 +66,9 @@ class SeriesTable:
     sha256: str = ""
     notes: list[str] = field(default_factory=list)
     covariates: pd.DataFrame | None = None
+    # the UTC offset of the last row's date, for a table whose dates carry offsets (its timestamps are
+    # then the local clock as written, docs/inputs.md section 3), else None
+    utc_offset: pd.Timedelta | None = None
 
     @property
     def n_steps(self) -> int:
@@ -334,7 +337,28 @@ def parse_dates(frame: pd.DataFrame, col: str, source: str, date_format: str | N
         raise DataError(
             f"{source}: column {col!r} has an unparseable date at data row {row + 1}: {raw.iloc[row]!r} ({how})"
         )
-    return pd.DatetimeIndex(parsed).tz_convert(None).as_unit("ns")
+    utc = pd.DatetimeIndex(parsed).tz_convert(None).as_unit("ns")
+    offsets = utc_offsets(raw)
+    return utc if offsets is None else (utc + offsets).as_unit("ns")
+
+
+_OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})\s*$")
+
+
+def utc_offsets(raw: pd.Series):
+    """The UTC offset each text date states ("...+01:00", "...+0200", "...Z"), as a TimedeltaIndex,
+    or None when the column is not text or its dates state no offset. Dates with offsets are read
+    as the local clock they were written in: the time features then follow the table's clock (an
+    8:00 reading is hour 8), not UTC's."""
+    if not (pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw)):
+        return None
+    found = raw.astype(str).str.extract(_OFFSET, expand=False)
+    if found.isna().any():
+        return None
+    text = found.str.replace("Z", "+00:00", regex=False).str.replace(r"^([+-]\d{2})(\d{2})$", r"\1:\2", regex=True)
+    sign = np.where(text.str[0] == "-", -1, 1)
+    minutes = text.str[1:3].astype(int) * 60 + text.str[4:6].astype(int)
+    return pd.to_timedelta(sign * minutes.to_numpy(), unit="min")
 
 
 def _regular_step(times: pd.DatetimeIndex) -> tuple[str | None, pd.DatetimeIndex | None]:
@@ -424,8 +448,15 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
     cov = _covariates(path, frame, names, covariates, source) if covariates else None
 
     timestamps, freq = None, None
+    offset = None
     if date_column is not None:
         times = parse_dates(frame, date_column, source, date_format, dayfirst)
+        offsets = utc_offsets(frame[date_column])
+        if offsets is not None:
+            offset = offsets[int(np.argmax(times.asi8))]  # the latest row's
+            notes.append(f"note: {source}: the dates of column {date_column!r} state UTC offsets; the time features "
+                         f"and the forecast's dates follow the table's local clock (the forecast is labelled "
+                         f"{_offset_text(offset)}, the last row's offset)")
         times, values, freq, repairs, rows = clean_times(times, values, f"{source}: column {date_column!r}")
         notes += repairs
         timestamps = times.to_numpy(dtype="datetime64[ns]")
@@ -440,7 +471,14 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         sha256=sha256_file(path),
         notes=notes,
         covariates=cov,
+        utc_offset=offset,
     )
+
+
+def _offset_text(offset: pd.Timedelta) -> str:
+    minutes = int(offset / pd.Timedelta("1min"))
+    sign = "-" if minutes < 0 else "+"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def _count(n: int, noun: str) -> str:

@@ -193,7 +193,13 @@ def _run_wide(req: RunRequest, manifest, settings: RunSettings, say, start: floa
         fig = fan_chart(table.values[:len(histories[0].values), kept], forecast,
                         history_timestamps=histories[0].timestamps)
         image = render(fig, req.plot.suffix.lower().lstrip("."))
-    _write(forecast.to_frame(), req.out, image, req.plot)
+    frame = forecast.to_frame()
+    if table.utc_offset is not None and "timestamp" in frame:  # labelled in the input's zone (its last offset)
+        import datetime
+
+        zone = datetime.timezone(table.utc_offset.to_pytimedelta())
+        frame["timestamp"] = frame["timestamp"].dt.tz_localize(zone)
+    _write(frame, req.out, image, req.plot)
     summary = _summary(table.source, forecast, settings.config, time.perf_counter() - start, req.out, req.plot, spec)
     if req.stats:
         from dil.runtime.sampling.description import given_flags, sampler_line, stats_text

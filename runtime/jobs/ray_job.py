@@ -19,6 +19,8 @@ ray is imported only here, and only when called (`pip install 'dil[ray]'`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
 import shutil
@@ -91,11 +93,16 @@ class ActorArgs:
 
 
 class ForecastActor:
-    """One Ray actor: the engine loaded once, then batches of (id, history) rows forecast."""
+    """One Ray actor: the engine loaded once, then batches of (id, history) rows forecast. A job's
+    actors are a subclass holding the job's ActorArgs as `ARGS` (`actor_class`): constructor
+    arguments would be kept in Ray's object store, which Ray reports in an error-level line."""
 
-    def __init__(self, args: ActorArgs):
+    ARGS: ActorArgs | None = None
+
+    def __init__(self, args: ActorArgs | None = None):
         from dil.runtime.forecaster import Forecaster
 
+        args = args if args is not None else self.ARGS
         self.forecaster = Forecaster.load(args.engine, threads=args.threads)
         self.settings = args.settings
         self.fault_marker = args.fault_marker
@@ -116,6 +123,48 @@ class ForecastActor:
         histories = sorted((pickle.loads(b) for b in batch["history"]), key=lambda h: h.id)
         frame, _ = forecast_histories(self.forecaster, histories, self.settings, whole=False)
         return pa.Table.from_pandas(frame, schema=output_schema(QUANTILE_LEVELS), preserve_index=False)
+
+
+@contextlib.contextmanager
+def _ray_stderr():
+    """Ray's own logging (its C++ core worker writes to file descriptor 2 directly, e.g. an
+    error-level line about actor arguments on every successful job) kept out of a run that succeeds:
+    the descriptor points at a temporary file for the job, whose lines are replayed on stderr only
+    when the job fails."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                log.seek(0)
+                sys.stderr.write(log.read().decode("utf-8", "replace"))
+
+
+def _quiet_ray_logging():
+    """Keep Ray's own logging out of a run that succeeds (its INFO lines about datasets are not the
+    user's news): Ray's Python loggers at ERROR for this job. Returns the undo."""
+    import logging
+
+    names = ("ray", "ray.data", "ray._private", "ray.util")
+    saved_levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+
+    def undo() -> None:
+        for n, level in saved_levels.items():
+            logging.getLogger(n).setLevel(level)
+
+    return undo
 
 
 def _settle_fsspec_http() -> None:
@@ -190,9 +239,16 @@ def forecast_on_ray(path, out, spec: LongSpec, engine, settings: RunSettings, jo
     require("pyarrow", "ray")
     path, out = Path(path), Path(out)
     check_output_folder(out)
+    with _ray_stderr():
+        return _job(ray, path, out, spec, engine, settings, job)
+
+
+def _job(ray, path: Path, out: Path, spec: LongSpec, engine, settings: RunSettings, job: RayJob) -> RayResult:
+    """forecast_on_ray's work, between Ray's start and shutdown."""
     started = not ray.is_initialized()
+    quiet = _quiet_ray_logging()
     if started:
-        ray.init(address=job.address, include_dashboard=False, log_to_driver=False,
+        ray.init(address=job.address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.shuffle_strategy, context.raise_original_map_exception
@@ -215,6 +271,7 @@ def forecast_on_ray(path, out, spec: LongSpec, engine, settings: RunSettings, jo
         context.enable_progress_bars, context.shuffle_strategy, context.raise_original_map_exception = saved
         if started:
             ray.shutdown()
+        quiet()
 
 
 def _run(ray, path: Path, out: Path, spec: LongSpec, engine, settings: RunSettings, job: RayJob) -> RayResult:
@@ -231,9 +288,9 @@ def _run(ray, path: Path, out: Path, spec: LongSpec, engine, settings: RunSettin
         .materialize().repartition(blocks).materialize()
     # Ray Data's actor pools restart a dead actor and retry its batch (max_restarts = -1 and
     # max_task_retries = -1 are its defaults); an exception raised by dil is not retried.
+    args = ActorArgs(None if engine is None else str(engine), job.threads, settings, os.environ.get(FAULT_MARKER_ENV))
     forecasts = histories.map_batches(
-        ForecastActor, fn_constructor_args=(ActorArgs(None if engine is None else str(engine), job.threads, settings,
-                                                      os.environ.get(FAULT_MARKER_ENV)),),
+        type("ForecastActor", (ForecastActor,), {"ARGS": args}),
         batch_size=settings.batch_series, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"

@@ -176,3 +176,27 @@ def test_compact_dates_and_flags_in_one_line(tiny_artifact, tmp_path):
     res = _run(tiny_artifact, "--input", tmp_path / "d.csv", "--samples", "0")  # click's usage error: exit 2
     errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert res.exit_code == 2 and len(errors) == 1 and "'--samples'" in errors[0] and "num_samples" not in res.output
+
+
+def test_dates_with_utc_offsets_keep_the_local_clock(tmp_path):
+    """Hourly rows written in local time with their offsets (+01:00, then +02:00 after the change to
+    summer time): hour-of-day features follow the local clock, and the forecast is labelled in it."""
+    from dil.runtime import Forecaster
+    from dil.runtime.inputs.table import load_table
+
+    local = pd.date_range("2024-03-17", "2024-03-31 23:00", freq="h", tz="Europe/Berlin")  # 15 days
+    text = [t.isoformat() for t in local]  # 2024-03-31T01:00:00+01:00, 2024-03-31T03:00:00+02:00, ...
+    frame = pd.DataFrame({"date": text, "load": np.arange(len(local), dtype=float)})
+    frame.to_csv(tmp_path / "tz.csv", index=False)
+    table = load_table(tmp_path / "tz.csv", date_column="date")
+    wall = pd.DatetimeIndex(table.timestamps)
+    assert wall[0] == pd.Timestamp("2024-03-17 00:00") and wall[-1] == pd.Timestamp("2024-03-31 23:00")  # not UTC
+    assert np.isnan(table.values[list(wall).index(pd.Timestamp("2024-03-31 02:00")), 0])  # the skipped hour: missing
+    assert table.utc_offset == pd.Timedelta("2h")
+    assert any("the forecast is labelled UTC+02:00" in n for n in table.notes)
+    # the shipped model (hourly time features): its forecast starts at the next local hour
+    res = CliRunner().invoke(run_main, ["--input", str(tmp_path / "tz.csv"), "--date-column", "date", "--columns",
+                                        "load", "--samples", "4", "--out", str(tmp_path / "f.csv")])
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "f.csv")["timestamp"].iloc[0] == "2024-04-01 00:00:00+02:00"
+    assert Forecaster.load().features.time_features[0] == "hour_of_day"

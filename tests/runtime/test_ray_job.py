@@ -104,3 +104,19 @@ def test_failed_job_leaves_no_output_folder(cluster, tmp_path, edit, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.csv"]  # neither the folder nor a temporary one
     r = _run(["--input", tmp_path / "long.csv", "--ray", "--out", tmp_path] + RUN)
     assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_a_successful_ray_run_prints_no_ray_logging(data, tmp_path):
+    """Run as a user runs it (its own Ray, started by dil-run): the summary on stdout and nothing on
+    stderr, not Ray's INFO lines nor its core worker's error-level line about actor arguments."""
+    import subprocess
+    import sys
+
+    folder, _ = data
+    done = subprocess.run([sys.executable, "-m", "dil.runtime.cli.run", "--input", str(folder), "--ray", "--actors", "1",
+                           "--out", str(tmp_path / "out"), *[str(a) for a in RUN]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # dil's own note (the date column it took) is the only line
+    assert done.stderr == "note: dates from column 'date_time' (the model's training data)\n", done.stderr
+    assert done.stdout.startswith("forecast 10 series of parts on Ray")
