@@ -317,6 +317,22 @@ def _num(v, fmt: str) -> str:
     return "-" if not _finite(v) else fmt.format(v)
 
 
+def check_write_defaults(engine) -> None:
+    """ManifestError (one line) when the frontier's choice could not be recorded in the artifact
+    `engine`: its folder is not writable, or it is a distilled student (which runs the steps it was
+    trained for). Checked before the frontier runs, not after minutes of it."""
+    from dil.runtime.manifest import ManifestError, load_manifest
+    from dil.runtime.support.files import folder_problem
+
+    manifest = load_manifest(engine)
+    problem = folder_problem(manifest.path.parent)
+    if problem:
+        raise ManifestError(f"--write-defaults: {problem}")
+    if "distill" in ((manifest.extra.get("checkpoint") or {}).get("training") or {}):
+        raise ManifestError("--write-defaults: this artifact is a distilled student; it runs the steps it was trained "
+                            "for (compare it with its teacher: benchmarks/distill.py, docs/distillation.md)")
+
+
 def measure_defaults(engine, data=None, progress: bool = False, say=None,
                      config: FrontierConfig | None = None) -> tuple[dict | None, str]:
     """The frontier dil-export runs after writing an artifact (EXPORT_FRONTIER, on the validation

@@ -203,12 +203,13 @@ def _frontier_steps(ctx, steps: str) -> tuple:
 def _frontier(ctx, engine, dataset, data, json_path, steps, fast_steps, samples, repeats, windows, threads, seed,
               write_defaults) -> None:
     """dil-bench --frontier [--write-defaults]: dil.evaluate.frontier, printed, then recorded."""
-    from dil.runtime.support.files import folder_problem, made_folders
+    from dil.runtime.support.files import made_folders
     from dil.runtime.support.deps import MissingDependency
     from dil.runtime.inputs.table import DataError
-    from dil.evaluate.frontier import FrontierConfig, FrontierError, format_frontier, run_frontier
+    from dil.evaluate.frontier import (FrontierConfig, FrontierError, check_write_defaults, format_frontier,
+                                       run_frontier)
     from dil.evaluate.harness import EvaluationError
-    from dil.runtime.manifest import ManifestError, load_manifest, write_sampler_defaults
+    from dil.runtime.manifest import ManifestError, write_sampler_defaults
 
     given = [p.opts[0] for p in ctx.command.params if p.name in _NOT_FRONTIER
              and ctx.get_parameter_source(p.name) != click.core.ParameterSource.DEFAULT]
@@ -221,14 +222,7 @@ def _frontier(ctx, engine, dataset, data, json_path, steps, fast_steps, samples,
                              fast_steps=_ints(fast_steps, "--fast-steps"), repeats=repeats, threads=threads,
                              dataset=dataset, data=None if data is None else str(data))
         if write_defaults:  # refused before the run, not after minutes of it
-            manifest = load_manifest(engine)
-            problem = folder_problem(manifest.path.parent)
-            if problem:
-                raise ManifestError(f"--write-defaults: {problem}")
-            if "distill" in ((manifest.extra.get("checkpoint") or {}).get("training") or {}):
-                raise ManifestError("--write-defaults: this artifact is a distilled student; it runs the steps it was "
-                                    "trained for (compare it with its teacher: benchmarks/distill.py, "
-                                    "docs/distillation.md)")
+            check_write_defaults(engine)
         report = run_frontier(engine, cfg, progress=True, say=lambda line: click.echo(line, err=True))
         click.echo(format_frontier(report))
         if json_path is not None:

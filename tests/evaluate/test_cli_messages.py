@@ -37,3 +37,28 @@ def test_frontier_says_when_fewer_validation_origins_exist(tiny_artifact):
     origins = report["choice"]["origins"]
     assert origins < 1000
     assert any(f"holds {origins} origins" in ln and "fewer than the 1000 asked for" in ln for ln in lines), lines
+
+
+def test_bench_frontier_on_a_users_own_model_takes_data(tiny_artifact, tmp_path):
+    """A model trained on a local file: dil-bench --frontier names --data, which it now has."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from dil.evaluate.cli.bench import main as bench_main
+
+    for f in tiny_artifact.parent.glob("tiny.*"):
+        shutil.copy(f, tmp_path / f.name)
+    manifest = json.loads((tmp_path / "tiny.json").read_text())
+    manifest["data"].update(dataset="site.csv", source="site.csv", columns=["load"], date_column="time")
+    (tmp_path / "tiny.json").write_text(json.dumps(manifest))
+    times = pd.date_range("2024-01-01", periods=600, freq="h").strftime("%Y-%m-%d %H:%M")
+    pd.DataFrame({"time": times, "load": np.sin(np.arange(600) / 5.0)}).to_csv(tmp_path / "site.csv", index=False)
+    base = ["--engine", str(tmp_path / "tiny.json"), "--frontier", "--windows", "2", "--samples", "2", "--steps", "2",
+            "--fast-steps", "2", "--repeats", "1"]
+    res = CliRunner().invoke(bench_main, base)
+    assert res.exit_code == 1 and "pass its table with --data FILE" in res.output, res.output
+    res = CliRunner().invoke(bench_main, base + ["--data", str(tmp_path / "site.csv")])
+    assert res.exit_code == 0, res.output
+    assert "frontier of tiny.json on 2 validation origins of site.csv" in res.output

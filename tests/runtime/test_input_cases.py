@@ -200,3 +200,55 @@ def test_dates_with_utc_offsets_keep_the_local_clock(tmp_path):
     assert res.exit_code == 0, res.output
     assert pd.read_csv(tmp_path / "f.csv")["timestamp"].iloc[0] == "2024-04-01 00:00:00+02:00"
     assert Forecaster.load().features.time_features[0] == "hour_of_day"
+
+
+def _peak_rss_mb(args) -> float:
+    """Peak resident memory (MB) of a dil-run process."""
+    import resource
+    import subprocess
+    import sys
+
+    script = ("import resource, sys; from dil.runtime.cli.run import main\n"
+              "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", script, *[str(a) for a in args]], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def test_a_huge_cell_in_an_unused_column_costs_no_memory(tiny_artifact, tmp_path):
+    frame = _table()
+    frame["comment"] = ""
+    frame.to_csv(tmp_path / "small.csv", index=False)
+    frame.loc[3, "comment"] = "x" * 200_000_000  # a 200 MB cell in a column the run does not use
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    run = ["--engine", tiny_artifact, "--columns", "a,b", "--samples", "2", "--date-column", "date"]
+    small = _peak_rss_mb(run + ["--input", tmp_path / "small.csv", "--out", tmp_path / "s.csv"])
+    big = _peak_rss_mb(run + ["--input", tmp_path / "big.csv", "--out", tmp_path / "b.csv"])
+    assert big < small + 100, (small, big)  # the cell is never held as a value (it was: +400 MB)
+
+
+def test_irregular_dates_note_does_not_promise_step_numbers(tiny_artifact, tmp_path):
+    frame = _table()
+    times = pd.to_datetime(frame["date"]) + pd.to_timedelta(np.random.default_rng(1).integers(0, 50, 60), unit="min")
+    frame.assign(date=times.dt.strftime("%Y-%m-%d %H:%M")).to_csv(tmp_path / "j.csv", index=False)
+    res = _run(tiny_artifact, "--input", tmp_path / "j.csv", "--date-column", "date", "--out", tmp_path / "f.csv")
+    assert res.exit_code == 0, res.output
+    assert "follow no regular step" in res.output and "step numbers" not in res.output
+
+
+def test_many_series_report_progress(tiny_artifact, tmp_path):
+    from dil.runtime.jobs import forecast as jobs_forecast
+
+    wide = _table(rows=30)
+    n = jobs_forecast.CHUNK_SERIES + 20
+    long = pd.DataFrame({"id": np.repeat(np.arange(n), 30), "date": np.tile(wide["date"], n),
+                         "v": np.tile(wide["a"], n)})
+    long.to_csv(tmp_path / "many.csv", index=False)
+    res = _run(tiny_artifact, "--input", tmp_path / "many.csv", "--id-column", "id", "--date-column", "date",
+               "--samples", "2", "--out", tmp_path / "f.csv")
+    assert res.exit_code == 0, res.output
+    progress = [ln for ln in res.output.splitlines() if ln.startswith("forecast ") and "series," in ln]
+    assert progress[0].startswith(f"forecast {jobs_forecast.CHUNK_SERIES}/{n} series")
+    assert progress[-1].startswith(f"forecast {n}/{n} series")
