@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +32,7 @@ from dil.train.checkpoint import CheckpointError, save_checkpoint
 from dil.train.dataset import NoiseDraw, SplitWindows, WindowSet, data_record, draw_noise
 from dil.train.model import ScoreNet
 from dil.runtime.inputs.scaling import LEGACY_SCALING_RULE
+from dil.train.progress import LossGuard, progress_bar
 from dil.train.run_state import load_state, read_resume_meta, save_state, stored_scaling
 
 
@@ -283,19 +283,6 @@ def check_run_dir(out_dir, resume: bool, overwrite: bool = False) -> Path:
     return run_dir
 
 
-# A batch loss this many times the median of the recent ones (or not finite) stops the run: the
-# optimizer would carry such a step into every later one (docs/model.md section 4).
-DIVERGENCE_FACTOR = 1e3
-RECENT_LOSSES = 50
-# A loss no healthy run comes near: with the scale floor the bundled datasets' training windows have
-# mean squared standardised targets below 300 (docs/model.md section 1.3), and the loss is of that order.
-MAX_LOSS = 1e6
-
-
-class TrainingDiverged(ValueError):
-    """A batch's loss was not finite or grew by orders of magnitude; one line naming its worst window."""
-
-
 class _Run:
     """One call of `train`: the data, networks and progress of a run folder, and its epoch steps."""
 
@@ -310,8 +297,7 @@ class _Run:
         if distill is not None:
             floored = distill.scaling != LEGACY_SCALING_RULE
         self.windows = SplitWindows(spec, table, config, cfg.min_observed, features, floored=floored)
-        self.series_names, self.table_source = list(table.names), table.source
-        self.recent: list[float] = []
+        self.guard = LossGuard(self.windows.train, list(table.names), table.source)
         self.data = data_record(spec, table, config.context_length, config.horizon, self.windows.bounds, features,
                                 self.windows.floors)
         # refuses another model, other data or other features before any work
@@ -359,7 +345,7 @@ class _Run:
             batch = self.windows.train.batch(index)
             noise = self.source.draw(rng, batch)
             loss = self.nets.step(batch_tensors(batch, noise, self.device), lr, step, cfg)
-            self._check_loss(loss, step, index, batch)
+            self.guard.check(loss, step, index, batch, self.progress.epoch)
             self.progress.step = step + 1
             running += loss
             bar.update(1)
@@ -367,30 +353,6 @@ class _Run:
         if self.dist is not None:  # the mean over all ranks' batches
             return self.dist.mean_float(running / cfg.steps_per_epoch), lr
         return running / cfg.steps_per_epoch, lr
-
-    def _check_loss(self, loss: float, step: int, index: np.ndarray, batch) -> None:
-        """TrainingDiverged when the batch loss is not finite or DIVERGENCE_FACTOR x the median of the
-        last RECENT_LOSSES; the run folder keeps its last epoch (nothing of this one is written)."""
-        recent = self.recent
-        if math.isfinite(loss) and loss <= MAX_LOSS and (len(recent) < 10 or
-                                                          loss <= DIVERGENCE_FACTOR * float(np.median(recent))):
-            recent.append(loss)
-            del recent[:-RECENT_LOSSES]
-            return
-        why = ("not finite" if not math.isfinite(loss) else f"above {MAX_LOSS:g}" if loss > MAX_LOSS else
-               f"{loss / float(np.median(recent)):.3g} x the median of the last {len(recent)} batches")
-        # the worst window: the largest mean squared standardised target (what a loss grows with)
-        sq = np.where(batch.mask > 0, np.asarray(batch.target, dtype=np.float64) ** 2, 0.0)
-        w = int(np.argmax(sq.reshape(len(index), -1).mean(axis=1)))
-        ws = self.windows.train
-        origin, series = int(ws.origins[index[w]]), self.series_names[int(ws.channels[index[w]])]
-        kept = (f"the run folder keeps epoch {self.progress.epoch} (--resume continues from it)" if self.progress.epoch
-                else "no epoch was completed, so nothing is kept")
-        raise TrainingDiverged(
-            f"training stopped at step {step + 1}: the batch loss {loss:.3g} is {why}; its worst window is series "
-            f"{series!r}, data rows {origin - ws.context + 1}..{origin + ws.horizon} of {self.table_source} (check them for "
-            f"sentinels or outliers: --missing-value V reads V as missing; a lower --lr helps a run that blows up); "
-            f"{kept}")
 
     def end_epoch(self, epoch: int, train_loss: float, val_loss: float, lr: float, seconds: float) -> bool:
         """Book the epoch and write the run folder: checkpoint (when best), state, log line.
@@ -467,7 +429,7 @@ def train(
             if main:
                 run_dir.mkdir(exist_ok=True)
             started = time.perf_counter()
-            bar = _progress_bar(run.total_steps, run.progress.step, progress and main)
+            bar = progress_bar(run.total_steps, run.progress.step, progress and main)
             for epoch in range(run.progress.epoch + 1, train_config.epochs + 1):
                 t0 = time.perf_counter()
                 train_loss, lr = run.train_epoch(epoch, bar)
@@ -487,32 +449,3 @@ def train(
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"{run_dir}: no epoch completed, nothing to save")
     return run.summary(time.perf_counter() - started, stopped_early)
-
-
-class EpochLines:
-    """Progress when stderr is not a terminal (a log, CI, a pipe): one line per epoch, where tqdm's bar
-    would write a line per refresh (27 KB per 150 steps)."""
-
-    def __init__(self, total: int, initial: int):
-        self.total, self.n, self.start = total, initial, time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-
-    def set_postfix(self, **values) -> None:
-        if "val" in values:  # the epoch's end: its training and validation loss are known
-            shown = ", ".join(f"{k} {v}" for k, v in values.items())
-            print(f"train: step {self.n}/{self.total}, {shown}, {time.perf_counter() - self.start:.0f} s",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    if enabled and not sys.stderr.isatty():
-        return EpochLines(total, initial)
-    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True)

@@ -130,7 +130,7 @@ def frame_histories(history, series_ids=None, timestamps=None, freq=None, covari
 
 
 def _clean(times, values: np.ndarray, freq, covariates):
-    """The library's history under dil-run's rules for a table's dates (dil.runtime.inputs.table
+    """The library's history under dil-run's rules for a table's dates (dil.runtime.inputs.dates
     .clean_times): rows sorted by time, a repeated timestamp's first row kept, the missing steps of a
     regular step added as missing values; each repair is a UserWarning of dil-run's note line. The
     covariates' history rows follow the same repairs (their future rows stay after them)."""
@@ -138,7 +138,7 @@ def _clean(times, values: np.ndarray, freq, covariates):
 
     import pandas as pd
 
-    from dil.runtime.inputs.table import clean_times
+    from dil.runtime.inputs.dates import clean_times
 
     index = pd.DatetimeIndex(times).as_unit("ns")
     T = len(index)

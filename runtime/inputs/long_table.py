@@ -29,7 +29,8 @@ import pandas as pd
 
 from dil.runtime.inputs.histories import SeriesHistory, long_series_history
 from dil.runtime.inputs.scaling import unscalable, unscalable_text
-from dil.runtime.inputs.table import DataError, clean_times, covariate_column, parse_dates, read_errors
+from dil.runtime.inputs.dates import clean_times, parse_dates
+from dil.runtime.inputs.table import DataError, covariate_column, read_errors
 
 LONG_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 # pandas' default NA spellings: such a target cell is missing, as in a wide table's numeric column.
