@@ -25,11 +25,12 @@ HORIZON_TOKENS = 6
 
 
 def _patch(length: int, groups: tuple, budget: int) -> int:
-    """The smallest group dividing `length` into at most `budget` tokens, else the largest divisor."""
+    """The smallest natural group dividing `length` into at most `budget` tokens; when none does
+    (daily rows at 96 steps: no week divides 96), the smallest divisor of `length` that does."""
     fits = [g for g in groups if length % g == 0 and length // g <= budget]
     if fits:
         return min(fits)
-    return max([g for g in groups if length % g == 0] or [1])
+    return min(d for d in range(1, length + 1) if length % d == 0 and length // d <= budget)
 
 
 def default_context_patch(context_length: int, freq: str | None) -> int:

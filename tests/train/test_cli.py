@@ -225,7 +225,8 @@ def test_preset_rule_off_the_presets():
     from dil.train.presets import default_context_patch, default_horizon_patch
 
     assert default_context_patch(168, "h") == 12  # 14 half-day tokens (a day would be 7)
-    assert default_context_patch(100, "h") == 4  # no hourly group gives <= 16 tokens: the largest divisor
+    assert default_context_patch(100, "h") == 10  # no hourly group gives <= 16 tokens: the smallest divisor that does
+    assert default_context_patch(96, "D") == 6 and default_horizon_patch(96, "D") == 16  # no week divides 96
     assert default_context_patch(16, None) == 1 and default_context_patch(7, None) == 1
-    assert default_horizon_patch(96, "h") == 24 and default_horizon_patch(7, "h") == 1
+    assert default_horizon_patch(96, "h") == 24 and default_horizon_patch(7, "h") == 7  # one token of 7 steps
     assert default_context_patch(48, "2h") == 3  # rows without a preset: any divisor up to 24 steps
