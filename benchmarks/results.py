@@ -305,7 +305,7 @@ def main(argv=None) -> None:
 # benchmarks/peers.py (DeepAR), benchmarks/domains.py (time vs frequency), the sampler frontiers.
 # benchmarks/peers.py writes "peers" (metro-traffic) and "peers-NAME" for every other bundled dataset.
 KEPT_SECTIONS = ("frontiers", "distill", "domains", "peers", "peers-exchange-rate", "peers-etth1", "peers-etth2",
-                 "peers-weather")
+                 "peers-weather", "long-horizons")
 
 
 def kept_sections(old: str) -> str:
