@@ -140,12 +140,12 @@ class Forecaster:
     def _recorded_floors(self) -> dict:
         return {str(k): float(v) for k, v in ((self.manifest.data or {}).get("scale_floors") or {}).items()}
 
-    def scale_floors(self, series_ids, history_floors=None) -> np.ndarray:
+    def scale_floors(self, series_ids, histories=None) -> np.ndarray:
         """float64 [G]: the scale floor of each series (dil.runtime.inputs.scaling): the one recorded
         for the training series it names (a window id "<series>@<origin>" names <series>); for
-        another series, of a model trained with floors, history_floors' entry (its history's floor)
-        where given; else 0 (no floor: every model trained before the floor existed)."""
-        from dil.runtime.inputs.scaling import LEGACY_SCALING_RULE, window_series
+        another series, of a model trained with floors, the floor of its history (`histories`, G
+        SeriesHistory, where given); else 0 (no floor: every model trained before the floor existed)."""
+        from dil.runtime.inputs.scaling import LEGACY_SCALING_RULE, series_floor, window_series
 
         recorded = self._recorded_floors
         floored = (self.manifest.data or {}).get("scaling", LEGACY_SCALING_RULE) != LEGACY_SCALING_RULE
@@ -154,8 +154,8 @@ class Forecaster:
             name = window_series(sid)
             if name in recorded:
                 out[g] = recorded[name]
-            elif floored and history_floors is not None:
-                out[g] = history_floors[g]
+            elif floored and histories is not None:
+                out[g] = series_floor(histories[g].values)
         return out
 
     @property
@@ -203,7 +203,7 @@ class Forecaster:
         forecast = self.predict_windows(
             windows.contexts, num_samples, steps, seed, series_ids=windows.ids, batch_series=batch_series,
             solver_order=solver_order, progress=progress, config=config, memory_budget=memory_budget,
-            features=windows.features, scale_floor=self.scale_floors(windows.ids, windows.history_floors), **settings,
+            features=windows.features, scale_floor=self.scale_floors(windows.ids, windows.histories), **settings,
         )
         forecast.timestamps = windows.shared_future
         return forecast

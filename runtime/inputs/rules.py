@@ -18,7 +18,6 @@ import numpy as np
 
 from dil.runtime.inputs.errors import DataError, ForecastError
 from dil.runtime.inputs.histories import SeriesHistory
-from dil.runtime.inputs.scaling import series_floor
 from dil.runtime.inputs.window_features import FeatureInputError, WindowFeatures, future_dates, history_features
 
 SKIP_HINT = "--skip-bad-series forecasts the others"
@@ -126,16 +125,16 @@ class Windows:
     ids: the G series ids (random-stream keys and labels). contexts: float64 [G, L], NaN = missing.
     features: WindowFeatures (context_known [G, L, Fk], context_past [G, L, Fp], horizon_known
     [G, H, Fk]) or None for a model without features. futures: G arrays datetime64[ns] [H] of the
-    future steps' times, or None for a series without dates or a regular step. history_floors:
-    float64 [G], each series' scale floor from its whole history (dil.runtime.inputs.scaling
-    .series_floor), which a model with a floor rule uses for a series it was not trained on.
+    future steps' times, or None for a series without dates or a regular step. histories: the G
+    SeriesHistory the windows come from (a model with a scale floor takes the floor of a series it
+    was not trained on from its whole history: Forecaster.scale_floors).
     """
 
     ids: list
     contexts: np.ndarray
     features: WindowFeatures | None
     futures: list
-    history_floors: np.ndarray | None = None
+    histories: list | None = None
 
     @property
     def shared_future(self):
@@ -175,9 +174,8 @@ def build_windows(histories: list[SeriesHistory], spec, context: int, horizon: i
     if feats and feats[0] is not None:
         features = WindowFeatures(*(np.concatenate([getattr(f, name) for f in feats]) for name in
                                     ("context_known", "context_past", "horizon_known")))
-    floors = np.array([float(series_floor(h.values)) for h in histories], dtype=np.float64)
     return Windows(ids=[h.id for h in histories], contexts=ctx, features=features, futures=futures,
-                   history_floors=floors)
+                   histories=list(histories))
 
 
 def _features(h: SeriesHistory, spec, context: int, horizon: int):

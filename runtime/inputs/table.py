@@ -125,6 +125,11 @@ def csv_dialect(path: Path) -> dict:
     return {"sep": ";", "decimal": "," if any(_DECIMAL_COMMA.match(c) for c in cells) else "."}
 
 
+def _dialect(path: Path) -> dict:
+    """read_csv's sep and decimal for a table file: csv_dialect's for a CSV, the defaults otherwise."""
+    return csv_dialect(path) if _kind(path) == "csv" else {"sep": ",", "decimal": "."}
+
+
 def dialect_note(path: Path, dialect: dict) -> list[str]:
     """The note saying that a file was read as ";"-separated (with decimal commas)."""
     if dialect["sep"] == ",":
@@ -160,10 +165,10 @@ def read_errors(path: Path):
         raise DataError(f"{path.name}: cannot read the file ({first})") from None
 
 
-def _read_frame(path: Path, names, raw: bool = False, usecols=None) -> pd.DataFrame:
+def _read_frame(path: Path, names, raw: bool = False, usecols=None, dialect: dict | None = None) -> pd.DataFrame:
     """The file as a DataFrame; raw: CSV cells as text, with no NA spelling recognised (the
     covariates' reading, see the module docstring). usecols: the column names to read (None: all);
-    the others are never parsed, whatever they hold."""
+    the others are never parsed, whatever they hold. dialect: _dialect(path), when the caller has it."""
     kind = _kind(path)
     text = dict(dtype=str, keep_default_na=False) if raw else {}
     with read_errors(path):
@@ -172,7 +177,7 @@ def _read_frame(path: Path, names, raw: bool = False, usecols=None) -> pd.DataFr
 
             require("pyarrow", "parquet")
             return pd.read_parquet(path, columns=None if usecols is None else list(usecols))
-        dialect = csv_dialect(path) if kind == "csv" else {"sep": ",", "decimal": "."}
+        dialect = dialect or _dialect(path)
         headerless = kind == "txt" or names is not None or _first_line_is_numeric(path, dialect)
         if headerless:
             frame = pd.read_csv(path, header=None, **text, **dialect)
@@ -185,10 +190,11 @@ def _read_frame(path: Path, names, raw: bool = False, usecols=None) -> pd.DataFr
         return pd.read_csv(path, **text, **dialect)
 
 
-def table_columns(path) -> list[str]:
+def table_columns(path, dialect: dict | None = None) -> list[str]:
     """The column names load_table sees in a table file, read from its header alone (a CSV's first
     row, a Parquet file's schema): a CLI can pick a default column before reading a large file.
-    Raises DataError (one line) as load_table does for a missing, unsupported or unreadable file."""
+    Raises DataError (one line) as load_table does for a missing, unsupported or unreadable file.
+    dialect: _dialect(path), when the caller has it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -203,7 +209,7 @@ def table_columns(path) -> list[str]:
             schema = pq.read_schema(path)
             index = (schema.pandas_metadata or {}).get("index_columns", [])  # restored as the index by pandas
             return [str(n) for n in schema.names if n not in index]
-        dialect = csv_dialect(path) if kind == "csv" else {"sep": ",", "decimal": "."}
+        dialect = dialect or _dialect(path)
         if kind == "txt" or _first_line_is_numeric(path, dialect):
             return [str(i) for i in range(pd.read_csv(path, header=None, nrows=1, sep=dialect["sep"]).shape[1])]
         return [str(c) for c in pd.read_csv(path, nrows=0, sep=dialect["sep"]).columns]
@@ -229,9 +235,10 @@ def covariate_column(s: pd.Series, name: str, source: str) -> pd.Series:
     return pd.Series(x, name=name)
 
 
-def _covariates(path: Path, frame: pd.DataFrame, names, covariates, source: str) -> pd.DataFrame:
+def _covariates(path: Path, frame: pd.DataFrame, names, covariates, source: str, dialect: dict) -> pd.DataFrame:
     """The covariate columns [T, k] in file order, read raw (see covariate_column)."""
-    raw = frame if _kind(path) == "parquet" else _read_frame(path, names, raw=True, usecols=list(covariates))
+    raw = frame if _kind(path) == "parquet" else _read_frame(path, names, raw=True, usecols=list(covariates),
+                                                                  dialect=dialect)
     raw.columns = [str(c) for c in raw.columns]
     return pd.DataFrame({c: covariate_column(raw[c], c, source) for c in covariates})
 
@@ -275,16 +282,18 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         raise DataError(f"data file not found: {path}")
     if date_column is None and (date_format is not None or dayfirst is not None):
         raise DataError(f"{source}: a date format or --dayfirst/--monthfirst needs a date column (--date-column)")
-    header = list(names) if names is not None else table_columns(path)
+    dialect = _dialect(path)  # sniffed once for every read of the file below
+    header = list(names) if names is not None else table_columns(path, dialect)
     if columns is not None:  # only the columns the run uses are read (a huge cell elsewhere costs nothing)
         used = [c for c in header if c in {str(x) for x in [date_column, *columns, *(covariates or ())]}]
-        frame = _read_frame(path, names, usecols=used if set(used) >= {str(x) for x in columns} else None)
+        frame = _read_frame(path, names, usecols=used if set(used) >= {str(x) for x in columns} else None,
+                            dialect=dialect)
     else:
-        frame = _read_frame(path, names)
+        frame = _read_frame(path, names, dialect=dialect)
     if len(frame) == 0:
         raise DataError(f"{source}: the file has no rows")
     frame.columns = [str(c) for c in frame.columns]
-    notes = dialect_note(path, csv_dialect(path)) if _kind(path) == "csv" else []
+    notes = dialect_note(path, dialect)
     if date_column is not None and date_column not in header:
         raise DataError(f"{source}: unknown date column {date_column!r}; columns are {', '.join(header)}")
     if columns is not None:
@@ -320,7 +329,7 @@ def load_table(path, date_column=None, columns=None, *, names=None, missing_valu
         row, col = np.argwhere(bad)[0]
         raise DataError(f"{source}: column {kept[col]!r} has {unscalable_text(values[row, col])} at data row {row + 1}")
 
-    cov = _covariates(path, frame, names, covariates, source) if covariates else None
+    cov = _covariates(path, frame, names, covariates, source, dialect) if covariates else None
 
     timestamps, freq = None, None
     offset = None

@@ -39,7 +39,7 @@ def forecast_windows(forecaster, windows: Windows, settings: RunSettings, progre
     fc = forecaster.predict_windows(windows.contexts, num_samples=settings.num_samples, seed=settings.seed,
                                     series_ids=windows.ids, config=settings.config,
                                     batch_series=settings.batch_series, features=windows.features,
-                                    scale_floor=forecaster.scale_floors(windows.ids, windows.history_floors),
+                                    scale_floor=forecaster.scale_floors(windows.ids, windows.histories),
                                     progress=progress)
     fc.timestamps = windows.shared_future
     return fc
@@ -53,15 +53,19 @@ def forecast_histories(forecaster, histories, settings: RunSettings, name_series
     timestamp column (NaT for a series whose times follow no regular step). Raises ForecastError
     (one line naming the series) for a series that cannot be forecast, unless skipped (the rule of
     dil.runtime.inputs.rules.usable). whole: `histories` are all the run's series (False for one
-    Ray batch of them, which may skip all of its series). say: told one progress line per chunk
-    when there is more than one (a long table of many series).
+    Ray batch of them, which may skip all of its series). say: told the skipped series (usable's
+    warning) and one progress line per chunk when there is more than one (a long table of many
+    series).
     """
     import time
 
     started = time.perf_counter()
     L, H = forecaster.context_length, forecaster.horizon
-    kept, _ = usable(histories, L, settings.skip_bad_series, whole=whole)
-    skipped = [h.id for h in histories if all(h is not k for k in kept)] if len(kept) < len(histories) else []
+    kept, warning = usable(histories, L, settings.skip_bad_series, whole=whole)
+    if warning and say is not None:
+        say(warning)
+    kept_objects = {id(k) for k in kept}  # a set: a table of 10,000 series with one skipped stays linear
+    skipped = [h.id for h in histories if id(h) not in kept_objects]
     frames = []
     for start in range(0, len(kept), CHUNK_SERIES):
         windows = build_windows(kept[start:start + CHUNK_SERIES], forecaster.features, L, H, name_series=name_series)

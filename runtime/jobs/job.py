@@ -290,7 +290,6 @@ def _forecast_here(req: RunRequest, spec, settings: RunSettings, say):
     """(forecast frame, series forecast) in this process."""
     from dil.runtime.forecaster import Forecaster
     from dil.runtime.inputs.long_table import histories, read_long
-    from dil.runtime.inputs.rules import name_list
     from dil.runtime.jobs.forecast import forecast_histories
 
     source = Path(req.input).name
@@ -301,9 +300,5 @@ def _forecast_here(req: RunRequest, spec, settings: RunSettings, say):
     if len(notes) > MAX_NOTES:
         say(f"note: ... and {len(notes) - MAX_NOTES} more such notes")
     forecaster = Forecaster.load(req.engine, threads=req.threads)
-    frame, skipped = forecast_histories(forecaster, series, settings, say=say)
-    if skipped:
-        say(f"warning: skipped {len(skipped)} of {len(series)} series with fewer than {forecaster.context_length} "
-            f"rows or no observed value in their last {forecaster.context_length} rows (the model's context): "
-            f"{name_list(skipped)}")
+    frame, skipped = forecast_histories(forecaster, series, settings, say=say)  # says which it skipped
     return frame, len(series) - len(skipped)
