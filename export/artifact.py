@@ -7,7 +7,7 @@ The manifest's model config (with its per-step input widths, prediction and cont
 "features" (time features, covariate statistics) are the run's, as dil-train recorded them.
 
 The steps (`export_stages` lists them, in order, for the progress display): refuse a run whose
-training did not finish (unless allowed), load the checkpoint, export both graphs into a temporary
+training did not finish (unless allowed), load the checkpoint, export the graphs into a temporary
 folder inside the output folder, validate them against the PyTorch module
 (`dil.export.graph_check`), copy the EMA weights beside them (`dil.export.weights`), then move
 everything into place and write the manifest last. A failure at any point leaves nothing behind and
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dil.export.graph_check import FP32_TOLERANCE, REAL_WINDOWS, SUBSET_TOLERANCE, failures, validate_graphs
-from dil.export.onnx_export import OPSET, dynamic_axes, export_onnx
+from dil.export.onnx_export import EXPORTED_GRAPHS, OPSET, dynamic_axes, export_onnx
 from dil.export.real_data import training_windows
 from dil.export.weights import weights_file_name, weights_record
 from dil.runtime.backends.trt_profile import ProfileError, resolve_profile
@@ -83,7 +83,7 @@ def export_stages(options: ExportOptions) -> list[str]:
     from dil.export.trt_artifact import plan_stages
 
     precisions = ["fp32"] + ["fp16"] * options.fp16
-    stages = ["load", "export encode", "export denoise", "export denoise_full"] + ["validate"] * options.validate
+    stages = ["load"] + [f"export {g}" for g in EXPORTED_GRAPHS] + ["validate"] * options.validate
     if options.fp16:
         stages += ["fp16 convert"] + ["fp16 validate"] * options.validate
     if options.tensorrt:
@@ -314,7 +314,7 @@ def _fp32_artifact(ckpt: Checkpoint, work: Path, manifest_path: Path, opts: Expo
 
 
 def _export_graphs(ckpt: Checkpoint, work: Path, name: str, say) -> dict:
-    """{graph: path} of the two ONNX graphs written into the work folder."""
+    """{graph: path} of the ONNX graphs (EXPORTED_GRAPHS) written into the work folder."""
     try:
         return export_onnx(ckpt.model, work, name,
                            progress=lambda g: say(f"export {g}", f"exporting the {g} graph"))

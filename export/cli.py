@@ -44,7 +44,7 @@ def summary_lines(manifest) -> list[str]:
     lines.append(f"  subset equivalence  {errs}  (tolerance {sub['tolerance']:.0e})  {'ok' if sub['passed'] else 'FAILED'}")
     full = v.get("full_step_equivalence")
     if full:
-        lines.append(f"  denoise_full vs denoise  {_fmt(full['max_abs_err'])}  (tolerance {full['tolerance']:.0e})  "
+        lines.append(f"  full steps vs denoise  {_fmt(full['max_abs_err'])}  (tolerance {full['tolerance']:.0e})  "
                      f"{'ok' if full['passed'] else 'FAILED'}")
     real = v.get("real_data", {})
     if real.get("used"):
@@ -131,7 +131,7 @@ _RANGE_HELP = "TensorRT profile of {}: MIN,OPT,MAX (or one number) [default: {}]
                    "A path ending in NAME.plan (or NAME.fp16.plan) means the folder, --name NAME and --tensorrt "
                    "(and --fp16).")
 @click.option("--name", default=None, help="Artifact name: writes NAME.encode.onnx, NAME.denoise.onnx, "
-              "NAME.denoise_full.onnx, NAME.json "
+              "NAME.denoise_full.onnx, NAME.denoise_full_kv.onnx, NAME.json "
               "[default: the checkpoint folder's name]. An existing artifact of that name is replaced only "
               "after the new one passes validation.")
 @click.option("--data", "data_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -167,11 +167,12 @@ def main(checkpoint: Path | None, artifact: Path | None, out: Path, name: str | 
          fp16: bool, tensorrt: bool, trt_batch, trt_samples, trt_tokens, trt_context, trt_horizon,
          strongly_typed: bool, timing_cache: Path | None, frontier: bool, force: bool, allow_incomplete: bool,
          quiet: bool) -> None:
-    """Export a checkpoint to ONNX (encode, denoise and the full-step denoise_full graphs) and validate it.
+    """Export a checkpoint to ONNX (encode, denoise and the full-step graphs denoise_full and
+    denoise_full_kv) and validate it.
 
     The graphs are checked against the PyTorch model with ONNX Runtime (CPU) on random inputs and on
     real windows of the training data, at several shapes, and for the token-subset equivalence (and
-    denoise_full against denoise's full step). An export beyond tolerance (1e-4 max abs error on the
+    the full-step graphs against denoise's full step). An export beyond tolerance (1e-4 max abs error on the
     standardised scale; 1e-5 for the subset and full-step checks)
     is refused and nothing is written, as is a run whose training did not finish (--allow-incomplete).
     Beside the graphs, NAME.weights.safetensors holds the torch weights (dil-validate and the torch

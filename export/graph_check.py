@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from dil.runtime.model.config import ModelConfig
-from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS, DENOISE_OUTPUTS,
+from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_KV_OUTPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS,
+                                  DENOISE_OUTPUTS,
                                   ENCODE_INPUTS, ENCODE_OUTPUTS)
 from dil.runtime.inputs.scaling import context_features, context_scale, standardise
 from dil.runtime.model.frequency import noise_gains, to_spectrum
@@ -86,7 +87,7 @@ class OrtGraphs:
         opts.log_severity_level = 3
         self.sessions = {
             g: ort.InferenceSession(str(paths[g]), opts, providers=[PROVIDER])
-            for g in ("encode", "denoise", "denoise_full") if g in paths
+            for g in ("encode", "denoise", "denoise_full", "denoise_full_kv") if g in paths
         }
 
     def encode(self, ctx):
@@ -97,6 +98,10 @@ class OrtGraphs:
 
     def denoise_full(self, *args):
         return self.sessions["denoise_full"].run(list(DENOISE_FULL_OUTPUTS), dict(zip(DENOISE_FULL_INPUTS, args)))[0]
+
+    def denoise_full_kv(self, *args):
+        return tuple(self.sessions["denoise_full_kv"].run(list(DENOISE_FULL_KV_OUTPUTS),
+                                                          dict(zip(DENOISE_FULL_INPUTS, args))))
 
 
 class TorchGraphs:
@@ -116,6 +121,10 @@ class TorchGraphs:
     @torch.no_grad()
     def denoise_full(self, *args):
         return self.model.denoise_full(*(torch.from_numpy(a) for a in args)).numpy()
+
+    @torch.no_grad()
+    def denoise_full_kv(self, *args):
+        return tuple(t.numpy() for t in self.model.denoise_full(*(torch.from_numpy(a) for a in args), with_kv=True))
 
 
 def errors(outputs, references) -> tuple[float, float]:
@@ -277,6 +286,16 @@ def full_step_errors(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: Mode
     return errors([out], [ref.denoise_full(*args)]), float(np.abs(out - full).max())
 
 
+def full_step_kv_errors(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelConfig) -> tuple:
+    """The denoise_full_kv graph on a case's every token: ((abs, rel) vs torch's, over out, k and v;
+    max abs difference vs the denoise graph's full step (out, k_sub, v_sub) on the same inputs)."""
+    k_ctx, v_ctx = ref.encode(case.ctx)
+    args = (case.x, case.t_feat, k_ctx, v_ctx)
+    outs = onnx.denoise_full_kv(*args)
+    full = onnx.denoise(*_full_step_args(case, k_ctx, v_ctx, config.num_layers, config.d_model))
+    return errors(outs, ref.denoise_full_kv(*args)), max(float(np.abs(o - f).max()) for o, f in zip(outs, full))
+
+
 def subset_equivalence(engine, case: Case, config: ModelConfig, rng) -> float:
     """Max abs difference between `denoise` on a token subset (cache = the full step's keys/values,
     valid elsewhere) and the full step's rows at those tokens (eps, k, v); padding excluded."""
@@ -326,10 +345,12 @@ def validate_graphs(
     kinds = ["random"] + (["real"] if real_windows is not None else [])
     found = {g: {k: [] for k in kinds} for g in ("encode", "denoise")}
     subset = {"onnx": [], "torch": []}
-    lean = "denoise_full" in onnx.sessions  # the optional full-step graph (docs/architecture.md section 4)
-    if lean:
-        found["denoise_full"] = {k: [] for k in kinds}
-        full_vs_denoise = []
+    # the optional full-step graphs (docs/architecture.md section 4)
+    lean = [g for g in ("denoise_full", "denoise_full_kv") if g in onnx.sessions]
+    full_errors = {"denoise_full": full_step_errors, "denoise_full_kv": full_step_kv_errors}
+    full_vs_denoise = []
+    for g in lean:
+        found[g] = {k: [] for k in kinds}
     for shape in shapes:
         for kind in kinds:
             if kind == "random":
@@ -338,9 +359,9 @@ def validate_graphs(
                 case = real_case(config, schedule, shape, real_windows, rng)
             for g, e in compare_case(onnx, ref, case, config, rng).items():
                 found[g][kind].append(e)
-            if lean:
-                vs_torch, vs_denoise = full_step_errors(onnx, ref, case, config)
-                found["denoise_full"][kind].append(vs_torch)
+            for g in lean:
+                vs_torch, vs_denoise = full_errors[g](onnx, ref, case, config)
+                found[g][kind].append(vs_torch)
                 full_vs_denoise.append(vs_denoise)
             if shape.S < shape.H or shape.pad:
                 seed_sub = int(rng.integers(2**31))
@@ -355,7 +376,7 @@ def validate_graphs(
         entry.update(_summary([e for errs in by_kind.values() for e in errs]))
         if g == "denoise":
             entry["shapes"] = [s.to_dict() for s in shapes]
-        elif g == "denoise_full":  # every token of each shape's H
+        elif g in ("denoise_full", "denoise_full_kv"):  # every token of each shape's H
             entry["shapes"] = [{"G": G, "N": N, "L": L, "H": H} for G, N, L, H in
                                dict.fromkeys((s.G, s.N, s.L, s.H) for s in shapes)]
         else:
@@ -372,7 +393,7 @@ def validate_graphs(
         "passed": all(v is not None and v <= subset_tolerance for v in sub.values()),
     }
     checks = [report["subset_equivalence"]]
-    if lean:  # the lean full step reproduces the denoise graph's full step as a subset step does
+    if lean:  # the lean full steps reproduce the denoise graph's full step as a subset step does
         report["full_step_equivalence"] = {"max_abs_err": max(full_vs_denoise), "tolerance": subset_tolerance,
                                            "against": "denoise graph, every token, empty cache",
                                            "passed": max(full_vs_denoise) <= subset_tolerance}
@@ -395,5 +416,5 @@ def failures(report: dict) -> list[str]:
         out.append(f"subset equivalence: max abs error {errs} > tolerance {sub['tolerance']:.3g}")
     full = report.get("full_step_equivalence", {})
     if full and not full["passed"]:
-        out.append(f"denoise_full vs denoise: max abs error {full['max_abs_err']:.3g} > tolerance {full['tolerance']:.3g}")
+        out.append(f"denoise_full graphs vs denoise: max abs error {full['max_abs_err']:.3g} > tolerance {full['tolerance']:.3g}")
     return out

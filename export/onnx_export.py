@@ -3,7 +3,9 @@
 `encode` and `denoise` become two graphs with the dynamic axes G, N, S, L, H, exported with the
 dynamo exporter (opset 18: native LayerNormalization). Each file is written atomically. A third,
 `denoise_full` (ScoreNet.denoise_full: every token, no cache, no masks; axes G, N, H, L), serves the
-steps that compute every token and need no keys/values (the plain sampler).
+steps that compute every token and need no keys/values (the plain sampler); a fourth,
+`denoise_full_kv`, is the same step also returning every token's keys/values (the fast sampler's
+full steps, whose keys/values its cached steps attend to).
 
 H counts horizon TOKENS, T = horizon / horizon_patch at most: with horizon patches (Ph > 1) a
 token is Ph steps, so x_sub's last axis is Ph * Fh and eps_sub's is Ph (docs/model.md section 3).
@@ -27,11 +29,13 @@ from torch import nn
 from torch.export import Dim
 
 from dil.runtime.support.files import atomic_path
-from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS, DENOISE_OUTPUTS,
-                                  ENCODE_INPUTS, ENCODE_OUTPUTS)
+from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_KV_OUTPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS,
+                                  DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS)
 from dil.train.model import ScoreNet
 
 OPSET = 18
+# The graphs export_onnx writes, in order.
+EXPORTED_GRAPHS = ("encode", "denoise", "denoise_full", "denoise_full_kv")
 
 
 class EncodeGraph(nn.Module):
@@ -57,14 +61,16 @@ class DenoiseGraph(nn.Module):
 
 
 class DenoiseFullGraph(nn.Module):
-    """The full-step entry point (ScoreNet.denoise_full): x_hor, t_feat, k_ctx, v_ctx -> out."""
+    """The full-step entry point (ScoreNet.denoise_full): x_hor, t_feat, k_ctx, v_ctx -> out, or with
+    with_kv -> (out, k_sub, v_sub)."""
 
-    def __init__(self, model: ScoreNet):
+    def __init__(self, model: ScoreNet, with_kv: bool = False):
         super().__init__()
         self.model = model
+        self.with_kv = with_kv
 
     def forward(self, x_hor, t_feat, k_ctx, v_ctx):
-        return self.model.denoise_full(x_hor, t_feat, k_ctx, v_ctx)
+        return self.model.denoise_full(x_hor, t_feat, k_ctx, v_ctx, with_kv=self.with_kv)
 
 
 def full_step_inputs(model: ScoreNet, den_args: tuple) -> tuple:
@@ -215,8 +221,8 @@ def _strip_source_locations(path, axis_names: dict) -> None:
 
 
 def export_onnx(model: ScoreNet, out_dir, name: str, progress=None) -> dict[str, Path]:
-    """Write NAME.encode.onnx, NAME.denoise.onnx and NAME.denoise_full.onnx into out_dir; returns
-    {graph: path}.
+    """Write NAME.encode.onnx, NAME.denoise.onnx, NAME.denoise_full.onnx and NAME.denoise_full_kv.onnx
+    into out_dir; returns {graph: path}.
 
     progress: optional callable, called with the graph's name before each export (~10 s each).
     """
@@ -224,12 +230,14 @@ def export_onnx(model: ScoreNet, out_dir, name: str, progress=None) -> dict[str,
     out_dir = Path(out_dir)
     ctx, den_args = example_inputs(model)
     enc_dims, den_dims, full_dims = _dims(model)
-    paths = {g: out_dir / f"{name}.{g}.onnx" for g in ("encode", "denoise", "denoise_full")}
+    paths = {g: out_dir / f"{name}.{g}.onnx" for g in EXPORTED_GRAPHS}
+    full_args = full_step_inputs(model, den_args)
     jobs = {
         "encode": (EncodeGraph(model), (ctx,), enc_dims, ENCODE_INPUTS, ENCODE_OUTPUTS),
         "denoise": (DenoiseGraph(model), den_args, den_dims, DENOISE_INPUTS, DENOISE_OUTPUTS),
-        "denoise_full": (DenoiseFullGraph(model), full_step_inputs(model, den_args), full_dims, DENOISE_FULL_INPUTS,
-                         DENOISE_FULL_OUTPUTS),
+        "denoise_full": (DenoiseFullGraph(model), full_args, full_dims, DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS),
+        "denoise_full_kv": (DenoiseFullGraph(model, with_kv=True), full_args, full_dims, DENOISE_FULL_INPUTS,
+                            DENOISE_FULL_KV_OUTPUTS),
     }
     names = _CONTEXT_AXIS_NAMES if model.config.context_patch > 1 else None
     for graph, job in jobs.items():

@@ -5,6 +5,7 @@ An exported model NAME is a folder entry of sibling files:
     NAME.encode.onnx    the encode graph
     NAME.denoise.onnx   the denoise graph
     NAME.denoise_full.onnx  optional: the full-step graph (every token, no cache; OPTIONAL_GRAPHS)
+    NAME.denoise_full_kv.onnx  optional: the same full step, also returning every token's keys/values
     NAME.*.plan         TensorRT engines, where built (graphs[g]["plan_file"], the "tensorrt" record)
 `--engine` may name any of NAME.onnx, NAME.plan, NAME.json, NAME.encode.onnx, ... : they all resolve
 to NAME.json, and the graph files come from it. The FP16 variant is the artifact NAME.fp16
@@ -40,7 +41,7 @@ from dil.runtime.sampling.solver import MAX_ORDER
 FORMAT_VERSION = 1
 GRAPHS = ("encode", "denoise")
 # Suffixes a user may point --engine at; stripping one gives NAME.
-_SUFFIXES = (".encode.onnx", ".denoise.onnx", ".denoise_full.onnx", ".encode.plan", ".denoise.plan", ".cache_update.plan",
+_SUFFIXES = (".encode.onnx", ".denoise.onnx", ".denoise_full.onnx", ".denoise_full_kv.onnx", ".encode.plan", ".denoise.plan", ".cache_update.plan",
              ".onnx", ".plan", ".json")
 # Keys of the manifest JSON that Manifest holds as fields; everything else goes to Manifest.extra.
 _FIELDS = ("format_version", "name", "precision", "model", "schedule", "data", "graphs", "io", "validation", "versions",
@@ -64,10 +65,17 @@ ENCODE_OUTPUTS = ("k_ctx", "v_ctx")
 DENOISE_INPUTS = ("x_sub", "pos_sub", "t_feat", "k_ctx", "v_ctx", "k_hor", "v_hor", "hor_valid")
 DENOISE_OUTPUTS = ("eps_sub", "k_sub", "v_sub")
 # Optional graphs: an artifact exported before one existed has none and works without it.
-# denoise_full: the full step (every token, no cache, no masks) for samplers that need no keys/values.
-OPTIONAL_GRAPHS = ("denoise_full",)
+# denoise_full: the full step (every token, no cache, no masks) for samplers that need no keys/values;
+# denoise_full_kv: the same step also returning the tokens' keys/values (the fast sampler's full steps,
+# whose keys/values later cached steps attend to).
+OPTIONAL_GRAPHS = ("denoise_full", "denoise_full_kv")
 DENOISE_FULL_INPUTS = ("x_hor", "t_feat", "k_ctx", "v_ctx")
 DENOISE_FULL_OUTPUTS = ("out",)
+DENOISE_FULL_KV_OUTPUTS = ("out", "k_sub", "v_sub")
+# Each graph's (inputs, outputs) names.
+GRAPH_IO = {"encode": (ENCODE_INPUTS, ENCODE_OUTPUTS), "denoise": (DENOISE_INPUTS, DENOISE_OUTPUTS),
+            "denoise_full": (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS),
+            "denoise_full_kv": (DENOISE_FULL_INPUTS, DENOISE_FULL_KV_OUTPUTS)}
 
 
 class ManifestError(ValueError):
@@ -159,12 +167,8 @@ class Manifest:
             "schedule": self.schedule.to_dict(),
             "data": self.data,
             "graphs": self.graphs,
-            "io": {
-                "encode": {"inputs": list(ENCODE_INPUTS), "outputs": list(ENCODE_OUTPUTS)},
-                "denoise": {"inputs": list(DENOISE_INPUTS), "outputs": list(DENOISE_OUTPUTS)},
-                **({"denoise_full": {"inputs": list(DENOISE_FULL_INPUTS), "outputs": list(DENOISE_FULL_OUTPUTS)}}
-                   if "denoise_full" in self.graphs else {}),
-            },
+            "io": {g: {"inputs": list(GRAPH_IO[g][0]), "outputs": list(GRAPH_IO[g][1])}
+                   for g in GRAPHS + OPTIONAL_GRAPHS if g in GRAPHS or g in self.graphs},
             "validation": self.validation,
             "versions": self.versions,
             "features": self.features.to_dict(),

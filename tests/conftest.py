@@ -97,7 +97,8 @@ def tiny_artifact_without_weights(tiny_artifact, tmp_path_factory):
         shutil.copy(tiny_artifact.parent / name, out / name)
     manifest = json.loads(tiny_artifact.read_text())
     del manifest["weights"]
-    del manifest["graphs"]["denoise_full"], manifest["io"]["denoise_full"]  # nor had it this optional graph
+    for g in ("denoise_full", "denoise_full_kv"):  # nor had it these optional graphs
+        del manifest["graphs"][g], manifest["io"][g]
     (out / "tiny.json").write_text(json.dumps(manifest, indent=2))
     return out / "tiny.json"
 

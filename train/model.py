@@ -19,7 +19,7 @@ with fewer selected tokens independent of the common S of the call.
 
 Training runs exactly `encode` and `denoise` (a full step: S = H, hor_valid = 0), so the exported
 graphs are the trained computation. `denoise_full` is that full step with the same layers, without
-masks, cache or keys/values out: the plain sampler's lean graph.
+masks or cache (and without keys/values out unless asked): the lean graph of the samplers' full steps.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class ScoreNet(nn.Module):
             k_ctx, v_ctx [layers, G, L/P, D], k_hor, v_hor [layers, G, N, T, D], hor_valid [G, N, T])
         -> out_sub [G, N, S, Ph], k_sub, v_sub [layers, G, N, S, D]
     denoise_full(x_hor [G, N, T, Ph*Fh], t_feat, k_ctx, v_ctx) -> out [G, N, T, Ph]   (every token, no cache)
+        with_kv=True -> (out, k_sub, v_sub [layers, G, N, T, D])
     T = horizon / Ph horizon tokens; pos_sub is a token index (T marks padding). Token j holds
     steps [j Ph, (j+1) Ph); x_sub holds per step the noisy value then its Fk = Fh - 1 known
     features (step-major, as context patches); out_sub[..., k] is step j Ph + k's eps or v.
@@ -165,7 +166,7 @@ class ScoreNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def denoise_full(self, x_hor: torch.Tensor, t_feat: torch.Tensor, k_ctx: torch.Tensor,
-                     v_ctx: torch.Tensor) -> torch.Tensor:
+                     v_ctx: torch.Tensor, with_kv: bool = False):
         """The full step of `denoise` (every horizon token computed, no cache) without its masks and
         keys/values: x_hor [G, N, T, Ph*Fh] (token t at position t), t_feat [G, N, E], k_ctx/v_ctx
         [layers, G, L/P, D] -> out [G, N, T, Ph], equal to denoise's out_sub with pos_sub = arange(T)
@@ -173,7 +174,10 @@ class ScoreNet(nn.Module):
 
         Same layers as `denoise`; only the attention is laid out for the case: each token attends to
         its context's keys and the row's T fresh keys, one key axis of L/P + T per row, so there is
-        no mask, no cache input and no key/value output (docs/architecture.md section 4).
+        no mask, no cache input and no key/value output (docs/architecture.md section 4). with_kv:
+        also return the tokens' keys/values [layers, G, N, T, D] (each layer's qkv projection,
+        sliced), as denoise's k_sub/v_sub: the fast sampler's full steps, whose keys/values its
+        cached steps attend to.
         """
         G, N, T = x_hor.shape[0], x_hor.shape[1], x_hor.shape[2]
         layers, L, D = k_ctx.shape[0], k_ctx.shape[2], k_ctx.shape[3]
@@ -183,15 +187,23 @@ class ScoreNet(nn.Module):
         h = self._horizon_embed(x_hor, torch.arange(T, device=x_hor.device), t_feat).reshape(G * N * T, D)
         # Context keys/values of all layers in head layout [layers, G, 1, Hh, L, dh], shared by the N samples.
         kc, vc = (a.reshape(layers, G, L, Hh, dh).transpose(2, 3).unsqueeze(2) for a in (k_ctx, v_ctx))
+        kv_out = []
         for i, blk in enumerate(self.blocks):
             # q, k, v in head layout with one transpose: [3, G, N, Hh, T, dh].
-            qkv = blk.qkv(blk.norm1(h)).reshape(G, N, T, 3, Hh, dh).permute(3, 0, 1, 4, 2, 5)
+            lin = blk.qkv(blk.norm1(h))
+            if with_kv:  # the tokens' keys/values as denoise returns them: [G, N, T, D] each
+                kv_out.append(lin.reshape(G, N, T, 3 * D)[..., D:])
+            qkv = lin.reshape(G, N, T, 3, Hh, dh).permute(3, 0, 1, 4, 2, 5)
             q, k, v = qkv[0], qkv[1], qkv[2]
             keys = torch.cat([kc[i].expand(G, N, Hh, L, dh), k], dim=3)  # [G, N, Hh, L + T, dh]
             vals = torch.cat([vc[i].expand(G, N, Hh, L, dh), v], dim=3)
             p = torch.softmax((q @ keys.transpose(3, 4)) * scale, dim=-1)  # [G, N, Hh, T, L + T]
             h = _block_rest(blk, h, (p @ vals).transpose(2, 3).reshape(G * N * T, D))
-        return self.head(self.norm_out(h)).reshape(G, N, T, -1)
+        out = self.head(self.norm_out(h)).reshape(G, N, T, -1)
+        if not with_kv:
+            return out
+        kv = torch.stack(kv_out)  # [layers, G, N, T, 2 D]
+        return out, kv[..., :D], kv[..., D:]
 
     def _horizon_embed(self, x: torch.Tensor, pos: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
         """Horizon tokens' input embedding [G, N, S, D]: inputs x [G, N, S, Ph*Fh], token positions pos

@@ -23,11 +23,14 @@ from dil.runtime.model.config import ModelConfig
 from dil.runtime.sampling.chunks import CPU_CALL_TOKENS
 from dil.runtime.manifest import (
     DENOISE_FULL_INPUTS,
+    DENOISE_FULL_KV_OUTPUTS,
     DENOISE_FULL_OUTPUTS,
     DENOISE_INPUTS,
     DENOISE_OUTPUTS,
     ENCODE_INPUTS,
     ENCODE_OUTPUTS,
+    GRAPH_IO,
+    OPTIONAL_GRAPHS,
     Manifest,
     load_manifest,
 )
@@ -92,14 +95,22 @@ def _contract(cfg: ModelConfig) -> dict:
             },
             {"out": (f32, ("G", "N", "H", Ph))},
         ),
+        "denoise_full_kv": (
+            {
+                "x_hor": (f32, ("G", "N", "H", Ph * cfg.horizon_features)),
+                "t_feat": (f32, ("G", "N", E)),
+                "k_ctx": kv_ctx,
+                "v_ctx": kv_ctx,
+            },
+            {"out": (f32, ("G", "N", "H", Ph)), "k_sub": kv_hor, "v_sub": kv_hor},
+        ),
     }
 
 
 def _check_io(graph: str, path: Path, session, cfg: ModelConfig) -> None:
     """Raise EngineError unless the session's I/O matches the manifest contract."""
     want_in, want_out = _contract(cfg)[graph]
-    names = {"encode": (ENCODE_INPUTS, ENCODE_OUTPUTS), "denoise": (DENOISE_INPUTS, DENOISE_OUTPUTS),
-             "denoise_full": (DENOISE_FULL_INPUTS, DENOISE_FULL_OUTPUTS)}[graph]
+    names = GRAPH_IO[graph]
     for kind, args, want, expected_names in (
         ("input", session.get_inputs(), want_in, names[0]),
         ("output", session.get_outputs(), want_out, names[1]),
@@ -234,8 +245,9 @@ class OnnxEngine:
     are present, else CPU); threads: intra-op threads (None: ONNX
     Runtime's default, one per physical core). `stats` accumulates calls and seconds in session.run.
     It implements dil.runtime.sampling.contracts.Engine with no series limit and no device cache,
-    and FullStepEngine: full_step is True when the artifact has the optional denoise_full graph
-    (artifacts exported before it existed have not; the sampler then calls denoise on full steps).
+    and FullStepEngine: full_step is True when the artifact has the optional denoise_full graph,
+    full_step_kv when it has denoise_full_kv (artifacts exported before they existed have not; the
+    sampler then calls denoise on full steps).
 
     io_binding: run every graph through ONNX Runtime's I/O binding, its outputs written into host
     buffers the engine reuses across calls (a buffer the caller still holds is never reused), the
@@ -261,7 +273,8 @@ class OnnxEngine:
         self.call_tokens = CPU_CALL_TOKENS if provider_list[0] == "CPUExecutionProvider" else None
         self._sessions, self._bindings, self._outputs = {}, {}, _OutputPool()
         self.full_step = "denoise_full" in manifest.graphs
-        for graph in ("encode", "denoise") + ("denoise_full",) * self.full_step:
+        self.full_step_kv = "denoise_full_kv" in manifest.graphs
+        for graph in ("encode", "denoise") + tuple(g for g in OPTIONAL_GRAPHS if g in manifest.graphs):
             path = manifest.graph_path(graph)
             session = _session(path, provider_list, threads)
             _check_io(graph, path, session, self.config)
@@ -384,6 +397,19 @@ class OnnxEngine:
             "v_ctx": np.ascontiguousarray(v_ctx, dtype=f32),
         }
         return self._run("denoise_full", DENOISE_FULL_OUTPUTS, feeds)[0]
+
+    def denoise_full_kv(self, x_hor, t_feat, k_ctx, v_ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """denoise_full that also returns the tokens' keys/values: -> (out f32 [G, N, T, Ph], k, v f32
+        [layers, G, N, T, D]), what denoise returns for pos_sub = arange(T) and hor_valid = 0 (within
+        float32 rounding). Counted as a denoise call. EngineError when the artifact has no
+        denoise_full_kv graph (full_step_kv False)."""
+        if not self.full_step_kv:
+            raise EngineError(f"{self.manifest.path} has no denoise_full_kv graph (re-export with dil-export to add it)")
+        self.stats.denoise_calls += 1
+        f32 = np.float32
+        feeds = {name: np.ascontiguousarray(a, dtype=f32) for name, a in zip(DENOISE_FULL_INPUTS, (x_hor, t_feat, k_ctx, v_ctx))}
+        out, k, v = self._run("denoise_full_kv", DENOISE_FULL_KV_OUTPUTS, feeds)
+        return out, k, v
 
     def device_cache(self, G: int, N: int, T: int) -> None:
         """None: the sampler keeps the token cache's keys/values on the host."""

@@ -3,7 +3,8 @@
 `dil.runtime.sampling.sampler.sample` calls nothing else: any object with these members works
 (OnnxEngine, TrtEngine, the validation's lockstep engine; FullController, FastController, the
 validation's recording controller). `isinstance(x, Engine)` checks that the members exist.
-`FullStepEngine` is an optional capability on top of Engine (OnnxEngine has it; TrtEngine not).
+`FullStepEngine` and `FullStepKVEngine` are optional capabilities on top of Engine (OnnxEngine has
+them; TrtEngine not).
 
 Shapes: G series, N samples per series, H horizon tokens, S computed tokens per row (padding
 entries have position H), L context steps, P = context_patch (context steps per context token),
@@ -79,6 +80,20 @@ class FullStepEngine(Engine, Protocol):
         """x_hor f32 [G, N, T, Ph * Fh] (token t's steps' noisy values and known features, token t at
         position t), t_feat f32 [G, N, E], k_ctx/v_ctx from encode -> out f32 [G, N, T, Ph] (eps or
         v), equal to denoise's out_sub with pos_sub = arange(T) and hor_valid all 0."""
+
+
+@runtime_checkable
+class FullStepKVEngine(FullStepEngine, Protocol):
+    """A FullStepEngine whose lean full step can also return the tokens' keys/values. Optional: the
+    sampler uses it where `isinstance(engine, FullStepKVEngine) and engine.full_step_kv` and a full
+    step's plan needs keys/values (the fast sampler's full steps, whose keys/values its later cached
+    steps attend to), else `denoise`. full_step_kv: False when this artifact lacks the graph."""
+
+    full_step_kv: bool
+
+    def denoise_full_kv(self, x_hor, t_feat, k_ctx, v_ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """denoise_full's inputs -> (out f32 [G, N, T, Ph], k, v f32 [layers, G, N, T, D]), equal to
+        denoise's (out_sub, k_sub, v_sub) with pos_sub = arange(T) and hor_valid all 0."""
 
 
 @runtime_checkable

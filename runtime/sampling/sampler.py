@@ -7,8 +7,9 @@ Each step:
                                               tokens' steps (padding entries: value 0, features 0)
     out_sub, k_sub, v_sub = engine.denoise(x_sub, pos_sub, t_feat, k_ctx, v_ctx,
                                            cache.k, cache.v, cache.hor_valid(plan))
-                                              (a full step that needs no keys/values later, on an
-                                              engine with the capability: engine.denoise_full)
+                                              (a full step, on an engine with the capability:
+                                              engine.denoise_full, or engine.denoise_full_kv where
+                                              a later step reads its keys/values)
     cache.store(...)                           (x0_hat, eps) = to_x0_eps(out, x, alpha, sigma,
                                               engine.config.prediction) for computed tokens,
                                               x0_hat clipped to [-x0_clip, x0_clip] (the guard);
@@ -38,7 +39,7 @@ import numpy as np
 
 from dil.runtime.model import frequency
 from dil.runtime.sampling.rng import SeriesStreams
-from dil.runtime.sampling.contracts import Controller, Engine, FullStepEngine
+from dil.runtime.sampling.contracts import Controller, Engine, FullStepEngine, FullStepKVEngine
 from dil.runtime.sampling.fast_controller import FastController
 from dil.runtime.sampling.full_controller import FullController
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
@@ -110,8 +111,10 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     # An engine that can keep the token cache's keys/values on its device (TensorRT with a
     # cache_update plan) does so: no per-step copy of [layers, G, N, T, D] through the host.
     device_kv = engine.device_cache(G, N, T)
-    # A full step whose keys/values no later step reads runs the engine's lean full-step graph.
+    # A full step whose keys/values no later step reads runs the engine's lean full-step graph; one
+    # whose keys/values the cache keeps runs its lean variant returning them, where the artifact has it.
     lean = device_kv is None and isinstance(engine, FullStepEngine) and engine.full_step
+    lean_kv = device_kv is None and isinstance(engine, FullStepKVEngine) and engine.full_step_kv
     x0_clip = frequency.clip_bound(config.x0_clip, H) if freq else config.x0_clip
     cache = TokenCache(cfg.num_layers, G, N, T, cfg.d_model, keep_kv=device_kv is None, x0_clip=x0_clip,
                        prediction=getattr(cfg, "prediction", "epsilon"), patch=Ph)
@@ -127,7 +130,7 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
     # Per-step engine inputs go into buffers made once (the features never change across steps);
     # each step writes only what changed: the diffusion time and the noisy values.
     t_feat = np.empty((G, N, t_table.shape[1]), dtype=np.float32)
-    x_hor = FullInputs(feat_pad, G, N, T, Ph) if lean else None
+    x_hor = FullInputs(feat_pad, G, N, T, Ph) if lean or lean_kv else None
     rows_tokens = G * N * T
     for i in range(config.steps):
         cache.x = x
@@ -138,6 +141,8 @@ def sample(engine: Engine, schedule: NoiseSchedule, ctx: np.ndarray, x_T: np.nda
             if lean and plan.full and not plan.needs_kv:  # no masks, no cache in, no keys/values out
                 out_sub = engine.denoise_full(x_hor(x), t_feat, k_ctx, v_ctx)
                 k_sub = v_sub = None
+            elif lean_kv and plan.full:  # no masks, no cache in; keys/values out for later cached steps
+                out_sub, k_sub, v_sub = engine.denoise_full_kv(x_hor(x), t_feat, k_ctx, v_ctx)
             else:
                 x_pad[:, :, :T] = x.reshape(G, N, T, Ph)
                 x_sub = gather_inputs(x_pad, feat_pad, plan.pos_sub)

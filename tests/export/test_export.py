@@ -342,7 +342,8 @@ def test_cli_exports_into_a_new_folder(tiny_checkpoint, tmp_path):
     out = tmp_path / "new" / "engines"  # missing folders are created
     result = CliRunner().invoke(cli, ["--no-frontier", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--name", "cli"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["cli.denoise.onnx", "cli.denoise_full.onnx", "cli.encode.onnx",
+    assert sorted(p.name for p in out.iterdir()) == ["cli.denoise.onnx", "cli.denoise_full.onnx", "cli.denoise_full_kv.onnx",
+                                                     "cli.encode.onnx",
                                                      "cli.json", "cli.weights.safetensors"]
     m = load_manifest(out / "cli.onnx")
     assert m.validation["passed"] is True and m.name == "cli"

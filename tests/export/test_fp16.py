@@ -134,7 +134,8 @@ def test_export_fp16_artifact_end_to_end(tiny_checkpoint, tmp_path):
     assert m16.validation["passed"] and m16.validation["tolerance"] == FP16_TOLERANCE
     assert m16.extra["fp16"]["source_artifact"] == "tiny.json"
     assert {g["file"] for g in m16.graphs.values()} == {"tiny.fp16.encode.onnx", "tiny.fp16.denoise.onnx",
-                                                         "tiny.fp16.denoise_full.onnx"}
+                                                         "tiny.fp16.denoise_full.onnx",
+                                                         "tiny.fp16.denoise_full_kv.onnx"}
 
     rng = np.random.default_rng(0)
     history = rng.standard_normal((m16.model.context_length + 3, 4)).cumsum(0)

@@ -118,11 +118,12 @@ def test_export_of_an_incomplete_run_when_allowed(killed_run, tmp_path):
 def test_export_stages_are_the_declared_list(tiny_export):
     _, stages = tiny_export  # the session's tiny artifact, exported with the default options
     assert stages == export_stages(ExportOptions(name="tiny"))
-    assert stages == ["load", "export encode", "export denoise", "export denoise_full", "validate", "write fp32"]
+    assert stages == ["load", "export encode", "export denoise", "export denoise_full", "export denoise_full_kv",
+                      "validate", "write fp32"]
     with_all = export_stages(ExportOptions(fp16=True, tensorrt=True))
-    assert with_all[:8] == ["load", "export encode", "export denoise", "export denoise_full", "validate",
-                            "fp16 convert", "fp16 validate", "tensorrt fp32 build encode"]
-    assert len(with_all) == 6 + 3 + 2 * 4 and with_all[-2:] == ["write fp32", "write fp16"]
+    assert with_all[:9] == ["load", "export encode", "export denoise", "export denoise_full", "export denoise_full_kv",
+                            "validate", "fp16 convert", "fp16 validate", "tensorrt fp32 build encode"]
+    assert len(with_all) == 7 + 3 + 2 * 4 and with_all[-2:] == ["write fp32", "write fp16"]
 
 
 @pytest.mark.slow
@@ -131,9 +132,9 @@ def test_export_stages_with_fp16_and_no_validation(tiny_checkpoint, tmp_path):
     stages = []
     m = export_artifact(tiny_checkpoint, tmp_path, options, progress=lambda stage, message: stages.append(stage))
     assert stages == export_stages(options) == ["load", "export encode", "export denoise", "export denoise_full",
-                                                "fp16 convert", "write fp32", "write fp16"]
+                                                "export denoise_full_kv", "fp16 convert", "write fp32", "write fp16"]
     assert m.validation == {"skipped": True, "passed": None}
     assert m.variants[0].extra["weights"] == m.extra["weights"]  # the FP16 artifact names the same weights
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "t.denoise.onnx", "t.denoise_full.onnx", "t.encode.onnx", "t.fp16.denoise.onnx", "t.fp16.denoise_full.onnx",
-        "t.fp16.encode.onnx", "t.fp16.json", "t.json", "t.weights.safetensors"]
+        "t.denoise.onnx", "t.denoise_full.onnx", "t.denoise_full_kv.onnx", "t.encode.onnx", "t.fp16.denoise.onnx",
+        "t.fp16.denoise_full.onnx", "t.fp16.denoise_full_kv.onnx", "t.fp16.encode.onnx", "t.fp16.json", "t.json", "t.weights.safetensors"]

@@ -71,7 +71,7 @@ def test_switches_off_reproduce_the_plain_sampler_bit_for_bit(engine, inputs, or
     config = SamplerConfig(steps=STEPS, solver_order=order, lattice=False, cache=False)
     ctx, x_T = inputs
     streams = SeriesStreams(0, KEYS)
-    lean, engine.full_step = engine.full_step, False  # plain on the fast sampler's denoise graph, not the lean one
+    lean, engine.full_step = engine.full_step, False  # plain on the fast sampler's full-step graph (with keys/values)
     try:
         plain = sample(engine, engine.manifest.schedule, ctx, x_T, config, streams, controller=FullController(config))
     finally:

@@ -33,7 +33,7 @@ def history():
 
 
 def _copy_artifact(manifest_path, dest):
-    for suffix in (".json", ".encode.onnx", ".denoise.onnx", ".denoise_full.onnx"):
+    for suffix in (".json", ".encode.onnx", ".denoise.onnx", ".denoise_full.onnx", ".denoise_full_kv.onnx"):
         shutil.copy(manifest_path.with_name("tiny" + suffix), dest / ("tiny" + suffix))
     return dest / "tiny.json"
 
