@@ -54,7 +54,9 @@ split, the horizon H and the season:
   manifest's FeatureSpec names: calendar features of those rows and of the forecast rows,
   covariate columns of the table (known ones for the forecast rows too), exactly as dil-eval
   builds them. It runs through dil-eval's forecaster: default sampler and steps, seed 0, each
-  window's noise keyed by its id. Its horizon must be the dataset's H. The test windows do not
+  window's noise keyed by its id. Its horizon must be the protocol's H: the dataset's, or
+  --horizon H (e.g. 96, the long horizon of docs/results.md: then the peers learn H steps ahead,
+  validate on H-step windows and forecast H-step test windows at stride H). The test windows do not
   depend on L (dil-eval's origins, for any L up to the test start).
 - Scores: dil.evaluate.metrics, as dil-eval computes them, over every scored (series, origin)
   window together. CRPS: the weighted quantile loss at the 19 levels 0.05..0.95 (quantiles of the
@@ -375,31 +377,37 @@ def _check_engine(engine, dataset: str) -> None:
                          f"{DATASET}'s)")
 
 
-def load_dil(engine=None, threads: int | None = None, dataset: str = DATASET):
+def load_dil(engine=None, threads: int | None = None, dataset: str = DATASET, horizon: int | None = None):
     """The dil Forecaster to compare on `dataset` (engine None: the shipped model, metro-traffic's
-    only; threads: ONNX Runtime's intra-op threads, None: its default); ValueError when the dataset
-    needs an engine or the engine does not forecast the dataset's horizon."""
+    only; threads: ONNX Runtime's intra-op threads, None: its default; horizon: the protocol's H,
+    None: the dataset's); ValueError when the dataset needs an engine or the engine does not
+    forecast the protocol's horizon."""
     from dil.data.registry import get_spec
     from dil.runtime import Forecaster
 
     spec = get_spec(dataset)
     _check_engine(engine, dataset)
     fc = Forecaster.load(engine, threads=threads)
-    if fc.horizon != spec.horizon:
+    want = spec.horizon if horizon is None else int(horizon)
+    if fc.horizon != want:
         raise ValueError(f"engine {engine or 'shipped default'} forecasts {fc.horizon} steps; the peer protocol of "
-                         f"{dataset} forecasts {spec.horizon}")
+                         f"{dataset} forecasts {want}" + ("" if horizon else f" (--horizon {fc.horizon} sets it)"))
     return fc
 
 
-def peer_inputs(fc, n_windows: int | None = None, horizon: int | None = None, dataset: str = DATASET) -> tuple:
+def peer_inputs(fc, n_windows: int | None = None, horizon: int | None = None, dataset: str = DATASET,
+                protocol_horizon: int | None = None) -> tuple:
     """(DatasetSpec, SeriesTable, PeerData) of the protocol for the dil Forecaster `fc` on the bundled
     `dataset`: its table as dil-eval reads it for the model (engine_data: every series, the missing
     values the manifest records, the covariate columns the model reads), the windows of its
-    context and features. DataError / FeatureError (one line) when the table lacks what the model
-    needs."""
+    context and features. protocol_horizon: the protocol's H for peers, validation and test windows
+    alike (None: the dataset's; the spec is then that of the dataset with this horizon). DataError /
+    FeatureError (one line) when the table lacks what the model needs."""
     from dil.evaluate.engine_eval import engine_data
 
     spec, table = engine_data(None, fc.manifest, dataset=dataset)
+    if protocol_horizon is not None:
+        spec = replace(spec, horizon=int(protocol_horizon))
     return spec, table, peer_data(table, spec, fc.context_length, n_windows, fc.features, horizon)
 
 
@@ -638,6 +646,8 @@ def main(argv=None) -> None:
     ap.add_argument("--context-length", type=_positive, default=None,
                     help="context_length of the peers that name none (default: the dil model's context; "
                     f"{METRO_CONTEXT} on {DATASET})")
+    ap.add_argument("--horizon", type=_positive, default=None,
+                    help="the protocol's horizon H (default: the dataset's); the dil model must forecast H steps")
     ap.add_argument("--samples", type=_positive, default=100, help="samples per window (default: %(default)s)")
     ap.add_argument("--epochs", type=_positive, default=30, help="peers' most epochs (default: %(default)s)")
     ap.add_argument("--windows", type=_positive, default=None,
@@ -658,8 +668,8 @@ def main(argv=None) -> None:
         if problem:
             raise ValueError(problem)
         require_peers()
-        fc = load_dil(args.engine, args.threads, args.dataset)
-        inputs = peer_inputs(fc, args.windows, dataset=args.dataset)
+        fc = load_dil(args.engine, args.threads, args.dataset, args.horizon)
+        inputs = peer_inputs(fc, args.windows, dataset=args.dataset, protocol_horizon=args.horizon)
     except (ImportError, ValueError) as exc:  # MissingDependency, ManifestError, EngineError, DataError, ...
         raise SystemExit(f"error: {exc}") from None
     trained_on = (fc.manifest.data or {}).get("dataset")

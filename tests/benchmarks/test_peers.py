@@ -313,8 +313,28 @@ def test_dil_side_on_a_multi_series_dataset_is_dil_evals(peers, tiny_artifact):
     assert {k: got[k] for k in model} == model
     assert score_point(w, w.baseline) == ev.report["baselines"]["seasonal_naive"]
     # The protocol's horizon is the dataset's: the tiny model's 8 steps are not etth1's 24.
-    with pytest.raises(ValueError, match="forecasts 8 steps; the peer protocol of etth1 forecasts 24"):
+    with pytest.raises(ValueError, match=r"forecasts 8 steps; the peer protocol of etth1 forecasts 24 \(--horizon 8"):
         peers.load_dil(tiny_artifact, threads=1, dataset="etth1")
+
+
+def test_horizon_sets_the_protocol_for_peers_and_windows(peers, tiny_artifact):
+    # --horizon 8: the tiny model is compared on etth1 at its own 8 steps; the peers' H, the
+    # validation origins (8-step targets tiling the validation rows) and the test origins (stride 8)
+    # all follow, and the windows are dil-eval's of a dataset whose H is 8.
+    from dil.data.windows import split_bounds
+    from dil.runtime import Forecaster
+
+    fc = peers.load_dil(tiny_artifact, threads=1, dataset="etth1", horizon=8)
+    spec, table, data = peers.peer_inputs(fc, dataset="etth1", protocol_horizon=8)
+    assert spec.horizon == data.horizon == 8 and spec.name == "etth1"
+    (val_start, val_end), (test_start, test_end) = (split_bounds(spec, len(table.values))[k] for k in ("val", "test"))
+    assert data.val_origins[0] == val_start and np.all(np.diff(data.val_origins) == 8)
+    assert data.val_origins[-1] + 8 <= val_end < data.val_origins[-1] + 16
+    o = data.windows.origins
+    assert o[0] == test_start and np.all(np.diff(o) == 8) and o[-1] + 8 <= test_end < o[-1] + 16
+    assert data.windows.targets.shape[-1] == 8
+    with pytest.raises(ValueError, match="forecasts 8 steps; the peer protocol of etth1 forecasts 96$"):
+        peers.load_dil(tiny_artifact, threads=1, dataset="etth1", horizon=96)
 
 
 def _result(dataset, series, origins, first, last, families=("DeepAR",)):
