@@ -38,7 +38,7 @@ def summary_lines(manifest) -> list[str]:
                  f"tolerance {v['tolerance']:.0e}")
     for g, e in v["graphs"].items():
         parts = "  ".join(f"{kind} {_fmt(e[kind]['max_abs_err'])}" for kind in ("random", "real") if kind in e)
-        lines.append(f"  {g:<12} {parts}  (max rel {_fmt(e['max_rel_err'])})  {'ok' if e['passed'] else 'FAILED'}")
+        lines.append(f"  {g:<15} {parts}  (max rel {_fmt(e['max_rel_err'])})  {'ok' if e['passed'] else 'FAILED'}")
     sub = v["subset_equivalence"]
     errs = "  ".join(f"{k} {_fmt(x)}" for k, x in sub["max_abs_err"].items())
     lines.append(f"  subset equivalence  {errs}  (tolerance {sub['tolerance']:.0e})  {'ok' if sub['passed'] else 'FAILED'}")
