@@ -7,8 +7,8 @@
 
 Forecast mode: `Forecaster.predict` of W hourly series x 100 samples at the artifact's default
 sampler (the shipped model: plain DPM-Solver++, 10 steps), once on the new path and once with the
-engine's full-step capability switched off (`engine.full_step = False`: every step calls `denoise`
-with the empty token cache, as before). The two paths take turns within each repeat, so that a
+engine's full-step capabilities switched off (`engine.full_step = engine.full_step_kv = False`:
+every step calls `denoise` with the empty token cache, as before). The two paths take turns within each repeat, so that a
 change of machine load hits both alike; it prints the median wall time of a forecast, per window,
 and the ratio old / new, and checks that both paths give the same samples (max abs difference).
 
@@ -50,8 +50,11 @@ def forecast_times(engine_path, windows: list[int], samples: int, repeats: int, 
     for w in windows:
         history = _history(w, forecaster.config.context_length + 24)
 
+        lean_kv = getattr(engine, "full_step_kv", False)
+
         def run(full: bool):
             engine.full_step = full
+            engine.full_step_kv = lean_kv and full
             t0 = time.perf_counter()
             f = forecaster.predict(history, num_samples=samples, seed=0, batch_series=w)
             return time.perf_counter() - t0, f.standardised()
@@ -62,7 +65,7 @@ def forecast_times(engine_path, windows: list[int], samples: int, repeats: int, 
             for full in (True, False):
                 times[full].append(run(full)[0])
         diff = float(np.abs(run(True)[1] - run(False)[1]).max())
-        engine.full_step = True
+        engine.full_step, engine.full_step_kv = True, lean_kv
         old, new = np.median(times[False]) * 1e3, np.median(times[True]) * 1e3
         rows.append({"windows": w, "old_ms": old, "new_ms": new, "ratio": old / new, "max_abs_diff": diff})
     return rows

@@ -361,7 +361,7 @@ def test_sampler_device_cache_path_fits_the_token_profile(ph_export, settings):
     x_T = SeriesStreams(0, range(G)).initial_noise(N, cfg.horizon)
     config = SamplerConfig(steps=8, **settings)
     host_engine = OnnxEngine(manifest, threads=1)
-    host_engine.full_step = False  # the same denoise graph as the device path (not the lean full step)
+    host_engine.full_step = host_engine.full_step_kv = False  # the same denoise graph as the device path (not the lean full steps)
     host = sample(host_engine, manifest.schedule, ctx.astype(np.float32), x_T, config, SeriesStreams(0, range(G)),
                   hor_feat=feat)
     plans = _CpuPlans(OnnxEngine(manifest, threads=1), resolve_profile(cfg, G=(1, 2, 2), N=(1, N, N)))

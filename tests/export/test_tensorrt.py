@@ -252,7 +252,7 @@ def test_sampler_keeps_kv_in_the_engine_when_it_can(tiny_artifact, tiny_config, 
 
     history = np.sin(np.arange(60)[:, None] * 0.3 + np.arange(3)) + 0.1 * np.arange(3)
     host_fc = Forecaster.load(tiny_artifact)
-    host_fc.engine.full_step = False  # the same denoise graph as the device path (not the lean full step)
+    host_fc.engine.full_step = host_fc.engine.full_step_kv = False  # the denoise graph, as the device path
     host = host_fc.predict(history, num_samples=16, steps=8, seed=5, **settings)
     fc = Forecaster.load(tiny_artifact)
     fc.engine = _EngineKeepingKV(fc.engine, tiny_config)
