@@ -25,8 +25,7 @@ import torch
 
 from dil.runtime.model.config import ModelConfig
 from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_KV_OUTPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS,
-                                  DENOISE_OUTPUTS,
-                                  ENCODE_INPUTS, ENCODE_OUTPUTS)
+                                  DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS, GRAPHS, OPTIONAL_GRAPHS)
 from dil.runtime.inputs.scaling import context_features, context_scale, standardise
 from dil.runtime.model.frequency import noise_gains, to_spectrum
 from dil.runtime.sampling.schedule import NoiseSchedule, diffusion_time_features
@@ -87,7 +86,7 @@ class OrtGraphs:
         opts.log_severity_level = 3
         self.sessions = {
             g: ort.InferenceSession(str(paths[g]), opts, providers=[PROVIDER])
-            for g in ("encode", "denoise", "denoise_full", "denoise_full_kv") if g in paths
+            for g in GRAPHS + OPTIONAL_GRAPHS if g in paths
         }
 
     def encode(self, ctx):
@@ -276,24 +275,22 @@ def compare_case(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelCon
     return {"encode": enc, "denoise": den}
 
 
-def full_step_errors(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelConfig) -> tuple:
-    """The denoise_full graph on a case's every token: ((abs, rel) vs torch's denoise_full, max abs
-    difference vs the denoise graph's full step on the same inputs)."""
-    k_ctx, v_ctx = ref.encode(case.ctx)
-    args = (case.x, case.t_feat, k_ctx, v_ctx)
-    out = onnx.denoise_full(*args)
-    full = onnx.denoise(*_full_step_args(case, k_ctx, v_ctx, config.num_layers, config.d_model))[0]
-    return errors([out], [ref.denoise_full(*args)]), float(np.abs(out - full).max())
+# A full-step graph's outputs as a tuple: (out,) of denoise_full, (out, k_sub, v_sub) of denoise_full_kv.
+_FULL_STEP_OUTPUTS = {"denoise_full": lambda graphs, args: (graphs.denoise_full(*args),),
+                      "denoise_full_kv": lambda graphs, args: graphs.denoise_full_kv(*args)}
 
 
-def full_step_kv_errors(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelConfig) -> tuple:
-    """The denoise_full_kv graph on a case's every token: ((abs, rel) vs torch's, over out, k and v;
-    max abs difference vs the denoise graph's full step (out, k_sub, v_sub) on the same inputs)."""
+def full_step_errors(onnx: OrtGraphs, ref: TorchGraphs, case: Case, config: ModelConfig,
+                     graph: str = "denoise_full") -> tuple:
+    """A full-step graph (OPTIONAL_GRAPHS) on a case's every token: ((abs, rel) vs torch's over its
+    outputs, max abs difference vs the denoise graph's full step, output for output: eps_sub, then
+    k_sub and v_sub for denoise_full_kv)."""
     k_ctx, v_ctx = ref.encode(case.ctx)
     args = (case.x, case.t_feat, k_ctx, v_ctx)
-    outs = onnx.denoise_full_kv(*args)
+    outs = _FULL_STEP_OUTPUTS[graph](onnx, args)
     full = onnx.denoise(*_full_step_args(case, k_ctx, v_ctx, config.num_layers, config.d_model))
-    return errors(outs, ref.denoise_full_kv(*args)), max(float(np.abs(o - f).max()) for o, f in zip(outs, full))
+    return (errors(outs, _FULL_STEP_OUTPUTS[graph](ref, args)),
+            max(float(np.abs(o - f).max()) for o, f in zip(outs, full)))
 
 
 def subset_equivalence(engine, case: Case, config: ModelConfig, rng) -> float:
@@ -346,8 +343,7 @@ def validate_graphs(
     found = {g: {k: [] for k in kinds} for g in ("encode", "denoise")}
     subset = {"onnx": [], "torch": []}
     # the optional full-step graphs (docs/architecture.md section 4)
-    lean = [g for g in ("denoise_full", "denoise_full_kv") if g in onnx.sessions]
-    full_errors = {"denoise_full": full_step_errors, "denoise_full_kv": full_step_kv_errors}
+    lean = [g for g in OPTIONAL_GRAPHS if g in onnx.sessions]
     full_vs_denoise = []
     for g in lean:
         found[g] = {k: [] for k in kinds}
@@ -360,7 +356,7 @@ def validate_graphs(
             for g, e in compare_case(onnx, ref, case, config, rng).items():
                 found[g][kind].append(e)
             for g in lean:
-                vs_torch, vs_denoise = full_errors[g](onnx, ref, case, config)
+                vs_torch, vs_denoise = full_step_errors(onnx, ref, case, config, g)
                 found[g][kind].append(vs_torch)
                 full_vs_denoise.append(vs_denoise)
             if shape.S < shape.H or shape.pad:
@@ -376,7 +372,7 @@ def validate_graphs(
         entry.update(_summary([e for errs in by_kind.values() for e in errs]))
         if g == "denoise":
             entry["shapes"] = [s.to_dict() for s in shapes]
-        elif g in ("denoise_full", "denoise_full_kv"):  # every token of each shape's H
+        elif g in OPTIONAL_GRAPHS:  # the full steps: every token of each shape's H
             entry["shapes"] = [{"G": G, "N": N, "L": L, "H": H} for G, N, L, H in
                                dict.fromkeys((s.G, s.N, s.L, s.H) for s in shapes)]
         else:

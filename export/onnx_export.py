@@ -30,12 +30,12 @@ from torch.export import Dim
 
 from dil.runtime.support.files import atomic_path
 from dil.runtime.manifest import (DENOISE_FULL_INPUTS, DENOISE_FULL_KV_OUTPUTS, DENOISE_FULL_OUTPUTS, DENOISE_INPUTS,
-                                  DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS)
+                                  DENOISE_OUTPUTS, ENCODE_INPUTS, ENCODE_OUTPUTS, GRAPHS, OPTIONAL_GRAPHS)
 from dil.train.model import ScoreNet
 
 OPSET = 18
-# The graphs export_onnx writes, in order.
-EXPORTED_GRAPHS = ("encode", "denoise", "denoise_full", "denoise_full_kv")
+# The graphs export_onnx writes, in order: the required ones, then every optional one.
+EXPORTED_GRAPHS = GRAPHS + OPTIONAL_GRAPHS
 
 
 class EncodeGraph(nn.Module):

@@ -68,6 +68,12 @@ def _contract(cfg: ModelConfig) -> dict:
     kv_ctx = (f32, (layers, "G", "Lp", D))  # Lp = L / context_patch context tokens
     kv_hor = (f32, (layers, "G", "N", "H", D))
     kv_sub = (f32, (layers, "G", "N", "S", D))
+    full_in = {  # the full-step graphs' inputs (denoise_full, denoise_full_kv)
+        "x_hor": (f32, ("G", "N", "H", Ph * cfg.horizon_features)),
+        "t_feat": (f32, ("G", "N", E)),
+        "k_ctx": kv_ctx,
+        "v_ctx": kv_ctx,
+    }
     return {
         "encode": (
             {"ctx": (f32, ("G", "L", cfg.context_features))},
@@ -86,24 +92,8 @@ def _contract(cfg: ModelConfig) -> dict:
             },
             {"eps_sub": (f32, ("G", "N", "S", Ph)), "k_sub": kv_sub, "v_sub": kv_sub},
         ),
-        "denoise_full": (
-            {
-                "x_hor": (f32, ("G", "N", "H", Ph * cfg.horizon_features)),
-                "t_feat": (f32, ("G", "N", E)),
-                "k_ctx": kv_ctx,
-                "v_ctx": kv_ctx,
-            },
-            {"out": (f32, ("G", "N", "H", Ph))},
-        ),
-        "denoise_full_kv": (
-            {
-                "x_hor": (f32, ("G", "N", "H", Ph * cfg.horizon_features)),
-                "t_feat": (f32, ("G", "N", E)),
-                "k_ctx": kv_ctx,
-                "v_ctx": kv_ctx,
-            },
-            {"out": (f32, ("G", "N", "H", Ph)), "k_sub": kv_hor, "v_sub": kv_hor},
-        ),
+        "denoise_full": (full_in, {"out": (f32, ("G", "N", "H", Ph))}),
+        "denoise_full_kv": (full_in, {"out": (f32, ("G", "N", "H", Ph)), "k_sub": kv_hor, "v_sub": kv_hor}),
     }
 
 
@@ -389,14 +379,7 @@ class OnnxEngine:
         if not self.full_step:
             raise EngineError(f"{self.manifest.path} has no denoise_full graph (re-export with dil-export to add it)")
         self.stats.denoise_calls += 1
-        f32 = np.float32
-        feeds = {
-            "x_hor": np.ascontiguousarray(x_hor, dtype=f32),
-            "t_feat": np.ascontiguousarray(t_feat, dtype=f32),
-            "k_ctx": np.ascontiguousarray(k_ctx, dtype=f32),
-            "v_ctx": np.ascontiguousarray(v_ctx, dtype=f32),
-        }
-        return self._run("denoise_full", DENOISE_FULL_OUTPUTS, feeds)[0]
+        return self._run("denoise_full", DENOISE_FULL_OUTPUTS, _full_feeds(x_hor, t_feat, k_ctx, v_ctx))[0]
 
     def denoise_full_kv(self, x_hor, t_feat, k_ctx, v_ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """denoise_full that also returns the tokens' keys/values: -> (out f32 [G, N, T, Ph], k, v f32
@@ -406,9 +389,7 @@ class OnnxEngine:
         if not self.full_step_kv:
             raise EngineError(f"{self.manifest.path} has no denoise_full_kv graph (re-export with dil-export to add it)")
         self.stats.denoise_calls += 1
-        f32 = np.float32
-        feeds = {name: np.ascontiguousarray(a, dtype=f32) for name, a in zip(DENOISE_FULL_INPUTS, (x_hor, t_feat, k_ctx, v_ctx))}
-        out, k, v = self._run("denoise_full_kv", DENOISE_FULL_KV_OUTPUTS, feeds)
+        out, k, v = self._run("denoise_full_kv", DENOISE_FULL_KV_OUTPUTS, _full_feeds(x_hor, t_feat, k_ctx, v_ctx))
         return out, k, v
 
     def device_cache(self, G: int, N: int, T: int) -> None:
@@ -417,3 +398,9 @@ class OnnxEngine:
 
     def denoise_cached(self, x_sub, pos_sub, t_feat, k_ctx, v_ctx, cache, hor_valid):
         raise EngineError("ONNX Runtime engines keep no device cache (device_cache returns None)")
+
+
+def _full_feeds(x_hor, t_feat, k_ctx, v_ctx) -> dict:
+    """The full-step graphs' feeds (DENOISE_FULL_INPUTS), contiguous float32."""
+    return {name: np.ascontiguousarray(a, dtype=np.float32)
+            for name, a in zip(DENOISE_FULL_INPUTS, (x_hor, t_feat, k_ctx, v_ctx))}
