@@ -91,9 +91,16 @@ def split_origins(spec, T: int, context: int | None = None, horizon: int | None 
             f"{spec.name}: the {part} part (rows {start}..{end - 1}) holds no window of "
             f"context {context} + horizon {horizon}"
         )
+    return evenly_spaced(origins, n_windows, say, lambda n: f"note: {spec.name}: the {part} part holds {n} origins "
+                         f"of context {context} + horizon {horizon}")
+
+
+def evenly_spaced(origins: np.ndarray, n_windows: int | None, say=None, holds=None) -> np.ndarray:
+    """origins, or n_windows of them evenly spaced (first and last kept) when there are more. When
+    fewer than n_windows exist, all are kept and say (if given) gets holds(count) + ", fewer than
+    the N asked for: all of them are used". ValueError for n_windows < 1."""
     if n_windows is not None and n_windows > origins.size and say is not None:
-        say(f"note: {spec.name}: the {part} part holds {origins.size} origins of context {context} + horizon "
-            f"{horizon}, fewer than the {n_windows} asked for: all of them are used")
+        say(f"{holds(origins.size)}, fewer than the {n_windows} asked for: all of them are used")
     if n_windows is not None and n_windows < origins.size:
         if n_windows < 1:
             raise ValueError("n_windows must be >= 1")
@@ -193,15 +200,8 @@ def probts_origins(spec, table, n_windows: int | None = None, context: int = PRO
         "raw_last_origin": int(raw_origins[-1]),
         "origins_all": int(raw_origins.size),
     }
-    origins = np.asarray(rows, dtype=np.int64)
-    if n_windows is not None and n_windows > origins.size and say is not None:
-        say(f"note: {spec.name}: ProbTS's test part holds {origins.size} origins, fewer than the {n_windows} asked for: "
-            "all of them are used")
-    if n_windows is not None and n_windows < origins.size:
-        if n_windows < 1:
-            raise ValueError("n_windows must be >= 1")
-        pick = np.unique(np.round(np.linspace(0, origins.size - 1, int(n_windows))).astype(np.int64))
-        origins = origins[pick]
+    origins = evenly_spaced(np.asarray(rows, dtype=np.int64), n_windows, say,
+                            lambda n: f"note: {spec.name}: ProbTS's test part holds {n} origins")
     return origins, info
 
 
