@@ -10,7 +10,7 @@ import click
 
 from dil.data.registry import DATASETS, DEFAULT_DATASET
 from dil.runtime.cli.options import date_options, missing_value_option
-from dil.train.presets import MODEL_OPTIONS, describe_choices, run_configs
+from dil.train.presets import MODEL_OPTIONS, describe_choices, run_configs, train_rows
 
 def _stored(run_dir: Path) -> dict:
     path = run_dir / "state.json"
@@ -135,12 +135,16 @@ def _describe(features) -> str:
 @click.option("--time-features/--no-time-features", "time_features", default=None,
               help="Calendar features of each row's timestamp (hour of day, day of week, ...; GluonTS's set for "
                    "the row frequency) [on when the table has dates with a regular frequency].")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs [20]; with --resume, the new total.")
+@click.option("--epochs", type=int, default=None,
+              help="Maximum epochs [20; 40 when the training part has at least 20000 rows]; with --resume, the "
+                   "new total.")
 @click.option("--steps-per-epoch", type=int, default=None, help="Optimizer steps per epoch [150].")
 @click.option("--batch-size", type=int, default=None, help="Windows per step [64].")
 @click.option("--noise-draws", type=int, default=None, help="Noise levels per window sharing one context encoding [4].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (AdamW, cosine schedule) [2e-3].")
-@click.option("--patience", type=int, default=None, help="Early stopping: epochs without a better validation loss [4].")
+@click.option("--patience", type=int, default=None,
+              help="Early stopping: epochs without a better validation loss [4; 8 when the training part has at "
+                   "least 20000 rows].")
 @click.option("--seed", type=int, default=None, help="Seed for weights, batches and noise [0].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Torch device [auto: cuda if available].")
 @click.option("--d-model", type=int, default=None, help="Token width D [64].")
@@ -159,9 +163,9 @@ def _describe(features) -> str:
                    "match --teacher-steps steps of the teacher's plain sampler; its artifact runs those steps by "
                    "default (docs/distillation.md). Data: the teacher's bundled dataset unless --dataset/--data is "
                    "given. Training options default to 24 epochs, batch 64, 4 trajectories per window, lr 1e-3 "
-                   "(about 11 minutes on 2 CPU cores for metro-traffic or etth2).")
+                   "(about 10 minutes on 2 CPU cores for metro-traffic or etth2).")
 @click.option("--student-steps", type=click.IntRange(1, 100), default=None,
-              help="With --distill: the student's sampler steps K [4].")
+              help="With --distill: the student's sampler steps K [2].")
 @click.option("--teacher-steps", type=click.IntRange(2, 1000), default=None,
               help="With --distill: the teacher's steps, a multiple of --student-steps of at least twice it "
                    "[the smallest such multiple >= 12].")
@@ -180,7 +184,7 @@ def main(**opts) -> None:
       dil-train --covariates holiday --past-covariates temp,rain_1h --out runs/metro-cov
       dil-train --out runs/metro --resume --epochs 20  # continue a run
       torchrun --standalone --nproc-per-node 2 $(which dil-train) --out runs/metro  # 2 data-parallel processes
-      dil-train --distill runs/metro --student-steps 4 --out runs/metro-4step     # a 4-step student
+      dil-train --distill runs/metro --out runs/metro-2step     # a 2-step student
     """
     from dil.runtime.support.deps import MissingDependency, require
 
@@ -275,7 +279,8 @@ def _run(opts: dict) -> None:
     click.echo(f"model: {model_config.domain}-domain {model_config.prediction}-prediction, context {model_config.context_length} steps in "
                f"tokens of {model_config.context_patch}, horizon {model_config.horizon} steps in tokens of "
                f"{model_config.horizon_patch}; {_describe(features)}")
-    click.echo(describe_choices(model_config, table.freq or spec.freq, features))
+    click.echo(describe_choices(model_config, table.freq or spec.freq, features, train_config,
+                                train_rows(spec, table)))
     if dist is not None:
         click.echo(f"data-parallel: {dist.world_size} processes ({dist.backend}), global batch "
                    f"{dist.world_size} x {train_config.batch_size} windows per step")

@@ -230,3 +230,30 @@ def test_preset_rule_off_the_presets():
     assert default_context_patch(16, None) == 1 and default_context_patch(7, None) == 1
     assert default_horizon_patch(96, "h") == 24 and default_horizon_patch(7, "h") == 7  # one token of 7 steps
     assert default_context_patch(48, "2h") == 3  # rows without a preset: any divisor up to 24 steps
+
+
+@pytest.mark.parametrize("rows, schedule", [(28_000, (20, 4)), (29_000, (40, 8))])
+def test_schedule_rule_by_training_rows(rows, schedule):
+    """70% of 28,000 rows (19,600) trains on the short schedule, 70% of 29,000 (20,300) on the long
+    one; a given option wins; a resumed run keeps its stored schedule."""
+    from dil.data.registry import file_spec
+    from dil.runtime.inputs.table import SeriesTable
+    from dil.train.presets import (LONG_HISTORY_ROWS, MODEL_OPTIONS, TRAIN_OPTIONS, describe_choices,
+                                   run_configs, train_rows)
+
+    table = SeriesTable(values=np.random.default_rng(0).standard_normal((rows, 1)), names=["y"], freq="h")
+    spec = file_spec("x.csv", table)
+    n = train_rows(spec, table)
+    assert n == int(rows * 0.7) and (n >= LONG_HISTORY_ROWS) == (schedule == (40, 8))
+    opts = {**{k: None for k in (*MODEL_OPTIONS, *TRAIN_OPTIONS)}, "time_features": False}
+    model, train, features = run_configs(opts, spec, table, {}, [], [])
+    assert (train.epochs, train.patience) == schedule
+    side = ">=" if schedule == (40, 8) else "<"
+    assert describe_choices(model, "h", features, train, n).endswith(
+        f"; {schedule[0]} epochs at most, patience {schedule[1]} ({n} training rows {side} {LONG_HISTORY_ROWS})")
+    _, given, _ = run_configs({**opts, "epochs": 7}, spec, table, {}, [], [])
+    assert (given.epochs, given.patience) == (7, schedule[1])
+    assert "training rows" not in describe_choices(model, "h", features, given, n)  # not the rule's: no reason
+    stored = {"model": model.to_dict(), "features": features.to_dict(), "train": {"epochs": 3, "patience": 1}}
+    _, kept, _ = run_configs(opts, spec, table, stored, [], [])
+    assert (kept.epochs, kept.patience) == (3, 1)
