@@ -58,14 +58,17 @@ DEFAULT_DOMAIN = "time"
 # schedule lost: etth1 (8,640) 0.2100 against 0.2158, etth2 0.1020 against 0.1031, exchange-rate
 # (5,464) 0.0069 against 0.0070. Either fits in 5 minutes on 2 quiet cores (docs/results.md).
 LONG_HISTORY_ROWS = 20_000
-SHORT_SCHEDULE = {"epochs": 20, "patience": 4}
 LONG_SCHEDULE = {"epochs": 40, "patience": 8}
 
 
 def default_schedule(train_rows: int) -> dict:
     """{"epochs", "patience"} of a new run that names neither: LONG_SCHEDULE when its training part
-    has at least LONG_HISTORY_ROWS rows, else SHORT_SCHEDULE."""
-    return dict(LONG_SCHEDULE if int(train_rows) >= LONG_HISTORY_ROWS else SHORT_SCHEDULE)
+    has at least LONG_HISTORY_ROWS rows, else TrainConfig's own (20 epochs, patience 4)."""
+    from dil.train.trainer import TrainConfig
+
+    if int(train_rows) >= LONG_HISTORY_ROWS:
+        return dict(LONG_SCHEDULE)
+    return {"epochs": TrainConfig.epochs, "patience": TrainConfig.patience}
 
 
 def train_rows(spec, table) -> int:
