@@ -108,10 +108,11 @@ def run_configs(opts: dict, spec, table, stored: dict, known, past):
     time_features = opts["time_features"]
     if time_features is None and stored:  # the run's own names (what the default chose when it started)
         time_features = tuple((stored.get("features") or {}).get("time_features") or ())
-    features = fit_feature_spec(table, freq, known, past, time_features, split_bounds(spec, table.n_steps)["train"])
+    start, end = split_bounds(spec, table.n_steps)["train"]
+    features = fit_feature_spec(table, freq, known, past, time_features, (start, end))
     model.update(context_features=features.context_width, horizon_features=features.horizon_width)
     # a resumed run or a student keeps its own schedule; a new run gets the preset's
-    train = dict(stored.get("train") or default_schedule(train_rows(spec, table)))
+    train = dict(stored.get("train") or default_schedule(end - start))
     train.update({k: opts[k] for k in TRAIN_OPTIONS if opts[k] is not None})
     return ModelConfig.from_dict(model), TrainConfig.from_dict(train), features
 
