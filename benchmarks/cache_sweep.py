@@ -18,7 +18,9 @@ Rows: plain DPM-Solver++ at each of --plain steps; the fast sampler (lattice + c
 --fast steps and --K core sizes, and the same with the lattice off (cache only). "vs best plain"
 is the wall time of the fastest plain row whose CRPS is no worse than the row's own, divided by the
 row's wall time (above 1: the row is faster at equal or better CRPS; "-" when no plain row is as
-accurate).
+accurate). --student adds a distilled student of the same model (`dil-train --distill`) as a row
+"student NAME, N steps": its own artifact at its recorded sampler defaults, on the same windows and
+noise streams, so the cache is measured against both ways of cutting steps.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ def configurations(plain: list[int], fast: list[int], cores: list[int]) -> dict:
     return rows
 
 
-def run_sweep(engine: str, rows: dict, windows: int, samples: int, seed: int, threads: int | None = 1) -> dict:
+def run_sweep(engine: str, rows: dict, windows: int, samples: int, seed: int, threads: int | None = 1,
+              students: tuple = ()) -> dict:
     """{"protocol": ..., "rows": {label: {steps, settings, crps, coverage_50, coverage_90, token_fraction,
-    full_steps (per forecast), wall_s, engine_s, control_s, forecasts}}}."""
+    full_steps (per forecast), wall_s, engine_s, control_s, forecasts}}}. students: artifacts of
+    students of `engine` (same window), each a row at its own sampler defaults."""
     from dil.evaluate.engine_eval import engine_data, forecaster_fn
     from dil.evaluate.harness import EvalOptions, run_evaluation
     from dil.runtime import Forecaster
@@ -53,6 +57,16 @@ def run_sweep(engine: str, rows: dict, windows: int, samples: int, seed: int, th
     spec, table = engine_data(engine, fc.manifest)
     stats = {name: [] for name in rows}
     fns = {name: forecaster_fn(fc, samples, steps, seed, stats[name], **cfg) for name, (steps, cfg) in rows.items()}
+    rows = dict(rows)
+    for path in students:
+        student = Forecaster.load(path, threads=threads)
+        if (student.context_length, student.horizon) != (fc.context_length, fc.horizon):
+            raise SystemExit(f"--student {path}: window {student.context_length}/{student.horizon} is not the "
+                             f"teacher's {fc.context_length}/{fc.horizon}")
+        config = student.default_config
+        name = f"student {student.manifest.path.stem}, {config.steps} steps"
+        rows[name], stats[name] = (config.steps, {"solver_order": config.solver_order}), []
+        fns[name] = forecaster_fn(student, samples, config.steps, seed, stats[name], config=config)
     first = next(iter(rows))
     options = EvalOptions(n_windows=windows, samples=samples, seed=seed, batch_size=1, progress=False)
     ev = run_evaluation(fns[first], table, spec, fc.context_length, fc.horizon, options,
@@ -69,7 +83,7 @@ def run_sweep(engine: str, rows: dict, windows: int, samples: int, seed: int, th
                      "token_fraction": total.tokens_computed / total.full_tokens,
                      "full_steps": total.full_steps / n, "wall_s": total.wall_seconds, "engine_s": total.engine_seconds,
                      "control_s": total.control_seconds, "forecasts": n}
-    plain = [r for name, r in out.items() if name.startswith("plain")]
+    plain = [r for name, r in out.items() if name.startswith("plain ")]
     for r in out.values():
         as_good = [p["wall_s"] for p in plain if p["crps"] <= r["crps"]]
         r["vs_best_plain"] = min(as_good) / r["wall_s"] if as_good else None
@@ -114,10 +128,12 @@ def main(argv=None) -> None:
     ap.add_argument("--K", type=_ints, default=[5, 10], help="cache core sizes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--student", action="append", default=[],
+                    help="a distilled student's artifact (its NAME.json): one more row, at its own defaults (repeatable)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     rows = configurations(args.plain, args.fast, args.K)
-    result = run_sweep(args.engine, rows, args.windows, args.samples, args.seed, args.threads)
+    result = run_sweep(args.engine, rows, args.windows, args.samples, args.seed, args.threads, tuple(args.student))
     print(markdown(result, shlex.join(["python", "benchmarks/cache_sweep.py"] + (argv or sys.argv[1:]))))
     if args.json:
         from dil.runtime.support.files import write_text

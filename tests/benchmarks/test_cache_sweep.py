@@ -45,3 +45,27 @@ def test_rows_are_dil_evals_scores_and_the_ratio_is_the_rule(sweep, tiny_artifac
         assert row["vs_best_plain"] == (min(as_good) / row["wall_s"] if as_good else None)
     text = sweep.markdown(result, "python benchmarks/cache_sweep.py --engine E")
     assert text.count("\n| ") == 1 + 4 and "| plain 3 |" in text
+
+
+def test_a_student_row_is_its_artifact_at_its_own_defaults(sweep, tiny_artifact, tmp_path):
+    """--student: a row scored as dil-eval scores that artifact with its recorded defaults (here a
+    copy of the tiny model recording a student's record: 2 first-order steps), never a plain row."""
+    import shutil
+
+    from dil.evaluate.engine_eval import evaluate_engine
+    from dil.evaluate.harness import EvalOptions
+    from dil.runtime.manifest import write_sampler_defaults
+
+    for f in tiny_artifact.parent.glob("tiny.*"):
+        shutil.copy(f, tmp_path / f.name)
+    student = tmp_path / "tiny.json"
+    write_sampler_defaults(student, {"lattice": False, "cache": False, "steps": 2, "solver_order": 1})
+    result = sweep.run_sweep(str(tiny_artifact), sweep.configurations([3], [], []), windows=2, samples=8, seed=0,
+                             threads=1, students=(str(student),))
+    row = result["rows"]["student tiny, 2 steps"]
+    model = evaluate_engine(student, EvalOptions(n_windows=2, samples=8, progress=False, batch_size=1)).report["model"]
+    assert (row["crps"], row["coverage_50"], row["coverage_90"]) == (model["crps"], model["coverage_50"],
+                                                                      model["coverage_90"])
+    assert row["settings"] == {"solver_order": 1} and row["steps"] == 2 and row["full_steps"] == 2
+    plain = result["rows"]["plain 3"]  # the ratio compares plain rows only, the student among the compared
+    assert row["vs_best_plain"] == (plain["wall_s"] / row["wall_s"] if plain["crps"] <= row["crps"] else None)
