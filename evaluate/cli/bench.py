@@ -95,8 +95,9 @@ def format_runs(report: dict) -> str:
 @click.option("--windows", default=None, type=click.IntRange(min=1),
               help="Test windows (series-windows) every CRPS is computed on, the same for every run "
                    "(reference-ddpm1000 costs 1000 network calls per window: the default keeps the run short; "
-                   "compare accuracy on more windows with dil-eval --ddpm-windows). With --frontier: evenly "
-                   "spaced validation origins, every series of each. [default: 3; with --frontier 48]")
+                   "compare accuracy on more windows with dil-eval --ddpm-windows). With --frontier: validation "
+                   "windows spread over evenly spaced origins, one series each where the part holds as many "
+                   "origins. [default: 3; with --frontier 48]")
 @click.option("--threads", default=0, type=click.IntRange(min=0),
               help="Intra-op threads of torch and ONNX Runtime (default: the cores available).")
 @click.option("--spacing", metavar="|".join(SPACINGS), default=DEFAULT_SPACING, show_default=True,

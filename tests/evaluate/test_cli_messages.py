@@ -32,11 +32,12 @@ def test_frontier_says_when_fewer_validation_origins_exist(tiny_artifact):
     from dil.evaluate.frontier import FrontierConfig, run_frontier
 
     lines = []
-    cfg = FrontierConfig(windows=1000, samples=2, plain_steps=(2,), fast_steps=(), repeats=1)
+    cfg = FrontierConfig(windows=5000, samples=2, plain_steps=(2,), fast_steps=(), repeats=1)
     report = run_frontier(tiny_artifact, cfg, progress=False, say=lines.append)
-    origins = report["choice"]["origins"]
-    assert origins < 1000
-    assert any(f"holds {origins} origins" in ln and "fewer than the 1000 asked for" in ln for ln in lines), lines
+    windows, origins = report["choice"]["windows"], report["choice"]["origins"]
+    assert windows < 5000 and windows == origins * 7  # every series of every origin (etth1: 7 series)
+    assert any(f"holds {windows} windows ({origins} origins x 7 series)" in ln and "fewer than the 5000 asked for" in ln
+               for ln in lines), lines
 
 
 def test_bench_frontier_on_a_users_own_model_takes_data(tiny_artifact, tmp_path):

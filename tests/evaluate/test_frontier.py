@@ -180,7 +180,8 @@ def test_write_sampler_defaults_keeps_everything_else(artifact_copy):
 # -- the frontier run ---------------------------------------------------------------------------------
 def test_frontier_on_the_tiny_model_scores_the_validation_windows(tiny_artifact):
     """CRPS of each configuration against an independent computation on the same validation windows:
-    origins rebuilt from the split rows, forecasts by predict_windows, scored by metrics.crps_quantile."""
+    origins rebuilt from the split rows (2 windows: the first origin's first series, the last origin's
+    second), forecasts by predict_windows, scored by metrics.crps_quantile."""
     from dil.data.datasets import load_dataset
     from dil.data.registry import get_spec
     from dil.data.windows import split_bounds, window_origins
@@ -194,9 +195,9 @@ def test_frontier_on_the_tiny_model_scores_the_validation_windows(tiny_artifact)
     assert report["protocol"]["val_rows"] == [a, b] and report["choice"]["split"] == "val"
     origins = window_origins(table.values.shape[0], 16, 8, a, b, stride=8)[[0, -1]]
     assert origins[0] == a and origins[-1] + 8 <= b
-    ctx = np.stack([table.values[o - 16:o].T for o in origins]).reshape(-1, 16)  # origin-major [14, 16]
-    tgt = np.stack([table.values[o:o + 8].T for o in origins]).reshape(-1, 8)
-    ids = [f"{n}@{o}" for o in origins for n in table.names]
+    ctx = np.stack([table.values[o - 16:o, c] for c, o in enumerate(origins)])  # [2, 16]
+    tgt = np.stack([table.values[o:o + 8, c] for c, o in enumerate(origins)])
+    ids = [f"{table.names[c]}@{o}" for c, o in enumerate(origins)]
     fc = Forecaster.load(tiny_artifact)
     assert [(r["sampler"], r["steps"]) for r in report["rows"]] == [("plain", 1), ("plain", 4), ("fast", 4)]
     for row in report["rows"]:
@@ -205,9 +206,31 @@ def test_frontier_on_the_tiny_model_scores_the_validation_windows(tiny_artifact)
         assert row["crps"] == pytest.approx(crps_quantile(tgt, s, mask=~np.isnan(tgt)), rel=1e-12)
         assert len(row["latencies_s"]) == 1 and row["latency_s"] > 0
     choice = report["choice"]
-    assert choice["windows"] == 14 and choice["origins"] == 2 and choice["reference"] == "plain 4 steps"
+    assert choice["windows"] == 2 and choice["origins"] == 2 and choice["reference"] == "plain 4 steps"
     assert choice == {**choice, **choose_defaults(report["rows"])}  # the record is the rule's choice
 
+
+
+def test_spread_windows_takes_turns_through_each_origins_valid_series():
+    """Hand-worked: 3 origins x 4 series, origin 1's series 1 not valid. 5 windows: 2, 2 and 1 per
+    origin; origin 0 takes series 0, 1; origin 1 goes on from the 3rd of its valid series [0, 2, 3]:
+    series 3, then 0; origin 2 from its 5th, i.e. series 0 of 4. 3 windows: one per origin, series 0,
+    then origin 1's 2nd valid series (2), then origin 2's 3rd (2). 12 or more: every valid window."""
+    from dil.evaluate.frontier import spread_windows
+    from dil.evaluate.harness import EvalWindows
+
+    valid = np.ones((3, 4), dtype=bool)
+    valid[1, 1] = False
+    w = EvalWindows(origins=np.array([10, 20, 30]), names=list("abcd"), contexts=np.zeros((3, 4, 2)),
+                    targets=np.zeros((3, 4, 1)), valid=valid, baseline=np.zeros((3, 4, 1)))
+    expected = np.zeros((3, 4), dtype=bool)
+    expected[0, [0, 1]] = expected[1, [3, 0]] = expected[2, 0] = True
+    np.testing.assert_array_equal(spread_windows(w, 5).valid, expected)
+    one_each = np.zeros((3, 4), dtype=bool)
+    one_each[0, 0] = one_each[1, 2] = one_each[2, 2] = True  # origin 1's 2nd valid series is 2
+    np.testing.assert_array_equal(spread_windows(w, 3).valid, one_each)
+    np.testing.assert_array_equal(spread_windows(w, 12).valid, valid)
+    assert spread_windows(w, 5).contexts is w.contexts  # only the mask changes
 
 # -- the CLIs ------------------------------------------------------------------------------------------
 FRONTIER_ARGS = ["--frontier", "--windows", "1", "--samples", "3", "--steps", "1,2", "--fast-steps", "2",
@@ -336,7 +359,7 @@ def test_measure_defaults_records_the_choice(tiny_artifact, tmp_path):
     config = FrontierConfig(windows=4, samples=8, plain_steps=(2, 4), fast_steps=(2,), repeats=1)
     choice, line = measure_defaults(engine, config=config)
     record = load_manifest(engine).sampler_defaults
-    assert record == choice and record["split"] == "val" and record["windows"] == 4 * 7  # 4 origins x 7 series
+    assert record == choice and record["split"] == "val" and record["windows"] == 4 and record["origins"] == 4
     assert (record["steps"], record["cache"]) in {(2, False), (4, False), (2, True)}
     assert line.startswith("sampler defaults: ") and record["why"] in line
     assert Forecaster.load(engine).default_config.steps == record["steps"]
