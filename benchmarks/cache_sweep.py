@@ -64,7 +64,7 @@ def run_sweep(engine: str, rows: dict, windows: int, samples: int, seed: int, th
             raise SystemExit(f"--student {path}: window {student.context_length}/{student.horizon} is not the "
                              f"teacher's {fc.context_length}/{fc.horizon}")
         config = student.default_config
-        name = f"student {student.manifest.path.stem}, {config.steps} steps"
+        name = f"student {student.manifest.path.stem}, {config.steps} step" + "s" * (config.steps != 1)
         rows[name], stats[name] = (config.steps, {"solver_order": config.solver_order}), []
         fns[name] = forecaster_fn(student, samples, config.steps, seed, stats[name], config=config)
     first = next(iter(rows))
