@@ -96,7 +96,7 @@ class FrontierConfig:
 
 def label(row: dict) -> str:
     """'plain 10 steps', 'fast 20 steps'."""
-    return f"{row['sampler']} {row['steps']} steps"
+    return f"{row['sampler']} {row['steps']} step" + "s" * (row["steps"] != 1)
 
 
 def choose_defaults(rows: list[dict], tolerance: float = TOLERANCE) -> dict:

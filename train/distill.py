@@ -90,7 +90,8 @@ class DistillConfig:
     def sampler_defaults(self) -> dict:
         """The artifact's "sampler_defaults" record for this student (runtime/manifest.py)."""
         return {"lattice": False, "cache": False, "steps": self.student_steps, "solver_order": 1,
-                "why": f"distilled student: {self.student_steps} first-order steps, trained to match "
+                "why": f"distilled student: {self.student_steps} first-order step{'s' * (self.student_steps != 1)}, "
+                       "trained to match "
                        f"{self.teacher_steps} steps of order {self.teacher_order} of the run {self.teacher} "
                        "(dil-train --distill, docs/distillation.md)"}
 

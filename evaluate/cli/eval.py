@@ -30,7 +30,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"{p['dataset']}: {p['windows']} test origins x {p['series']} series = {p['series_windows']} windows"
         f" ({p['skipped_windows']} skipped), context {p['context']}, horizon {p['horizon']},"
-        f" {p['samples']} samples" + (f", {p['steps']} steps" if p.get("steps") else "")
+        f" {p['samples']} samples" + (f", {p['steps']} step" + "s" * (p["steps"] != 1) if p.get("steps") else "")
         + (f" ({spacing} spacing)" if spacing else "") + f", seed {p['seed']}"
         + (f"; model inputs: {p['inputs']}" if p.get("inputs") else ""),
         f"{'metric':<12} {'model':>12} {'seasonal naive':>15} {'ratio':>7}",

@@ -50,4 +50,4 @@ def sampler_line(config, manifest, given=()) -> str:
         source = f"artifact default: {record.get('why') or f'{sampler_name(default)}, {default.steps} steps'}"
     if given:
         source = f"{', '.join(given)} given; otherwise the {source}"
-    return f"sampler: {sampler_name(config)}, {config.steps} steps ({source})"
+    return f"sampler: {sampler_name(config)}, {config.steps} step{'s' * (config.steps != 1)} ({source})"

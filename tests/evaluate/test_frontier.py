@@ -270,7 +270,8 @@ def test_write_defaults_then_dil_run_uses_them(tiny_artifact, artifact_copy, tab
     assert mine.exit_code == 0 and theirs.exit_code == 0, mine.output + theirs.output
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     name = "plain DPM-Solver++" if not record["cache"] else "fast sampler (lattice + token cache)"
-    assert f"sampler: {name}, {record['steps']} steps (artifact default: {record['why']})" in mine.output
+    steps = f"{record['steps']} step" + "s" * (record["steps"] != 1)
+    assert f"sampler: {name}, {steps} (artifact default: {record['why']})" in mine.output
     assert f"({flags[0]}, {flags[2]}, {flags[3]} given; otherwise the built-in default" in theirs.output
 
 
