@@ -287,9 +287,10 @@ def _run(opts: dict) -> None:
                    f"{dist.world_size} x {train_config.batch_size} windows per step")
     if distill is not None:
         d = distill.spec
-        steps = f"{d.student_steps} first-order step" + "s" * (d.student_steps != 1)
-        click.echo(f"student of {d.teacher}: {steps} trained to match {d.teacher_steps} steps of order "
-                   f"{d.teacher_order}; its artifact runs {steps.replace(' first-order', '')} by default")
+        word = "step" + "s" * (d.student_steps != 1)
+        click.echo(f"student of {d.teacher}: {d.student_steps} first-order {word} trained to match "
+                   f"{d.teacher_steps} steps of order {d.teacher_order}; its artifact runs {d.student_steps} {word} "
+                   "by default")
     click.echo(f"checkpoint: {summary['run_dir']}")
 
 

@@ -210,7 +210,6 @@ def test_frontier_on_the_tiny_model_scores_the_validation_windows(tiny_artifact)
     assert choice == {**choice, **choose_defaults(report["rows"])}  # the record is the rule's choice
 
 
-
 def test_spread_windows_takes_turns_through_each_origins_valid_series():
     """Hand-worked: 3 origins x 4 series, origin 1's series 1 not valid. 5 windows: 2, 2 and 1 per
     origin; origin 0 takes series 0, 1; origin 1 goes on from the 3rd of its valid series [0, 2, 3]:
@@ -231,6 +230,7 @@ def test_spread_windows_takes_turns_through_each_origins_valid_series():
     np.testing.assert_array_equal(spread_windows(w, 3).valid, one_each)
     np.testing.assert_array_equal(spread_windows(w, 12).valid, valid)
     assert spread_windows(w, 5).contexts is w.contexts  # only the mask changes
+
 
 # -- the CLIs ------------------------------------------------------------------------------------------
 FRONTIER_ARGS = ["--frontier", "--windows", "1", "--samples", "3", "--steps", "1,2", "--fast-steps", "2",
