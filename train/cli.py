@@ -271,8 +271,8 @@ def _run(opts: dict) -> None:
     best = summary["best_val_loss"]
     click.echo(
         f"trained {spec.name} ({', '.join(table.names[:4])}{', ...' if len(table.names) > 4 else ''}): "
-        f"{summary['epochs']} epoch{'s' * (summary['epochs'] != 1)}, {summary['steps']} steps, "
-        f"{summary['seconds']:.0f} s"
+        f"{summary['epochs']} epoch{'s' * (summary['epochs'] != 1)}, "
+        f"{summary['steps']} step{'s' * (summary['steps'] != 1)}, {summary['seconds']:.0f} s"
         + (" (early stop)" if summary["stopped_early"] else "")
     )
     click.echo(f"best val loss {best:.4f} at epoch {summary['best_epoch']}; "
